@@ -1,0 +1,44 @@
+//! The BPF filesystem that pinned maps live on.
+use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    #[error(
+        "{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`)"
+    )]
+    NotBpffs { path: String },
+    #[error("cannot inspect {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// Is `dir` (or, when it does not exist yet, its nearest existing ancestor)
+/// on a BPF filesystem?
+pub fn ensure_on_bpffs(dir: &Path) -> Result<(), BpffsError> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => break,
+        }
+    }
+    let c = CString::new(probe.as_os_str().as_bytes()).map_err(|e| BpffsError::Io {
+        path: probe.display().to_string(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(BpffsError::Io {
+            path: probe.display().to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(BpffsError::NotBpffs {
+            path: dir.display().to_string(),
+        });
+    }
+    Ok(())
+}

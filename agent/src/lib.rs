@@ -1,0 +1,13 @@
+//! ferry's node agent as a library: the loader for the kernel programs and
+//! the typed API over their pinned maps. The agent binary, the inspection CLI
+//! and the tests all go through this code.
+
+pub mod bpffs;
+pub mod loader;
+pub mod maps;
+
+/// The kernel programs, built with BTF by build.rs and embedded here.
+pub static DATAPLANE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FERRY_EBPF_OBJECT"));
+
+/// Default directory for pinned maps.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ferry";

@@ -1,0 +1,210 @@
+//! Loading the kernel programs with every map pinned under one directory.
+//!
+//! Maps already pinned there are adopted, not recreated: an agent restart or
+//! upgrade keeps the services, backends and conntrack entries the datapath is
+//! using, so established connections survive it.
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, MapType},
+    programs::SchedClassifier,
+};
+use ferry_common::{
+    BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS, MAP_SERVICES, PINNED_MAPS, SERVICES_MAX_ENTRIES,
+    ServiceKey, ServiceValue, outcome,
+};
+
+use crate::bpffs::{BpffsError, ensure_on_bpffs};
+
+/// Name of the tc program on a pod's host-side veth.
+pub const PROG_FROM_POD: &str = "ferry_from_pod";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("cannot create pin directory {path}: {source}")]
+    PinDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "pinned map {path} does not match this ferry build ({detail}); it was left by another version: remove it (`rm {path}`) and restart, which drops tracked connections"
+    )]
+    IncompatiblePin { path: String, detail: String },
+    #[error("cannot open pinned map {path}: {source}")]
+    OpenPin {
+        path: String,
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "loading the kernel programs failed: {0}; is this root with CAP_BPF on a kernel >= 6.6?"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// What a pinned map must look like to be adopted.
+struct MapShape {
+    name: &'static str,
+    map_type: MapType,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u32,
+}
+
+fn expected_shapes() -> [MapShape; 4] {
+    [
+        MapShape {
+            name: MAP_SERVICES,
+            map_type: MapType::Hash,
+            key_size: size_of::<ServiceKey>(),
+            value_size: size_of::<ServiceValue>(),
+            max_entries: SERVICES_MAX_ENTRIES,
+        },
+        MapShape {
+            name: MAP_BACKENDS,
+            map_type: MapType::Hash,
+            key_size: size_of::<BackendKey>(),
+            value_size: size_of::<Backend>(),
+            max_entries: BACKENDS_MAX_ENTRIES,
+        },
+        MapShape {
+            name: MAP_CONNTRACK,
+            map_type: MapType::LruHash,
+            key_size: size_of::<CtKey>(),
+            value_size: size_of::<CtEntry>(),
+            max_entries: CONNTRACK_MAX_ENTRIES,
+        },
+        MapShape {
+            name: MAP_COUNTERS,
+            map_type: MapType::PerCpuArray,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<Counter>(),
+            max_entries: outcome::COUNT,
+        },
+    ]
+}
+
+/// Refuse to adopt a pinned map whose layout differs from this build's: the
+/// programs would read its entries with the wrong layout.
+fn check_pinned(pin_dir: &Path) -> Result<(), LoadError> {
+    for shape in expected_shapes() {
+        let path = pin_dir.join(shape.name);
+        if !path.exists() {
+            continue;
+        }
+        let display = path.display().to_string();
+        let data = MapData::from_pin(&path).map_err(|source| LoadError::OpenPin {
+            path: display.clone(),
+            source,
+        })?;
+        let info = data.info().map_err(|source| LoadError::OpenPin {
+            path: display.clone(),
+            source,
+        })?;
+        let map_type = info.map_type().ok();
+        let found = (
+            map_type,
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        let want = (
+            Some(shape.map_type),
+            shape.key_size,
+            shape.value_size,
+            shape.max_entries,
+        );
+        if found != want {
+            return Err(LoadError::IncompatiblePin {
+                path: display,
+                detail: format!(
+                    "found type {:?} key {} value {} entries {}, expected {:?} key {} value {} entries {}",
+                    found.0, found.1, found.2, found.3, want.0, want.1, want.2, want.3
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The loaded kernel programs and the directory their maps are pinned in.
+pub struct Dataplane {
+    pub ebpf: Ebpf,
+    pub pin_dir: PathBuf,
+}
+
+impl Dataplane {
+    /// Load the programs, adopting or creating+pinning every map under
+    /// `pin_dir`. Programs are loaded into the kernel but not attached.
+    pub fn load(pin_dir: &Path) -> Result<Self, LoadError> {
+        ensure_on_bpffs(pin_dir)?;
+        std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir {
+            path: pin_dir.display().to_string(),
+            source,
+        })?;
+        check_pinned(pin_dir)?;
+        let paths: Vec<(&'static str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::DATAPLANE_OBJECT)?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_FROM_POD)
+            .expect("the object defines ferry_from_pod")
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                name: PROG_FROM_POD,
+                source,
+            })?;
+        prog.load().map_err(|source| LoadError::Program {
+            name: PROG_FROM_POD,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+        })
+    }
+
+    /// The from-pod tc program, loaded.
+    pub fn from_pod_program(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(PROG_FROM_POD)
+            .expect("the object defines ferry_from_pod")
+            .try_into()
+            .expect("ferry_from_pod is a classifier")
+    }
+}
+
+/// Remove every map ferry pins from `pin_dir`, and the directory if it is
+/// then empty. Traffic through still-attached programs keeps working (the
+/// programs hold references); only the pins go.
+pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
+    for name in PINNED_MAPS {
+        match std::fs::remove_file(pin_dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Err(e)
+            if e.kind() != std::io::ErrorKind::NotFound
+                && e.kind() != std::io::ErrorKind::DirectoryNotEmpty =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}

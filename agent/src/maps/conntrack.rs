@@ -1,0 +1,142 @@
+//! Reading and garbage-collecting ferry's conntrack.
+//!
+//! The kernel refreshes an entry's expiry on every packet of its direction
+//! and treats an expired original-direction entry as a new flow. The agent
+//! removes a flow's two entries once both have expired: a one-way UDP stream
+//! keeps its reply entry alive through its original entry, so a late reply
+//! is still translated back.
+use std::{collections::HashMap as StdHashMap, path::Path};
+
+use aya::maps::{HashMap, MapData, MapError};
+use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey, MAP_CONNTRACK};
+
+use super::{OpenError, open_pinned};
+
+pub struct Conntrack {
+    map: HashMap<MapData, CtKey, CtEntry>,
+}
+
+/// The key of the other direction of the flow that `(key, entry)` belongs to.
+pub fn partner_key(key: &CtKey, entry: &CtEntry) -> CtKey {
+    if key.direction == CT_DIR_ORIGINAL {
+        CtKey {
+            src_addr: entry.nat_addr,
+            dst_addr: key.src_addr,
+            src_port: entry.nat_port,
+            dst_port: key.src_port,
+            protocol: key.protocol,
+            direction: CT_DIR_REPLY,
+            pad: [0; 2],
+        }
+    } else {
+        CtKey {
+            src_addr: key.dst_addr,
+            dst_addr: entry.nat_addr,
+            src_port: key.dst_port,
+            dst_port: entry.nat_port,
+            protocol: key.protocol,
+            direction: CT_DIR_ORIGINAL,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// Should `(key, entry)` be removed at `now_ns`, given its partner's entry?
+pub fn is_dead(entry: &CtEntry, partner: Option<&CtEntry>, now_ns: u64) -> bool {
+    entry.expires_ns <= now_ns && partner.is_none_or(|p| p.expires_ns <= now_ns)
+}
+
+impl Conntrack {
+    pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
+        let map = open_pinned(pin_dir, MAP_CONNTRACK)?;
+        let map = HashMap::try_from(map).map_err(|source| OpenError::Open {
+            path: pin_dir.join(MAP_CONNTRACK).display().to_string(),
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    /// Every entry. Entries that vanish while iterating are skipped.
+    pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
+        let mut out = Vec::new();
+        for item in self.map.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), MapError> {
+        self.map.insert(key, entry, 0)
+    }
+
+    /// Remove the flows whose entries have all expired at `now_ns`.
+    /// Returns how many entries were removed.
+    pub fn collect_garbage(&mut self, now_ns: u64) -> Result<usize, MapError> {
+        let entries = self.entries()?;
+        let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        let mut removed = 0;
+        for (key, entry) in &entries {
+            let partner = by_key.get(&partner_key(key, entry));
+            if is_dead(entry, partner, now_ns) {
+                match self.map.remove(key) {
+                    Ok(()) => removed += 1,
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(expires_ns: u64) -> CtEntry {
+        CtEntry {
+            expires_ns,
+            nat_addr: [10, 0, 0, 2],
+            nat_port: 8080,
+            state: 2,
+            flags: 0,
+            service_id: 1,
+            pad: [0; 4],
+        }
+    }
+
+    #[test]
+    fn partner_of_partner_is_self() {
+        let key = CtKey {
+            src_addr: [10, 0, 0, 1],
+            dst_addr: [10, 96, 0, 10],
+            src_port: 40000,
+            dst_port: 80,
+            protocol: 6,
+            direction: CT_DIR_ORIGINAL,
+            pad: [0; 2],
+        };
+        let forward = entry(0);
+        let reply_key = partner_key(&key, &forward);
+        assert_eq!(reply_key.src_addr, [10, 0, 0, 2]);
+        assert_eq!(reply_key.dst_port, 40000);
+        let reply = CtEntry {
+            nat_addr: key.dst_addr,
+            nat_port: key.dst_port,
+            ..forward
+        };
+        assert_eq!(partner_key(&reply_key, &reply), key);
+    }
+
+    #[test]
+    fn a_flow_lives_while_either_direction_does() {
+        assert!(!is_dead(&entry(100), None, 50));
+        assert!(is_dead(&entry(100), None, 100));
+        assert!(!is_dead(&entry(10), Some(&entry(100)), 50));
+        assert!(is_dead(&entry(10), Some(&entry(20)), 50));
+    }
+}

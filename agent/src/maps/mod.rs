@@ -1,0 +1,43 @@
+//! Typed access to ferry's pinned maps. Everything opens the maps by their
+//! pin path, so the agent, the CLI (while the agent runs or after it stopped)
+//! and the tests share one code path.
+use std::path::Path;
+
+use aya::maps::{Map, MapData, MapError};
+
+pub mod conntrack;
+pub mod counters;
+pub mod services;
+
+pub use conntrack::Conntrack;
+pub use counters::Counters;
+pub use services::{ServiceTable, SyncError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "cannot open pinned map {path}: {source}; is the agent loaded with this --pin-dir (run it once, or check the path)?"
+    )]
+    Open { path: String, source: MapError },
+}
+
+pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, OpenError> {
+    let path = pin_dir.join(name);
+    let err = |source| OpenError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    Map::from_map_data(data).map_err(err)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

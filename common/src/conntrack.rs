@@ -1,0 +1,211 @@
+//! ferry's conntrack state machine, pure so that the host tests exercise the
+//! exact code the kernel runs.
+//!
+//! Each flow has two entries (original and reply direction). Data packets only
+//! refresh their own entry; packets that change the state (SYN, SYN-ACK,
+//! FIN, RST) rewrite both, so the two always agree on state and flags.
+
+/// TCP: the client's SYN was seen, no reply yet.
+pub const STATE_TCP_SYN_SENT: u8 = 1;
+/// TCP: traffic seen both ways (or picked up mid-stream).
+pub const STATE_TCP_ESTABLISHED: u8 = 2;
+/// TCP: RST seen, or FIN seen in both directions.
+pub const STATE_TCP_CLOSING: u8 = 3;
+/// UDP (and any other non-TCP protocol).
+pub const STATE_UDP: u8 = 4;
+
+/// A FIN was seen from the client.
+pub const FLAG_FIN_ORIGINAL: u8 = 1;
+/// A FIN was seen from the backend.
+pub const FLAG_FIN_REPLY: u8 = 2;
+/// A reply was seen.
+pub const FLAG_SEEN_REPLY: u8 = 4;
+
+const SECOND_NS: u64 = 1_000_000_000;
+/// Timeouts, as Cilium's defaults: long for established flows (idle
+/// keepalive-less connections must survive), short for half-open and closed.
+pub const TIMEOUT_SYN_SENT_NS: u64 = 60 * SECOND_NS;
+pub const TIMEOUT_ESTABLISHED_NS: u64 = 6 * 3600 * SECOND_NS;
+pub const TIMEOUT_CLOSING_NS: u64 = 10 * SECOND_NS;
+pub const TIMEOUT_UDP_NS: u64 = 60 * SECOND_NS;
+
+/// TCP header flag bits (byte 13 of the TCP header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// How long an entry in `state` lives after its last packet.
+#[inline(always)]
+pub const fn timeout_ns(state: u8) -> u64 {
+    match state {
+        STATE_TCP_SYN_SENT => TIMEOUT_SYN_SENT_NS,
+        STATE_TCP_ESTABLISHED => TIMEOUT_ESTABLISHED_NS,
+        STATE_TCP_CLOSING => TIMEOUT_CLOSING_NS,
+        _ => TIMEOUT_UDP_NS,
+    }
+}
+
+/// State of a flow created by its first packet (always original direction).
+#[inline(always)]
+pub const fn initial_state(protocol: u8, tcp_flags: u8) -> u8 {
+    if protocol != crate::PROTO_TCP {
+        STATE_UDP
+    } else if tcp_flags & TCP_RST != 0 {
+        STATE_TCP_CLOSING
+    } else if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 {
+        STATE_TCP_SYN_SENT
+    } else {
+        // Picked up mid-stream, e.g. the conntrack entry was evicted: keep
+        // the connection going rather than starve it on a SYN timeout.
+        STATE_TCP_ESTABLISHED
+    }
+}
+
+/// (state, flags) after a packet with `tcp_flags` travelling in `direction`
+/// (`CT_DIR_*`) on a flow in (state, flags).
+#[inline(always)]
+pub const fn advance(state: u8, flags: u8, direction: u8, tcp_flags: u8) -> (u8, u8) {
+    let reply = direction == crate::CT_DIR_REPLY;
+    let mut flags = flags;
+    if reply {
+        flags |= FLAG_SEEN_REPLY;
+    }
+    if state == STATE_UDP {
+        return (state, flags);
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        flags |= if reply {
+            FLAG_FIN_REPLY
+        } else {
+            FLAG_FIN_ORIGINAL
+        };
+    }
+    let state = if tcp_flags & TCP_RST != 0
+        || flags & (FLAG_FIN_ORIGINAL | FLAG_FIN_REPLY) == FLAG_FIN_ORIGINAL | FLAG_FIN_REPLY
+    {
+        STATE_TCP_CLOSING
+    } else if state == STATE_TCP_SYN_SENT && reply {
+        STATE_TCP_ESTABLISHED
+    } else {
+        state
+    };
+    (state, flags)
+}
+
+/// Does this packet change what is stored (so both entries must be written)?
+#[inline(always)]
+pub const fn changes_entry(state: u8, flags: u8, direction: u8, tcp_flags: u8) -> bool {
+    let (s, f) = advance(state, flags, direction, tcp_flags);
+    s != state || f != flags
+}
+
+/// Should a packet of the original direction start a new flow over an
+/// existing entry (port reuse after close, or an expired entry)?
+#[inline(always)]
+pub const fn starts_new_flow(state: u8, expired: bool, protocol: u8, tcp_flags: u8) -> bool {
+    if expired {
+        return true;
+    }
+    protocol == crate::PROTO_TCP
+        && state == STATE_TCP_CLOSING
+        && tcp_flags & TCP_SYN != 0
+        && tcp_flags & TCP_ACK == 0
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        STATE_TCP_SYN_SENT => "SYN_SENT",
+        STATE_TCP_ESTABLISHED => "ESTABLISHED",
+        STATE_TCP_CLOSING => "CLOSING",
+        STATE_UDP => "UDP",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CT_DIR_ORIGINAL as O, CT_DIR_REPLY as R, PROTO_TCP, PROTO_UDP};
+
+    #[test]
+    fn tcp_handshake_data_and_close() {
+        let s = initial_state(PROTO_TCP, TCP_SYN);
+        assert_eq!(s, STATE_TCP_SYN_SENT);
+        let (s, f) = advance(s, 0, R, TCP_SYN | TCP_ACK);
+        assert_eq!((s, f), (STATE_TCP_ESTABLISHED, FLAG_SEEN_REPLY));
+        assert!(!changes_entry(s, f, O, TCP_ACK));
+        assert!(!changes_entry(s, f, R, TCP_ACK));
+        // Half-close keeps the established timeout: the other side may still send.
+        let (s, f) = advance(s, f, O, TCP_FIN | TCP_ACK);
+        assert_eq!(s, STATE_TCP_ESTABLISHED);
+        assert_eq!(timeout_ns(s), TIMEOUT_ESTABLISHED_NS);
+        let (s, _) = advance(s, f, R, TCP_FIN | TCP_ACK);
+        assert_eq!(s, STATE_TCP_CLOSING);
+        assert_eq!(timeout_ns(s), TIMEOUT_CLOSING_NS);
+    }
+
+    #[test]
+    fn rst_closes_from_either_side() {
+        assert_eq!(
+            advance(STATE_TCP_ESTABLISHED, 0, O, TCP_RST).0,
+            STATE_TCP_CLOSING
+        );
+        assert_eq!(
+            advance(STATE_TCP_SYN_SENT, 0, R, TCP_RST | TCP_ACK).0,
+            STATE_TCP_CLOSING
+        );
+    }
+
+    #[test]
+    fn syn_sent_waits_for_a_reply() {
+        // A retransmitted SYN does not establish the flow.
+        assert_eq!(
+            advance(STATE_TCP_SYN_SENT, 0, O, TCP_SYN).0,
+            STATE_TCP_SYN_SENT
+        );
+        assert_eq!(timeout_ns(STATE_TCP_SYN_SENT), TIMEOUT_SYN_SENT_NS);
+    }
+
+    #[test]
+    fn mid_stream_pickup_is_established() {
+        assert_eq!(initial_state(PROTO_TCP, TCP_ACK), STATE_TCP_ESTABLISHED);
+        assert_eq!(initial_state(PROTO_UDP, 0), STATE_UDP);
+    }
+
+    #[test]
+    fn udp_only_records_replies() {
+        assert_eq!(advance(STATE_UDP, 0, O, 0xff), (STATE_UDP, 0));
+        assert_eq!(advance(STATE_UDP, 0, R, 0), (STATE_UDP, FLAG_SEEN_REPLY));
+        assert_eq!(timeout_ns(STATE_UDP), TIMEOUT_UDP_NS);
+    }
+
+    #[test]
+    fn new_syn_reopens_a_closing_flow_only() {
+        assert!(starts_new_flow(
+            STATE_TCP_CLOSING,
+            false,
+            PROTO_TCP,
+            TCP_SYN
+        ));
+        assert!(!starts_new_flow(
+            STATE_TCP_CLOSING,
+            false,
+            PROTO_TCP,
+            TCP_ACK
+        ));
+        assert!(!starts_new_flow(
+            STATE_TCP_ESTABLISHED,
+            false,
+            PROTO_TCP,
+            TCP_SYN
+        ));
+        assert!(starts_new_flow(
+            STATE_TCP_ESTABLISHED,
+            true,
+            PROTO_TCP,
+            TCP_ACK
+        ));
+        assert!(!starts_new_flow(STATE_UDP, false, PROTO_UDP, 0));
+    }
+}

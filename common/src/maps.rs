@@ -1,0 +1,180 @@
+//! Map names, keys and values.
+//!
+//! Byte order: addresses are `[u8; 4]` in network order (the bytes as they
+//! appear on the wire, so bpftool prints `[10,96,0,10]`); ports and all other
+//! integers are in host byte order so that bpftool prints `"port": 80`.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Pinned map names. BPF object names are limited to 15 bytes.
+pub const MAP_SERVICES: &str = "ferry_services";
+pub const MAP_BACKENDS: &str = "ferry_backends";
+pub const MAP_CONNTRACK: &str = "ferry_conntrack";
+pub const MAP_COUNTERS: &str = "ferry_counters";
+
+/// Every map the agent pins, in a stable order.
+pub const PINNED_MAPS: [&str; 4] = [MAP_SERVICES, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS];
+
+/// Capacity of the services map (frontends: ClusterIP x port x protocol).
+pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of the backend slot map: both banks of every service.
+pub const BACKENDS_MAX_ENTRIES: u32 = 1_048_576;
+/// Capacity of the conntrack LRU (two entries per flow).
+pub const CONNTRACK_MAX_ENTRIES: u32 = 524_288;
+/// Most backends one service frontend can have (slots 0..MAX).
+pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+
+/// `ServiceKey::scope` values: which kind of frontend the key describes.
+pub const SCOPE_CLUSTER_IP: u8 = 0;
+
+/// Key of `ferry_services`: one Service frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    /// Frontend address, network byte order.
+    pub addr: [u8; 4],
+    /// Frontend port, host byte order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// `SCOPE_*`: ClusterIP today; NodePort and external scopes later.
+    pub scope: u8,
+}
+
+/// Value of `ferry_services`.
+///
+/// The backend set of a frontend lives in one of two banks of
+/// `ferry_backends`. An update writes the whole new set into the bank not in
+/// use, then replaces this value (one atomic map update) to point at it, so a
+/// packet sees either the old set or the new one, never a mixture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceValue {
+    /// Agent-assigned id, stable for the frontend's lifetime; host order.
+    pub service_id: u32,
+    /// Number of backend slots in the active bank (0 = reject); host order.
+    pub backend_count: u16,
+    /// Active bank, 0 or 1.
+    pub bank: u8,
+    /// Reserved for per-service flags; zero.
+    pub flags: u8,
+}
+
+/// Key of `ferry_backends`: one slot of one bank of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct BackendKey {
+    /// `ServiceValue::service_id`, host order.
+    pub service_id: u32,
+    /// Slot index, 0..backend_count, host order.
+    pub slot: u16,
+    /// Bank, 0 or 1.
+    pub bank: u8,
+    pub pad: u8,
+}
+
+/// Value of `ferry_backends`: where a slot sends traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Backend {
+    /// Backend (pod) address, network byte order.
+    pub addr: [u8; 4],
+    /// Backend port, host byte order.
+    pub port: u16,
+    pub pad: [u8; 2],
+}
+
+/// `CtKey::direction`: the packet travels client -> service (original)...
+pub const CT_DIR_ORIGINAL: u8 = 0;
+/// ...or backend -> client (reply).
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of `ferry_conntrack`: one direction of one flow, as the packet carries
+/// it before translation (original: client -> frontend; reply: backend ->
+/// client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    /// Source address, network byte order.
+    pub src_addr: [u8; 4],
+    /// Destination address, network byte order.
+    pub dst_addr: [u8; 4],
+    /// Source port, host byte order.
+    pub src_port: u16,
+    /// Destination port, host byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// `CT_DIR_ORIGINAL` or `CT_DIR_REPLY`.
+    pub direction: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of `ferry_conntrack`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtEntry {
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`) after which the entry
+    /// is dead; host order.
+    pub expires_ns: u64,
+    /// Address to write: the backend (original direction, into the
+    /// destination) or the frontend (reply direction, into the source).
+    /// Network byte order.
+    pub nat_addr: [u8; 4],
+    /// Port to write, paired with `nat_addr`; host order.
+    pub nat_port: u16,
+    /// `conntrack::STATE_*`.
+    pub state: u8,
+    /// `conntrack::FLAG_*` bits.
+    pub flags: u8,
+    /// The service the flow was translated for; host order.
+    pub service_id: u32,
+    pub pad: [u8; 4],
+}
+
+/// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = {
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<ServiceValue>() == 8);
+    assert!(size_of::<BackendKey>() == 8);
+    assert!(size_of::<Backend>() == 8);
+    assert!(size_of::<CtKey>() == 16);
+    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<Counter>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all are `#[repr(C)]` and `bytemuck::Pod`: no padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+/// Protocol name for tools.
+pub fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_ICMP => "ICMP",
+        _ => "other",
+    }
+}

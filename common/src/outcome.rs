@@ -1,0 +1,49 @@
+//! What the datapath did with a packet: indices of `ferry_counters`.
+//!
+//! Drops are kept apart by reason so an operator can tell "no endpoints"
+//! from "malformed packet" from "conntrack full" without a packet capture.
+
+/// A new or established flow to a Service frontend was translated (DNAT).
+pub const TRANSLATED: u32 = 0;
+/// A reply from a backend was translated back (source -> frontend).
+pub const REVERSE_TRANSLATED: u32 = 1;
+/// IPv4 traffic that is neither a Service frontend nor a tracked reply.
+pub const PASSED: u32 = 2;
+/// Not IPv4 (ARP, IPv6, ...): left to the kernel untouched.
+pub const PASSED_NOT_IPV4: u32 = 3;
+/// IPv4 fragment without an L4 header: cannot be matched to a port.
+pub const PASSED_FRAGMENT: u32 = 4;
+/// A Service frontend with no ready endpoints: answered with ICMP
+/// destination-unreachable (port unreachable), as kube-proxy's REJECT does.
+pub const REJECTED_NO_ENDPOINTS: u32 = 5;
+/// The IPv4 header is invalid or shorter than it claims.
+pub const DROP_MALFORMED_IPV4: u32 = 6;
+/// The TCP/UDP header is cut short.
+pub const DROP_TRUNCATED_L4: u32 = 7;
+/// The frontend's backend slot was missing (an update raced the packet).
+pub const DROP_NO_BACKEND_SLOT: u32 = 8;
+/// A conntrack entry could not be written (map full or error).
+pub const DROP_CONNTRACK_WRITE: u32 = 9;
+/// Rewriting the packet failed in a kernel helper.
+pub const DROP_REWRITE_FAILED: u32 = 10;
+/// The reject reply could not be built.
+pub const DROP_REJECT_FAILED: u32 = 11;
+
+/// Number of outcomes; the size of `ferry_counters`.
+pub const COUNT: u32 = 12;
+
+/// Stable names, indexed by outcome, for the CLI and metrics.
+pub const NAMES: [&str; COUNT as usize] = [
+    "translated",
+    "reverse_translated",
+    "passed",
+    "passed_not_ipv4",
+    "passed_fragment",
+    "rejected_no_endpoints",
+    "drop_malformed_ipv4",
+    "drop_truncated_l4",
+    "drop_no_backend_slot",
+    "drop_conntrack_write",
+    "drop_rewrite_failed",
+    "drop_reject_failed",
+];

@@ -1,0 +1,125 @@
+//! ferry's own conntrack: two entries per flow (original and reply
+//! direction) in an LRU hash. The state machine is
+//! `ferry_common::conntrack`, shared with the host tests.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use ferry_common::{
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
+    conntrack::{advance, initial_state, starts_new_flow, timeout_ns},
+};
+
+use crate::{maps::CONNTRACK, parse::L4Packet};
+
+const BPF_ANY: u64 = 0;
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Key of the packet's own direction.
+#[inline(always)]
+pub fn key_of(pkt: &L4Packet, direction: u8) -> CtKey {
+    CtKey {
+        src_addr: pkt.src_addr,
+        dst_addr: pkt.dst_addr,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        protocol: pkt.protocol,
+        direction,
+        pad: [0; 2],
+    }
+}
+
+/// Key of the other direction of the flow `entry` belongs to, given the
+/// packet that matched `entry`.
+#[inline(always)]
+fn partner_key(pkt: &L4Packet, direction: u8, entry: &CtEntry) -> CtKey {
+    if direction == CT_DIR_ORIGINAL {
+        // Reply travels backend -> client.
+        CtKey {
+            src_addr: entry.nat_addr,
+            dst_addr: pkt.src_addr,
+            src_port: entry.nat_port,
+            dst_port: pkt.src_port,
+            protocol: pkt.protocol,
+            direction: CT_DIR_REPLY,
+            pad: [0; 2],
+        }
+    } else {
+        // Original travels client -> frontend.
+        CtKey {
+            src_addr: pkt.dst_addr,
+            dst_addr: entry.nat_addr,
+            src_port: pkt.dst_port,
+            dst_port: entry.nat_port,
+            protocol: pkt.protocol,
+            direction: CT_DIR_ORIGINAL,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// Look up the packet's flow in `direction` and account the packet to it.
+/// Returns the NAT target (address, port), or None when there is no live
+/// flow (for the original direction: when the packet must start a new one).
+#[inline(always)]
+pub fn track(pkt: &L4Packet, direction: u8) -> Option<([u8; 4], u16)> {
+    let key = key_of(pkt, direction);
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let now = now_ns();
+    // SAFETY: pointer from a successful lookup; concurrent writers on other
+    // CPUs can only race on these plain fields, which is harmless here.
+    let e = unsafe { &mut *entry };
+    if direction == CT_DIR_ORIGINAL
+        && starts_new_flow(e.state, e.expires_ns < now, pkt.protocol, pkt.tcp_flags)
+    {
+        return None;
+    }
+    let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);
+    if state != e.state || flags != e.flags {
+        let partner = partner_key(pkt, direction, e);
+        if let Some(p) = CONNTRACK.get_ptr_mut(partner) {
+            // SAFETY: as above.
+            let p = unsafe { &mut *p };
+            p.state = state;
+            p.flags = flags;
+            p.expires_ns = now + timeout_ns(state);
+        }
+        e.state = state;
+        e.flags = flags;
+    }
+    e.expires_ns = now + timeout_ns(state);
+    Some((e.nat_addr, e.nat_port))
+}
+
+/// Record a new flow from `pkt` (original direction) to `backend`.
+#[inline(always)]
+pub fn create(
+    pkt: &L4Packet,
+    service_id: u32,
+    backend_addr: [u8; 4],
+    backend_port: u16,
+) -> Result<(), i32> {
+    let state = initial_state(pkt.protocol, pkt.tcp_flags);
+    let expires_ns = now_ns() + timeout_ns(state);
+    let original = CtEntry {
+        expires_ns,
+        nat_addr: backend_addr,
+        nat_port: backend_port,
+        state,
+        flags: 0,
+        service_id,
+        pad: [0; 4],
+    };
+    let reply_key = partner_key(pkt, CT_DIR_ORIGINAL, &original);
+    let reply = CtEntry {
+        nat_addr: pkt.dst_addr,
+        nat_port: pkt.dst_port,
+        ..original
+    };
+    // Reply entry first: once the original entry exists, the backend may
+    // answer, and its reply must find the way back.
+    CONNTRACK.insert(reply_key, reply, BPF_ANY)?;
+    CONNTRACK.insert(key_of(pkt, CT_DIR_ORIGINAL), original, BPF_ANY)
+}

@@ -1,0 +1,86 @@
+//! What the host side of a pod's veth does with a packet the pod sent.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::bpf_get_prandom_u32,
+    programs::TcContext,
+};
+use ferry_common::{
+    BackendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, SCOPE_CLUSTER_IP, ServiceKey, outcome,
+};
+
+use crate::{
+    conntrack,
+    counters::count,
+    maps::{BACKENDS, SERVICES},
+    nat,
+    parse::{L4Packet, Parsed, parse},
+    reject,
+};
+
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    let len = ctx.len();
+    let (verdict, outcome) = match parse(ctx) {
+        Parsed::L4(pkt) => translate(ctx, &pkt),
+        Parsed::NotIpv4 => (TC_ACT_OK, outcome::PASSED_NOT_IPV4),
+        Parsed::OtherIpv4 => (TC_ACT_OK, outcome::PASSED),
+        Parsed::Fragment => (TC_ACT_OK, outcome::PASSED_FRAGMENT),
+        Parsed::MalformedIpv4 => (TC_ACT_SHOT, outcome::DROP_MALFORMED_IPV4),
+        Parsed::TruncatedL4 => (TC_ACT_SHOT, outcome::DROP_TRUNCATED_L4),
+    };
+    count(outcome, len);
+    verdict
+}
+
+#[inline(always)]
+fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32) {
+    let service_key = ServiceKey {
+        addr: pkt.dst_addr,
+        port: pkt.dst_port,
+        protocol: pkt.protocol,
+        scope: SCOPE_CLUSTER_IP,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
+        // Not for a frontend: maybe a backend answering a translated flow.
+        return match conntrack::track(pkt, CT_DIR_REPLY) {
+            Some((addr, port)) => match nat::reverse_nat(ctx, pkt, addr, port) {
+                Ok(()) => (TC_ACT_OK, outcome::REVERSE_TRANSLATED),
+                Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED),
+            },
+            None => (TC_ACT_OK, outcome::PASSED),
+        };
+    };
+
+    let (addr, port) = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
+        Some(target) => target,
+        None => {
+            if service.backend_count == 0 {
+                return match reject::port_unreachable(ctx, pkt) {
+                    Ok(verdict) => (verdict, outcome::REJECTED_NO_ENDPOINTS),
+                    Err(_) => (TC_ACT_SHOT, outcome::DROP_REJECT_FAILED),
+                };
+            }
+            // SAFETY: helper without arguments.
+            let random = unsafe { bpf_get_prandom_u32() };
+            let backend_key = BackendKey {
+                service_id: service.service_id,
+                slot: (random % u32::from(service.backend_count)) as u16,
+                bank: service.bank,
+                pad: 0,
+            };
+            // SAFETY: copied out at once.
+            let Some(backend) = (unsafe { BACKENDS.get(backend_key) }).copied() else {
+                return (TC_ACT_SHOT, outcome::DROP_NO_BACKEND_SLOT);
+            };
+            if conntrack::create(pkt, service.service_id, backend.addr, backend.port).is_err() {
+                return (TC_ACT_SHOT, outcome::DROP_CONNTRACK_WRITE);
+            }
+            (backend.addr, backend.port)
+        }
+    };
+    match nat::dnat(ctx, pkt, addr, port) {
+        Ok(()) => (TC_ACT_OK, outcome::TRANSLATED),
+        Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED),
+    }
+}

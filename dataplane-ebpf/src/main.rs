@@ -1,0 +1,32 @@
+//! ferry's kernel programs. Entry points only; the logic lives in one module
+//! per concern.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod counters;
+mod from_pod;
+mod maps;
+mod nat;
+mod parse;
+mod reject;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// tc ingress of a pod's host-side veth: everything the pod sends.
+/// Service frontends are translated to a backend, replies from backends are
+/// translated back, all else passes untouched.
+#[classifier]
+pub fn ferry_from_pod(ctx: TcContext) -> i32 {
+    from_pod::handle(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

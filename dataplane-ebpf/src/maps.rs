@@ -1,0 +1,24 @@
+//! The maps, declared with BTF so bpftool prints named fields.
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use ferry_common::{
+    BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
+    SERVICES_MAX_ENTRIES, ServiceKey, ServiceValue, outcome,
+};
+
+#[btf_map(name = "ferry_services")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ferry_backends")]
+pub static BACKENDS: HashMap<BackendKey, Backend, { BACKENDS_MAX_ENTRIES as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ferry_conntrack")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "ferry_counters")]
+pub static COUNTERS: PerCpuArray<Counter, { outcome::COUNT as usize }> = PerCpuArray::new();

@@ -1,0 +1,134 @@
+//! Header parsing with direct packet access. Only what translation needs is
+//! read; nothing here writes.
+use aya_ebpf::programs::TcContext;
+use ferry_common::{PROTO_TCP, PROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+/// Ethernet + the longest IPv4 header + a TCP header without options.
+const MAX_PARSED_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
+
+/// A TCP or UDP packet over IPv4, as far as translation is concerned.
+pub struct L4Packet {
+    /// Offset of the L4 header (Ethernet + IPv4 header with options).
+    pub l4_off: usize,
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    pub protocol: u8,
+    /// TCP flag byte (0 for UDP).
+    pub tcp_flags: u8,
+    /// IPv4 header length in bytes (20..=60).
+    pub ihl_bytes: usize,
+}
+
+impl L4Packet {
+    /// Offset of the L4 checksum field.
+    #[inline(always)]
+    pub fn l4_csum_off(&self) -> usize {
+        if self.protocol == PROTO_TCP {
+            self.l4_off + 16
+        } else {
+            self.l4_off + 6
+        }
+    }
+}
+
+pub enum Parsed {
+    L4(L4Packet),
+    NotIpv4,
+    /// IPv4 but not TCP/UDP (ICMP, ...): nothing to translate.
+    OtherIpv4,
+    Fragment,
+    MalformedIpv4,
+    TruncatedL4,
+}
+
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + N > end {
+        return None;
+    }
+    // SAFETY: bounds checked against data_end just above.
+    Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Parsed {
+    // Headers of a non-linear skb may sit outside the linear area that
+    // direct packet access sees: pull them in (a no-op when already there).
+    let want = if ctx.len() < MAX_PARSED_HEADERS {
+        ctx.len()
+    } else {
+        MAX_PARSED_HEADERS
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+
+    let Some(eth_type) = bytes_at::<2>(ctx, 12) else {
+        return Parsed::NotIpv4;
+    };
+    if u16::from_be_bytes(eth_type) != ETH_P_IP {
+        return Parsed::NotIpv4;
+    }
+    let Some(ip) = bytes_at::<20>(ctx, ETH_HLEN) else {
+        return Parsed::MalformedIpv4;
+    };
+    if ip[0] >> 4 != 4 {
+        return Parsed::MalformedIpv4;
+    }
+    let ihl_bytes = ((ip[0] & 0x0f) as usize) << 2;
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if ihl_bytes < 20 || total_len < ihl_bytes || ETH_HLEN + total_len > ctx.len() as usize {
+        return Parsed::MalformedIpv4;
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    // More-fragments set or a non-zero offset: this packet is part of a
+    // fragmented datagram, and only the first fragment carries the ports.
+    if frag & 0x3fff != 0 {
+        return Parsed::Fragment;
+    }
+    let protocol = ip[9];
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return Parsed::OtherIpv4;
+    }
+    let l4_off = ETH_HLEN + ihl_bytes;
+    let l4_len = total_len - ihl_bytes;
+    let mut pkt = L4Packet {
+        l4_off,
+        src_addr: [ip[12], ip[13], ip[14], ip[15]],
+        dst_addr: [ip[16], ip[17], ip[18], ip[19]],
+        src_port: 0,
+        dst_port: 0,
+        protocol,
+        tcp_flags: 0,
+        ihl_bytes,
+    };
+    if protocol == PROTO_TCP {
+        let Some(tcp) = bytes_at::<20>(ctx, l4_off) else {
+            return Parsed::TruncatedL4;
+        };
+        if l4_len < 20 {
+            return Parsed::TruncatedL4;
+        }
+        pkt.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+        pkt.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+        pkt.tcp_flags = tcp[13];
+    } else {
+        let Some(udp) = bytes_at::<8>(ctx, l4_off) else {
+            return Parsed::TruncatedL4;
+        };
+        if l4_len < 8 {
+            return Parsed::TruncatedL4;
+        }
+        pkt.src_port = u16::from_be_bytes([udp[0], udp[1]]);
+        pkt.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+    }
+    Parsed::L4(pkt)
+}

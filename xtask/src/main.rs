@@ -1,0 +1,34 @@
+//! `cargo xtask <command>`: everything a developer or CI runs.
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "ferry developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): nightly's
+    /// rust-src, bpf-linker built against nightly's LLVM, Debian packages,
+    /// the BPF filesystem.
+    Setup,
+    /// Run every test tier: unit tests, kernel tests (BPF_PROG_TEST_RUN).
+    /// Needs root for the kernel tiers.
+    Test {
+        /// Extra arguments for the test binaries (a name filter, --nocapture).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Test { args } => test::run(&args),
+    }
+}
