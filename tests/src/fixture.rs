@@ -1,1 +1,105 @@
+//! A loaded copy of ferry's kernel programs with its maps pinned in a
+//! directory of its own, removed again on drop (also when a test fails).
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
+use aya::programs::{TestRun, TestRunOptions};
+use ferry_agent::{
+    loader::{Dataplane, unpin_all},
+    maps::{Conntrack, Counters, ServiceTable},
+};
+use ferry_common::Counter;
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A pin directory unique to this process and call, under /sys/fs/bpf.
+pub fn unique_pin_dir(tag: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/ferry-test-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Removes a pin directory on drop.
+pub struct PinDirGuard(pub PathBuf);
+
+impl Drop for PinDirGuard {
+    fn drop(&mut self) {
+        let _ = unpin_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Kernel {
+    pub dataplane: Dataplane,
+    pub services: ServiceTable,
+    pub conntrack: Conntrack,
+    pub counters: Counters,
+    // Last, so the maps are closed before the pins go.
+    pub pins: PinDirGuard,
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the kernel tests load BPF programs: run them as root (`cargo xtask test`)"
+    );
+}
+
+impl Kernel {
+    pub fn load() -> Self {
+        Self::load_at(unique_pin_dir("k"))
+    }
+
+    pub fn load_at(pin_dir: PathBuf) -> Self {
+        require_root();
+        let pins = PinDirGuard(pin_dir);
+        let dataplane = Dataplane::load(&pins.0).expect("load the kernel programs");
+        Self::open(dataplane, pins)
+    }
+
+    fn open(dataplane: Dataplane, pins: PinDirGuard) -> Self {
+        let services = ServiceTable::open(&pins.0).expect("open services");
+        let conntrack = Conntrack::open(&pins.0).expect("open conntrack");
+        let counters = Counters::open(&pins.0).expect("open counters");
+        Self {
+            dataplane,
+            services,
+            conntrack,
+            counters,
+            pins,
+        }
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins.0
+    }
+
+    /// Run the from-pod program once on `input`; (verdict, output bytes).
+    pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 256];
+        let prog = self.dataplane.from_pod_program();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    pub fn counters(&self) -> Vec<Counter> {
+        self.counters.read().expect("read counters")
+    }
+}

@@ -1,1 +1,296 @@
+//! Exact packet bytes for the kernel tests, with every checksum computed
+//! from scratch (independently of the datapath's incremental updates, so a
+//! wrong incremental update cannot hide behind the same arithmetic).
+use std::net::Ipv4Addr;
 
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+#[derive(Clone, Debug)]
+pub enum L4 {
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+        payload: Vec<u8>,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+        payload: Vec<u8>,
+        /// Send with checksum 0 ("no checksum", legal for UDP over IPv4).
+        zero_checksum: bool,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+        /// Bytes after the type/code/checksum fields.
+        rest: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub ident: u16,
+    /// IPv4 options, padded by the caller to a multiple of 4 bytes.
+    pub options: Vec<u8>,
+    /// Flags + fragment offset field (host order).
+    pub frag: u16,
+    pub l4: L4,
+}
+
+/// RFC 1071 checksum over `data` (odd length padded with zero).
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+impl Packet {
+    fn base(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), l4: L4) -> Self {
+        let _ = (src.1, dst.1);
+        Self {
+            src_mac: CLIENT_MAC,
+            dst_mac: HOST_MAC,
+            src: src.0,
+            dst: dst.0,
+            ttl: 64,
+            ident: 0x1234,
+            options: Vec::new(),
+            frag: 0x4000, // DF
+            l4,
+        }
+    }
+
+    pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, payload: &[u8]) -> Self {
+        Self::base(
+            src,
+            dst,
+            L4::Tcp {
+                src_port: src.1,
+                dst_port: dst.1,
+                flags,
+                payload: payload.to_vec(),
+            },
+        )
+    }
+
+    pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Self {
+        Self::base(
+            src,
+            dst,
+            L4::Udp {
+                src_port: src.1,
+                dst_port: dst.1,
+                payload: payload.to_vec(),
+                zero_checksum: false,
+            },
+        )
+    }
+
+    pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+        Self::base(
+            (src, 0),
+            (dst, 0),
+            L4::Icmp {
+                kind: 8,
+                code: 0,
+                rest: vec![0, 1, 0, 1, b'p', b'i', b'n', b'g'],
+            },
+        )
+    }
+
+    /// The same packet with the source rewritten.
+    pub fn with_src(mut self, addr: Ipv4Addr, port: u16) -> Self {
+        self.src = addr;
+        match &mut self.l4 {
+            L4::Tcp { src_port, .. } | L4::Udp { src_port, .. } => *src_port = port,
+            L4::Icmp { .. } => {}
+        }
+        self
+    }
+
+    /// The same packet with the destination rewritten.
+    pub fn with_dst(mut self, addr: Ipv4Addr, port: u16) -> Self {
+        self.dst = addr;
+        match &mut self.l4 {
+            L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => *dst_port = port,
+            L4::Icmp { .. } => {}
+        }
+        self
+    }
+
+    pub fn zero_udp_checksum(mut self) -> Self {
+        if let L4::Udp { zero_checksum, .. } = &mut self.l4 {
+            *zero_checksum = true;
+        }
+        self
+    }
+
+    pub fn protocol(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => 6,
+            L4::Udp { .. } => 17,
+            L4::Icmp { .. } => 1,
+        }
+    }
+
+    fn l4_bytes(&self) -> Vec<u8> {
+        let pseudo = |len: usize| {
+            let mut p = Vec::with_capacity(12);
+            p.extend_from_slice(&self.src.octets());
+            p.extend_from_slice(&self.dst.octets());
+            p.push(0);
+            p.push(self.protocol());
+            p.extend_from_slice(&(len as u16).to_be_bytes());
+            p
+        };
+        match &self.l4 {
+            L4::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                payload,
+            } => {
+                let mut h = Vec::with_capacity(20 + payload.len());
+                h.extend_from_slice(&src_port.to_be_bytes());
+                h.extend_from_slice(&dst_port.to_be_bytes());
+                h.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+                let ack = if flags & TCP_ACK != 0 { 0x0a0b_0c0d } else { 0 };
+                h.extend_from_slice(&u32::to_be_bytes(ack));
+                h.push(5 << 4);
+                h.push(*flags);
+                h.extend_from_slice(&64240u16.to_be_bytes()); // window
+                h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                h.extend_from_slice(payload);
+                let mut sum_over = pseudo(h.len());
+                sum_over.extend_from_slice(&h);
+                let c = checksum(&sum_over);
+                h[16..18].copy_from_slice(&c.to_be_bytes());
+                h
+            }
+            L4::Udp {
+                src_port,
+                dst_port,
+                payload,
+                zero_checksum,
+            } => {
+                let len = 8 + payload.len();
+                let mut h = Vec::with_capacity(len);
+                h.extend_from_slice(&src_port.to_be_bytes());
+                h.extend_from_slice(&dst_port.to_be_bytes());
+                h.extend_from_slice(&(len as u16).to_be_bytes());
+                h.extend_from_slice(&[0, 0]);
+                h.extend_from_slice(payload);
+                if !zero_checksum {
+                    let mut sum_over = pseudo(len);
+                    sum_over.extend_from_slice(&h);
+                    let mut c = checksum(&sum_over);
+                    if c == 0 {
+                        c = 0xffff;
+                    }
+                    h[6..8].copy_from_slice(&c.to_be_bytes());
+                }
+                h
+            }
+            L4::Icmp { kind, code, rest } => {
+                let mut h = vec![*kind, *code, 0, 0];
+                h.extend_from_slice(rest);
+                let c = checksum(&h);
+                h[2..4].copy_from_slice(&c.to_be_bytes());
+                h
+            }
+        }
+    }
+
+    /// The IPv4 header alone, checksummed.
+    pub fn ip_header(&self, l4_len: usize) -> Vec<u8> {
+        let ihl = 20 + self.options.len();
+        assert!(ihl % 4 == 0 && ihl <= 60, "options must pad to 4 bytes");
+        let mut ip = Vec::with_capacity(ihl);
+        ip.push(0x40 | (ihl / 4) as u8);
+        ip.push(0);
+        ip.extend_from_slice(&((ihl + l4_len) as u16).to_be_bytes());
+        ip.extend_from_slice(&self.ident.to_be_bytes());
+        ip.extend_from_slice(&self.frag.to_be_bytes());
+        ip.push(self.ttl);
+        ip.push(self.protocol());
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&self.options);
+        let c = checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip
+    }
+
+    /// Ethernet frame bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        let l4 = self.l4_bytes();
+        let mut out = Vec::with_capacity(14 + 60 + l4.len());
+        out.extend_from_slice(&self.dst_mac);
+        out.extend_from_slice(&self.src_mac);
+        out.extend_from_slice(&0x0800u16.to_be_bytes());
+        out.extend_from_slice(&self.ip_header(l4.len()));
+        out.extend_from_slice(&l4);
+        out
+    }
+}
+
+/// What the datapath must answer for `offending` sent to a frontend without
+/// endpoints: ICMP port unreachable from the frontend back to the sender,
+/// quoting the offending IPv4 header and the first 8 bytes of its payload,
+/// with the MAC addresses swapped.
+pub fn port_unreachable_for(offending: &Packet) -> Vec<u8> {
+    let original = offending.bytes();
+    let ihl = 20 + offending.options.len();
+    let quote = original[14..14 + ihl + 8].to_vec();
+    let mut rest = vec![0, 0, 0, 0]; // unused + next-hop MTU
+    rest.extend_from_slice(&quote);
+    let reply = Packet {
+        src_mac: offending.dst_mac,
+        dst_mac: offending.src_mac,
+        src: offending.dst,
+        dst: offending.src,
+        ttl: 64,
+        ident: 0,
+        options: Vec::new(),
+        frag: 0,
+        l4: L4::Icmp {
+            kind: 3,
+            code: 3,
+            rest,
+        },
+    };
+    reply.bytes()
+}
+
+/// An ARP request frame (not IPv4).
+pub fn arp_request() -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[10, 244, 1, 5]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[10, 244, 1, 1]);
+    f
+}

@@ -10,7 +10,7 @@ use std::{collections::HashMap as StdHashMap, path::Path};
 use aya::maps::{HashMap, MapData, MapError};
 use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey, MAP_CONNTRACK};
 
-use super::{OpenError, open_pinned};
+use super::{OpenError, is_not_found, open_pinned};
 
 pub struct Conntrack {
     map: HashMap<MapData, CtKey, CtEntry>,
@@ -62,7 +62,7 @@ impl Conntrack {
         for item in self.map.iter() {
             match item {
                 Ok(kv) => out.push(kv),
-                Err(MapError::KeyNotFound) => {}
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -84,7 +84,7 @@ impl Conntrack {
             if is_dead(entry, partner, now_ns) {
                 match self.map.remove(key) {
                     Ok(()) => removed += 1,
-                    Err(MapError::KeyNotFound) => {}
+                    Err(e) if is_not_found(&e) => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -31,6 +31,16 @@ pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, OpenError> 
     Map::from_map_data(data).map_err(err)
 }
 
+/// A lookup or delete of a key that is not there. aya reports it as
+/// `KeyNotFound` from lookups and as ENOENT from deletes.
+pub(crate) fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -17,7 +17,7 @@ use ferry_common::{
     ServiceValue,
 };
 
-use super::{OpenError, open_pinned};
+use super::{OpenError, is_not_found, open_pinned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -107,7 +107,7 @@ impl ServiceTable {
     pub fn get(&self, frontend: &ServiceKey) -> Result<Option<ServiceValue>, SyncError> {
         match self.services.get(frontend, 0) {
             Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(source) => Err(SyncError::Read {
                 map: MAP_SERVICES,
                 source,
@@ -167,7 +167,8 @@ impl ServiceTable {
             return Ok(());
         };
         match self.services.remove(frontend) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             Err(source) => {
                 return Err(SyncError::Write {
                     map: MAP_SERVICES,
@@ -192,7 +193,7 @@ impl ServiceTable {
             };
             match self.backends.remove(&key) {
                 Ok(()) => {}
-                Err(MapError::KeyNotFound) => break,
+                Err(e) if is_not_found(&e) => break,
                 Err(source) => {
                     return Err(SyncError::Write {
                         map: MAP_BACKENDS,
@@ -227,7 +228,7 @@ impl ServiceTable {
                 };
                 match self.backends.get(&key, 0) {
                     Ok(b) => backends.push(b),
-                    Err(MapError::KeyNotFound) => {}
+                    Err(e) if is_not_found(&e) => {}
                     Err(source) => {
                         return Err(SyncError::Read {
                             map: MAP_BACKENDS,
