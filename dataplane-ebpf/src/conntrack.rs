@@ -74,6 +74,9 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<([u8; 4], u16)> {
     if direction == CT_DIR_ORIGINAL
         && starts_new_flow(e.state, e.expires_ns < now, pkt.protocol, pkt.tcp_flags)
     {
+        // The new flow may pick another backend; the old reply entry, keyed
+        // by the old backend, must not linger and translate its strays.
+        let _ = CONNTRACK.remove(partner_key(pkt, direction, e));
         return None;
     }
     let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);

@@ -46,6 +46,24 @@ pub fn is_dead(entry: &CtEntry, partner: Option<&CtEntry>, now_ns: u64) -> bool 
     entry.expires_ns <= now_ns && partner.is_none_or(|p| p.expires_ns <= now_ns)
 }
 
+/// The keys among `entries` to remove at `now_ns`.
+pub fn dead_keys(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
+    let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+    entries
+        .iter()
+        .filter(|(key, entry)| {
+            // A partner counts only if it names this entry back: an entry
+            // left over from a replaced flow is judged alone.
+            let partner_k = partner_key(key, entry);
+            let partner = by_key
+                .get(&partner_k)
+                .filter(|p| partner_key(&partner_k, p) == *key);
+            is_dead(entry, partner, now_ns)
+        })
+        .map(|(key, _)| *key)
+        .collect()
+}
+
 impl Conntrack {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
         let map = open_pinned(pin_dir, MAP_CONNTRACK)?;
@@ -76,17 +94,12 @@ impl Conntrack {
     /// Remove the flows whose entries have all expired at `now_ns`.
     /// Returns how many entries were removed.
     pub fn collect_garbage(&mut self, now_ns: u64) -> Result<usize, MapError> {
-        let entries = self.entries()?;
-        let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
         let mut removed = 0;
-        for (key, entry) in &entries {
-            let partner = by_key.get(&partner_key(key, entry));
-            if is_dead(entry, partner, now_ns) {
-                match self.map.remove(key) {
-                    Ok(()) => removed += 1,
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e),
-                }
+        for key in dead_keys(&self.entries()?, now_ns) {
+            match self.map.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(removed)
@@ -130,6 +143,39 @@ mod tests {
             ..forward
         };
         assert_eq!(partner_key(&reply_key, &reply), key);
+    }
+
+    fn flow(client_port: u16, backend_last: u8) -> [(CtKey, CtEntry); 2] {
+        let key = CtKey {
+            src_addr: [10, 0, 0, 1],
+            dst_addr: [10, 96, 0, 10],
+            src_port: client_port,
+            dst_port: 80,
+            protocol: 17,
+            direction: CT_DIR_ORIGINAL,
+            pad: [0; 2],
+        };
+        let original = CtEntry {
+            nat_addr: [10, 0, 0, backend_last],
+            ..entry(100)
+        };
+        let reply = CtEntry {
+            nat_addr: key.dst_addr,
+            nat_port: key.dst_port,
+            ..entry(20)
+        };
+        [(key, original), (partner_key(&key, &original), reply)]
+    }
+
+    #[test]
+    fn gc_keeps_a_live_pair_and_drops_an_orphan() {
+        let [o, r] = flow(1000, 2);
+        // The same client flow once went to backend .3; its reply entry
+        // was left behind when the flow was replaced.
+        let [_, stale_reply] = flow(1000, 3);
+        let entries = vec![o, r, stale_reply];
+        assert_eq!(dead_keys(&entries, 50), vec![stale_reply.0]);
+        assert_eq!(dead_keys(&entries, 100).len(), 3);
     }
 
     #[test]
