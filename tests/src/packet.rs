@@ -222,7 +222,10 @@ impl Packet {
     /// The IPv4 header alone, checksummed.
     pub fn ip_header(&self, l4_len: usize) -> Vec<u8> {
         let ihl = 20 + self.options.len();
-        assert!(ihl.is_multiple_of(4) && ihl <= 60, "options must pad to 4 bytes");
+        assert!(
+            ihl.is_multiple_of(4) && ihl <= 60,
+            "options must pad to 4 bytes"
+        );
         let mut ip = Vec::with_capacity(ihl);
         ip.push(0x40 | (ihl / 4) as u8);
         ip.push(0);

@@ -114,7 +114,11 @@ fn a_service_update_under_traffic_never_exposes_a_partial_backend_set() {
             let mut table = ServiceTable::open(&pin_dir).unwrap();
             let mut flips = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                let set = if flips.is_multiple_of(2) { &large } else { &small };
+                let set = if flips.is_multiple_of(2) {
+                    &large
+                } else {
+                    &small
+                };
                 table.upsert(frontend(PROTO_UDP), set).unwrap();
                 flips += 1;
             }
