@@ -1,20 +1,61 @@
-//! `cargo xtask test`: every tier, in order of cost.
-use std::process::Command;
+//! `cargo xtask test`: every tier, in order of cost, then one summary line.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context, Result, bail};
 
-fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Add a libtest closing line: "test result: ok. 6 passed; 0 failed; ...".
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let n: u64 = n.parse().unwrap_or(0);
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Run `cargo test <args>`, echoing its output and tallying its results.
+fn cargo_test(args: &[&str], extra: &[String], tally: &mut Tally) -> Result<()> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(args);
+    cmd.arg("test").args(args).stdout(Stdio::piped());
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let st = cmd
-        .status()
-        .with_context(|| format!("running cargo {args:?}"))?;
+    eprintln!("xtask: cargo test {}", args.join(" "));
+    let mut child = cmd.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let st = child.wait()?;
     if !st.success() {
-        bail!("cargo {} failed ({st})", args.join(" "));
+        println!(
+            "summary: {} passed, {} failed",
+            tally.passed,
+            tally.failed.max(1)
+        );
+        bail!("cargo test {} failed ({st})", args.join(" "));
     }
     Ok(())
 }
@@ -25,9 +66,34 @@ pub fn run(extra: &[String]) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the kernel tests load BPF programs and need root: run `sudo -E cargo xtask test`");
     }
+    let mut tally = Tally::default();
     // Tier 1: pure crates, no privileges needed.
-    cargo(&["test", "--workspace", "--exclude", "ferry-tests"], extra)?;
+    cargo_test(
+        &["--workspace", "--exclude", "ferry-tests", "--tests"],
+        extra,
+        &mut tally,
+    )?;
     // Tier 2: the real programs in the kernel through BPF_PROG_TEST_RUN.
-    cargo(&["test", "--package", "ferry-tests"], extra)?;
+    cargo_test(&["--package", "ferry-tests", "--tests"], extra, &mut tally)?;
+    println!("summary: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.passed == 0 {
+        bail!("no test ran: check the filter");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_libtest_closing_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 6 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.87s");
+        t.add_line(
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 3 tests");
+        assert_eq!((t.passed, t.failed), (7, 2));
+    }
 }
