@@ -12,8 +12,9 @@ use aya::{
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS, MAP_SERVICES, PINNED_MAPS, SERVICES_MAX_ENTRIES,
-    ServiceKey, ServiceValue, outcome,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
+    MAP_ENDPOINTS, MAP_SERVICES, PIN_PROG_FROM_POD, PINNED_MAPS, SERVICES_MAX_ENTRIES, ServiceKey,
+    ServiceValue, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
@@ -43,6 +44,8 @@ pub enum LoadError {
         "loading the kernel programs failed: {0}; is this root with CAP_BPF on a kernel >= 6.6?"
     )]
     Load(#[from] aya::EbpfError),
+    #[error("cannot pin the program at {path}: {detail}")]
+    PinProgram { path: String, detail: String },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
@@ -59,7 +62,7 @@ struct MapShape {
     max_entries: u32,
 }
 
-fn expected_shapes() -> [MapShape; 4] {
+fn expected_shapes() -> [MapShape; 5] {
     [
         MapShape {
             name: MAP_SERVICES,
@@ -88,6 +91,13 @@ fn expected_shapes() -> [MapShape; 4] {
             key_size: size_of::<u32>(),
             value_size: size_of::<Counter>(),
             max_entries: outcome::COUNT,
+        },
+        MapShape {
+            name: MAP_ENDPOINTS,
+            map_type: MapType::Hash,
+            key_size: size_of::<EndpointKey>(),
+            value_size: size_of::<Endpoint>(),
+            max_entries: ENDPOINTS_MAX_ENTRIES,
         },
     ]
 }
@@ -178,6 +188,27 @@ impl Dataplane {
         })
     }
 
+    /// Pin the from-pod program under the pin directory, replacing an older
+    /// pin, so the CNI plugin attaches this build's program to new pods.
+    pub fn pin_programs(&mut self) -> Result<(), LoadError> {
+        let path = self.pin_dir.join(PIN_PROG_FROM_POD);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LoadError::PinDir {
+                    path: path.display().to_string(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+        self.from_pod_program()
+            .pin(&path)
+            .map_err(|e| LoadError::PinProgram {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })
+    }
+
     /// The from-pod tc program, loaded.
     pub fn from_pod_program(&mut self) -> &mut SchedClassifier {
         self.ebpf
@@ -192,7 +223,7 @@ impl Dataplane {
 /// then empty. Traffic through still-attached programs keeps working (the
 /// programs hold references); only the pins go.
 pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
-    for name in PINNED_MAPS {
+    for name in PINNED_MAPS.iter().chain([&PIN_PROG_FROM_POD]) {
         match std::fs::remove_file(pin_dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}

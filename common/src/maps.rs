@@ -11,9 +11,19 @@ pub const MAP_SERVICES: &str = "ferry_services";
 pub const MAP_BACKENDS: &str = "ferry_backends";
 pub const MAP_CONNTRACK: &str = "ferry_conntrack";
 pub const MAP_COUNTERS: &str = "ferry_counters";
+pub const MAP_ENDPOINTS: &str = "ferry_endpoints";
 
 /// Every map the agent pins, in a stable order.
-pub const PINNED_MAPS: [&str; 4] = [MAP_SERVICES, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS];
+pub const PINNED_MAPS: [&str; 5] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_CONNTRACK,
+    MAP_COUNTERS,
+    MAP_ENDPOINTS,
+];
+
+/// Pin name of the from-pod program, which the CNI plugin attaches.
+pub const PIN_PROG_FROM_POD: &str = "prog_from_pod";
 
 /// Capacity of the services map (frontends: ClusterIP x port x protocol).
 pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
@@ -21,6 +31,8 @@ pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
 pub const BACKENDS_MAX_ENTRIES: u32 = 1_048_576;
 /// Capacity of the conntrack LRU (two entries per flow).
 pub const CONNTRACK_MAX_ENTRIES: u32 = 524_288;
+/// Capacity of the local endpoints map (pods on this node).
+pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 /// Most backends one service frontend can have (slots 0..MAX).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
@@ -133,7 +145,38 @@ pub struct CtEntry {
     pub flags: u8,
     /// The service the flow was translated for; host order.
     pub service_id: u32,
-    pub pad: [u8; 4],
+    /// Hairpin flows (a pod reaching itself through a Service) also rewrite
+    /// the other address: original direction, the source to write (the
+    /// hairpin address); reply direction, the destination to restore (the
+    /// client). 0.0.0.0 when the flow is not a hairpin. Network order.
+    pub peer_nat_addr: [u8; 4],
+}
+
+/// Source address written into hairpin flows, so a pod that is its own
+/// backend sees a peer other than itself (link-local, never routed off the
+/// node; the role kube-proxy's masquerade plays for hairpin traffic).
+pub const HAIRPIN_SNAT_ADDR: [u8; 4] = [169, 254, 42, 1];
+
+/// Key of `ferry_endpoints`: a pod on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct EndpointKey {
+    /// Pod address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Value of `ferry_endpoints`: how to put a packet straight into the pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Endpoint {
+    /// ifindex of the pod's host-side veth (in the node's namespace); host order.
+    pub ifindex: u32,
+    /// Reserved; zero.
+    pub flags: u32,
+    /// MAC of the pod's eth0: the destination MAC of delivered frames.
+    pub pod_mac: [u8; 6],
+    /// MAC of the host-side veth: the source MAC of delivered frames.
+    pub host_mac: [u8; 6],
 }
 
 /// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).
@@ -152,6 +195,8 @@ const _: () = {
     assert!(size_of::<CtKey>() == 16);
     assert!(size_of::<CtEntry>() == 24);
     assert!(size_of::<Counter>() == 16);
+    assert!(size_of::<EndpointKey>() == 4);
+    assert!(size_of::<Endpoint>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -167,6 +212,8 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Endpoint {}
 }
 
 /// Protocol name for tools.

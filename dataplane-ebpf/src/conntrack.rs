@@ -10,6 +10,17 @@ use ferry_common::{
 use crate::{maps::CONNTRACK, parse::L4Packet};
 
 const BPF_ANY: u64 = 0;
+const NO_ADDR: [u8; 4] = [0; 4];
+
+/// What to write into a packet of a tracked flow.
+pub struct NatTarget {
+    /// Original direction: the new destination; reply: the new source.
+    pub addr: [u8; 4],
+    pub port: u16,
+    /// Hairpin only (else zero): original direction, the new source;
+    /// reply, the new destination.
+    pub peer_addr: [u8; 4],
+}
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -32,14 +43,19 @@ pub fn key_of(pkt: &L4Packet, direction: u8) -> CtKey {
 }
 
 /// Key of the other direction of the flow `entry` belongs to, given the
-/// packet that matched `entry`.
+/// packet that matched `entry` (as it was before translation).
 #[inline(always)]
 fn partner_key(pkt: &L4Packet, direction: u8, entry: &CtEntry) -> CtKey {
     if direction == CT_DIR_ORIGINAL {
-        // Reply travels backend -> client.
+        // Reply travels backend -> client (or -> hairpin address).
+        let dst_addr = if entry.peer_nat_addr == NO_ADDR {
+            pkt.src_addr
+        } else {
+            entry.peer_nat_addr
+        };
         CtKey {
             src_addr: entry.nat_addr,
-            dst_addr: pkt.src_addr,
+            dst_addr,
             src_port: entry.nat_port,
             dst_port: pkt.src_port,
             protocol: pkt.protocol,
@@ -48,8 +64,13 @@ fn partner_key(pkt: &L4Packet, direction: u8, entry: &CtEntry) -> CtKey {
         }
     } else {
         // Original travels client -> frontend.
+        let src_addr = if entry.peer_nat_addr == NO_ADDR {
+            pkt.dst_addr
+        } else {
+            entry.peer_nat_addr
+        };
         CtKey {
-            src_addr: pkt.dst_addr,
+            src_addr,
             dst_addr: entry.nat_addr,
             src_port: pkt.dst_port,
             dst_port: entry.nat_port,
@@ -61,10 +82,10 @@ fn partner_key(pkt: &L4Packet, direction: u8, entry: &CtEntry) -> CtKey {
 }
 
 /// Look up the packet's flow in `direction` and account the packet to it.
-/// Returns the NAT target (address, port), or None when there is no live
-/// flow (for the original direction: when the packet must start a new one).
+/// Returns what to rewrite, or None when there is no live flow (for the
+/// original direction: when the packet must start a new one).
 #[inline(always)]
-pub fn track(pkt: &L4Packet, direction: u8) -> Option<([u8; 4], u16)> {
+pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     let key = key_of(pkt, direction);
     let entry = CONNTRACK.get_ptr_mut(key)?;
     let now = now_ns();
@@ -93,17 +114,29 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<([u8; 4], u16)> {
         e.flags = flags;
     }
     e.expires_ns = now + timeout_ns(state);
-    Some((e.nat_addr, e.nat_port))
+    Some(NatTarget {
+        addr: e.nat_addr,
+        port: e.nat_port,
+        peer_addr: e.peer_nat_addr,
+    })
 }
 
-/// Record a new flow from `pkt` (original direction) to `backend`.
+/// Record a new flow from `pkt` (original direction) to `backend`, and
+/// return what to write into the packet. A pod reaching itself through the
+/// Service gets its source rewritten to the hairpin address.
 #[inline(always)]
 pub fn create(
     pkt: &L4Packet,
     service_id: u32,
     backend_addr: [u8; 4],
     backend_port: u16,
-) -> Result<(), i32> {
+) -> Result<NatTarget, i32> {
+    let hairpin = backend_addr == pkt.src_addr;
+    let snat = if hairpin {
+        ferry_common::HAIRPIN_SNAT_ADDR
+    } else {
+        NO_ADDR
+    };
     let state = initial_state(pkt.protocol, pkt.tcp_flags);
     let expires_ns = now_ns() + timeout_ns(state);
     let original = CtEntry {
@@ -113,16 +146,22 @@ pub fn create(
         state,
         flags: 0,
         service_id,
-        pad: [0; 4],
+        peer_nat_addr: snat,
     };
     let reply_key = partner_key(pkt, CT_DIR_ORIGINAL, &original);
     let reply = CtEntry {
         nat_addr: pkt.dst_addr,
         nat_port: pkt.dst_port,
+        peer_nat_addr: if hairpin { pkt.src_addr } else { NO_ADDR },
         ..original
     };
     // Reply entry first: once the original entry exists, the backend may
     // answer, and its reply must find the way back.
     CONNTRACK.insert(reply_key, reply, BPF_ANY)?;
-    CONNTRACK.insert(key_of(pkt, CT_DIR_ORIGINAL), original, BPF_ANY)
+    CONNTRACK.insert(key_of(pkt, CT_DIR_ORIGINAL), original, BPF_ANY)?;
+    Ok(NatTarget {
+        addr: backend_addr,
+        port: backend_port,
+        peer_addr: snat,
+    })
 }

@@ -11,6 +11,7 @@ use ferry_common::{
 use crate::{
     conntrack,
     counters::count,
+    deliver,
     maps::{BACKENDS, SERVICES},
     nat,
     parse::{L4Packet, Parsed, parse},
@@ -20,20 +21,24 @@ use crate::{
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
     let len = ctx.len();
-    let (verdict, outcome) = match parse(ctx) {
+    // (verdict, outcome, destination after translation)
+    let (verdict, outcome, dst) = match parse(ctx) {
         Parsed::L4(pkt) => translate(ctx, &pkt),
-        Parsed::NotIpv4 => (TC_ACT_OK, outcome::PASSED_NOT_IPV4),
-        Parsed::OtherIpv4 => (TC_ACT_OK, outcome::PASSED),
-        Parsed::Fragment => (TC_ACT_OK, outcome::PASSED_FRAGMENT),
-        Parsed::MalformedIpv4 => (TC_ACT_SHOT, outcome::DROP_MALFORMED_IPV4),
-        Parsed::TruncatedL4 => (TC_ACT_SHOT, outcome::DROP_TRUNCATED_L4),
+        Parsed::NotIpv4 => (TC_ACT_OK, outcome::PASSED_NOT_IPV4, None),
+        Parsed::OtherIpv4(dst) => (TC_ACT_OK, outcome::PASSED, Some(dst)),
+        Parsed::Fragment(dst) => (TC_ACT_OK, outcome::PASSED_FRAGMENT, Some(dst)),
+        Parsed::MalformedIpv4 => (TC_ACT_SHOT, outcome::DROP_MALFORMED_IPV4, None),
+        Parsed::TruncatedL4 => (TC_ACT_SHOT, outcome::DROP_TRUNCATED_L4, None),
     };
     count(outcome, len);
-    verdict
+    match dst {
+        Some(dst) if verdict == TC_ACT_OK => deliver::to_local_pod(ctx, dst),
+        _ => verdict,
+    }
 }
 
 #[inline(always)]
-fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32) {
+fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32, Option<[u8; 4]>) {
     let service_key = ServiceKey {
         addr: pkt.dst_addr,
         port: pkt.dst_port,
@@ -44,21 +49,28 @@ fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32) {
     let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
         // Not for a frontend: maybe a backend answering a translated flow.
         return match conntrack::track(pkt, CT_DIR_REPLY) {
-            Some((addr, port)) => match nat::reverse_nat(ctx, pkt, addr, port) {
-                Ok(()) => (TC_ACT_OK, outcome::REVERSE_TRANSLATED),
-                Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED),
+            Some(target) => match nat::reverse_nat(ctx, pkt, &target) {
+                Ok(()) => {
+                    let dst = if target.peer_addr == [0; 4] {
+                        pkt.dst_addr
+                    } else {
+                        target.peer_addr
+                    };
+                    (TC_ACT_OK, outcome::REVERSE_TRANSLATED, Some(dst))
+                }
+                Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED, None),
             },
-            None => (TC_ACT_OK, outcome::PASSED),
+            None => (TC_ACT_OK, outcome::PASSED, Some(pkt.dst_addr)),
         };
     };
 
-    let (addr, port) = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
+    let target = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
         Some(target) => target,
         None => {
             if service.backend_count == 0 {
                 return match reject::port_unreachable(ctx, pkt) {
-                    Ok(verdict) => (verdict, outcome::REJECTED_NO_ENDPOINTS),
-                    Err(_) => (TC_ACT_SHOT, outcome::DROP_REJECT_FAILED),
+                    Ok(verdict) => (verdict, outcome::REJECTED_NO_ENDPOINTS, None),
+                    Err(_) => (TC_ACT_SHOT, outcome::DROP_REJECT_FAILED, None),
                 };
             }
             // SAFETY: helper without arguments.
@@ -71,16 +83,16 @@ fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32) {
             };
             // SAFETY: copied out at once.
             let Some(backend) = (unsafe { BACKENDS.get(backend_key) }).copied() else {
-                return (TC_ACT_SHOT, outcome::DROP_NO_BACKEND_SLOT);
+                return (TC_ACT_SHOT, outcome::DROP_NO_BACKEND_SLOT, None);
             };
-            if conntrack::create(pkt, service.service_id, backend.addr, backend.port).is_err() {
-                return (TC_ACT_SHOT, outcome::DROP_CONNTRACK_WRITE);
+            match conntrack::create(pkt, service.service_id, backend.addr, backend.port) {
+                Ok(target) => target,
+                Err(_) => return (TC_ACT_SHOT, outcome::DROP_CONNTRACK_WRITE, None),
             }
-            (backend.addr, backend.port)
         }
     };
-    match nat::dnat(ctx, pkt, addr, port) {
-        Ok(()) => (TC_ACT_OK, outcome::TRANSLATED),
-        Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED),
+    match nat::dnat(ctx, pkt, &target) {
+        Ok(()) => (TC_ACT_OK, outcome::TRANSLATED, Some(target.addr)),
+        Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED, None),
     }
 }

@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod counters;
+mod deliver;
 mod from_pod;
 mod maps;
 mod nat;

@@ -5,7 +5,8 @@ use aya_ebpf::{
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    SERVICES_MAX_ENTRIES, ServiceKey, ServiceValue, outcome,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, SERVICES_MAX_ENTRIES, ServiceKey, ServiceValue,
+    outcome,
 };
 
 #[btf_map(name = "ferry_services")]
@@ -22,3 +23,7 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_ENTRIES as usiz
 
 #[btf_map(name = "ferry_counters")]
 pub static COUNTERS: PerCpuArray<Counter, { outcome::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "ferry_endpoints")]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { ENDPOINTS_MAX_ENTRIES as usize }> =
+    HashMap::new();

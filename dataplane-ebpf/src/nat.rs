@@ -4,7 +4,10 @@
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use ferry_common::PROTO_UDP;
 
-use crate::parse::{ETH_HLEN, L4Packet};
+use crate::{
+    conntrack::NatTarget,
+    parse::{ETH_HLEN, L4Packet},
+};
 
 /// BPF_F_MARK_MANGLED_0: a zero UDP checksum means "none" and stays zero; a
 /// computed zero is written as 0xffff.
@@ -53,32 +56,60 @@ fn rewrite(
     Ok(())
 }
 
-/// Original direction: destination frontend -> backend.
+/// Original direction: destination frontend -> backend (and, for a hairpin
+/// flow, source client -> hairpin address, port kept).
 #[inline(always)]
-pub fn dnat(ctx: &TcContext, pkt: &L4Packet, addr: [u8; 4], port: u16) -> Result<(), i64> {
+pub fn dnat(ctx: &TcContext, pkt: &L4Packet, target: &NatTarget) -> Result<(), i64> {
     rewrite(
         ctx,
         pkt,
         IP_DST_OFF,
         pkt.dst_addr,
-        addr,
+        target.addr,
         pkt.l4_off + 2,
         pkt.dst_port,
-        port,
-    )
+        target.port,
+    )?;
+    if target.peer_addr != [0; 4] {
+        rewrite(
+            ctx,
+            pkt,
+            IP_SRC_OFF,
+            pkt.src_addr,
+            target.peer_addr,
+            pkt.l4_off,
+            pkt.src_port,
+            pkt.src_port,
+        )?;
+    }
+    Ok(())
 }
 
-/// Reply direction: source backend -> frontend.
+/// Reply direction: source backend -> frontend (and, for a hairpin flow,
+/// destination hairpin address -> client).
 #[inline(always)]
-pub fn reverse_nat(ctx: &TcContext, pkt: &L4Packet, addr: [u8; 4], port: u16) -> Result<(), i64> {
+pub fn reverse_nat(ctx: &TcContext, pkt: &L4Packet, target: &NatTarget) -> Result<(), i64> {
     rewrite(
         ctx,
         pkt,
         IP_SRC_OFF,
         pkt.src_addr,
-        addr,
+        target.addr,
         pkt.l4_off,
         pkt.src_port,
-        port,
-    )
+        target.port,
+    )?;
+    if target.peer_addr != [0; 4] {
+        rewrite(
+            ctx,
+            pkt,
+            IP_DST_OFF,
+            pkt.dst_addr,
+            target.peer_addr,
+            pkt.l4_off + 2,
+            pkt.dst_port,
+            pkt.dst_port,
+        )?;
+    }
+    Ok(())
 }

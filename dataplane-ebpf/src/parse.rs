@@ -40,9 +40,11 @@ impl L4Packet {
 pub enum Parsed {
     L4(L4Packet),
     NotIpv4,
-    /// IPv4 but not TCP/UDP (ICMP, ...): nothing to translate.
-    OtherIpv4,
-    Fragment,
+    /// IPv4 but not TCP/UDP (ICMP, ...): nothing to translate. Carries
+    /// the destination address.
+    OtherIpv4([u8; 4]),
+    /// A fragment; carries the destination address.
+    Fragment([u8; 4]),
     MalformedIpv4,
     TruncatedL4,
 }
@@ -91,19 +93,20 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     // More-fragments set or a non-zero offset: this packet is part of a
     // fragmented datagram, and only the first fragment carries the ports.
+    let dst_addr = [ip[16], ip[17], ip[18], ip[19]];
     if frag & 0x3fff != 0 {
-        return Parsed::Fragment;
+        return Parsed::Fragment(dst_addr);
     }
     let protocol = ip[9];
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
-        return Parsed::OtherIpv4;
+        return Parsed::OtherIpv4(dst_addr);
     }
     let l4_off = ETH_HLEN + ihl_bytes;
     let l4_len = total_len - ihl_bytes;
     let mut pkt = L4Packet {
         l4_off,
         src_addr: [ip[12], ip[13], ip[14], ip[15]],
-        dst_addr: [ip[16], ip[17], ip[18], ip[19]],
+        dst_addr,
         src_port: 0,
         dst_port: 0,
         protocol,

@@ -136,6 +136,13 @@ impl Packet {
         self
     }
 
+    /// The same packet with new Ethernet addresses.
+    pub fn with_macs(mut self, dst: [u8; 6], src: [u8; 6]) -> Self {
+        self.dst_mac = dst;
+        self.src_mac = src;
+        self
+    }
+
     pub fn zero_udp_checksum(mut self) -> Self {
         if let L4::Udp { zero_checksum, .. } = &mut self.l4 {
             *zero_checksum = true;

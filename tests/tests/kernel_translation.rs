@@ -399,3 +399,151 @@ fn fix_ip_checksum(frame: &mut [u8]) {
     let c = packet::checksum(&frame[14..34]);
     frame[24..26].copy_from_slice(&c.to_be_bytes());
 }
+
+const WEB_POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x11];
+const WEB_HOST_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x11];
+const CLIENT_POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x05];
+const CLIENT_HOST_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x05];
+
+fn local_endpoints(k: &Kernel) {
+    let mut eps = ferry_agent::maps::Endpoints::open(k.pin_dir()).unwrap();
+    eps.insert(
+        WEB_POD,
+        ferry_common::Endpoint {
+            ifindex: 11,
+            flags: 0,
+            pod_mac: WEB_POD_MAC,
+            host_mac: WEB_HOST_MAC,
+        },
+    )
+    .unwrap();
+    eps.insert(
+        CLIENT,
+        ferry_common::Endpoint {
+            ifindex: 5,
+            flags: 0,
+            pod_mac: CLIENT_POD_MAC,
+            host_mac: CLIENT_HOST_MAC,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn traffic_for_local_pods_is_redirected_into_the_pod_with_its_macs() {
+    let mut k = Kernel::load();
+    services(&mut k);
+    local_endpoints(&k);
+    let c = (CLIENT, 40000);
+    let syn = Packet::tcp(c, (WEB_VIP, 80), TCP_SYN, b"");
+    let syn_ack = Packet::tcp((WEB_POD, 8080), c, TCP_SYN | TCP_ACK, b"");
+    let direct = Packet::tcp((CLIENT, 40001), (WEB_POD, 8080), TCP_SYN, b"");
+    let ping = Packet::icmp_echo(CLIENT, WEB_POD);
+    let to_remote = Packet::tcp(
+        (CLIENT, 40002),
+        (Ipv4Addr::new(10, 244, 7, 7), 80),
+        TCP_SYN,
+        b"",
+    );
+    run_table(
+        &mut k,
+        vec![
+            Case {
+                description: "ClusterIP -> local backend: DNAT, then straight into the pod",
+                input: syn.bytes(),
+                verdict: TC_ACT_REDIRECT,
+                expect: Expect::Bytes(
+                    syn.clone()
+                        .with_dst(WEB_POD, 8080)
+                        .with_macs(WEB_POD_MAC, WEB_HOST_MAC)
+                        .bytes(),
+                ),
+                outcome: outcome::TRANSLATED,
+            },
+            Case {
+                description: "the reply is reverse-NATed and put into the client pod",
+                input: syn_ack.bytes(),
+                verdict: TC_ACT_REDIRECT,
+                expect: Expect::Bytes(
+                    syn_ack
+                        .clone()
+                        .with_src(WEB_VIP, 80)
+                        .with_macs(CLIENT_POD_MAC, CLIENT_HOST_MAC)
+                        .bytes(),
+                ),
+                outcome: outcome::REVERSE_TRANSLATED,
+            },
+            Case {
+                description: "pod to local pod by IP",
+                input: direct.bytes(),
+                verdict: TC_ACT_REDIRECT,
+                expect: Expect::Bytes(direct.clone().with_macs(WEB_POD_MAC, WEB_HOST_MAC).bytes()),
+                outcome: outcome::PASSED,
+            },
+            Case {
+                description: "ICMP to a local pod",
+                input: ping.bytes(),
+                verdict: TC_ACT_REDIRECT,
+                expect: Expect::Bytes(ping.clone().with_macs(WEB_POD_MAC, WEB_HOST_MAC).bytes()),
+                outcome: outcome::PASSED,
+            },
+            Case {
+                description: "an address that is not a local pod goes to the kernel",
+                input: to_remote.bytes(),
+                verdict: TC_ACT_OK,
+                expect: Expect::Unchanged,
+                outcome: outcome::PASSED,
+            },
+        ],
+    );
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
+    let mut k = Kernel::load();
+    k.services
+        .upsert(frontend(WEB_VIP, 80, PROTO_TCP), &[backend(CLIENT, 8080)])
+        .unwrap();
+    local_endpoints(&k);
+    let hairpin = Ipv4Addr::from(ferry_common::HAIRPIN_SNAT_ADDR);
+    let syn = Packet::tcp((CLIENT, 40000), (WEB_VIP, 80), TCP_SYN, b"");
+    let syn_ack = Packet::tcp((CLIENT, 8080), (hairpin, 40000), TCP_SYN | TCP_ACK, b"");
+    run_table(
+        &mut k,
+        vec![
+            Case {
+                description: "SYN to its own ClusterIP: DNAT to itself, source to the hairpin address",
+                input: syn.bytes(),
+                verdict: TC_ACT_REDIRECT,
+                expect: Expect::Bytes(
+                    syn.clone()
+                        .with_dst(CLIENT, 8080)
+                        .with_src(hairpin, 40000)
+                        .with_macs(CLIENT_POD_MAC, CLIENT_HOST_MAC)
+                        .bytes(),
+                ),
+                outcome: outcome::TRANSLATED,
+            },
+            Case {
+                description: "its answer to the hairpin address comes back from the ClusterIP",
+                input: syn_ack.bytes(),
+                verdict: TC_ACT_REDIRECT,
+                expect: Expect::Bytes(
+                    syn_ack
+                        .clone()
+                        .with_src(WEB_VIP, 80)
+                        .with_dst(CLIENT, 40000)
+                        .with_macs(CLIENT_POD_MAC, CLIENT_HOST_MAC)
+                        .bytes(),
+                ),
+                outcome: outcome::REVERSE_TRANSLATED,
+            },
+        ],
+    );
+    let entries = k.conntrack.entries().unwrap();
+    assert_eq!(entries.len(), 2);
+    for (key, entry) in &entries {
+        let partner = ferry_agent::maps::conntrack::partner_key(key, entry);
+        assert!(entries.iter().any(|(k, _)| *k == partner), "pair intact");
+    }
+}

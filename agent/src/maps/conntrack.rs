@@ -16,12 +16,14 @@ pub struct Conntrack {
     map: HashMap<MapData, CtKey, CtEntry>,
 }
 
-/// The key of the other direction of the flow that `(key, entry)` belongs to.
+/// The key of the other direction of the flow that `(key, entry)` belongs
+/// to (mirrors the kernel's computation, hairpin flows included).
 pub fn partner_key(key: &CtKey, entry: &CtEntry) -> CtKey {
+    let peer = (entry.peer_nat_addr != [0; 4]).then_some(entry.peer_nat_addr);
     if key.direction == CT_DIR_ORIGINAL {
         CtKey {
             src_addr: entry.nat_addr,
-            dst_addr: key.src_addr,
+            dst_addr: peer.unwrap_or(key.src_addr),
             src_port: entry.nat_port,
             dst_port: key.src_port,
             protocol: key.protocol,
@@ -30,7 +32,7 @@ pub fn partner_key(key: &CtKey, entry: &CtEntry) -> CtKey {
         }
     } else {
         CtKey {
-            src_addr: key.dst_addr,
+            src_addr: peer.unwrap_or(key.dst_addr),
             dst_addr: entry.nat_addr,
             src_port: key.dst_port,
             dst_port: entry.nat_port,
@@ -118,7 +120,7 @@ mod tests {
             state: 2,
             flags: 0,
             service_id: 1,
-            pad: [0; 4],
+            peer_nat_addr: [0; 4],
         }
     }
 
