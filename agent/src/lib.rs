@@ -3,8 +3,11 @@
 //! and the tests all go through this code.
 
 pub mod bpffs;
+pub mod cni;
+pub mod ipcmd;
 pub mod loader;
 pub mod maps;
+pub mod net;
 
 /// The kernel programs, built with BTF by build.rs and embedded here.
 pub static DATAPLANE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FERRY_EBPF_OBJECT"));

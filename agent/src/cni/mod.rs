@@ -1,0 +1,600 @@
+//! ferry-cni: the CNI 1.0 plugin that wires a pod into ferry's dataplane.
+//!
+//! ADD creates a veth pair (pod side `CNI_IFNAME` in the pod's namespace,
+//! host side `fry<hash>` in the node's), gives the pod an address from the
+//! node's pod CIDR with a /32 and a default route through a link-local
+//! gateway (169.254.1.1, answered by a permanent neighbour entry, so no ARP
+//! and no host address are needed), routes the address to the host veth,
+//! attaches ferry's from-pod program to the host veth's tc ingress (a tcx
+//! link pinned under the pin directory) and records the endpoint in the
+//! pinned `ferry_endpoints` map. DEL undoes all of it and is idempotent.
+pub mod ipam;
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    ipcmd::{self, IpError},
+    net::{Ipv4Net, format_mac},
+};
+
+/// CNI versions whose configuration and result this plugin speaks.
+pub const SUPPORTED_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
+/// The pod's default gateway: link-local, never on the wire.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// CNI error codes (spec section "Error").
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Plugin-specific: the address pool is exhausted.
+    pub const POOL_EXHAUSTED: u32 = 100;
+    /// Plugin-specific: ferry's dataplane (pinned maps/program) is missing.
+    pub const DATAPLANE_MISSING: u32 = 101;
+}
+
+/// An error as the CNI spec wants it on stdout.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        json!({
+            "cniVersion": cni_version,
+            "code": self.code,
+            "msg": self.msg,
+            "details": self.details,
+        })
+    }
+}
+
+impl From<IpError> for CniError {
+    fn from(e: IpError) -> Self {
+        CniError::new(
+            code::IO_FAILURE,
+            "configuring the pod network failed",
+            e.to_string(),
+        )
+    }
+}
+
+/// ferry's plugin configuration, as the runtime hands it over (the
+/// conflist's plugin entry with `name` and `cniVersion` added).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// Directory of ferry's pinned maps and program.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    pub ipam: IpamConf,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamConf {
+    /// The node's pod CIDR.
+    pub subnet: String,
+    /// Where allocations are kept.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(crate::DEFAULT_PIN_DIR)
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cni/networks")
+}
+
+/// The CNI_* environment of one invocation.
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub command: String,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+}
+
+impl Env {
+    pub fn from_vars(vars: &HashMap<String, String>) -> Self {
+        let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
+        Self {
+            command: get("CNI_COMMAND"),
+            container_id: get("CNI_CONTAINERID"),
+            netns: get("CNI_NETNS"),
+            ifname: get("CNI_IFNAME"),
+        }
+    }
+
+    fn require(&self, needs_netns: bool) -> Result<(), CniError> {
+        let mut missing = Vec::new();
+        if self.container_id.is_empty() {
+            missing.push("CNI_CONTAINERID");
+        }
+        if self.ifname.is_empty() {
+            missing.push("CNI_IFNAME");
+        }
+        if needs_netns && self.netns.is_empty() {
+            missing.push("CNI_NETNS");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                code::INVALID_ENV,
+                "missing CNI environment variables",
+                missing.join(", "),
+            ))
+        }
+    }
+}
+
+/// Host-side veth name: stable per (container, interface), 14 characters.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    // FNV-1a: tiny, stable across versions and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("fry{:011x}", h & 0xfff_ffff_ffff)
+}
+
+/// Parse and check the configuration.
+pub fn parse_conf(stdin: &str) -> Result<NetConf, CniError> {
+    let conf: NetConf = serde_json::from_str(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            "cannot decode the network configuration",
+            e.to_string(),
+        )
+    })?;
+    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("CNI version {} is not supported", conf.cni_version),
+            format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
+        ));
+    }
+    conf.ipam.subnet.parse::<Ipv4Net>().map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "ipam.subnet is invalid",
+            e.to_string(),
+        )
+    })?;
+    Ok(conf)
+}
+
+pub fn version_result(cni_version: &str) -> Value {
+    json!({
+        "cniVersion": cni_version,
+        "supportedVersions": SUPPORTED_VERSIONS,
+    })
+}
+
+/// Run one CNI command. Returns the JSON to print on success (None for DEL,
+/// which prints nothing).
+pub fn run(env: &Env, stdin: &str) -> Result<Option<Value>, CniError> {
+    match env.command.as_str() {
+        "VERSION" => {
+            let version = serde_json::from_str::<Value>(stdin)
+                .ok()
+                .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| SUPPORTED_VERSIONS[0].to_string());
+            Ok(Some(version_result(&version)))
+        }
+        "ADD" => {
+            let conf = parse_conf(stdin)?;
+            env.require(true)?;
+            add(env, &conf).map(Some)
+        }
+        "DEL" => {
+            let conf = parse_conf(stdin)?;
+            env.require(false)?;
+            del(env, &conf).map(|()| None)
+        }
+        "CHECK" => {
+            let conf = parse_conf(stdin)?;
+            env.require(true)?;
+            check(env, &conf).map(|()| None)
+        }
+        "" => Err(CniError::new(
+            code::INVALID_ENV,
+            "CNI_COMMAND is not set",
+            "ferry-cni is run by a container runtime with CNI_COMMAND=ADD|DEL|CHECK|VERSION",
+        )),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI_COMMAND {other}"),
+            "expected ADD, DEL, CHECK or VERSION",
+        )),
+    }
+}
+
+fn ipam_of(conf: &NetConf) -> ipam::Ipam {
+    let subnet: Ipv4Net = conf.ipam.subnet.parse().expect("checked in parse_conf");
+    ipam::Ipam::new(&conf.ipam.data_dir, &conf.name, subnet)
+}
+
+fn ipam_error(e: ipam::IpamError) -> CniError {
+    let code = match e {
+        ipam::IpamError::Exhausted { .. } => code::POOL_EXHAUSTED,
+        ipam::IpamError::TooSmall { .. } => code::INVALID_CONFIG,
+        ipam::IpamError::Io { .. } => code::IO_FAILURE,
+    };
+    CniError::new(code, "address allocation failed", e.to_string())
+}
+
+fn dataplane_error(what: &str, e: impl std::fmt::Display, pin_dir: &Path) -> CniError {
+    CniError::new(
+        code::DATAPLANE_MISSING,
+        format!("ferry's dataplane is not ready: {what}"),
+        format!(
+            "{e}; is ferry-agent running with --pin-dir {}?",
+            pin_dir.display()
+        ),
+    )
+}
+
+fn link_pin_path(pin_dir: &Path, host_if: &str) -> PathBuf {
+    pin_dir.join("links").join(host_if)
+}
+
+fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    let netns = Path::new(&env.netns);
+    if !netns.exists() {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "the pod's network namespace does not exist",
+            env.netns.clone(),
+        ));
+    }
+    let ipam = ipam_of(conf);
+    let ip = ipam
+        .allocate(&env.container_id, &env.ifname)
+        .map_err(ipam_error)?;
+    match wire_pod(env, conf, ip) {
+        Ok(result) => Ok(result),
+        Err(e) => {
+            // Leave nothing half-made behind: the runtime will retry ADD.
+            let _ = del(env, conf);
+            Err(e)
+        }
+    }
+}
+
+fn wire_pod(env: &Env, conf: &NetConf, ip: Ipv4Addr) -> Result<Value, CniError> {
+    let netns = Path::new(&env.netns);
+    let host_if = host_ifname(&env.container_id, &env.ifname);
+    let netns_arg = env.netns.as_str();
+    let mtu = conf.mtu.unwrap_or(1500).to_string();
+    // An earlier, interrupted ADD may have left the pair: start clean.
+    match ipcmd::ip(&["link", "del", &host_if]) {
+        Err(e) if !e.is_missing() => return Err(e.into()),
+        _ => {}
+    }
+    ipcmd::ip(&[
+        "link",
+        "add",
+        &host_if,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &env.ifname,
+        "mtu",
+        &mtu,
+        "netns",
+        netns_arg,
+    ])?;
+    let (host_index, host_mac) = ipcmd::link_info(&host_if)?.ok_or_else(|| {
+        CniError::new(code::IO_FAILURE, "the host veth vanished", host_if.clone())
+    })?;
+    let (_, pod_mac) = ipcmd::link_info_in(netns, &env.ifname)?.ok_or_else(|| {
+        CniError::new(
+            code::IO_FAILURE,
+            "the pod veth vanished",
+            env.ifname.clone(),
+        )
+    })?;
+    let ifname = &env.ifname;
+    ipcmd::ip_batch_in(
+        netns,
+        &[
+            "link set lo up".to_string(),
+            format!("addr add {ip}/32 dev {ifname}"),
+            format!("link set {ifname} up"),
+            format!("route add {GATEWAY}/32 dev {ifname} scope link"),
+            format!("route add default via {GATEWAY} dev {ifname}"),
+            format!(
+                "neigh replace {GATEWAY} lladdr {} dev {ifname} nud permanent",
+                format_mac(&host_mac)
+            ),
+        ],
+    )?;
+    ipcmd::ip(&["link", "set", &host_if, "up"])?;
+    ipcmd::ip(&[
+        "route",
+        "replace",
+        &format!("{ip}/32"),
+        "dev",
+        &host_if,
+        "scope",
+        "link",
+    ])?;
+    attach_program(&conf.pin_dir, &host_if)?;
+    let mut endpoints = crate::maps::Endpoints::open(&conf.pin_dir)
+        .map_err(|e| dataplane_error("endpoints map", e, &conf.pin_dir))?;
+    endpoints
+        .insert(
+            ip,
+            ferry_common::Endpoint {
+                ifindex: host_index,
+                flags: 0,
+                pod_mac,
+                host_mac,
+            },
+        )
+        .map_err(|e| {
+            CniError::new(
+                code::IO_FAILURE,
+                "recording the endpoint failed",
+                format!("{e}; the endpoints map may be full"),
+            )
+        })?;
+    Ok(json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            {"name": host_if, "mac": format_mac(&host_mac)},
+            {"name": env.ifname, "mac": format_mac(&pod_mac), "sandbox": env.netns},
+        ],
+        "ips": [{"address": format!("{ip}/32"), "gateway": GATEWAY.to_string(), "interface": 1}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY.to_string()}],
+        "dns": {},
+    }))
+}
+
+/// Attach the pinned from-pod program to `host_if`'s tc ingress as a tcx
+/// link, pinned so it outlives this process and can be replaced atomically.
+fn attach_program(pin_dir: &Path, host_if: &str) -> Result<(), CniError> {
+    use aya::programs::{
+        LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
+    };
+    let prog_path = pin_dir.join(ferry_common::PIN_PROG_FROM_POD);
+    let mut prog = SchedClassifier::from_pin(&prog_path)
+        .map_err(|e| dataplane_error("pinned program", e, pin_dir))?;
+    let link_id = prog
+        .attach_with_options(
+            host_if,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("attaching ferry's program to {host_if} failed"),
+                e.to_string(),
+            )
+        })?;
+    let link = prog
+        .take_link(link_id)
+        .map_err(|e| CniError::new(code::IO_FAILURE, "taking the tc link failed", e.to_string()))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| {
+            CniError::new(code::IO_FAILURE, "the tc link has no fd", e.to_string())
+        })?;
+    let path = link_pin_path(pin_dir, host_if);
+    let io = |e: std::io::Error| {
+        CniError::new(
+            code::IO_FAILURE,
+            "pinning the tc link failed",
+            e.to_string(),
+        )
+    };
+    std::fs::create_dir_all(path.parent().expect("has parent")).map_err(io)?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    fd_link.pin(&path).map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            "pinning the tc link failed",
+            e.to_string(),
+        )
+    })?;
+    Ok(())
+}
+
+fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let host_if = host_ifname(&env.container_id, &env.ifname);
+    let ipam = ipam_of(conf);
+    let ip = ipam
+        .lookup(&env.container_id, &env.ifname)
+        .map_err(ipam_error)?;
+    if let Some(ip) = ip {
+        // The dataplane may be gone (agent uninstalled): DEL still succeeds.
+        if let Ok(mut endpoints) = crate::maps::Endpoints::open(&conf.pin_dir) {
+            endpoints.remove(ip).map_err(|e| {
+                CniError::new(
+                    code::IO_FAILURE,
+                    "removing the endpoint failed",
+                    e.to_string(),
+                )
+            })?;
+        }
+    }
+    match ipcmd::ip(&["link", "del", &host_if]) {
+        Err(e) if !e.is_missing() => return Err(e.into()),
+        _ => {}
+    }
+    match std::fs::remove_file(link_pin_path(&conf.pin_dir, &host_if)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(CniError::new(
+                code::IO_FAILURE,
+                "removing the pinned tc link failed",
+                e.to_string(),
+            ));
+        }
+        _ => {}
+    }
+    ipam.release(&env.container_id, &env.ifname)
+        .map_err(ipam_error)?;
+    Ok(())
+}
+
+fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let netns = Path::new(&env.netns);
+    let host_if = host_ifname(&env.container_id, &env.ifname);
+    let ip = ipam_of(conf)
+        .lookup(&env.container_id, &env.ifname)
+        .map_err(ipam_error)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                "no address is allocated to this container",
+                env.container_id.clone(),
+            )
+        })?;
+    let (host_index, _) = ipcmd::link_info(&host_if)?.ok_or_else(|| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "the host veth is missing",
+            host_if.clone(),
+        )
+    })?;
+    let addrs = ipcmd::ip_in(netns, &["-json", "addr", "show", "dev", &env.ifname])?;
+    if !addrs.contains(&format!("\"{ip}\"")) {
+        return Err(CniError::new(
+            code::IO_FAILURE,
+            format!("{} in the pod lacks {ip}", env.ifname),
+            addrs,
+        ));
+    }
+    let endpoints = crate::maps::Endpoints::open(&conf.pin_dir)
+        .map_err(|e| dataplane_error("endpoints map", e, &conf.pin_dir))?;
+    match endpoints.get(ip) {
+        Ok(Some(ep)) if ep.ifindex == host_index => {}
+        other => {
+            return Err(CniError::new(
+                code::IO_FAILURE,
+                format!("ferry's endpoint entry for {ip} is missing or stale"),
+                format!("{other:?}"),
+            ));
+        }
+    }
+    if !link_pin_path(&conf.pin_dir, &host_if).exists() {
+        return Err(CniError::new(
+            code::IO_FAILURE,
+            format!("ferry's program is not attached to {host_if}"),
+            "the pinned tc link is missing",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(command: &str) -> Env {
+        Env {
+            command: command.into(),
+            container_id: "abc".into(),
+            netns: "/var/run/netns/x".into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"ferry","type":"ferry-cni",
+        "ipam":{"subnet":"10.244.1.0/24","dataDir":"/tmp/x"}}"#;
+
+    #[test]
+    fn version_lists_what_is_supported() {
+        let v = run(&env("VERSION"), r#"{"cniVersion":"1.0.0"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["supportedVersions"], json!(["1.0.0", "1.1.0"]));
+    }
+
+    #[test]
+    fn config_errors_carry_spec_codes() {
+        let bad_version = CONF.replace("1.0.0", "0.3.1");
+        assert_eq!(
+            run(&env("ADD"), &bad_version).unwrap_err().code,
+            code::INCOMPATIBLE_VERSION
+        );
+        assert_eq!(
+            run(&env("ADD"), "{not json").unwrap_err().code,
+            code::DECODE_FAILURE
+        );
+        let bad_subnet = CONF.replace("10.244.1.0/24", "10.244.1.0");
+        assert_eq!(
+            run(&env("ADD"), &bad_subnet).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        let mut no_id = env("ADD");
+        no_id.container_id.clear();
+        let e = run(&no_id, CONF).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+        assert!(e.details.contains("CNI_CONTAINERID"));
+        assert_eq!(run(&env("FROB"), CONF).unwrap_err().code, code::INVALID_ENV);
+        let e = run(&env("ADD"), CONF).unwrap_err();
+        assert_eq!(e.code, code::UNKNOWN_CONTAINER, "netns path does not exist");
+    }
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_ifname("abc", "eth0");
+        assert_eq!(a, host_ifname("abc", "eth0"));
+        assert_eq!(a.len(), 14);
+        assert_ne!(a, host_ifname("abc", "eth1"));
+        assert_ne!(a, host_ifname("abd", "eth0"));
+    }
+
+    #[test]
+    fn errors_serialise_as_the_spec_says() {
+        let e = CniError::new(7, "bad", "worse");
+        assert_eq!(
+            e.to_json("1.0.0"),
+            json!({"cniVersion":"1.0.0","code":7,"msg":"bad","details":"worse"})
+        );
+    }
+}
