@@ -7,7 +7,9 @@ pub mod cni;
 pub mod ipcmd;
 pub mod loader;
 pub mod maps;
+pub mod model;
 pub mod net;
+pub mod source;
 
 /// The kernel programs, built with BTF by build.rs and embedded here.
 pub static DATAPLANE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FERRY_EBPF_OBJECT"));

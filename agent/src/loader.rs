@@ -13,8 +13,8 @@ use aya::{
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
-    MAP_ENDPOINTS, MAP_SERVICES, PIN_PROG_FROM_POD, PINNED_MAPS, SERVICES_MAX_ENTRIES, ServiceKey,
-    ServiceValue, outcome,
+    MAP_ENDPOINTS, MAP_SERVICE_NAMES, MAP_SERVICES, PIN_PROG_FROM_POD, PINNED_MAPS,
+    SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
@@ -62,7 +62,7 @@ struct MapShape {
     max_entries: u32,
 }
 
-fn expected_shapes() -> [MapShape; 5] {
+fn expected_shapes() -> [MapShape; 6] {
     [
         MapShape {
             name: MAP_SERVICES,
@@ -98,6 +98,13 @@ fn expected_shapes() -> [MapShape; 5] {
             key_size: size_of::<EndpointKey>(),
             value_size: size_of::<Endpoint>(),
             max_entries: ENDPOINTS_MAX_ENTRIES,
+        },
+        MapShape {
+            name: MAP_SERVICE_NAMES,
+            map_type: MapType::Hash,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<ServiceName>(),
+            max_entries: SERVICES_MAX_ENTRIES,
         },
     ]
 }

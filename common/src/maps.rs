@@ -12,14 +12,16 @@ pub const MAP_BACKENDS: &str = "ferry_backends";
 pub const MAP_CONNTRACK: &str = "ferry_conntrack";
 pub const MAP_COUNTERS: &str = "ferry_counters";
 pub const MAP_ENDPOINTS: &str = "ferry_endpoints";
+pub const MAP_SERVICE_NAMES: &str = "ferry_svc_names";
 
 /// Every map the agent pins, in a stable order.
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
     MAP_COUNTERS,
     MAP_ENDPOINTS,
+    MAP_SERVICE_NAMES,
 ];
 
 /// Pin name of the from-pod program, which the CNI plugin attaches.
@@ -45,7 +47,7 @@ pub const SCOPE_CLUSTER_IP: u8 = 0;
 
 /// Key of `ferry_services`: one Service frontend.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct ServiceKey {
     /// Frontend address, network byte order.
     pub addr: [u8; 4],
@@ -91,7 +93,7 @@ pub struct BackendKey {
 
 /// Value of `ferry_backends`: where a slot sends traffic.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct Backend {
     /// Backend (pod) address, network byte order.
     pub addr: [u8; 4],
@@ -152,6 +154,32 @@ pub struct CtEntry {
     pub peer_nat_addr: [u8; 4],
 }
 
+/// Value of `ferry_svc_names` (key: service id). Userspace metadata for the
+/// CLI: the datapath never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceName {
+    /// "namespace/name:port-name", UTF-8, NUL-padded (truncated if longer).
+    pub name: [u8; 128],
+}
+
+impl ServiceName {
+    pub fn new(s: &str) -> Self {
+        let mut name = [0u8; 128];
+        let mut len = s.len().min(128);
+        while !s.is_char_boundary(len) {
+            len -= 1;
+        }
+        name[..len].copy_from_slice(&s.as_bytes()[..len]);
+        Self { name }
+    }
+
+    pub fn as_str(&self) -> &str {
+        let end = self.name.iter().position(|b| *b == 0).unwrap_or(128);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
 /// Source address written into hairpin flows, so a pod that is its own
 /// backend sees a peer other than itself (link-local, never routed off the
 /// node; the role kube-proxy's masquerade plays for hairpin traffic).
@@ -197,6 +225,7 @@ const _: () = {
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<EndpointKey>() == 4);
     assert!(size_of::<Endpoint>() == 20);
+    assert!(size_of::<ServiceName>() == 128);
 };
 
 #[cfg(feature = "user")]
@@ -214,6 +243,7 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for ServiceName {}
 }
 
 /// Protocol name for tools.

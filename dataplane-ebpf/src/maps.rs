@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, SERVICES_MAX_ENTRIES, ServiceKey, ServiceValue,
-    outcome,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName,
+    ServiceValue, outcome,
 };
 
 #[btf_map(name = "ferry_services")]
@@ -27,3 +27,13 @@ pub static COUNTERS: PerCpuArray<Counter, { outcome::COUNT as usize }> = PerCpuA
 #[btf_map(name = "ferry_endpoints")]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { ENDPOINTS_MAX_ENTRIES as usize }> =
     HashMap::new();
+
+/// Names of services for the CLI; only userspace reads it. Declared here so
+/// the loader creates and pins it with the rest.
+#[btf_map(name = "ferry_svc_names")]
+pub static SERVICE_NAMES: HashMap<
+    u32,
+    ServiceName,
+    { SERVICES_MAX_ENTRIES as usize },
+    { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();

@@ -13,8 +13,8 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use ferry_common::{
-    Backend, BackendKey, MAP_BACKENDS, MAP_SERVICES, MAX_BACKENDS_PER_SERVICE, ServiceKey,
-    ServiceValue,
+    Backend, BackendKey, MAP_BACKENDS, MAP_SERVICE_NAMES, MAP_SERVICES, MAX_BACKENDS_PER_SERVICE,
+    ServiceKey, ServiceName, ServiceValue,
 };
 
 use super::{OpenError, is_not_found, open_pinned};
@@ -46,11 +46,14 @@ pub struct ServiceRecord {
     pub value: ServiceValue,
     /// The active bank's backends, slot order.
     pub backends: Vec<Backend>,
+    /// "namespace/name:port" ("" if unnamed).
+    pub name: String,
 }
 
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
+    names: HashMap<MapData, u32, ServiceName>,
     used_ids: BTreeSet<u32>,
 }
 
@@ -79,6 +82,11 @@ impl ServiceTable {
         let services: HashMap<MapData, ServiceKey, ServiceValue> =
             hash_map(open_pinned(pin_dir, MAP_SERVICES)?, pin_dir, MAP_SERVICES)?;
         let backends = hash_map(open_pinned(pin_dir, MAP_BACKENDS)?, pin_dir, MAP_BACKENDS)?;
+        let names = hash_map(
+            open_pinned(pin_dir, MAP_SERVICE_NAMES)?,
+            pin_dir,
+            MAP_SERVICE_NAMES,
+        )?;
         let used_ids = services
             .iter()
             .filter_map(Result::ok)
@@ -87,6 +95,7 @@ impl ServiceTable {
         Ok(Self {
             services,
             backends,
+            names,
             used_ids,
         })
     }
@@ -118,6 +127,16 @@ impl ServiceTable {
     /// Create or replace `frontend`'s backend set. An empty set makes the
     /// datapath reject new connections to it. Returns the service id.
     pub fn upsert(&mut self, frontend: ServiceKey, backends: &[Backend]) -> Result<u32, SyncError> {
+        self.upsert_named(frontend, backends, "")
+    }
+
+    /// `upsert`, recording `name` ("namespace/name:port") for the CLI.
+    pub fn upsert_named(
+        &mut self,
+        frontend: ServiceKey,
+        backends: &[Backend],
+        name: &str,
+    ) -> Result<u32, SyncError> {
         if backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
             return Err(SyncError::TooManyBackends {
                 frontend: display_frontend(&frontend),
@@ -146,6 +165,12 @@ impl ServiceTable {
         // Slots beyond the new count in this bank are leftovers of an older
         // set; nothing will read them once the count is written.
         self.remove_slots(service_id, bank, backends.len() as u16)?;
+        self.names
+            .insert(service_id, ServiceName::new(name), 0)
+            .map_err(|source| SyncError::Write {
+                map: MAP_SERVICE_NAMES,
+                source,
+            })?;
         let value = ServiceValue {
             service_id,
             backend_count: backends.len() as u16,
@@ -178,6 +203,15 @@ impl ServiceTable {
         }
         self.remove_slots(value.service_id, 0, 0)?;
         self.remove_slots(value.service_id, 1, 0)?;
+        match self.names.remove(&value.service_id) {
+            Err(e) if !is_not_found(&e) => {
+                return Err(SyncError::Write {
+                    map: MAP_SERVICE_NAMES,
+                    source: e,
+                });
+            }
+            _ => {}
+        }
         self.used_ids.remove(&value.service_id);
         Ok(())
     }
@@ -237,10 +271,15 @@ impl ServiceTable {
                     }
                 }
             }
+            let name = match self.names.get(&value.service_id, 0) {
+                Ok(n) => n.as_str().to_string(),
+                Err(_) => String::new(),
+            };
             out.push(ServiceRecord {
                 frontend,
                 value,
                 backends,
+                name,
             });
         }
         Ok(out)

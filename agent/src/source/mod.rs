@@ -1,0 +1,2 @@
+//! Where the agent's Kubernetes objects come from.
+pub mod file;
