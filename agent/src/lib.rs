@@ -4,12 +4,15 @@
 
 pub mod bpffs;
 pub mod cni;
+pub mod inspect;
 pub mod ipcmd;
 pub mod loader;
 pub mod maps;
 pub mod model;
 pub mod net;
+pub mod run;
 pub mod source;
+pub mod sync;
 
 /// The kernel programs, built with BTF by build.rs and embedded here.
 pub static DATAPLANE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FERRY_EBPF_OBJECT"));

@@ -1,10 +1,10 @@
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use ferry_agent::{DEFAULT_PIN_DIR, loader::Dataplane};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_agent::{DEFAULT_PIN_DIR, inspect, loader::Dataplane, run};
 
-/// ferry's node agent.
+/// ferry's node agent and inspection CLI.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -12,24 +12,136 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    Services,
+    Backends,
+    Conntrack,
+    Endpoints,
+    Counters,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: load (or adopt) the dataplane and keep its maps in
+    /// step with the Kubernetes objects.
+    Run {
+        /// This node's name (as in its Node object).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// Where objects come from: `file:PATH` (a multi-document YAML
+        /// manifest of Services, EndpointSlices and Nodes, re-read on change).
+        #[arg(long)]
+        source: String,
+        /// Directory on a BPF filesystem for ferry's pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Write the CNI conflist (with this node's pod CIDR) here.
+        #[arg(long)]
+        cni_conf_dir: Option<PathBuf>,
+        /// IPAM store for ferry-cni (written into the conflist).
+        #[arg(long, default_value = "/var/lib/cni/networks")]
+        cni_data_dir: PathBuf,
+        /// Pod interface MTU (written into the conflist).
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        /// Seconds between conntrack garbage collections.
+        #[arg(long, default_value_t = 10)]
+        gc_interval_secs: u64,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Print what the dataplane holds, from the pinned maps.
+    Inspect {
+        #[arg(value_enum)]
+        what: What,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the kernel programs and pin their maps (adopting maps already
     /// pinned there), then exit.
     Load {
-        /// Directory on a BPF filesystem for ferry's pinned maps.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
 }
 
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run {
+            node,
+            source,
+            pin_dir,
+            cni_conf_dir,
+            cni_data_dir,
+            mtu,
+            gc_interval_secs,
+            log_format,
+        } => {
+            init_logs(log_format);
+            let Some(path) = source.strip_prefix("file:") else {
+                bail!("--source {source:?} is not supported; use file:PATH");
+            };
+            let cfg = run::RunConfig {
+                node,
+                manifest: PathBuf::from(path),
+                pin_dir,
+                cni_conf_dir,
+                cni_data_dir,
+                mtu,
+                gc_interval: Duration::from_secs(gc_interval_secs.max(1)),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(run::run(cfg))
+        }
+        Command::Inspect {
+            what,
+            pin_dir,
+            json,
+        } => {
+            let table = match what {
+                What::Services => inspect::services(&pin_dir),
+                What::Backends => inspect::backends(&pin_dir),
+                What::Conntrack => inspect::conntrack(&pin_dir),
+                What::Endpoints => inspect::endpoints(&pin_dir),
+                What::Counters => inspect::counters(&pin_dir),
+            }?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&table.json)?);
+            } else {
+                print!("{}", table.render());
+            }
+            Ok(())
+        }
         Command::Load { pin_dir } => {
-            Dataplane::load(&pin_dir)
+            let mut dp = Dataplane::load(&pin_dir)
                 .with_context(|| format!("loading ferry with maps in {}", pin_dir.display()))?;
-            println!("maps pinned under {}", pin_dir.display());
+            dp.pin_programs()?;
+            println!("maps and program pinned under {}", pin_dir.display());
+            Ok(())
         }
     }
-    Ok(())
 }

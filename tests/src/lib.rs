@@ -1,3 +1,4 @@
 //! Test support: packet construction and kernel fixtures.
+pub mod client;
 pub mod fixture;
 pub mod packet;

@@ -1,0 +1,247 @@
+//! `ferry-agent inspect ...`: the pinned maps as aligned tables or JSON.
+//! Reads only the pins, so it works while the agent runs and after it
+//! stopped.
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::Result;
+use ferry_common::{CT_DIR_ORIGINAL, conntrack::state_name, outcome, protocol_name};
+use serde_json::{Value, json};
+
+use crate::{
+    maps::{Conntrack, Counters, Endpoints, ServiceTable, monotonic_now_ns},
+    net::format_mac,
+};
+
+/// A table: header and rows of cells.
+pub struct Table {
+    pub header: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+    pub json: Vec<Value>,
+}
+
+impl Table {
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            let mut s = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ");
+            s.truncate(s.trim_end().len());
+            s + "\n"
+        };
+        let mut out = line(self.header.clone());
+        for row in &self.rows {
+            out += &line(row.iter().map(String::as_str).collect());
+        }
+        out
+    }
+}
+
+fn addr_port(addr: [u8; 4], port: u16) -> String {
+    format!("{}:{port}", Ipv4Addr::from(addr))
+}
+
+pub fn services(pin_dir: &Path) -> Result<Table> {
+    let table = ServiceTable::open(pin_dir)?;
+    let mut t = Table {
+        header: vec!["FRONTEND", "PROTO", "NAME", "ID", "BACKENDS"],
+        rows: vec![],
+        json: vec![],
+    };
+    for r in table.list()? {
+        let fe = addr_port(r.frontend.addr, r.frontend.port);
+        let proto = protocol_name(r.frontend.protocol);
+        let backends: Vec<String> = r
+            .backends
+            .iter()
+            .map(|b| addr_port(b.addr, b.port))
+            .collect();
+        t.rows.push(vec![
+            fe.clone(),
+            proto.into(),
+            r.name.clone(),
+            r.value.service_id.to_string(),
+            if backends.is_empty() {
+                "(none: rejects)".into()
+            } else {
+                backends.len().to_string()
+            },
+        ]);
+        t.json.push(json!({
+            "frontend": fe, "protocol": proto, "name": r.name,
+            "service_id": r.value.service_id, "backends": backends,
+        }));
+    }
+    Ok(t)
+}
+
+pub fn backends(pin_dir: &Path) -> Result<Table> {
+    let table = ServiceTable::open(pin_dir)?;
+    let mut t = Table {
+        header: vec!["FRONTEND", "PROTO", "NAME", "SLOT", "BACKEND"],
+        rows: vec![],
+        json: vec![],
+    };
+    for r in table.list()? {
+        let fe = addr_port(r.frontend.addr, r.frontend.port);
+        let proto = protocol_name(r.frontend.protocol);
+        for (slot, b) in r.backends.iter().enumerate() {
+            let be = addr_port(b.addr, b.port);
+            t.rows.push(vec![
+                fe.clone(),
+                proto.into(),
+                r.name.clone(),
+                slot.to_string(),
+                be.clone(),
+            ]);
+            t.json.push(json!({
+                "frontend": fe, "protocol": proto, "name": r.name, "slot": slot, "backend": be,
+            }));
+        }
+    }
+    Ok(t)
+}
+
+pub fn conntrack(pin_dir: &Path) -> Result<Table> {
+    let ct = Conntrack::open(pin_dir)?;
+    let now = monotonic_now_ns();
+    let mut entries = ct.entries()?;
+    entries.sort_by_key(|(k, _)| {
+        (
+            k.protocol,
+            k.direction,
+            k.src_addr,
+            k.src_port,
+            k.dst_addr,
+            k.dst_port,
+        )
+    });
+    let mut t = Table {
+        header: vec![
+            "PROTO",
+            "DIR",
+            "SOURCE",
+            "DESTINATION",
+            "NAT",
+            "STATE",
+            "EXPIRES",
+            "SERVICE",
+        ],
+        rows: vec![],
+        json: vec![],
+    };
+    for (k, e) in entries {
+        let dir = if k.direction == CT_DIR_ORIGINAL {
+            "orig"
+        } else {
+            "reply"
+        };
+        let nat = if k.direction == CT_DIR_ORIGINAL {
+            format!("dst {}", addr_port(e.nat_addr, e.nat_port))
+        } else {
+            format!("src {}", addr_port(e.nat_addr, e.nat_port))
+        };
+        let expires = if e.expires_ns > now {
+            format!("{}s", (e.expires_ns - now) / 1_000_000_000)
+        } else {
+            "expired".into()
+        };
+        let src = addr_port(k.src_addr, k.src_port);
+        let dst = addr_port(k.dst_addr, k.dst_port);
+        t.rows.push(vec![
+            protocol_name(k.protocol).into(),
+            dir.into(),
+            src.clone(),
+            dst.clone(),
+            nat.clone(),
+            state_name(e.state).into(),
+            expires.clone(),
+            e.service_id.to_string(),
+        ]);
+        t.json.push(json!({
+            "protocol": protocol_name(k.protocol), "direction": dir, "source": src,
+            "destination": dst, "nat": nat, "state": state_name(e.state),
+            "expires": expires, "service_id": e.service_id,
+        }));
+    }
+    Ok(t)
+}
+
+fn ifname(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return "-".into();
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn endpoints(pin_dir: &Path) -> Result<Table> {
+    let eps = Endpoints::open(pin_dir)?;
+    let mut t = Table {
+        header: vec!["POD IP", "IFINDEX", "HOST VETH", "POD MAC", "HOST MAC"],
+        rows: vec![],
+        json: vec![],
+    };
+    for (ip, ep) in eps.list()? {
+        let name = ifname(ep.ifindex);
+        t.rows.push(vec![
+            ip.to_string(),
+            ep.ifindex.to_string(),
+            name.clone(),
+            format_mac(&ep.pod_mac),
+            format_mac(&ep.host_mac),
+        ]);
+        t.json.push(json!({
+            "pod_ip": ip.to_string(), "ifindex": ep.ifindex, "host_veth": name,
+            "pod_mac": format_mac(&ep.pod_mac), "host_mac": format_mac(&ep.host_mac),
+        }));
+    }
+    Ok(t)
+}
+
+pub fn counters(pin_dir: &Path) -> Result<Table> {
+    let c = Counters::open(pin_dir)?.read()?;
+    let mut t = Table {
+        header: vec!["OUTCOME", "PACKETS", "BYTES"],
+        rows: vec![],
+        json: vec![],
+    };
+    for (i, v) in c.iter().enumerate() {
+        t.rows.push(vec![
+            outcome::NAMES[i].into(),
+            v.packets.to_string(),
+            v.bytes.to_string(),
+        ]);
+        t.json
+            .push(json!({"outcome": outcome::NAMES[i], "packets": v.packets, "bytes": v.bytes}));
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align() {
+        let t = Table {
+            header: vec!["A", "LONG HEADER"],
+            rows: vec![vec!["wide cell".into(), "x".into()]],
+            json: vec![],
+        };
+        assert_eq!(t.render(), "A          LONG HEADER\nwide cell  x\n");
+    }
+}

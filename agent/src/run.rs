@@ -1,0 +1,111 @@
+//! `ferry-agent run`: load or adopt the dataplane, then keep its maps equal
+//! to what the Kubernetes objects say, until stopped. Stopping (or
+//! crashing) leaves the pinned maps and attached programs in place, so
+//! traffic keeps flowing and a restarted agent picks up where it left off.
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cni,
+    loader::Dataplane,
+    maps::{Conntrack, ServiceTable, monotonic_now_ns},
+    model::{self, desired_state},
+    net::Ipv4Net,
+    source::file::{FileSource, parse_manifest},
+    sync::sync,
+};
+
+pub struct RunConfig {
+    pub node: String,
+    pub manifest: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Where to write the CNI conflist (None: do not write one).
+    pub cni_conf_dir: Option<PathBuf>,
+    /// IPAM store handed to ferry-cni through the conflist.
+    pub cni_data_dir: PathBuf,
+    pub mtu: u32,
+    pub gc_interval: Duration,
+}
+
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    let mut dataplane = Dataplane::load(&cfg.pin_dir)
+        .with_context(|| format!("loading the dataplane into {}", cfg.pin_dir.display()))?;
+    dataplane.pin_programs()?;
+    let mut table = ServiceTable::open(&cfg.pin_dir)?;
+    let mut conntrack = Conntrack::open(&cfg.pin_dir)?;
+    tracing::info!(node = %cfg.node, pin_dir = %cfg.pin_dir.display(), "dataplane loaded");
+
+    let mut source = FileSource::new(&cfg.manifest);
+    let mut cni_cidr: Option<Ipv4Net> = None;
+    let mut last_gc = Instant::now();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    loop {
+        match source.changed() {
+            Ok(Some(text)) => {
+                let seen = Instant::now();
+                let (objects, problems) = parse_manifest(&text);
+                report(&problems);
+                let (desired, problems) = desired_state(&objects, &cfg.node);
+                report(&problems);
+                let stats = sync(&mut table, &desired.frontends)?;
+                tracing::info!(
+                    source = %source.path().display(),
+                    frontends = desired.frontends.len(),
+                    upserted = stats.upserted,
+                    removed = stats.removed,
+                    unchanged = stats.unchanged,
+                    failed = stats.failed,
+                    elapsed_ms = seen.elapsed().as_secs_f64() * 1e3,
+                    "synced"
+                );
+                if let (Some(dir), Some(cidr)) = (&cfg.cni_conf_dir, desired.pod_cidr)
+                    && cni_cidr != Some(cidr)
+                {
+                    let list = cni::conflist(&cidr, &cfg.pin_dir, &cfg.cni_data_dir, cfg.mtu);
+                    let path = cni::write_conflist(dir, &list).with_context(|| {
+                        format!("writing the CNI config into {}", dir.display())
+                    })?;
+                    tracing::info!(path = %path.display(), pod_cidr = %cidr, "CNI config written");
+                    cni_cidr = Some(cidr);
+                }
+                if desired.pod_cidr.is_none() && cfg.cni_conf_dir.is_some() {
+                    tracing::warn!(node = %cfg.node, "no Node object with a podCIDR for this node yet: no CNI config written");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                source = %source.path().display(),
+                error = %e,
+                "cannot read the manifest; keeping the current dataplane state"
+            ),
+        }
+        if last_gc.elapsed() >= cfg.gc_interval {
+            match conntrack.collect_garbage(monotonic_now_ns()) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "conntrack garbage collected"),
+                Err(e) => tracing::warn!(error = %e, "conntrack garbage collection failed"),
+            }
+            last_gc = Instant::now();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(source.poll) => {}
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("stopping; the dataplane keeps forwarding from the pinned maps");
+    drop(dataplane);
+    Ok(())
+}
+
+fn report(problems: &[model::Problem]) {
+    for p in problems {
+        tracing::warn!(object = %p.object, field = %p.field, "skipped: {}", p.message);
+    }
+}

@@ -1,0 +1,12 @@
+//! ferry's test harness. A node is a network namespace running one
+//! `ferry-agent`; a pod is a network namespace wired in by the real
+//! `ferry-cni` binary, invoked exactly as a container runtime would (CNI_*
+//! environment, the conflist the agent wrote). Everything is named per run
+//! and removed on drop, also when a test fails; nothing is added to the
+//! root namespace.
+pub mod manifest;
+pub mod netns;
+pub mod node;
+
+pub use netns::{Netns, in_netns};
+pub use node::{Binaries, Cluster, Node, Pod};

@@ -1,0 +1,52 @@
+//! Kubernetes objects as YAML for the harness's manifest.
+use std::net::Ipv4Addr;
+
+pub fn node(name: &str, pod_cidr: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  podCIDR: {pod_cidr}\n  podCIDRs: [{pod_cidr}]\n"
+    )
+}
+
+/// A ClusterIP Service with (name, port, protocol, target port) ports.
+pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[(&str, u16, &str, u16)]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: ClusterIP\n  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n  ports:\n"
+    );
+    for (pname, port, proto, target) in ports {
+        s += &format!(
+            "  - name: {pname}\n    port: {port}\n    protocol: {proto}\n    targetPort: {target}\n"
+        );
+    }
+    s
+}
+
+/// An EndpointSlice for `service` with ready endpoints on `node`.
+pub fn endpoint_slice(
+    service: &str,
+    node: &str,
+    addresses: &[Ipv4Addr],
+    ports: &[(&str, u16, &str)],
+) -> String {
+    let mut s = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-slice\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
+    );
+    for (pname, port, proto) in ports {
+        s += &format!("- name: {pname}\n  port: {port}\n  protocol: {proto}\n");
+    }
+    if addresses.is_empty() {
+        s += "endpoints: []\n";
+    } else {
+        s += "endpoints:\n";
+    }
+    for a in addresses {
+        s += &format!(
+            "- addresses: [\"{a}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: {node}\n"
+        );
+    }
+    s
+}
+
+/// Documents joined into one manifest.
+pub fn join(docs: &[String]) -> String {
+    docs.join("---\n")
+}

@@ -1,0 +1,410 @@
+//! Clusters, nodes and pods of the harness.
+use std::{
+    io::Write,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::netns::{Netns, in_netns};
+
+/// The binaries under test.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub cni: PathBuf,
+    pub echo: PathBuf,
+}
+
+impl Binaries {
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let b = Self {
+            agent: dir.join("ferry-agent"),
+            cni: dir.join("ferry-cni"),
+            echo: dir.join("ferry-echo"),
+        };
+        for p in [&b.agent, &b.cni, &b.echo] {
+            if !p.exists() {
+                bail!(
+                    "{} is missing: build with `cargo build --bins` (cargo xtask test does)",
+                    p.display()
+                );
+            }
+        }
+        Ok(b)
+    }
+
+    /// `FERRY_BIN_DIR`, else the cargo target directory this test or tool
+    /// runs from.
+    pub fn locate() -> Result<Self> {
+        if let Some(dir) = std::env::var_os("FERRY_BIN_DIR") {
+            return Self::in_dir(Path::new(&dir));
+        }
+        let exe = std::env::current_exe()?;
+        for dir in exe.ancestors().skip(1) {
+            if dir.join("ferry-agent").exists() {
+                return Self::in_dir(dir);
+            }
+        }
+        bail!("cannot find ferry-agent near {}; set FERRY_BIN_DIR", exe.display())
+    }
+}
+
+/// One test run: a unique id, a scratch directory and the shared manifest
+/// every node's agent reads.
+pub struct Cluster {
+    pub run_id: String,
+    pub bins: Binaries,
+    pub root: PathBuf,
+    pub manifest: PathBuf,
+}
+
+impl Cluster {
+    pub fn new(bins: Binaries) -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let run_id = format!("{:06x}", (std::process::id() ^ nanos) & 0xff_ffff);
+        let root = std::env::temp_dir().join(format!("ferry-{run_id}"));
+        std::fs::create_dir_all(&root)?;
+        let manifest = root.join("objects.yaml");
+        std::fs::write(&manifest, "")?;
+        Ok(Self {
+            run_id,
+            bins,
+            root,
+            manifest,
+        })
+    }
+
+    /// Replace the manifest atomically, as an editor or a GitOps tool would.
+    pub fn write_manifest(&self, yaml: &str) -> Result<()> {
+        let tmp = self.root.join(".objects.yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, &self.manifest)?;
+        Ok(())
+    }
+
+    /// A node namespace with its agent running and its CNI config written.
+    pub fn node(&self, name: &str) -> Result<Node> {
+        let netns = Netns::create(&format!("fry-{}-{name}", self.run_id))?;
+        netns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let dir = self.root.join(name);
+        let mut node = Node {
+            name: name.to_string(),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/ferry-e2e-{}-{name}", self.run_id)),
+            cni_conf_dir: dir.join("net.d"),
+            cni_data_dir: dir.join("ipam"),
+            log: dir.join("agent.log"),
+            dir,
+            agent: None,
+            bins: self.bins.clone(),
+            manifest: self.manifest.clone(),
+            run_id: self.run_id.clone(),
+            netns,
+        };
+        std::fs::create_dir_all(&node.dir)?;
+        node.start_agent()?;
+        node.wait_for_conflist(Duration::from_secs(20))?;
+        Ok(node)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::env::var_os("FERRY_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub pin_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_data_dir: PathBuf,
+    pub log: PathBuf,
+    dir: PathBuf,
+    agent: Option<Child>,
+    bins: Binaries,
+    manifest: PathBuf,
+    run_id: String,
+    // Last: the namespace goes after the agent is stopped.
+    pub netns: Netns,
+}
+
+impl Node {
+    pub fn start_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("the agent of {} is already running", self.name);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = self
+            .netns
+            .command(&self.bins.agent)
+            .args(["run", "--node", &self.name])
+            .arg(format!("--source=file:{}", self.manifest.display()))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--cni-conf-dir")
+            .arg(&self.cni_conf_dir)
+            .arg("--cni-data-dir")
+            .arg(&self.cni_data_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting ferry-agent")?;
+        self.agent = Some(child);
+        Ok(())
+    }
+
+    /// Stop the agent the hard way (SIGKILL), as a crash or OOM kill would.
+    pub fn kill_agent(&mut self) -> Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            // nsenter execs the agent, so the child is the agent itself.
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join("10-ferry.conflist")
+    }
+
+    pub fn wait_for_conflist(&mut self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while !self.conflist_path().exists() {
+            if let Some(child) = &mut self.agent
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "ferry-agent on {} exited ({status}):\n{}",
+                    self.name,
+                    self.agent_log()
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "ferry-agent on {} wrote no CNI config in {timeout:?}; does the manifest have a Node {} with a podCIDR?\n{}",
+                    self.name,
+                    self.name,
+                    self.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Run ferry-cni in this node's namespace as a runtime would.
+    pub fn cni(&self, command: &str, container_id: &str, pod_netns: &Path) -> Result<Value> {
+        let conflist: Value = serde_json::from_str(&std::fs::read_to_string(self.conflist_path())?)?;
+        let conf = plugin_conf(&conflist).context("the conflist has no plugin")?;
+        let mut child = self
+            .netns
+            .command(&self.bins.cni)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", pod_netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", self.bins.cni.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running ferry-cni")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(conf.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "ferry-cni {command} failed ({}): {stdout} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if stdout.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_str(&stdout)?)
+    }
+
+    /// A pod on this node, wired in through ferry-cni ADD.
+    pub fn add_pod(&self, name: &str) -> Result<Pod> {
+        let netns = Netns::create(&format!("fry-{}-{}-{name}", self.run_id, self.name))?;
+        let container_id = format!("{}-{}-{name}", self.run_id, self.name);
+        let result = self.cni("ADD", &container_id, &netns.path())?;
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .context("the CNI result has no address")?;
+        let ip: Ipv4Addr = address
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .context("the CNI result's address")?;
+        Ok(Pod {
+            name: name.to_string(),
+            ip,
+            container_id,
+            node_netns: self.netns.path(),
+            cni_conflist: self.conflist_path(),
+            cni_bin: self.bins.cni.clone(),
+            echo_bin: self.bins.echo.clone(),
+            servers: Vec::new(),
+            result,
+            netns,
+        })
+    }
+
+    /// `ferry-agent inspect WHAT` against this node's pins.
+    pub fn inspect(&self, what: &str) -> Result<String> {
+        let out = Command::new(&self.bins.agent)
+            .args(["inspect", what, "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("inspect {what}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.kill_agent();
+        // The namespace goes with `netns`; the pins and links stay unless
+        // removed here.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// The plugin configuration a runtime derives from a conflist: the first
+/// plugin with the list's name and cniVersion.
+pub fn plugin_conf(conflist: &Value) -> Option<Value> {
+    let mut plugin = conflist.get("plugins")?.get(0)?.clone();
+    let obj = plugin.as_object_mut()?;
+    obj.insert("name".into(), conflist.get("name")?.clone());
+    obj.insert("cniVersion".into(), conflist.get("cniVersion")?.clone());
+    Some(plugin)
+}
+
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    /// The CNI ADD result.
+    pub result: Value,
+    node_netns: PathBuf,
+    cni_conflist: PathBuf,
+    cni_bin: PathBuf,
+    echo_bin: PathBuf,
+    servers: Vec<Child>,
+    pub netns: Netns,
+}
+
+impl Pod {
+    /// Start a TCP+UDP ferry-echo server on `port` and wait until it listens.
+    pub fn serve(&mut self, port: u16) -> Result<()> {
+        let child = self
+            .netns
+            .command(&self.echo_bin)
+            .arg(&self.name)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        self.servers.push(child);
+        let ip = self.ip;
+        let start = Instant::now();
+        loop {
+            let up = self.run(move || {
+                std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200))
+                    .is_ok()
+            })?;
+            if up {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("ferry-echo in {} did not start listening on {port}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run `f` inside the pod's network namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        in_netns(&self.netns.path(), f)
+    }
+
+    /// CNI CHECK for this pod.
+    pub fn cni_check(&self) -> Result<()> {
+        self.cni("CHECK").map(|_| ())
+    }
+
+    fn cni(&self, command: &str) -> Result<String> {
+        let conflist: Value =
+            serde_json::from_str(&std::fs::read_to_string(&self.cni_conflist)?)?;
+        let mut conf = plugin_conf(&conflist).context("the conflist has no plugin")?;
+        if command == "CHECK" {
+            conf["prevResult"] = self.result.clone();
+        }
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.node_netns.display()))
+            .arg("--")
+            .arg(&self.cni_bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &self.container_id)
+            .env("CNI_NETNS", self.netns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", self.cni_bin.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(conf.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("ferry-cni {command} for {} failed: {stdout}", self.name);
+        }
+        Ok(stdout)
+    }
+
+    /// CNI DEL for this pod (what the runtime does when the pod goes).
+    pub fn cni_del(&self) -> Result<()> {
+        self.cni("DEL").map(|_| ())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = self.cni("DEL");
+    }
+}

@@ -1,0 +1,240 @@
+//! One node end to end: pods created through ferry-cni, an agent reading a
+//! YAML manifest, real TCP and UDP through the kernel programs.
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use ferry_harness::{Binaries, Cluster, Node, Pod, manifest};
+use ferry_tests::client::{tcp_connect_error, tcp_whoami, udp_whoami};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const CIDR: &str = "10.244.1.0/24";
+
+fn cluster() -> Cluster {
+    ferry_tests::fixture::require_root();
+    Cluster::new(Binaries::locate().expect("binaries")).expect("cluster")
+}
+
+/// Node n1 with a client and three backend pods serving on 8080.
+fn one_node(c: &Cluster) -> (Node, Pod, Vec<Pod>) {
+    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
+    let node = c.node("n1").unwrap();
+    let client = node.add_pod("client").unwrap();
+    let mut backends = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        let mut p = node.add_pod(name).unwrap();
+        p.serve(8080).unwrap();
+        backends.push(p);
+    }
+    (node, client, backends)
+}
+
+fn web_manifest(backends: &[&Pod]) -> String {
+    let ips: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();
+    manifest::join(&[
+        manifest::node("n1", CIDR),
+        manifest::service(
+            "web",
+            VIP,
+            &[("http", 80, "TCP", 8080), ("dns", 53, "UDP", 8080)],
+        ),
+        manifest::endpoint_slice(
+            "web",
+            "n1",
+            &ips,
+            &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
+        ),
+        manifest::service("empty", EMPTY_VIP, &[("http", 80, "TCP", 8080), ("dns", 53, "UDP", 8080)]),
+    ])
+}
+
+/// Wait until `inspect backends` lists exactly `n` backends for VIP:80.
+fn wait_for_backends(node: &Node, n: usize, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = node.inspect("backends").unwrap();
+        let count = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{VIP}:80 ")))
+            .count();
+        if count == n {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{n} backends not programmed within {within:?}:\n{out}\n{}",
+            node.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn names_seen(tries: usize, mut ask: impl FnMut() -> String) -> BTreeSet<String> {
+    (0..tries).map(|_| ask()).collect()
+}
+
+fn wait_until_serving(client: &Pod) {
+    let start = Instant::now();
+    while tcp_whoami(client, VIP, 80).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the ClusterIP never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn clusterip_over_tcp_and_udp_reaches_every_backend_and_follows_edits() {
+    let c = cluster();
+    let (node, client, mut backends) = one_node(&c);
+    c.write_manifest(&web_manifest(&backends.iter().collect::<Vec<_>>()))
+        .unwrap();
+    wait_for_backends(&node, 3, Duration::from_secs(5));
+    wait_until_serving(&client);
+
+    let all: BTreeSet<String> = ["b1", "b2", "b3"].iter().map(|s| s.to_string()).collect();
+    let tcp = names_seen(60, || tcp_whoami(&client, VIP, 80).unwrap());
+    assert_eq!(tcp, all, "TCP through the ClusterIP reaches every backend");
+    let udp = names_seen(60, || udp_whoami(&client, VIP, 53).unwrap());
+    assert_eq!(udp, all, "UDP through the ClusterIP reaches every backend");
+
+    // Pods reach each other by IP.
+    for b in &backends {
+        assert_eq!(tcp_whoami(&client, b.ip, 8080).unwrap(), b.name);
+        assert_eq!(udp_whoami(&client, b.ip, 8080).unwrap(), b.name);
+    }
+
+    // Remove b3: programmed within 1 s, and no new connection reaches it.
+    c.write_manifest(&web_manifest(&[&backends[0], &backends[1]]))
+        .unwrap();
+    let took = wait_for_backends(&node, 2, Duration::from_secs(1));
+    println!("removal programmed in {took:?}");
+    let seen = names_seen(40, || tcp_whoami(&client, VIP, 80).unwrap());
+    assert!(!seen.contains("b3"), "b3 still reached: {seen:?}");
+
+    // Add a new backend b4: reached within 1 s.
+    let mut b4 = node.add_pod("b4").unwrap();
+    b4.serve(8080).unwrap();
+    backends.push(b4);
+    c.write_manifest(&web_manifest(&[&backends[0], &backends[1], &backends[3]]))
+        .unwrap();
+    let took = wait_for_backends(&node, 3, Duration::from_secs(1));
+    println!("addition programmed in {took:?}");
+    let seen = names_seen(60, || tcp_whoami(&client, VIP, 80).unwrap());
+    assert!(seen.contains("b4"), "b4 never reached: {seen:?}");
+
+    // A Service with no endpoints refuses at once, TCP and UDP.
+    let start = Instant::now();
+    let err = tcp_connect_error(&client, EMPTY_VIP, 80).unwrap();
+    assert_eq!(err, Some(std::io::ErrorKind::ConnectionRefused));
+    let udp_err = udp_whoami(&client, EMPTY_VIP, 53).unwrap_err();
+    assert!(
+        format!("{udp_err:#}").contains("refused"),
+        "UDP to a Service without endpoints: {udp_err:#}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(1), "refused, not timed out");
+
+    // Delete the Service: its frontends disappear within 1 s.
+    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
+    wait_for_backends(&node, 0, Duration::from_secs(1));
+    assert!(!node.inspect("services").unwrap().contains(&VIP.to_string()));
+    assert!(tcp_whoami(&client, VIP, 80).is_err(), "a deleted Service still answers");
+    drop(backends);
+    drop(client);
+}
+
+#[test]
+fn an_established_connection_survives_an_agent_restart() {
+    let c = cluster();
+    let (mut node, client, backends) = one_node(&c);
+    c.write_manifest(&web_manifest(&backends.iter().collect::<Vec<_>>()))
+        .unwrap();
+    wait_for_backends(&node, 3, Duration::from_secs(5));
+    wait_until_serving(&client);
+
+    let (tx, rx) = std::sync::mpsc::channel::<&'static [u8]>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<String>();
+    let conn = client
+        .run(move || -> anyhow::Result<()> {
+            let mut s = TcpStream::connect_timeout(&(VIP, 80).into(), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            while let Ok(msg) = rx.recv() {
+                s.write_all(msg)?;
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf)?;
+                back_tx.send(String::from_utf8_lossy(&buf[..n]).into_owned())?;
+            }
+            Ok(())
+        });
+    // `run` joins the thread, so drive the connection from another thread.
+    let driver = std::thread::spawn(move || conn);
+    let mut ask = |msg: &'static [u8]| {
+        tx.send(msg).unwrap();
+        back_rx.recv_timeout(Duration::from_secs(5)).expect("answer on the connection")
+    };
+    let backend = ask(b"?");
+    assert!(backend.starts_with('b'), "{backend}");
+
+    node.kill_agent().unwrap();
+    assert_eq!(ask(b"ping while the agent is down"), "ping while the agent is down");
+    assert_eq!(ask(b"?"), backend, "same backend, same connection");
+    // New connections work without the agent too: the maps stay pinned.
+    assert!(tcp_whoami(&client, VIP, 80).unwrap().starts_with('b'));
+
+    node.start_agent().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ask(b"ping after the restart"), "ping after the restart");
+    assert_eq!(ask(b"?"), backend);
+    let log = node.agent_log();
+    assert!(log.contains("unchanged=3") || log.contains("unchanged=2"), "the restarted agent found the maps already right:\n{log}");
+    drop(tx);
+    driver.join().unwrap().unwrap().unwrap();
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_own_service() {
+    let c = cluster();
+    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
+    let node = c.node("n1").unwrap();
+    let mut solo = node.add_pod("solo").unwrap();
+    solo.serve(8080).unwrap();
+    c.write_manifest(&web_manifest(&[&solo])).unwrap();
+    wait_for_backends(&node, 1, Duration::from_secs(5));
+    let start = Instant::now();
+    loop {
+        match tcp_whoami(&solo, VIP, 80) {
+            Ok(name) => {
+                assert_eq!(name, "solo");
+                break;
+            }
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(5), "hairpin: {e:#}"),
+        }
+    }
+    assert_eq!(udp_whoami(&solo, VIP, 53).unwrap(), "solo");
+}
+
+#[test]
+fn cni_check_and_del_leave_no_trace() {
+    let c = cluster();
+    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
+    let node = c.node("n1").unwrap();
+    let pod = node.add_pod("p").unwrap();
+    pod.cni_check().expect("CNI CHECK of a healthy pod");
+    let host_if = pod.result["interfaces"][0]["name"].as_str().unwrap().to_string();
+    assert!(node.inspect("endpoints").unwrap().contains(&pod.ip.to_string()));
+    assert!(node.pin_dir.join("links").join(&host_if).exists());
+    let ipam_file = node.cni_data_dir.join("ferry").join(pod.ip.to_string());
+    assert!(ipam_file.exists());
+
+    pod.cni_del().unwrap();
+    assert!(!node.inspect("endpoints").unwrap().contains(&pod.ip.to_string()));
+    assert!(!node.pin_dir.join("links").join(&host_if).exists());
+    assert!(!ipam_file.exists());
+    assert!(node.netns.exec(&["ip", "link", "show", &host_if]).is_err());
+    pod.cni_del().expect("DEL is idempotent");
+    assert!(pod.cni_check().is_err(), "CHECK fails once the pod is gone");
+    assert!(Path::new(&node.pin_dir).exists());
+}
