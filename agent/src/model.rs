@@ -153,7 +153,7 @@ pub fn desired_state(objects: &Objects, node_name: &str) -> (Desired, Vec<Proble
         if ips.is_empty() {
             ips.extend(spec.cluster_ip.as_deref());
         }
-        if ips.iter().any(|ip| *ip == "None") || ips.is_empty() {
+        if ips.contains(&"None") || ips.is_empty() {
             continue; // headless, or no IP allocated yet
         }
         let mut cluster_ips = Vec::new();

@@ -50,7 +50,10 @@ impl Binaries {
                 return Self::in_dir(dir);
             }
         }
-        bail!("cannot find ferry-agent near {}; set FERRY_BIN_DIR", exe.display())
+        bail!(
+            "cannot find ferry-agent near {}; set FERRY_BIN_DIR",
+            exe.display()
+        )
     }
 }
 
@@ -211,7 +214,8 @@ impl Node {
 
     /// Run ferry-cni in this node's namespace as a runtime would.
     pub fn cni(&self, command: &str, container_id: &str, pod_netns: &Path) -> Result<Value> {
-        let conflist: Value = serde_json::from_str(&std::fs::read_to_string(self.conflist_path())?)?;
+        let conflist: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.conflist_path())?)?;
         let conf = plugin_conf(&conflist).context("the conflist has no plugin")?;
         let mut child = self
             .netns
@@ -344,7 +348,10 @@ impl Pod {
                 return Ok(());
             }
             if start.elapsed() > Duration::from_secs(5) {
-                bail!("ferry-echo in {} did not start listening on {port}", self.name);
+                bail!(
+                    "ferry-echo in {} did not start listening on {port}",
+                    self.name
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -361,8 +368,7 @@ impl Pod {
     }
 
     fn cni(&self, command: &str) -> Result<String> {
-        let conflist: Value =
-            serde_json::from_str(&std::fs::read_to_string(&self.cni_conflist)?)?;
+        let conflist: Value = serde_json::from_str(&std::fs::read_to_string(&self.cni_conflist)?)?;
         let mut conf = plugin_conf(&conflist).context("the conflist has no plugin")?;
         if command == "CHECK" {
             conf["prevResult"] = self.result.clone();

@@ -32,13 +32,19 @@ pub fn udp_whoami(pod: &Pod, addr: Ipv4Addr, port: u16) -> Result<String> {
         s.set_read_timeout(Some(TIMEOUT))?;
         s.send(b"?")?;
         let mut buf = [0u8; 256];
-        let n = s.recv(&mut buf).with_context(|| format!("recv from {addr}:{port}"))?;
+        let n = s
+            .recv(&mut buf)
+            .with_context(|| format!("recv from {addr}:{port}"))?;
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     })?
 }
 
 /// TCP connect and report the error kind, or None when it connected.
-pub fn tcp_connect_error(pod: &Pod, addr: Ipv4Addr, port: u16) -> Result<Option<std::io::ErrorKind>> {
+pub fn tcp_connect_error(
+    pod: &Pod,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Result<Option<std::io::ErrorKind>> {
     pod.run(move || {
         TcpStream::connect_timeout(&(addr, port).into(), TIMEOUT)
             .err()

@@ -49,7 +49,11 @@ fn web_manifest(backends: &[&Pod]) -> String {
             &ips,
             &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
         ),
-        manifest::service("empty", EMPTY_VIP, &[("http", 80, "TCP", 8080), ("dns", 53, "UDP", 8080)]),
+        manifest::service(
+            "empty",
+            EMPTY_VIP,
+            &[("http", 80, "TCP", 8080), ("dns", 53, "UDP", 8080)],
+        ),
     ])
 }
 
@@ -81,7 +85,10 @@ fn names_seen(tries: usize, mut ask: impl FnMut() -> String) -> BTreeSet<String>
 fn wait_until_serving(client: &Pod) {
     let start = Instant::now();
     while tcp_whoami(client, VIP, 80).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(5), "the ClusterIP never answered");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the ClusterIP never answered"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -135,13 +142,19 @@ fn clusterip_over_tcp_and_udp_reaches_every_backend_and_follows_edits() {
         format!("{udp_err:#}").contains("refused"),
         "UDP to a Service without endpoints: {udp_err:#}"
     );
-    assert!(start.elapsed() < Duration::from_secs(1), "refused, not timed out");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "refused, not timed out"
+    );
 
     // Delete the Service: its frontends disappear within 1 s.
     c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
     wait_for_backends(&node, 0, Duration::from_secs(1));
     assert!(!node.inspect("services").unwrap().contains(&VIP.to_string()));
-    assert!(tcp_whoami(&client, VIP, 80).is_err(), "a deleted Service still answers");
+    assert!(
+        tcp_whoami(&client, VIP, 80).is_err(),
+        "a deleted Service still answers"
+    );
     drop(backends);
     drop(client);
 }
@@ -157,8 +170,10 @@ fn an_established_connection_survives_an_agent_restart() {
 
     let (tx, rx) = std::sync::mpsc::channel::<&'static [u8]>();
     let (back_tx, back_rx) = std::sync::mpsc::channel::<String>();
-    let conn = client
-        .run(move || -> anyhow::Result<()> {
+    // The connection lives on a thread inside the client pod's namespace.
+    let client_ns = client.netns.path();
+    let driver = std::thread::spawn(move || {
+        ferry_harness::in_netns(&client_ns, move || -> anyhow::Result<()> {
             let mut s = TcpStream::connect_timeout(&(VIP, 80).into(), Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             while let Ok(msg) = rx.recv() {
@@ -168,18 +183,22 @@ fn an_established_connection_survives_an_agent_restart() {
                 back_tx.send(String::from_utf8_lossy(&buf[..n]).into_owned())?;
             }
             Ok(())
-        });
-    // `run` joins the thread, so drive the connection from another thread.
-    let driver = std::thread::spawn(move || conn);
-    let mut ask = |msg: &'static [u8]| {
+        })
+    });
+    let ask = |msg: &'static [u8]| {
         tx.send(msg).unwrap();
-        back_rx.recv_timeout(Duration::from_secs(5)).expect("answer on the connection")
+        back_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("answer on the connection")
     };
     let backend = ask(b"?");
     assert!(backend.starts_with('b'), "{backend}");
 
     node.kill_agent().unwrap();
-    assert_eq!(ask(b"ping while the agent is down"), "ping while the agent is down");
+    assert_eq!(
+        ask(b"ping while the agent is down"),
+        "ping while the agent is down"
+    );
     assert_eq!(ask(b"?"), backend, "same backend, same connection");
     // New connections work without the agent too: the maps stay pinned.
     assert!(tcp_whoami(&client, VIP, 80).unwrap().starts_with('b'));
@@ -189,7 +208,15 @@ fn an_established_connection_survives_an_agent_restart() {
     assert_eq!(ask(b"ping after the restart"), "ping after the restart");
     assert_eq!(ask(b"?"), backend);
     let log = node.agent_log();
-    assert!(log.contains("unchanged=3") || log.contains("unchanged=2"), "the restarted agent found the maps already right:\n{log}");
+    let last_sync = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("synced"))
+        .unwrap_or("");
+    assert!(
+        last_sync.contains("upserted=0") && last_sync.contains("unchanged=4"),
+        "the restarted agent found the maps already right and wrote nothing:\n{log}"
+    );
     drop(tx);
     driver.join().unwrap().unwrap().unwrap();
 }
@@ -223,14 +250,26 @@ fn cni_check_and_del_leave_no_trace() {
     let node = c.node("n1").unwrap();
     let pod = node.add_pod("p").unwrap();
     pod.cni_check().expect("CNI CHECK of a healthy pod");
-    let host_if = pod.result["interfaces"][0]["name"].as_str().unwrap().to_string();
-    assert!(node.inspect("endpoints").unwrap().contains(&pod.ip.to_string()));
+    let host_if = pod.result["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        node.inspect("endpoints")
+            .unwrap()
+            .contains(&pod.ip.to_string())
+    );
     assert!(node.pin_dir.join("links").join(&host_if).exists());
     let ipam_file = node.cni_data_dir.join("ferry").join(pod.ip.to_string());
     assert!(ipam_file.exists());
 
     pod.cni_del().unwrap();
-    assert!(!node.inspect("endpoints").unwrap().contains(&pod.ip.to_string()));
+    assert!(
+        !node
+            .inspect("endpoints")
+            .unwrap()
+            .contains(&pod.ip.to_string())
+    );
     assert!(!node.pin_dir.join("links").join(&host_if).exists());
     assert!(!ipam_file.exists());
     assert!(node.netns.exec(&["ip", "link", "show", &host_if]).is_err());

@@ -26,6 +26,15 @@ enum Command {
     },
 }
 
+/// Build the binaries the harness runs, into target/debug.
+pub fn build_bins() -> anyhow::Result<()> {
+    let st = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--bins", "--workspace", "--exclude", "xtask"])
+        .status()?;
+    anyhow::ensure!(st.success(), "cargo build --bins failed");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),

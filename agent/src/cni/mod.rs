@@ -529,6 +529,35 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// The conflist the agent writes for this node, as flannel does: the
+/// runtime picks it up from its CNI configuration directory.
+pub fn conflist(pod_cidr: &Ipv4Net, pin_dir: &Path, data_dir: &Path, mtu: u32) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "ferry",
+        "plugins": [{
+            "type": "ferry-cni",
+            "pinDir": pin_dir,
+            "mtu": mtu,
+            "ipam": {"subnet": pod_cidr.to_string(), "dataDir": data_dir},
+        }],
+    })
+}
+
+/// File name of the conflist in the CNI configuration directory.
+pub const CONFLIST_NAME: &str = "10-ferry.conflist";
+
+/// Write the conflist atomically (temp file + rename), so a runtime never
+/// reads half of it.
+pub fn write_conflist(dir: &Path, conflist: &Value) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(CONFLIST_NAME);
+    let tmp = dir.join(format!(".{CONFLIST_NAME}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(conflist)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,33 +626,4 @@ mod tests {
             json!({"cniVersion":"1.0.0","code":7,"msg":"bad","details":"worse"})
         );
     }
-}
-
-/// The conflist the agent writes for this node, as flannel does: the
-/// runtime picks it up from its CNI configuration directory.
-pub fn conflist(pod_cidr: &Ipv4Net, pin_dir: &Path, data_dir: &Path, mtu: u32) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "ferry",
-        "plugins": [{
-            "type": "ferry-cni",
-            "pinDir": pin_dir,
-            "mtu": mtu,
-            "ipam": {"subnet": pod_cidr.to_string(), "dataDir": data_dir},
-        }],
-    })
-}
-
-/// File name of the conflist in the CNI configuration directory.
-pub const CONFLIST_NAME: &str = "10-ferry.conflist";
-
-/// Write the conflist atomically (temp file + rename), so a runtime never
-/// reads half of it.
-pub fn write_conflist(dir: &Path, conflist: &Value) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(CONFLIST_NAME);
-    let tmp = dir.join(format!(".{CONFLIST_NAME}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(conflist)?)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
 }
