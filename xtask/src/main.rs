@@ -1,4 +1,5 @@
 //! `cargo xtask <command>`: everything a developer or CI runs.
+mod demo;
 mod setup;
 mod test;
 
@@ -19,6 +20,16 @@ enum Command {
     Setup,
     /// Run every test tier: unit tests, kernel tests (BPF_PROG_TEST_RUN).
     /// Needs root for the kernel tiers.
+    /// One node, four pods, a ClusterIP from examples/demo.yaml served by
+    /// ferry; shows requests landing on different backends. Ctrl-C tears
+    /// it down.
+    Demo {
+        /// Leave it running after showing it (remove with `cargo xtask down`).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove what a kept demo or a killed test run left behind.
+    Down,
     Test {
         /// Extra arguments for the test binaries (a name filter, --nocapture).
         #[arg(trailing_var_arg = true)]
@@ -39,5 +50,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test { args } => test::run(&args),
+        Command::Demo { keep } => demo::run(keep),
+        Command::Down => demo::down(),
     }
 }

@@ -1,0 +1,182 @@
+//! `cargo xtask demo`: one node, four pods, ferry serving a ClusterIP from
+//! examples/demo.yaml, and how to look inside.
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpStream, UdpSocket},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use ferry_harness::{Binaries, Cluster, Pod};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE: &str = "demo-node";
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn ask_tcp(client: &Pod) -> Result<String> {
+    client.run(|| -> Result<String> {
+        let mut s = TcpStream::connect_timeout(&(VIP, 80).into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"?")?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })?
+}
+
+fn ask_udp(client: &Pod) -> Result<String> {
+    client.run(|| -> Result<String> {
+        let s = UdpSocket::bind(("0.0.0.0", 0))?;
+        s.connect((VIP, 7))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send(b"?")?;
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })?
+}
+
+pub fn run(keep: bool) -> Result<()> {
+    crate::setup::run()?;
+    crate::build_bins()?;
+    let root = std::env::current_dir()?;
+    let manifest = std::fs::read_to_string(root.join("examples/demo.yaml"))
+        .context("reading examples/demo.yaml (run from the repository root)")?;
+    let bins = Binaries::in_dir(&root.join("target/debug"))?;
+    let cluster = Cluster::new(bins.clone())?;
+    cluster.write_manifest(&manifest)?;
+    println!(
+        "==> node {NODE}: network namespace fry-{}-{NODE}, ferry-agent running",
+        cluster.run_id
+    );
+    let node = cluster.node(NODE)?;
+    let client = node.add_pod("client")?;
+    let mut web = Vec::new();
+    for i in 1..=3 {
+        let mut p = node.add_pod(&format!("web-{i}"))?;
+        p.serve(8080)?;
+        web.push(p);
+    }
+    println!("==> pods created through ferry-cni:");
+    for p in std::iter::once(&client).chain(&web) {
+        println!("    {:<8} {}", p.name, p.ip);
+    }
+    if client.ip != Ipv4Addr::new(10, 244, 1, 2) || web[0].ip != Ipv4Addr::new(10, 244, 1, 3) {
+        bail!("pod addresses differ from the ones examples/demo.yaml names");
+    }
+    // Wait for the agent to program the Service.
+    let mut ready = false;
+    for _ in 0..100 {
+        if ask_tcp(&client).is_ok() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !ready {
+        bail!("the ClusterIP never answered:\n{}", node.agent_log());
+    }
+    println!("==> 12 TCP connections from client to web's ClusterIP {VIP}:80");
+    let mut hits: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 1..=12 {
+        let name = ask_tcp(&client)?;
+        println!("    connection {i:>2} -> {name}");
+        *hits.entry(name).or_default() += 1;
+    }
+    println!("    per backend: {hits:?}");
+    println!("==> 6 UDP datagrams to {VIP}:7");
+    for i in 1..=6 {
+        println!("    datagram {i} -> {}", ask_udp(&client)?);
+    }
+    println!("==> what the dataplane holds (ferry-agent inspect services):");
+    print!("{}", indent(&node.inspect("services")?));
+    println!("==> look inside yourself:");
+    let agent = bins.agent.display();
+    let pins = node.pin_dir.display();
+    for what in ["services", "backends", "conntrack", "endpoints", "counters"] {
+        println!("    {agent} inspect {what} --pin-dir {pins}");
+    }
+    println!("    bpftool map dump pinned {pins}/ferry_services");
+    println!(
+        "    nsenter --net=/var/run/netns/fry-{}-{NODE}-client -- bash -c 'exec 3<>/dev/tcp/{VIP}/80; printf ? >&3; head -1 <&3'",
+        cluster.run_id
+    );
+    println!("    agent log: {}", node.log.display());
+    println!("    edit the objects live: {}", cluster.manifest.display());
+    if keep {
+        println!("==> --keep: left running; tear down with `cargo xtask down`");
+        std::mem::forget(web);
+        std::mem::forget(client);
+        std::mem::forget(node);
+        std::mem::forget(cluster);
+        return Ok(());
+    }
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    println!("==> running; press Ctrl-C to tear everything down");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("==> tearing down");
+    drop(web);
+    drop(client);
+    drop(node);
+    drop(cluster);
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// Remove everything a kept demo (or a killed test run) left behind.
+pub fn down() -> Result<()> {
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    for line in String::from_utf8_lossy(&list.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        if !name.starts_with("fry-") {
+            continue;
+        }
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()?;
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: sending a signal.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .status();
+        println!("removed netns {name}");
+    }
+    for entry in std::fs::read_dir("/sys/fs/bpf")?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ferry-e2e-") || name.starts_with("ferry-test-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+            println!("removed pins /sys/fs/bpf/{name}");
+        }
+    }
+    for entry in std::fs::read_dir(std::env::temp_dir())?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ferry-") && entry.path().join("objects.yaml").exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
