@@ -217,33 +217,14 @@ impl Node {
         let conflist: Value =
             serde_json::from_str(&std::fs::read_to_string(self.conflist_path())?)?;
         let conf = plugin_conf(&conflist).context("the conflist has no plugin")?;
-        let mut child = self
-            .netns
-            .command(&self.bins.cni)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_NETNS", pod_netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", self.bins.cni.parent().unwrap_or(Path::new("/")))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running ferry-cni")?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(conf.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "ferry-cni {command} failed ({}): {stdout} {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let stdout = invoke_cni(
+            &self.netns.path(),
+            &self.bins.cni,
+            command,
+            container_id,
+            pod_netns,
+            &conf,
+        )?;
         if stdout.trim().is_empty() {
             return Ok(Value::Null);
         }
@@ -298,6 +279,47 @@ impl Drop for Node {
         // removed here.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
+}
+
+/// Run `cni_bin` inside the node namespace with the CNI environment and
+/// `conf` on stdin; its stdout, or an error carrying the CNI error JSON.
+fn invoke_cni(
+    node_netns: &Path,
+    cni_bin: &Path,
+    command: &str,
+    container_id: &str,
+    pod_netns: &Path,
+    conf: &Value,
+) -> Result<String> {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", node_netns.display()))
+        .arg("--")
+        .arg(cni_bin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", pod_netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_bin.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ferry-cni")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "ferry-cni {command} for {container_id} failed ({}): {stdout} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
 }
 
 /// The plugin configuration a runtime derives from a conflist: the first
@@ -373,30 +395,14 @@ impl Pod {
         if command == "CHECK" {
             conf["prevResult"] = self.result.clone();
         }
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.node_netns.display()))
-            .arg("--")
-            .arg(&self.cni_bin)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &self.container_id)
-            .env("CNI_NETNS", self.netns.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", self.cni_bin.parent().unwrap_or(Path::new("/")))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(conf.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            bail!("ferry-cni {command} for {} failed: {stdout}", self.name);
-        }
-        Ok(stdout)
+        invoke_cni(
+            &self.node_netns,
+            &self.cni_bin,
+            command,
+            &self.container_id,
+            &self.netns.path(),
+            &conf,
+        )
     }
 
     /// CNI DEL for this pod (what the runtime does when the pod goes).
