@@ -113,6 +113,21 @@ pub const fn starts_new_flow(state: u8, expired: bool, protocol: u8, tcp_flags: 
         && tcp_flags & TCP_ACK == 0
 }
 
+/// Does a reply-direction packet belong to the tracked flow? A SYN-ACK on a
+/// closed flow, or anything on an expired one, is a new connection that
+/// happens to reuse the tuple (the client reused its port towards the
+/// backend's own address): it must pass untranslated.
+#[inline(always)]
+pub const fn reply_matches(state: u8, expired: bool, protocol: u8, tcp_flags: u8) -> bool {
+    if expired {
+        return false;
+    }
+    !(protocol == crate::PROTO_TCP
+        && state == STATE_TCP_CLOSING
+        && tcp_flags & TCP_SYN != 0
+        && tcp_flags & TCP_ACK != 0)
+}
+
 pub fn state_name(state: u8) -> &'static str {
     match state {
         STATE_TCP_SYN_SENT => "SYN_SENT",
@@ -178,6 +193,29 @@ mod tests {
         assert_eq!(advance(STATE_UDP, 0, O, 0xff), (STATE_UDP, 0));
         assert_eq!(advance(STATE_UDP, 0, R, 0), (STATE_UDP, FLAG_SEEN_REPLY));
         assert_eq!(timeout_ns(STATE_UDP), TIMEOUT_UDP_NS);
+    }
+
+    #[test]
+    fn a_syn_ack_on_a_closed_flow_is_someone_else() {
+        assert!(!reply_matches(
+            STATE_TCP_CLOSING,
+            false,
+            PROTO_TCP,
+            TCP_SYN | TCP_ACK
+        ));
+        assert!(reply_matches(
+            STATE_TCP_CLOSING,
+            false,
+            PROTO_TCP,
+            TCP_FIN | TCP_ACK
+        ));
+        assert!(reply_matches(
+            STATE_TCP_ESTABLISHED,
+            false,
+            PROTO_TCP,
+            TCP_SYN | TCP_ACK
+        ));
+        assert!(!reply_matches(STATE_UDP, true, PROTO_UDP, 0));
     }
 
     #[test]

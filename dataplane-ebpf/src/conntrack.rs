@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ferry_common::{
     CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
-    conntrack::{advance, initial_state, starts_new_flow, timeout_ns},
+    conntrack::{advance, initial_state, reply_matches, starts_new_flow, timeout_ns},
 };
 
 use crate::{maps::CONNTRACK, parse::L4Packet};
@@ -98,6 +98,11 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
         // The new flow may pick another backend; the old reply entry, keyed
         // by the old backend, must not linger and translate its strays.
         let _ = CONNTRACK.remove(partner_key(pkt, direction, e));
+        return None;
+    }
+    if direction == CT_DIR_REPLY
+        && !reply_matches(e.state, e.expires_ns < now, pkt.protocol, pkt.tcp_flags)
+    {
         return None;
     }
     let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);

@@ -167,6 +167,12 @@ fn tcp_close_then_port_reuse_starts_a_new_flow() {
     let (_, out) = k.run(&Packet::tcp(pod, c, TCP_FIN | TCP_ACK, b"").bytes());
     assert_eq!(&out[26..30], &VIP.octets(), "FIN reverse-NATed");
     assert_eq!(state(&k), vec![STATE_TCP_CLOSING]);
+    // The client reuses the port for a direct connection to the backend:
+    // the backend's SYN-ACK is not part of the closed Service flow.
+    let direct_syn_ack = Packet::tcp(pod, c, TCP_SYN | TCP_ACK, b"").bytes();
+    let (verdict, out) = k.run(&direct_syn_ack);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, direct_syn_ack, "passed untranslated");
     // The client reuses the port: a fresh SYN opens a new flow.
     let (verdict, out) = k.run(&Packet::tcp(c, (VIP, 80), TCP_SYN, b"").bytes());
     assert_eq!(verdict, TC_ACT_OK);
