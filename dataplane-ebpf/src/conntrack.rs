@@ -103,6 +103,9 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     if direction == CT_DIR_REPLY
         && !reply_matches(e.state, e.expires_ns < now, pkt.protocol, pkt.tcp_flags)
     {
+        // The tuple now belongs to another connection: forget the old flow's
+        // reply entry, so the rest of the new connection passes too.
+        let _ = CONNTRACK.remove(key);
         return None;
     }
     let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);
@@ -169,4 +172,30 @@ pub fn create(
         port: backend_port,
         peer_addr: snat,
     })
+}
+
+/// A packet that is neither for a frontend nor a tracked reply is a direct
+/// connection. If a Service flow's reply entry holds its reversed tuple (the
+/// client reused a port towards the backend's own address), the direct
+/// connection wins: the stale entry would rewrite its replies. Checked on the
+/// packets that can open a connection (TCP SYN, any UDP) to keep the cost
+/// off established direct traffic.
+#[inline(always)]
+pub fn clear_clashing_reply(pkt: &L4Packet) {
+    let opens = pkt.protocol != ferry_common::PROTO_TCP
+        || (pkt.tcp_flags & ferry_common::conntrack::TCP_SYN != 0
+            && pkt.tcp_flags & ferry_common::conntrack::TCP_ACK == 0);
+    if !opens {
+        return;
+    }
+    let reversed = CtKey {
+        src_addr: pkt.dst_addr,
+        dst_addr: pkt.src_addr,
+        src_port: pkt.dst_port,
+        dst_port: pkt.src_port,
+        protocol: pkt.protocol,
+        direction: CT_DIR_REPLY,
+        pad: [0; 2],
+    };
+    let _ = CONNTRACK.remove(reversed);
 }

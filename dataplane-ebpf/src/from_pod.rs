@@ -60,7 +60,10 @@ fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32, Option<[u8; 4]>) {
                 }
                 Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED, None),
             },
-            None => (TC_ACT_OK, outcome::PASSED, Some(pkt.dst_addr)),
+            None => {
+                conntrack::clear_clashing_reply(pkt);
+                (TC_ACT_OK, outcome::PASSED, Some(pkt.dst_addr))
+            }
         };
     };
 

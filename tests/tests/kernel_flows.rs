@@ -173,11 +173,32 @@ fn tcp_close_then_port_reuse_starts_a_new_flow() {
     let (verdict, out) = k.run(&direct_syn_ack);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, direct_syn_ack, "passed untranslated");
+    let direct_data = Packet::tcp(pod, c, TCP_ACK, b"data of the direct connection").bytes();
+    let (_, out) = k.run(&direct_data);
+    assert_eq!(
+        out, direct_data,
+        "the rest of the direct connection passes too"
+    );
     // The client reuses the port: a fresh SYN opens a new flow.
     let (verdict, out) = k.run(&Packet::tcp(c, (VIP, 80), TCP_SYN, b"").bytes());
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(destination(&out), (pod.0.octets(), 8080));
     assert_eq!(state(&k), vec![STATE_TCP_SYN_SENT]);
+}
+
+#[test]
+fn a_direct_udp_flow_reusing_a_service_flows_tuple_is_not_translated() {
+    let mut k = Kernel::load();
+    k.services.upsert(frontend(PROTO_UDP), &pods(1)).unwrap();
+    let pod = (Ipv4Addr::from(pods(1)[0].addr), 8080);
+    k.run(&Packet::udp((CLIENT, 5000), (VIP, 80), b"via the service").bytes());
+    // The same client port now talks to the backend directly.
+    let direct = Packet::udp((CLIENT, 5000), pod, b"direct").bytes();
+    let (_, out) = k.run(&direct);
+    assert_eq!(out, direct);
+    let answer = Packet::udp(pod, (CLIENT, 5000), b"direct answer").bytes();
+    let (_, out) = k.run(&answer);
+    assert_eq!(out, answer, "the answer keeps the backend's address");
 }
 
 #[test]
