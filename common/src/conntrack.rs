@@ -128,6 +128,45 @@ pub const fn reply_matches(state: u8, expired: bool, protocol: u8, tcp_flags: u8
         && tcp_flags & TCP_ACK != 0)
 }
 
+/// The key of the other direction of the flow that `(key, entry)` belongs
+/// to. Hairpin flows carry the rewritten peer address in `peer_nat_addr`.
+/// Shared by the kernel (to update both entries) and the agent (GC).
+#[inline(always)]
+pub fn partner_key(key: &crate::CtKey, entry: &crate::CtEntry) -> crate::CtKey {
+    let hairpin = entry.peer_nat_addr != [0; 4];
+    if key.direction == crate::CT_DIR_ORIGINAL {
+        // Reply travels backend -> client (or -> the hairpin address).
+        crate::CtKey {
+            src_addr: entry.nat_addr,
+            dst_addr: if hairpin {
+                entry.peer_nat_addr
+            } else {
+                key.src_addr
+            },
+            src_port: entry.nat_port,
+            dst_port: key.src_port,
+            protocol: key.protocol,
+            direction: crate::CT_DIR_REPLY,
+            pad: [0; 2],
+        }
+    } else {
+        // Original travels client -> frontend.
+        crate::CtKey {
+            src_addr: if hairpin {
+                entry.peer_nat_addr
+            } else {
+                key.dst_addr
+            },
+            dst_addr: entry.nat_addr,
+            src_port: key.dst_port,
+            dst_port: entry.nat_port,
+            protocol: key.protocol,
+            direction: crate::CT_DIR_ORIGINAL,
+            pad: [0; 2],
+        }
+    }
+}
+
 pub fn state_name(state: u8) -> &'static str {
     match state {
         STATE_TCP_SYN_SENT => "SYN_SENT",

@@ -4,7 +4,9 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ferry_common::{
     CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
-    conntrack::{advance, initial_state, reply_matches, starts_new_flow, timeout_ns},
+    conntrack::{
+        advance, initial_state, partner_key, reply_matches, starts_new_flow, timeout_ns,
+    },
 };
 
 use crate::{maps::CONNTRACK, parse::L4Packet};
@@ -42,45 +44,6 @@ pub fn key_of(pkt: &L4Packet, direction: u8) -> CtKey {
     }
 }
 
-/// Key of the other direction of the flow `entry` belongs to, given the
-/// packet that matched `entry` (as it was before translation).
-#[inline(always)]
-fn partner_key(pkt: &L4Packet, direction: u8, entry: &CtEntry) -> CtKey {
-    if direction == CT_DIR_ORIGINAL {
-        // Reply travels backend -> client (or -> hairpin address).
-        let dst_addr = if entry.peer_nat_addr == NO_ADDR {
-            pkt.src_addr
-        } else {
-            entry.peer_nat_addr
-        };
-        CtKey {
-            src_addr: entry.nat_addr,
-            dst_addr,
-            src_port: entry.nat_port,
-            dst_port: pkt.src_port,
-            protocol: pkt.protocol,
-            direction: CT_DIR_REPLY,
-            pad: [0; 2],
-        }
-    } else {
-        // Original travels client -> frontend.
-        let src_addr = if entry.peer_nat_addr == NO_ADDR {
-            pkt.dst_addr
-        } else {
-            entry.peer_nat_addr
-        };
-        CtKey {
-            src_addr,
-            dst_addr: entry.nat_addr,
-            src_port: pkt.dst_port,
-            dst_port: entry.nat_port,
-            protocol: pkt.protocol,
-            direction: CT_DIR_ORIGINAL,
-            pad: [0; 2],
-        }
-    }
-}
-
 /// Look up the packet's flow in `direction` and account the packet to it.
 /// Returns what to rewrite, or None when there is no live flow (for the
 /// original direction: when the packet must start a new one).
@@ -97,7 +60,7 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     {
         // The new flow may pick another backend; the old reply entry, keyed
         // by the old backend, must not linger and translate its strays.
-        let _ = CONNTRACK.remove(partner_key(pkt, direction, e));
+        let _ = CONNTRACK.remove(partner_key(&key, e));
         return None;
     }
     if direction == CT_DIR_REPLY
@@ -110,7 +73,7 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     }
     let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);
     if state != e.state || flags != e.flags {
-        let partner = partner_key(pkt, direction, e);
+        let partner = partner_key(&key, e);
         if let Some(p) = CONNTRACK.get_ptr_mut(partner) {
             // SAFETY: as above.
             let p = unsafe { &mut *p };
@@ -156,7 +119,8 @@ pub fn create(
         service_id,
         peer_nat_addr: snat,
     };
-    let reply_key = partner_key(pkt, CT_DIR_ORIGINAL, &original);
+    let original_key = key_of(pkt, CT_DIR_ORIGINAL);
+    let reply_key = partner_key(&original_key, &original);
     let reply = CtEntry {
         nat_addr: pkt.dst_addr,
         nat_port: pkt.dst_port,
@@ -166,7 +130,7 @@ pub fn create(
     // Reply entry first: once the original entry exists, the backend may
     // answer, and its reply must find the way back.
     CONNTRACK.insert(reply_key, reply, BPF_ANY)?;
-    CONNTRACK.insert(key_of(pkt, CT_DIR_ORIGINAL), original, BPF_ANY)?;
+    CONNTRACK.insert(original_key, original, BPF_ANY)?;
     Ok(NatTarget {
         addr: backend_addr,
         port: backend_port,

@@ -8,39 +8,13 @@
 use std::{collections::HashMap as StdHashMap, path::Path};
 
 use aya::maps::{HashMap, MapData, MapError};
-use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey, MAP_CONNTRACK};
+pub use ferry_common::conntrack::partner_key;
+use ferry_common::{CtEntry, CtKey, MAP_CONNTRACK};
 
 use super::{OpenError, is_not_found, open_pinned};
 
 pub struct Conntrack {
     map: HashMap<MapData, CtKey, CtEntry>,
-}
-
-/// The key of the other direction of the flow that `(key, entry)` belongs
-/// to (mirrors the kernel's computation, hairpin flows included).
-pub fn partner_key(key: &CtKey, entry: &CtEntry) -> CtKey {
-    let peer = (entry.peer_nat_addr != [0; 4]).then_some(entry.peer_nat_addr);
-    if key.direction == CT_DIR_ORIGINAL {
-        CtKey {
-            src_addr: entry.nat_addr,
-            dst_addr: peer.unwrap_or(key.src_addr),
-            src_port: entry.nat_port,
-            dst_port: key.src_port,
-            protocol: key.protocol,
-            direction: CT_DIR_REPLY,
-            pad: [0; 2],
-        }
-    } else {
-        CtKey {
-            src_addr: peer.unwrap_or(key.dst_addr),
-            dst_addr: entry.nat_addr,
-            src_port: key.dst_port,
-            dst_port: entry.nat_port,
-            protocol: key.protocol,
-            direction: CT_DIR_ORIGINAL,
-            pad: [0; 2],
-        }
-    }
 }
 
 /// Should `(key, entry)` be removed at `now_ns`, given its partner's entry?
@@ -111,6 +85,7 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_common::CT_DIR_ORIGINAL;
 
     fn entry(expires_ns: u64) -> CtEntry {
         CtEntry {
