@@ -51,8 +51,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 let seen = Instant::now();
                 let (objects, problems) = parse_manifest(&text);
                 report(&problems);
+                let parsed = Instant::now();
                 let (desired, problems) = desired_state(&objects, &cfg.node);
                 report(&problems);
+                let modelled = Instant::now();
                 let stats = sync(&mut table, &desired.frontends)?;
                 tracing::info!(
                     source = %source.path().display(),
@@ -61,6 +63,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                     removed = stats.removed,
                     unchanged = stats.unchanged,
                     failed = stats.failed,
+                    parse_ms = (parsed - seen).as_secs_f64() * 1e3,
+                    model_ms = (modelled - parsed).as_secs_f64() * 1e3,
+                    maps_ms = modelled.elapsed().as_secs_f64() * 1e3,
                     elapsed_ms = seen.elapsed().as_secs_f64() * 1e3,
                     "synced"
                 );

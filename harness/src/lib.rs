@@ -7,6 +7,8 @@
 pub mod manifest;
 pub mod netns;
 pub mod node;
+pub mod plain;
 
 pub use netns::{Netns, in_netns};
 pub use node::{Binaries, Cluster, Node, Pod};
+pub use plain::{PlainNode, PlainPod};

@@ -379,6 +379,21 @@ impl Pod {
         }
     }
 
+    /// Start `program args` in the pod; it is killed when the pod goes.
+    pub fn spawn(&mut self, program: &Path, args: &[&str]) -> Result<()> {
+        let child = self
+            .netns
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} in {}", program.display(), self.name))?;
+        self.servers.push(child);
+        Ok(())
+    }
+
     /// Run `f` inside the pod's network namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         in_netns(&self.netns.path(), f)

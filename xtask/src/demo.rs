@@ -45,7 +45,7 @@ fn ask_udp(client: &Pod) -> Result<String> {
 
 pub fn run(keep: bool) -> Result<()> {
     crate::setup::run()?;
-    crate::build_bins()?;
+    crate::build_bins(false)?;
     let root = std::env::current_dir()?;
     let manifest = std::fs::read_to_string(root.join("examples/demo.yaml"))
         .context("reading examples/demo.yaml (run from the repository root)")?;

@@ -1,4 +1,5 @@
 //! `cargo xtask <command>`: everything a developer or CI runs.
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -18,8 +19,6 @@ enum Command {
     /// rust-src, bpf-linker built against nightly's LLVM, Debian packages,
     /// the BPF filesystem.
     Setup,
-    /// Run every test tier: unit tests, kernel tests (BPF_PROG_TEST_RUN).
-    /// Needs root for the kernel tiers.
     /// One node, four pods, a ClusterIP from examples/demo.yaml served by
     /// ferry; shows requests landing on different backends. Ctrl-C tears
     /// it down.
@@ -30,6 +29,12 @@ enum Command {
     },
     /// Remove what a kept demo or a killed test run left behind.
     Down,
+    /// Connection rate and latency: ferry against the direct pod-IP path
+    /// and kube-proxy-shaped iptables and nftables rule sets, as ratios;
+    /// the agent's full-sync time. Needs root.
+    Bench(bench::Opts),
+    /// Run every test tier: unit tests, kernel tests (BPF_PROG_TEST_RUN),
+    /// end-to-end tests through veth. Needs root for the kernel tiers.
     Test {
         /// Extra arguments for the test binaries (a name filter, --nocapture).
         #[arg(trailing_var_arg = true)]
@@ -37,11 +42,15 @@ enum Command {
     },
 }
 
-/// Build the binaries the harness runs, into target/debug.
-pub fn build_bins() -> anyhow::Result<()> {
-    let st = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--bins", "--workspace", "--exclude", "xtask"])
-        .status()?;
+/// Build the binaries the harness runs, into target/debug or, for
+/// benchmarks, target/release.
+pub fn build_bins(release: bool) -> anyhow::Result<()> {
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "--bins", "--workspace", "--exclude", "xtask"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let st = cmd.status()?;
     anyhow::ensure!(st.success(), "cargo build --bins failed");
     Ok(())
 }
@@ -52,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Demo { keep } => demo::run(keep),
         Command::Down => demo::down(),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

@@ -76,7 +76,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     // Tiers 2 and 3: the real programs in the kernel through
     // BPF_PROG_TEST_RUN, then end to end through the harness, which runs
     // the built binaries (ferry-agent, ferry-cni, ferry-echo).
-    crate::build_bins()?;
+    crate::build_bins(false)?;
     cargo_test(&["--package", "ferry-tests", "--tests"], extra, &mut tally)?;
     println!("summary: {} passed, {} failed", tally.passed, tally.failed);
     if tally.passed == 0 {

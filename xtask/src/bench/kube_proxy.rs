@@ -1,0 +1,187 @@
+//! Rule sets shaped like the ones kube-proxy writes for ClusterIP Services,
+//! in its iptables mode and its nftables mode, so the benchmark compares
+//! ferry with what an operator runs today at the same number of Services.
+//! Chain layout, matches and marks follow kube-proxy's proxier; chain name
+//! hashes are stand-ins (kube-proxy hashes the service port name with
+//! SHA-256, which changes nothing about how the kernel walks the rules).
+use std::fmt::Write;
+
+use super::ServiceSpec;
+
+/// The pod CIDR kube-proxy's `--cluster-cidr` names: traffic from outside
+/// it to a ClusterIP is marked for masquerade.
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+fn chain_hash(kind: &str, svc: usize, ep: usize) -> String {
+    // FNV-1a: deterministic, spreads names like kube-proxy's base32 hashes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{kind}/{svc}/{ep}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016X}")
+}
+
+/// Input for `iptables-restore`: kube-proxy's nat and filter chains for
+/// `services`, in the order given (KUBE-SERVICES is walked rule by rule).
+pub fn iptables(services: &[ServiceSpec]) -> String {
+    let mut chains = String::new();
+    let mut rules = String::new();
+    for (i, s) in services.iter().enumerate() {
+        let svc_chain = format!("KUBE-SVC-{}", chain_hash("svc", i, 0));
+        let comment = format!("default/{}:http", s.name);
+        writeln!(chains, ":{svc_chain} - [0:0]").unwrap();
+        writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{comment} cluster IP\" -m tcp --dport {} -j {svc_chain}",
+            s.vip, s.port
+        )
+        .unwrap();
+        writeln!(
+            rules,
+            "-A {svc_chain} ! -s {CLUSTER_CIDR} -d {}/32 -p tcp -m comment --comment \"{comment} cluster IP\" -m tcp --dport {} -j KUBE-MARK-MASQ",
+            s.vip, s.port
+        )
+        .unwrap();
+        let n = s.endpoints.len();
+        for (j, ep) in s.endpoints.iter().enumerate() {
+            let sep_chain = format!("KUBE-SEP-{}", chain_hash("sep", i, j));
+            writeln!(chains, ":{sep_chain} - [0:0]").unwrap();
+            let remaining = n - j;
+            if remaining > 1 {
+                writeln!(
+                    rules,
+                    "-A {svc_chain} -m comment --comment \"{comment} -> {ep}:{}\" -m statistic --mode random --probability {:.10} -j {sep_chain}",
+                    s.target_port,
+                    1.0 / remaining as f64
+                )
+                .unwrap();
+            } else {
+                writeln!(
+                    rules,
+                    "-A {svc_chain} -m comment --comment \"{comment} -> {ep}:{}\" -j {sep_chain}",
+                    s.target_port
+                )
+                .unwrap();
+            }
+            writeln!(
+                rules,
+                "-A {sep_chain} -s {ep}/32 -m comment --comment \"{comment}\" -j KUBE-MARK-MASQ"
+            )
+            .unwrap();
+            writeln!(
+                rules,
+                "-A {sep_chain} -p tcp -m comment --comment \"{comment}\" -m tcp -j DNAT --to-destination {ep}:{}",
+                s.target_port
+            )
+            .unwrap();
+        }
+    }
+    format!(
+        "*filter
+:KUBE-FORWARD - [0:0]
+:KUBE-SERVICES - [0:0]
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-NODEPORTS - [0:0]
+{chains}-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully
+{rules}-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+COMMIT
+"
+    )
+}
+
+/// Input for `nft -f`: kube-proxy's nftables mode, where ClusterIPs are
+/// looked up in one verdict map and endpoints picked with numgen.
+pub fn nftables(services: &[ServiceSpec]) -> String {
+    let mut chains = String::new();
+    let mut elements = Vec::with_capacity(services.len());
+    for (i, s) in services.iter().enumerate() {
+        let svc_chain = format!(
+            "service-{}-default/{}/tcp/http",
+            &chain_hash("svc", i, 0)[..8],
+            s.name
+        );
+        let mut vmap = Vec::new();
+        for (j, ep) in s.endpoints.iter().enumerate() {
+            let ep_chain = format!(
+                "endpoint-{}-default/{}/tcp/http__{ep}/{}",
+                &chain_hash("sep", i, j)[..8],
+                s.name,
+                s.target_port
+            );
+            writeln!(
+                chains,
+                "  chain {ep_chain} {{\n    ip saddr {ep} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ep}:{}\n  }}",
+                s.target_port
+            )
+            .unwrap();
+            vmap.push(format!("{j} : goto {ep_chain}"));
+        }
+        writeln!(
+            chains,
+            "  chain {svc_chain} {{\n    ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n    numgen random mod {} vmap {{ {} }}\n  }}",
+            s.vip,
+            s.port,
+            s.endpoints.len(),
+            vmap.join(", ")
+        )
+        .unwrap();
+        elements.push(format!("{} . tcp . {} : goto {svc_chain}", s.vip, s.port));
+    }
+    format!(
+        "table ip kube-proxy {{
+  map service-ips {{
+    type ipv4_addr . inet_proto . inet_service : verdict
+    comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\"
+  }}
+  chain mark-for-masquerade {{
+    mark set mark or 0x4000
+  }}
+  chain masquerading {{
+    mark and 0x4000 == 0 return
+    mark set mark xor 0x4000
+    masquerade fully-random
+  }}
+  chain nodeports {{
+  }}
+  chain services {{
+    ip daddr . meta l4proto . th dport vmap @service-ips
+    fib daddr type local ip daddr != 127.0.0.0/8 jump nodeports
+  }}
+  chain filter-forward {{
+    type filter hook forward priority -110; policy accept;
+    ct state invalid drop
+  }}
+  chain nat-prerouting {{
+    type nat hook prerouting priority -100; policy accept;
+    jump services
+  }}
+  chain nat-output {{
+    type nat hook output priority -100; policy accept;
+    jump services
+  }}
+  chain nat-postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    jump masquerading
+  }}
+{chains}}}
+add element ip kube-proxy service-ips {{ {} }}
+",
+        elements.join(", ")
+    )
+}

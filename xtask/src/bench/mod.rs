@@ -1,0 +1,534 @@
+//! `cargo xtask bench`: ferry against the direct pod-IP path and against
+//! kube-proxy-shaped rule sets, side by side in one run, as ratios.
+//!
+//! Every path is measured between two pods on one node with the same
+//! addressing (a /32 per pod, a link-local gateway), the same load
+//! generator and the same server; only what sits between them changes.
+//! Rounds interleave the scenarios so that a noisy moment on the machine
+//! hurts all of them alike, and each figure is the median over rounds.
+mod kube_proxy;
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use ferry_harness::{Binaries, Cluster, Netns, Node, PlainNode, PlainPod, Pod, manifest};
+use serde_json::Value;
+
+const POD_CIDR: &str = "10.244.1.0/24";
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const SERVER_PORT: u16 = 8080;
+const SERVICE_PORT: u16 = 80;
+const ENDPOINTS_PER_SERVICE: usize = 10;
+/// Server threads: more than the concurrent clients, so none waits.
+const SERVER_THREADS: &str = "16";
+
+#[derive(clap::Args, Debug)]
+pub struct Opts {
+    /// Rounds over all scenarios; each figure is the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per connection-rate and per latency measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Concurrent connecting clients for the connection rate.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Services in the large scenarios (each with 10 endpoints).
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+}
+
+/// One ClusterIP Service port of the benchmark's object set.
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub target_port: u16,
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+/// `count` Services of ENDPOINTS_PER_SERVICE endpoints each on addresses
+/// nothing answers, except the measured one, in the middle of the list (as
+/// an average Service sits in kube-proxy's KUBE-SERVICES chain), whose one
+/// endpoint is the server pod.
+fn service_set(count: usize) -> (Vec<ServiceSpec>, Ipv4Addr) {
+    let measured = count / 2;
+    let vip = |i: usize| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 16)) + i as u32);
+    let services = (0..count)
+        .map(|i| ServiceSpec {
+            name: format!("svc-{i}"),
+            vip: vip(i),
+            port: SERVICE_PORT,
+            target_port: SERVER_PORT,
+            endpoints: if i == measured {
+                vec![SERVER_IP]
+            } else {
+                (0..ENDPOINTS_PER_SERVICE)
+                    .map(|j| {
+                        Ipv4Addr::from(
+                            u32::from(Ipv4Addr::new(10, 128, 0, 0))
+                                + (i * ENDPOINTS_PER_SERVICE + j) as u32,
+                        )
+                    })
+                    .collect()
+            },
+        })
+        .collect();
+    (services, vip(measured))
+}
+
+fn ferry_manifest(node: &str, services: &[ServiceSpec]) -> String {
+    let mut docs = vec![manifest::node(node, POD_CIDR)];
+    for s in services {
+        docs.push(manifest::service(
+            &s.name,
+            s.vip,
+            &[("http", s.port, "TCP", s.target_port)],
+        ));
+        docs.push(manifest::endpoint_slice(
+            &s.name,
+            node,
+            &s.endpoints,
+            &[("http", s.target_port, "TCP")],
+        ));
+    }
+    manifest::join(&docs)
+}
+
+/// Client sockets close first and land in TIME_WAIT; let connect reuse
+/// them, and use the whole port range, so the rate measures the path
+/// rather than port exhaustion.
+fn tune_client(ns: &Netns) -> Result<()> {
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+    Ok(())
+}
+
+/// A ferry node, its own cluster and manifest, a client and a server pod.
+/// Fields drop in order: pods, then the node, then the cluster's files.
+struct FerryNode {
+    client: Pod,
+    _server: Pod,
+    node: Node,
+    cluster: Cluster,
+}
+
+impl FerryNode {
+    fn create(bins: &Binaries, load: &Path, name: &str) -> Result<Self> {
+        let cluster = Cluster::new(bins.clone())?;
+        cluster.write_manifest(&manifest::node(name, POD_CIDR))?;
+        let node = cluster.node(name)?;
+        let client = node.add_pod("client")?;
+        let mut server = node.add_pod("server")?;
+        if (client.ip, server.ip) != (CLIENT_IP, SERVER_IP) {
+            bail!(
+                "ferry-cni gave {} and {}, the bench expects {CLIENT_IP} and {SERVER_IP}",
+                client.ip,
+                server.ip
+            );
+        }
+        server.spawn(load, &["serve", &SERVER_PORT.to_string(), SERVER_THREADS])?;
+        tune_client(&client.netns)?;
+        Ok(Self {
+            client,
+            _server: server,
+            node,
+            cluster,
+        })
+    }
+
+    /// Write `services` and wait for the agent's sync; its log line.
+    fn load_services(&self, services: &[ServiceSpec]) -> Result<SyncLine> {
+        let before = sync_lines(&self.node.log)?.len();
+        self.cluster
+            .write_manifest(&ferry_manifest(&self.node.name, services))?;
+        let start = Instant::now();
+        loop {
+            let lines = sync_lines(&self.node.log)?;
+            if lines.len() > before {
+                return Ok(lines[before].clone());
+            }
+            if start.elapsed() > Duration::from_secs(300) {
+                bail!(
+                    "ferry-agent did not sync {} services within 300 s:\n{}",
+                    services.len(),
+                    self.node.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The agent's "synced" log fields: `key=value` pairs.
+#[derive(Clone, Debug)]
+struct SyncLine(Vec<(String, String)>);
+
+impl SyncLine {
+    fn ms(&self, key: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+fn sync_lines(log: &Path) -> Result<Vec<SyncLine>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Ok(text
+        .lines()
+        .filter(|l| l.contains(" synced "))
+        .map(|l| {
+            SyncLine(
+                l.split_whitespace()
+                    .filter_map(|w| w.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
+/// A node without ferry, a client and a server pod; optionally a rule set.
+struct PlainSetup {
+    client: PlainPod,
+    _server: PlainPod,
+    node: PlainNode,
+}
+
+impl PlainSetup {
+    fn create(run_id: &str, name: &str, load: &Path) -> Result<Self> {
+        let mut node = PlainNode::create(run_id, name)?;
+        let client = node.add_pod("client", CLIENT_IP)?;
+        let mut server = node.add_pod("server", SERVER_IP)?;
+        server.spawn(load, &["serve", &SERVER_PORT.to_string(), SERVER_THREADS])?;
+        tune_client(&client.netns)?;
+        Ok(Self {
+            client,
+            _server: server,
+            node,
+        })
+    }
+}
+
+/// Feed `input` to `program args` inside `ns`; how long it took.
+fn timed_load(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<Duration> {
+    use std::io::Write;
+    let start = Instant::now();
+    let mut child = ns
+        .command(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program} (cargo xtask setup installs it)"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(start.elapsed())
+}
+
+struct Scenario {
+    label: String,
+    client_ns: PathBuf,
+    target: SocketAddr,
+    samples: Vec<Sample>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    rate: f64,
+    errors: u64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn load_json(client_ns: &Path, load: &Path, args: &[String]) -> Result<Value> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", client_ns.display()))
+        .arg("--")
+        .arg(load)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "ferry-load {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn measure(s: &Scenario, load: &Path, opts: &Opts) -> Result<Sample> {
+    let target = s.target.to_string();
+    let crr = load_json(
+        &s.client_ns,
+        load,
+        &[
+            "crr".into(),
+            target.clone(),
+            opts.clients.to_string(),
+            opts.seconds.to_string(),
+        ],
+    )?;
+    let rr = load_json(
+        &s.client_ns,
+        load,
+        &["rr".into(), target, opts.seconds.to_string()],
+    )?;
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    if let Some(e) = crr["first_error"].as_str().filter(|e| !e.is_empty()) {
+        eprintln!("    {}: first connection error: {e}", s.label);
+    }
+    Ok(Sample {
+        rate: num(&crr, "connections") / num(&crr, "seconds"),
+        errors: crr["errors"].as_u64().unwrap_or(0),
+        p50_us: num(&rr, "p50_ns") / 1e3,
+        p99_us: num(&rr, "p99_ns") / 1e3,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Wait until `target` answers from `client_ns` (rules and maps in place).
+fn wait_reachable(client_ns: &Path, load: &Path, target: SocketAddr) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let ok = load_json(
+            client_ns,
+            load,
+            &["rr".into(), target.to_string(), "0.05".into()],
+        );
+        if ok.is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "{target} never answered from {}: {ok:?}",
+                client_ns.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tool_version(program: &str) -> String {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| format!("{program} (version unknown)"))
+}
+
+pub fn run(opts: &Opts) -> Result<()> {
+    crate::setup::run()?;
+    crate::build_bins(true)?;
+    let root = std::env::current_dir()?;
+    let bin_dir = root.join("target/release");
+    let bins = Binaries::in_dir(&bin_dir)?;
+    let load = bin_dir.join("ferry-load");
+    let n = opts.services;
+    let (small, small_vip) = service_set(10);
+    let (large, large_vip) = service_set(n);
+
+    println!("==> bringing up five nodes (network namespaces), two pods each");
+    let plain_run = Cluster::new(bins.clone())?;
+    let direct = PlainSetup::create(&plain_run.run_id, "direct", &load)?;
+    let ipt = PlainSetup::create(&plain_run.run_id, "kp-ipt", &load)?;
+    let nft = PlainSetup::create(&plain_run.run_id, "kp-nft", &load)?;
+    let f_small = FerryNode::create(&bins, &load, "ferry-10")?;
+    let f_large = FerryNode::create(&bins, &load, "ferry-large")?;
+
+    println!("==> loading {n} services x {ENDPOINTS_PER_SERVICE} endpoints into each large node");
+    f_small.load_services(&small)?;
+    let full = f_large.load_services(&large)?;
+    // One endpoint of one Service changes with all the others in place:
+    // what every rolling update costs.
+    let mut changed = large;
+    let last = changed.len() - 1;
+    changed[last].endpoints[0] = Ipv4Addr::new(10, 127, 255, 254);
+    let one = f_large.load_services(&changed)?;
+    let ipt_input = kube_proxy::iptables(&changed);
+    let ipt_time = timed_load(&ipt.node.netns, "iptables-restore", &[], &ipt_input)?;
+    let nft_input = kube_proxy::nftables(&changed);
+    let nft_time = timed_load(&nft.node.netns, "nft", &["-f", "-"], &nft_input)?;
+
+    let mut scenarios = vec![
+        Scenario {
+            label: "(a) direct to pod IP, kernel routing, no ferry".into(),
+            client_ns: direct.client.netns.path(),
+            target: (SERVER_IP, SERVER_PORT).into(),
+            samples: vec![],
+        },
+        Scenario {
+            label: "(b) ferry ClusterIP, 10 services".into(),
+            client_ns: f_small.client.netns.path(),
+            target: (small_vip, SERVICE_PORT).into(),
+            samples: vec![],
+        },
+        Scenario {
+            label: format!("(c) ferry ClusterIP, {n} services"),
+            client_ns: f_large.client.netns.path(),
+            target: (large_vip, SERVICE_PORT).into(),
+            samples: vec![],
+        },
+        Scenario {
+            label: "    ferry direct to pod IP (no translation)".into(),
+            client_ns: f_small.client.netns.path(),
+            target: (SERVER_IP, SERVER_PORT).into(),
+            samples: vec![],
+        },
+        Scenario {
+            label: format!("(d) kube-proxy iptables, {n} services"),
+            client_ns: ipt.client.netns.path(),
+            target: (large_vip, SERVICE_PORT).into(),
+            samples: vec![],
+        },
+        Scenario {
+            label: format!("(e) kube-proxy nftables, {n} services"),
+            client_ns: nft.client.netns.path(),
+            target: (large_vip, SERVICE_PORT).into(),
+            samples: vec![],
+        },
+    ];
+    for s in &scenarios {
+        wait_reachable(&s.client_ns, &load, s.target)?;
+    }
+
+    println!(
+        "==> {} rounds; per scenario {} s of connections ({} concurrent clients: connect, 1-byte request, 1-byte response, close) then {} s of 1-byte request/response on one connection",
+        opts.rounds, opts.seconds, opts.clients, opts.seconds
+    );
+    for round in 1..=opts.rounds {
+        for s in &mut scenarios {
+            let sample = measure(s, &load, opts)?;
+            println!(
+                "    round {round}: {:<48} {:>9.0} conn/s  p50 {:>6.1} us  p99 {:>6.1} us{}",
+                s.label,
+                sample.rate,
+                sample.p50_us,
+                sample.p99_us,
+                if sample.errors > 0 {
+                    format!("  ({} failed connections)", sample.errors)
+                } else {
+                    String::new()
+                }
+            );
+            s.samples.push(sample);
+        }
+    }
+
+    let mut report = String::new();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    writeln!(
+        report,
+        "ferry bench: {} rounds x {} s, {} clients, {cpus} CPUs, kernel {}",
+        opts.rounds,
+        opts.seconds,
+        opts.clients,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    )?;
+    writeln!(
+        report,
+        "{:<48} {:>9} {:>8} {:>9} {:>8} {:>9} {:>7}",
+        "path (median over rounds)", "conn/s", "vs (a)", "p50 us", "vs (a)", "p99 us", "errors"
+    )?;
+    let medians: Vec<(f64, f64, f64, u64)> = scenarios
+        .iter()
+        .map(|s| {
+            (
+                median(s.samples.iter().map(|x| x.rate).collect()),
+                median(s.samples.iter().map(|x| x.p50_us).collect()),
+                median(s.samples.iter().map(|x| x.p99_us).collect()),
+                s.samples.iter().map(|x| x.errors).sum(),
+            )
+        })
+        .collect();
+    let (base_rate, base_p50, _, _) = medians[0];
+    for (s, (rate, p50, p99, errors)) in scenarios.iter().zip(&medians) {
+        writeln!(
+            report,
+            "{:<48} {:>9.0} {:>7.2}x {:>9.1} {:>7.2}x {:>9.1} {:>7}",
+            s.label,
+            rate,
+            rate / base_rate,
+            p50,
+            p50 / base_p50,
+            p99,
+            errors
+        )?;
+    }
+    writeln!(
+        report,
+        "(conn/s vs (a): higher is better; latency vs (a): lower is better)"
+    )?;
+    writeln!(
+        report,
+        "full sync of {n} services x {ENDPOINTS_PER_SERVICE} endpoints, ferry-agent: {:.0} ms (parse {:.0}, model {:.0}, maps {:.0})",
+        full.ms("elapsed_ms"),
+        full.ms("parse_ms"),
+        full.ms("model_ms"),
+        full.ms("maps_ms")
+    )?;
+    writeln!(
+        report,
+        "one endpoint changed among {n} services, ferry-agent: {:.0} ms (parse {:.0}, model {:.0}, maps {:.1})",
+        one.ms("elapsed_ms"),
+        one.ms("parse_ms"),
+        one.ms("model_ms"),
+        one.ms("maps_ms")
+    )?;
+    writeln!(
+        report,
+        "same rule set, kube-proxy style: iptables-restore {:.0} ms ({}), nft -f {:.0} ms ({})",
+        ipt_time.as_secs_f64() * 1e3,
+        tool_version("iptables-restore"),
+        nft_time.as_secs_f64() * 1e3,
+        tool_version("nft")
+    )?;
+    let c_ratio = medians[2].0 / base_rate;
+    writeln!(
+        report,
+        "target (c) >= 0.95x (a) connection rate: {} ({c_ratio:.2}x)",
+        if c_ratio >= 0.95 { "met" } else { "NOT met" }
+    )?;
+    println!("\n{report}");
+    let out = root.join("target/bench-latest.txt");
+    std::fs::write(&out, &report)?;
+    println!("(saved to {})", out.display());
+    drop(scenarios);
+    drop(f_large);
+    drop(f_small);
+    drop(nft);
+    drop(ipt);
+    drop(direct);
+    drop(plain_run);
+    Ok(())
+}
