@@ -105,45 +105,15 @@ COMMIT
     )
 }
 
-/// Input for `nft -f`: kube-proxy's nftables mode, where ClusterIPs are
-/// looked up in one verdict map and endpoints picked with numgen.
-pub fn nftables(services: &[ServiceSpec]) -> String {
-    let mut chains = String::new();
-    let mut elements = Vec::with_capacity(services.len());
-    for (i, s) in services.iter().enumerate() {
-        let svc_chain = format!(
-            "service-{}-default/{}/tcp/http",
-            &chain_hash("svc", i, 0)[..8],
-            s.name
-        );
-        let mut vmap = Vec::new();
-        for (j, ep) in s.endpoints.iter().enumerate() {
-            let ep_chain = format!(
-                "endpoint-{}-default/{}/tcp/http__{ep}/{}",
-                &chain_hash("sep", i, j)[..8],
-                s.name,
-                s.target_port
-            );
-            writeln!(
-                chains,
-                "  chain {ep_chain} {{\n    ip saddr {ep} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ep}:{}\n  }}",
-                s.target_port
-            )
-            .unwrap();
-            vmap.push(format!("{j} : goto {ep_chain}"));
-        }
-        writeln!(
-            chains,
-            "  chain {svc_chain} {{\n    ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n    numgen random mod {} vmap {{ {} }}\n  }}",
-            s.vip,
-            s.port,
-            s.endpoints.len(),
-            vmap.join(", ")
-        )
-        .unwrap();
-        elements.push(format!("{} . tcp . {} : goto {svc_chain}", s.vip, s.port));
-    }
-    format!(
+/// Inputs for `nft -f`, one transaction each: kube-proxy's nftables mode,
+/// where ClusterIPs are looked up in one verdict map and endpoints picked
+/// with numgen. The first transaction creates the table and its base
+/// chains; each one adds `per_transaction` Services. (One transaction of
+/// 10,000 Services takes minutes here: the kernel revalidates the jump
+/// graph per chain, quadratic in the chains of the transaction. kube-proxy,
+/// too, avoids rewriting everything at once after its first sync.)
+pub fn nftables(services: &[ServiceSpec], per_transaction: usize) -> Vec<String> {
+    let base = format!(
         "table ip kube-proxy {{
   map service-ips {{
     type ipv4_addr . inet_proto . inet_service : verdict
@@ -179,9 +149,51 @@ pub fn nftables(services: &[ServiceSpec]) -> String {
     type nat hook postrouting priority 100; policy accept;
     jump masquerading
   }}
-{chains}}}
-add element ip kube-proxy service-ips {{ {} }}
-",
-        elements.join(", ")
-    )
+}}
+"
+    );
+    let mut transactions = vec![base];
+    for (chunk_index, chunk) in services.chunks(per_transaction.max(1)).enumerate() {
+        let mut chains = String::new();
+        let mut elements = Vec::with_capacity(chunk.len());
+        for (k, s) in chunk.iter().enumerate() {
+            let i = chunk_index * per_transaction + k;
+            let svc_chain = format!(
+                "service-{}-default/{}/tcp/http",
+                &chain_hash("svc", i, 0)[..8],
+                s.name
+            );
+            let mut vmap = Vec::new();
+            for (j, ep) in s.endpoints.iter().enumerate() {
+                let ep_chain = format!(
+                    "endpoint-{}-default/{}/tcp/http__{ep}/{}",
+                    &chain_hash("sep", i, j)[..8],
+                    s.name,
+                    s.target_port
+                );
+                writeln!(
+                    chains,
+                    "  chain {ep_chain} {{\n    ip saddr {ep} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ep}:{}\n  }}",
+                    s.target_port
+                )
+                .unwrap();
+                vmap.push(format!("{j} : goto {ep_chain}"));
+            }
+            writeln!(
+                chains,
+                "  chain {svc_chain} {{\n    ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n    numgen random mod {} vmap {{ {} }}\n  }}",
+                s.vip,
+                s.port,
+                s.endpoints.len(),
+                vmap.join(", ")
+            )
+            .unwrap();
+            elements.push(format!("{} . tcp . {} : goto {svc_chain}", s.vip, s.port));
+        }
+        transactions.push(format!(
+            "table ip kube-proxy {{\n{chains}}}\nadd element ip kube-proxy service-ips {{ {} }}\n",
+            elements.join(", ")
+        ));
+    }
+    transactions
 }
