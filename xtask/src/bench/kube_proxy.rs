@@ -113,45 +113,44 @@ COMMIT
 /// graph per chain, quadratic in the chains of the transaction. kube-proxy,
 /// too, avoids rewriting everything at once after its first sync.)
 pub fn nftables(services: &[ServiceSpec], per_transaction: usize) -> Vec<String> {
-    let base = format!(
-        "table ip kube-proxy {{
-  map service-ips {{
+    let base = "table ip kube-proxy {
+  map service-ips {
     type ipv4_addr . inet_proto . inet_service : verdict
     comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\"
-  }}
-  chain mark-for-masquerade {{
+  }
+  chain mark-for-masquerade {
     mark set mark or 0x4000
-  }}
-  chain masquerading {{
+  }
+  chain masquerading {
     mark and 0x4000 == 0 return
     mark set mark xor 0x4000
     masquerade fully-random
-  }}
-  chain nodeports {{
-  }}
-  chain services {{
+  }
+  chain nodeports {
+  }
+  chain services {
     ip daddr . meta l4proto . th dport vmap @service-ips
     fib daddr type local ip daddr != 127.0.0.0/8 jump nodeports
-  }}
-  chain filter-forward {{
+  }
+  chain filter-forward {
     type filter hook forward priority -110; policy accept;
     ct state invalid drop
-  }}
-  chain nat-prerouting {{
+  }
+  chain nat-prerouting {
     type nat hook prerouting priority -100; policy accept;
     jump services
-  }}
-  chain nat-output {{
+  }
+  chain nat-output {
     type nat hook output priority -100; policy accept;
     jump services
-  }}
-  chain nat-postrouting {{
+  }
+  chain nat-postrouting {
     type nat hook postrouting priority 100; policy accept;
     jump masquerading
-  }}
-}}
+  }
+}
 "
-    );
+    .to_string();
     let mut transactions = vec![base];
     for (chunk_index, chunk) in services.chunks(per_transaction.max(1)).enumerate() {
         let mut chains = String::new();
