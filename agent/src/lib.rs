@@ -10,9 +10,11 @@ pub mod loader;
 pub mod maps;
 pub mod model;
 pub mod net;
+pub mod routing;
 pub mod run;
 pub mod source;
 pub mod sync;
+pub mod tc;
 
 /// The kernel programs, built with BTF by build.rs and embedded here.
 pub static DATAPLANE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FERRY_EBPF_OBJECT"));

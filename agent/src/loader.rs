@@ -13,14 +13,21 @@ use aya::{
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
-    MAP_ENDPOINTS, MAP_SERVICE_NAMES, MAP_SERVICES, PIN_PROG_FROM_POD, PINNED_MAPS,
-    SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome,
+    MAP_ENDPOINTS, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICES, PIN_PROG_FROM_NETWORK,
+    PIN_PROG_FROM_POD, PINNED_MAPS, ROUTES_MAX_ENTRIES, Route, SERVICES_MAX_ENTRIES, ServiceKey,
+    ServiceName, ServiceValue, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
 
 /// Name of the tc program on a pod's host-side veth.
 pub const PROG_FROM_POD: &str = "ferry_from_pod";
+pub const PROG_FROM_NETWORK: &str = "ferry_from_network";
+/// The programs of the object, with the names they are pinned under.
+const PROGRAMS: [(&str, &str); 2] = [
+    (PROG_FROM_POD, PIN_PROG_FROM_POD),
+    (PROG_FROM_NETWORK, PIN_PROG_FROM_NETWORK),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -62,7 +69,7 @@ struct MapShape {
     max_entries: u32,
 }
 
-fn expected_shapes() -> [MapShape; 6] {
+fn expected_shapes() -> [MapShape; 7] {
     [
         MapShape {
             name: MAP_SERVICES,
@@ -105,6 +112,14 @@ fn expected_shapes() -> [MapShape; 6] {
             key_size: size_of::<u32>(),
             value_size: size_of::<ServiceName>(),
             max_entries: SERVICES_MAX_ENTRIES,
+        },
+        MapShape {
+            name: MAP_ROUTES,
+            map_type: MapType::LpmTrie,
+            // prefix length (u32) + IPv4 address
+            key_size: 8,
+            value_size: size_of::<Route>(),
+            max_entries: ROUTES_MAX_ENTRIES,
         },
     ]
 }
@@ -177,18 +192,15 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(crate::DATAPLANE_OBJECT)?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROG_FROM_POD)
-            .expect("the object defines ferry_from_pod")
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                name: PROG_FROM_POD,
-                source,
-            })?;
-        prog.load().map_err(|source| LoadError::Program {
-            name: PROG_FROM_POD,
-            source,
-        })?;
+        for (name, _) in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("the object defines every ferry program")
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -198,22 +210,34 @@ impl Dataplane {
     /// Pin the from-pod program under the pin directory, replacing an older
     /// pin, so the CNI plugin attaches this build's program to new pods.
     pub fn pin_programs(&mut self) -> Result<(), LoadError> {
-        let path = self.pin_dir.join(PIN_PROG_FROM_POD);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(LoadError::PinDir {
-                    path: path.display().to_string(),
-                    source: e,
-                });
+        for (name, pin_name) in PROGRAMS {
+            let path = self.pin_dir.join(pin_name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LoadError::PinDir {
+                        path: path.display().to_string(),
+                        source: e,
+                    });
+                }
+                _ => {}
             }
-            _ => {}
+            self.program(name)
+                .pin(&path)
+                .map_err(|e| LoadError::PinProgram {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
         }
-        self.from_pod_program()
-            .pin(&path)
-            .map_err(|e| LoadError::PinProgram {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })
+        Ok(())
+    }
+
+    /// One of the object's tc programs, loaded.
+    pub fn program(&mut self, name: &str) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(name)
+            .expect("the object defines every ferry program")
+            .try_into()
+            .expect("ferry's programs are classifiers")
     }
 
     /// The from-pod tc program, loaded.
@@ -230,7 +254,10 @@ impl Dataplane {
 /// then empty. Traffic through still-attached programs keeps working (the
 /// programs hold references); only the pins go.
 pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
-    for name in PINNED_MAPS.iter().chain([&PIN_PROG_FROM_POD]) {
+    for name in PINNED_MAPS
+        .iter()
+        .chain([&PIN_PROG_FROM_POD, &PIN_PROG_FROM_NETWORK])
+    {
         match std::fs::remove_file(pin_dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}

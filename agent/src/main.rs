@@ -2,7 +2,12 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_agent::{DEFAULT_PIN_DIR, inspect, loader::Dataplane, run};
+use ferry_agent::{
+    DEFAULT_PIN_DIR, inspect,
+    loader::Dataplane,
+    routing::{Routing, RoutingMode},
+    run,
+};
 
 /// ferry's node agent and inspection CLI.
 #[derive(Parser)]
@@ -56,6 +61,19 @@ enum Command {
         gc_interval_secs: u64,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// The interface towards the other nodes. Without it, only this
+        /// node's pods are served.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// How pods on other nodes are reached.
+        #[arg(long, value_enum, default_value_t = RoutingMode::Native)]
+        routing: RoutingMode,
+        /// VXLAN network identifier (VXLAN mode).
+        #[arg(long, default_value_t = 1)]
+        vxlan_vni: u32,
+        /// VXLAN UDP port (VXLAN mode).
+        #[arg(long, default_value_t = 4789)]
+        vxlan_port: u16,
     },
     /// Print what the dataplane holds, from the pinned maps.
     Inspect {
@@ -99,6 +117,10 @@ fn main() -> anyhow::Result<()> {
             mtu,
             gc_interval_secs,
             log_format,
+            uplink,
+            routing,
+            vxlan_vni,
+            vxlan_port,
         } => {
             init_logs(log_format);
             let Some(path) = source.strip_prefix("file:") else {
@@ -112,6 +134,12 @@ fn main() -> anyhow::Result<()> {
                 cni_data_dir,
                 mtu,
                 gc_interval: Duration::from_secs(gc_interval_secs.max(1)),
+                routing: uplink.map(|uplink| Routing {
+                    mode: routing,
+                    uplink,
+                    vni: vxlan_vni,
+                    vxlan_port,
+                }),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -52,6 +52,16 @@ pub struct Desired {
     pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
     /// This node's pod CIDR, from its Node object.
     pub pod_cidr: Option<Ipv4Net>,
+    /// Other nodes by pod CIDR: where their pods are reached.
+    pub peers: BTreeMap<Ipv4Net, PeerNode>,
+}
+
+/// Another node, as far as routing to its pods goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    pub name: String,
+    /// Its InternalIP.
+    pub addr: Ipv4Addr,
 }
 
 /// An object (or part of one) that was skipped, and why.
@@ -102,24 +112,70 @@ pub fn desired_state(objects: &Objects, node_name: &str) -> (Desired, Vec<Proble
     let mut desired = Desired::default();
 
     for node in &objects.nodes {
-        if node.metadata.name.as_deref() != Some(node_name) {
+        let Some(name) = node.metadata.name.as_deref() else {
             continue;
-        }
+        };
         let spec = node.spec.as_ref();
         let cidrs = spec
             .and_then(|s| s.pod_cidrs.clone())
             .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
             .unwrap_or_default();
         let v4 = cidrs.iter().find(|c| !c.contains(':'));
-        match v4.map(|c| c.parse::<Ipv4Net>()) {
-            Some(Ok(net)) => desired.pod_cidr = Some(net),
-            Some(Err(e)) => problems.push(Problem {
-                object: object_name("Node", None, Some(node_name)),
-                field: "spec.podCIDR".into(),
-                message: e.to_string(),
-            }),
-            None => {}
+        let cidr = match v4.map(|c| c.parse::<Ipv4Net>()) {
+            Some(Ok(net)) => net,
+            Some(Err(e)) => {
+                problems.push(Problem {
+                    object: object_name("Node", None, Some(name)),
+                    field: "spec.podCIDR".into(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            None => continue,
+        };
+        if name == node_name {
+            desired.pod_cidr = Some(cidr);
+            continue;
         }
+        let internal_ip = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| {
+                a.iter()
+                    .find(|a| a.type_ == "InternalIP" && !a.address.contains(':'))
+            });
+        match internal_ip.map(|a| a.address.parse::<Ipv4Addr>()) {
+            Some(Ok(addr)) => {
+                desired.peers.insert(
+                    cidr,
+                    PeerNode {
+                        name: name.to_string(),
+                        addr,
+                    },
+                );
+            }
+            Some(Err(e)) => problems.push(Problem {
+                object: object_name("Node", None, Some(name)),
+                field: "status.addresses".into(),
+                message: format!("InternalIP is not an IPv4 address: {e}"),
+            }),
+            None => problems.push(Problem {
+                object: object_name("Node", None, Some(name)),
+                field: "status.addresses".into(),
+                message: "no IPv4 InternalIP: its pods cannot be routed to".into(),
+            }),
+        }
+    }
+    // Our own CIDR is never routed elsewhere, whatever another Node claims.
+    if let Some(own) = desired.pod_cidr
+        && let Some(peer) = desired.peers.remove(&own)
+    {
+        problems.push(Problem {
+            object: object_name("Node", None, Some(&peer.name)),
+            field: "spec.podCIDR".into(),
+            message: format!("{own} is this node's own pod CIDR; not routed"),
+        });
     }
 
     // Slices by (namespace, service name).
@@ -381,6 +437,53 @@ kind: Node
 metadata: {name: n1}
 spec: {podCIDR: 10.244.1.0/24}
 "#;
+
+    #[test]
+    fn other_nodes_become_peers_by_pod_cidr_and_internal_ip() {
+        let yaml = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.77.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDRs: [10.244.2.0/24, "fd00::/64"]}
+status: {addresses: [{type: Hostname, address: n2}, {type: InternalIP, address: "fd00::2"}, {type: InternalIP, address: 192.168.77.12}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3-no-address}
+spec: {podCIDR: 10.244.3.0/24}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n4-claims-ours}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.77.14}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n5-no-cidr-yet}
+status: {addresses: [{type: InternalIP, address: 192.168.77.15}]}
+"#;
+        let (d, problems) = desired_state(&objects(yaml), "n1");
+        assert_eq!(d.pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(d.peers.len(), 1, "{:?}", d.peers);
+        let n2 = &d.peers[&"10.244.2.0/24".parse().unwrap()];
+        assert_eq!(n2.name, "n2");
+        assert_eq!(n2.addr, Ipv4Addr::new(192, 168, 77, 12));
+        let named: Vec<&str> = problems.iter().map(|p| p.object.as_str()).collect();
+        assert_eq!(
+            named,
+            ["Node n3-no-address", "Node n4-claims-ours"],
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].field, "status.addresses");
+        assert_eq!(problems[1].field, "spec.podCIDR");
+    }
 
     #[test]
     fn multi_port_service_with_named_target_ports_and_ready_endpoints() {

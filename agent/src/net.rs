@@ -1,7 +1,7 @@
 //! IPv4 prefixes and MAC addresses as configuration and tools spell them.
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv4Net {
     pub addr: Ipv4Addr,
     pub prefix: u8,

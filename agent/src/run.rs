@@ -13,9 +13,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cni,
     loader::Dataplane,
-    maps::{Conntrack, ServiceTable, monotonic_now_ns},
+    maps::{Conntrack, Routes, ServiceTable, monotonic_now_ns},
     model::{self, desired_state},
     net::Ipv4Net,
+    routing::Routing,
     source::file::{FileSource, parse_manifest},
     sync::sync,
 };
@@ -30,6 +31,23 @@ pub struct RunConfig {
     pub cni_data_dir: PathBuf,
     pub mtu: u32,
     pub gc_interval: Duration,
+    /// Cross-node routing (None: this node's pods only).
+    pub routing: Option<Routing>,
+}
+
+/// Point every pod's pinned tc link at the program just loaded: an
+/// upgraded agent's datapath takes over existing pods without a gap.
+fn update_pod_links(pin_dir: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir(pin_dir.join(ferry_common::PIN_LINKS_DIR)) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        if let Err(e) =
+            crate::tc::update_pinned_link(pin_dir, ferry_common::PIN_PROG_FROM_POD, &entry.path())
+        {
+            tracing::warn!(error = %e, "pod link keeps its previous program");
+        }
+    }
 }
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
@@ -38,6 +56,18 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     dataplane.pin_programs()?;
     let mut table = ServiceTable::open(&cfg.pin_dir)?;
     let mut conntrack = Conntrack::open(&cfg.pin_dir)?;
+    update_pod_links(&cfg.pin_dir);
+    let mut routes = match &cfg.routing {
+        Some(routing) => {
+            let ifindex = routing
+                .setup(&cfg.pin_dir)
+                .context("setting up cross-node routing")?;
+            tracing::info!(mode = ?routing.mode, uplink = %routing.uplink, "cross-node routing attached");
+            Some((routing, ifindex, Routes::open(&cfg.pin_dir)?))
+        }
+        None => None,
+    };
+    let pod_mtu = cfg.routing.as_ref().map_or(cfg.mtu, |r| r.pod_mtu(cfg.mtu));
     tracing::info!(node = %cfg.node, pin_dir = %cfg.pin_dir.display(), "dataplane loaded");
 
     let mut source = FileSource::new(&cfg.manifest);
@@ -56,6 +86,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 report(&problems);
                 let modelled = Instant::now();
                 let stats = sync(&mut table, &desired.frontends)?;
+                if let Some((routing, ifindex, routes)) = &mut routes {
+                    match routes.sync(&routing.routes(&desired.peers, *ifindex)) {
+                        Ok(r) if r.upserted + r.removed > 0 => tracing::info!(
+                            nodes = desired.peers.len(),
+                            upserted = r.upserted,
+                            removed = r.removed,
+                            "routes synced"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "writing the route map failed; will retry on the next change")
+                        }
+                    }
+                }
                 tracing::info!(
                     source = %source.path().display(),
                     frontends = desired.frontends.len(),
@@ -72,7 +116,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 if let (Some(dir), Some(cidr)) = (&cfg.cni_conf_dir, desired.pod_cidr)
                     && cni_cidr != Some(cidr)
                 {
-                    let list = cni::conflist(&cidr, &cfg.pin_dir, &cfg.cni_data_dir, cfg.mtu);
+                    let list = cni::conflist(&cidr, &cfg.pin_dir, &cfg.cni_data_dir, pod_mtu);
                     let path = cni::write_conflist(dir, &list).with_context(|| {
                         format!("writing the CNI config into {}", dir.display())
                     })?;

@@ -13,19 +13,26 @@ pub const MAP_CONNTRACK: &str = "ferry_conntrack";
 pub const MAP_COUNTERS: &str = "ferry_counters";
 pub const MAP_ENDPOINTS: &str = "ferry_endpoints";
 pub const MAP_SERVICE_NAMES: &str = "ferry_svc_names";
+pub const MAP_ROUTES: &str = "ferry_routes";
 
 /// Every map the agent pins, in a stable order.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 7] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
     MAP_COUNTERS,
     MAP_ENDPOINTS,
     MAP_SERVICE_NAMES,
+    MAP_ROUTES,
 ];
 
 /// Pin name of the from-pod program, which the CNI plugin attaches.
 pub const PIN_PROG_FROM_POD: &str = "prog_from_pod";
+/// Pin name of the from-network program, which the agent attaches to the
+/// node's uplink and to its VXLAN device.
+pub const PIN_PROG_FROM_NETWORK: &str = "prog_from_net";
+/// Directory (under the pin directory) of pinned tc links.
+pub const PIN_LINKS_DIR: &str = "links";
 
 /// Capacity of the services map (frontends: ClusterIP x port x protocol).
 pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
@@ -35,6 +42,8 @@ pub const BACKENDS_MAX_ENTRIES: u32 = 1_048_576;
 pub const CONNTRACK_MAX_ENTRIES: u32 = 524_288;
 /// Capacity of the local endpoints map (pods on this node).
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
+/// Capacity of the route map (one entry per other node's pod CIDR).
+pub const ROUTES_MAX_ENTRIES: u32 = 16_384;
 /// Most backends one service frontend can have (slots 0..MAX).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
@@ -207,6 +216,30 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
+/// `Route::mode`: how packets reach the node owning a pod CIDR.
+/// Native routing: the packet goes out of the uplink as it is, to the
+/// node's address as next hop (resolved with bpf_fib_lookup).
+pub const ROUTE_MODE_NATIVE: u32 = 1;
+/// VXLAN: the packet is encapsulated by the node's collect-metadata VXLAN
+/// device, with the node's address as the tunnel's remote end.
+pub const ROUTE_MODE_VXLAN: u32 = 2;
+
+/// Value of `ferry_routes`, an LPM trie keyed by (prefix length, pod CIDR
+/// address in network order): where another node's pods live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Route {
+    /// The node's address (its InternalIP), network byte order.
+    pub node_addr: [u8; 4],
+    /// `ROUTE_MODE_*`; host order.
+    pub mode: u32,
+    /// Native: the uplink's ifindex (the interface fib lookups start from);
+    /// VXLAN: the VXLAN device's ifindex. Host order.
+    pub ifindex: u32,
+    /// VXLAN network identifier (VXLAN only, else zero); host order.
+    pub vni: u32,
+}
+
 /// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -226,6 +259,9 @@ const _: () = {
     assert!(size_of::<EndpointKey>() == 4);
     assert!(size_of::<Endpoint>() == 20);
     assert!(size_of::<ServiceName>() == 128);
+    assert!(size_of::<Route>() == 16);
+    // The LPM trie stores the value right after the 4-byte address.
+    assert!(align_of::<Route>() <= 4);
 };
 
 #[cfg(feature = "user")]
@@ -238,6 +274,7 @@ mod user {
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for Counter {}

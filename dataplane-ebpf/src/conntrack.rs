@@ -4,9 +4,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ferry_common::{
     CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
-    conntrack::{
-        advance, initial_state, partner_key, reply_matches, starts_new_flow, timeout_ns,
-    },
+    conntrack::{advance, initial_state, partner_key, reply_matches, starts_new_flow, timeout_ns},
 };
 
 use crate::{maps::CONNTRACK, parse::L4Packet};

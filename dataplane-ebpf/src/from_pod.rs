@@ -32,7 +32,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     };
     count(outcome, len);
     match dst {
-        Some(dst) if verdict == TC_ACT_OK => deliver::to_local_pod(ctx, dst),
+        Some(dst) if verdict == TC_ACT_OK => deliver::onward(ctx, dst),
         _ => verdict,
     }
 }

@@ -6,6 +6,8 @@
 mod conntrack;
 mod counters;
 mod deliver;
+mod forward;
+mod from_network;
 mod from_pod;
 mod maps;
 mod nat;
@@ -20,6 +22,14 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn ferry_from_pod(ctx: TcContext) -> i32 {
     from_pod::handle(&ctx)
+}
+
+/// tc ingress of the node's uplink and of its VXLAN device: what other
+/// nodes send. Replies of Service flows this node translated are
+/// translated back; packets for local pods go straight into the pod.
+#[classifier]
+pub fn ferry_from_network(ctx: TcContext) -> i32 {
+    from_network::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,12 +1,12 @@
 //! The maps, declared with BTF so bpftool prints named fields.
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName,
-    ServiceValue, outcome,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, ROUTES_MAX_ENTRIES, Route, SERVICES_MAX_ENTRIES,
+    ServiceKey, ServiceName, ServiceValue, outcome,
 };
 
 #[btf_map(name = "ferry_services")]
@@ -37,3 +37,7 @@ pub static SERVICE_NAMES: HashMap<
     { SERVICES_MAX_ENTRIES as usize },
     { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
+
+/// Other nodes' pod CIDRs -> how to reach the node.
+#[btf_map(name = "ferry_routes")]
+pub static ROUTES: LpmTrie<[u8; 4], Route, { ROUTES_MAX_ENTRIES as usize }> = LpmTrie::new();

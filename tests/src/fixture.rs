@@ -86,8 +86,17 @@ impl Kernel {
 
     /// Run the from-pod program once on `input`; (verdict, output bytes).
     pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program(ferry_agent::loader::PROG_FROM_POD, input)
+    }
+
+    /// Run the from-network program (uplink / VXLAN device) once on `input`.
+    pub fn run_from_network(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program(ferry_agent::loader::PROG_FROM_NETWORK, input)
+    }
+
+    fn run_program(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 256];
-        let prog = self.dataplane.from_pod_program();
+        let prog = self.dataplane.program(name);
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(input),

@@ -269,9 +269,7 @@ fn dataplane_error(what: &str, e: impl std::fmt::Display, pin_dir: &Path) -> Cni
     )
 }
 
-fn link_pin_path(pin_dir: &Path, host_if: &str) -> PathBuf {
-    pin_dir.join("links").join(host_if)
-}
+use crate::tc::link_pin_path;
 
 fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let netns = Path::new(&env.netns);
@@ -392,54 +390,13 @@ fn wire_pod(env: &Env, conf: &NetConf, ip: Ipv4Addr) -> Result<Value, CniError> 
 /// Attach the pinned from-pod program to `host_if`'s tc ingress as a tcx
 /// link, pinned so it outlives this process and can be replaced atomically.
 fn attach_program(pin_dir: &Path, host_if: &str) -> Result<(), CniError> {
-    use aya::programs::{
-        LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
-    };
-    let prog_path = pin_dir.join(ferry_common::PIN_PROG_FROM_POD);
-    let mut prog = SchedClassifier::from_pin(&prog_path)
-        .map_err(|e| dataplane_error("pinned program", e, pin_dir))?;
-    let link_id = prog
-        .attach_with_options(
-            host_if,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(|e| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("attaching ferry's program to {host_if} failed"),
-                e.to_string(),
-            )
-        })?;
-    let link = prog
-        .take_link(link_id)
-        .map_err(|e| CniError::new(code::IO_FAILURE, "taking the tc link failed", e.to_string()))?;
-    let fd_link: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| {
-            CniError::new(code::IO_FAILURE, "the tc link has no fd", e.to_string())
-        })?;
-    let path = link_pin_path(pin_dir, host_if);
-    let io = |e: std::io::Error| {
+    crate::tc::attach_pinned(pin_dir, ferry_common::PIN_PROG_FROM_POD, host_if).map_err(|e| {
         CniError::new(
             code::IO_FAILURE,
-            "pinning the tc link failed",
+            "attaching ferry's program failed",
             e.to_string(),
         )
-    };
-    std::fs::create_dir_all(path.parent().expect("has parent")).map_err(io)?;
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
-    fd_link.pin(&path).map_err(|e| {
-        CniError::new(
-            code::IO_FAILURE,
-            "pinning the tc link failed",
-            e.to_string(),
-        )
-    })?;
-    Ok(())
+    })
 }
 
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {

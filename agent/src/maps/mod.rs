@@ -8,11 +8,13 @@ use aya::maps::{Map, MapData, MapError};
 pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
+pub mod routes;
 pub mod services;
 
 pub use conntrack::Conntrack;
 pub use counters::Counters;
 pub use endpoints::Endpoints;
+pub use routes::Routes;
 pub use services::{ServiceTable, SyncError};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,72 @@
+//! Where other nodes' pods live: pod CIDR -> node address and how to get
+//! there. Written by the agent from Node objects.
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use aya::maps::{MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use ferry_common::{MAP_ROUTES, Route};
+
+use super::{OpenError, is_not_found, open_pinned};
+use crate::net::Ipv4Net;
+
+pub struct Routes {
+    map: LpmTrie<MapData, [u8; 4], Route>,
+}
+
+fn key(net: &Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(u32::from(net.prefix), net.network().octets())
+}
+
+/// What a sync of the route map changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    pub upserted: usize,
+    pub removed: usize,
+}
+
+impl Routes {
+    pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
+        let map = open_pinned(pin_dir, MAP_ROUTES)?;
+        let map = LpmTrie::try_from(map).map_err(|source| OpenError::Open {
+            path: pin_dir.join(MAP_ROUTES).display().to_string(),
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    /// Every route, by pod CIDR.
+    pub fn list(&self) -> Result<BTreeMap<Ipv4Net, Route>, MapError> {
+        let mut out = BTreeMap::new();
+        for item in self.map.iter() {
+            let (k, v) = item?;
+            let (prefix, addr) = (k.prefix_len(), k.data());
+            out.insert(
+                Ipv4Net {
+                    addr: Ipv4Addr::from(addr),
+                    prefix: prefix as u8,
+                },
+                v,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Make the map hold exactly `desired`: upsert what differs, then remove
+    /// what is no longer wanted (a moved CIDR is never unrouted in between).
+    pub fn sync(&mut self, desired: &BTreeMap<Ipv4Net, Route>) -> Result<RouteStats, MapError> {
+        let current = self.list()?;
+        let mut stats = RouteStats::default();
+        for (net, route) in desired {
+            if current.get(net) != Some(route) {
+                self.map.insert(&key(net), *route, 0)?;
+                stats.upserted += 1;
+            }
+        }
+        for net in current.keys().filter(|n| !desired.contains_key(n)) {
+            match self.map.remove(&key(net)) {
+                Err(e) if !is_not_found(&e) => return Err(e),
+                _ => stats.removed += 1,
+            }
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,187 @@
+//! Attaching ferry's pinned tc programs to interfaces with tcx links that
+//! are themselves pinned, so an attachment outlives the process that made
+//! it (the CNI plugin exits at once; the agent may restart).
+use std::path::{Path, PathBuf};
+
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
+use ferry_common::PIN_LINKS_DIR;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(
+        "cannot open the pinned program {path}: {detail}; is ferry-agent running with this --pin-dir?"
+    )]
+    Program { path: String, detail: String },
+    #[error("attaching ferry's program to {ifname} failed: {detail}")]
+    Attach { ifname: String, detail: String },
+    #[error("pinning the tc link at {path} failed: {detail}")]
+    PinLink { path: String, detail: String },
+    #[error("cannot point the tc link {path} at the new program: {detail}")]
+    Update { path: String, detail: String },
+}
+
+/// Where the tcx link of `ifname` is pinned.
+pub fn link_pin_path(pin_dir: &Path, ifname: &str) -> PathBuf {
+    pin_dir.join(PIN_LINKS_DIR).join(ifname)
+}
+
+/// Attach the program pinned as `program_pin` to `ifname`'s tc ingress and
+/// pin the link at `link_pin_path(pin_dir, ifname)`.
+pub fn attach_pinned(pin_dir: &Path, program_pin: &str, ifname: &str) -> Result<(), AttachError> {
+    attach_pinned_at(
+        pin_dir,
+        program_pin,
+        ifname,
+        &link_pin_path(pin_dir, ifname),
+    )
+}
+
+/// Make `ifname` run `program_pin` through the link pinned at `link_path`:
+/// a link already pinned there is pointed at the program in place (a
+/// restarted or upgraded agent; no packet goes unprocessed in between); one
+/// that cannot be (its interface was deleted) is replaced by a new link.
+pub fn ensure_attached(
+    pin_dir: &Path,
+    program_pin: &str,
+    ifname: &str,
+    link_path: &Path,
+) -> Result<(), AttachError> {
+    if link_path.exists() {
+        match update_pinned_link(pin_dir, program_pin, link_path) {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::info!(error = %e, "re-attaching"),
+        }
+        let _ = std::fs::remove_file(link_path);
+    }
+    attach_pinned_at(pin_dir, program_pin, ifname, link_path)
+}
+
+/// Point the tcx link pinned at `link_path` at the program pinned as
+/// `program_pin` (BPF_LINK_UPDATE: atomic).
+pub fn update_pinned_link(
+    pin_dir: &Path,
+    program_pin: &str,
+    link_path: &Path,
+) -> Result<(), AttachError> {
+    let err = |detail: String| AttachError::Update {
+        path: link_path.display().to_string(),
+        detail,
+    };
+    let link = bpf_obj_get(link_path).map_err(|e| err(e.to_string()))?;
+    let prog = bpf_obj_get(&pin_dir.join(program_pin)).map_err(|e| err(e.to_string()))?;
+    bpf_link_update(&link, &prog).map_err(|e| err(e.to_string()))
+}
+
+// aya 0.14 keeps these two commands to itself; they are small enough to
+// issue directly. Layouts from include/uapi/linux/bpf.h (union bpf_attr).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+fn bpf_obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET; the path
+    // outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGetAttr,
+            size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn bpf_link_update(
+    link: &std::os::fd::OwnedFd,
+    prog: &std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_LINK_UPDATE.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &attr as *const LinkUpdateAttr,
+            size_of::<LinkUpdateAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn attach_pinned_at(
+    pin_dir: &Path,
+    program_pin: &str,
+    ifname: &str,
+    path: &Path,
+) -> Result<(), AttachError> {
+    let prog_path = pin_dir.join(program_pin);
+    let mut prog = SchedClassifier::from_pin(&prog_path).map_err(|e| AttachError::Program {
+        path: prog_path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let attach_err = |detail: String| AttachError::Attach {
+        ifname: ifname.to_string(),
+        detail,
+    };
+    let link_id = prog
+        .attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| attach_err(e.to_string()))?;
+    let link = prog
+        .take_link(link_id)
+        .map_err(|e| attach_err(e.to_string()))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+    let pin_err = |detail: String| AttachError::PinLink {
+        path: path.display().to_string(),
+        detail,
+    };
+    std::fs::create_dir_all(path.parent().expect("has parent"))
+        .map_err(|e| pin_err(e.to_string()))?;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(pin_err(e.to_string())),
+        _ => {}
+    }
+    fd_link.pin(path).map_err(|e| pin_err(e.to_string()))?;
+    Ok(())
+}
