@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// The VXLAN device ferry creates in VXLAN mode.
-pub const VXLAN_DEVICE: &str = "ferry.vxlan";
+pub const VXLAN_DEVICE: &str = "ferry-vxlan";
 /// Outer IPv4 + UDP + VXLAN + inner Ethernet: what encapsulation adds.
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// Where the network-side links are pinned, under the pin directory.
@@ -49,6 +49,11 @@ pub enum RoutingError {
     Attach(#[from] AttachError),
 }
 
+/// bpffs refuses dots in names; interface names (VLANs: eth0.100) have them.
+fn pin_name(ifname: &str) -> String {
+    ifname.replace('.', "_")
+}
+
 fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: c is a valid C string.
@@ -68,7 +73,7 @@ impl Routing {
             pin_dir,
             PIN_PROG_FROM_NETWORK,
             &self.uplink,
-            &links.join(&self.uplink),
+            &links.join(pin_name(&self.uplink)),
         )?;
         match self.mode {
             RoutingMode::Native => Ok(uplink_index),
@@ -90,7 +95,7 @@ impl Routing {
                     pin_dir,
                     PIN_PROG_FROM_NETWORK,
                     VXLAN_DEVICE,
-                    &links.join(VXLAN_DEVICE),
+                    &links.join(pin_name(VXLAN_DEVICE)),
                 )?;
                 ifindex(VXLAN_DEVICE)
                     .ok_or_else(|| RoutingError::NoUplink(VXLAN_DEVICE.to_string()))

@@ -1,14 +1,17 @@
 //! ferry's test harness. A node is a network namespace running one
 //! `ferry-agent`; a pod is a network namespace wired in by the real
 //! `ferry-cni` binary, invoked exactly as a container runtime would (CNI_*
-//! environment, the conflist the agent wrote). Everything is named per run
-//! and removed on drop, also when a test fails; nothing is added to the
-//! root namespace.
+//! environment, the conflist the agent wrote). Nodes of a multi-node cluster
+//! share a [`Fabric`], a namespace with a bridge standing in for the L2
+//! network between them. Everything is named per run and removed on drop,
+//! also when a test fails; nothing is added to the root namespace.
+pub mod fabric;
 pub mod manifest;
 pub mod netns;
 pub mod node;
 pub mod plain;
 
+pub use fabric::Fabric;
 pub use netns::{Netns, in_netns};
 pub use node::{Binaries, Cluster, Node, Pod};
 pub use plain::{PlainNode, PlainPod};

@@ -7,6 +7,16 @@ pub fn node(name: &str, pod_cidr: &str) -> String {
     )
 }
 
+/// A Node like [`node`] that also reports its addresses: `internal_ip` as
+/// its InternalIP (what other nodes route this node's podCIDR to) and its
+/// name as Hostname.
+pub fn node_with_address(name: &str, pod_cidr: &str, internal_ip: Ipv4Addr) -> String {
+    node(name, pod_cidr)
+        + &format!(
+            "status:\n  addresses:\n  - type: InternalIP\n    address: {internal_ip}\n  - type: Hostname\n    address: {name}\n"
+        )
+}
+
 /// A ClusterIP Service with (name, port, protocol, target port) ports.
 pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[(&str, u16, &str, u16)]) -> String {
     let mut s = format!(
@@ -27,18 +37,29 @@ pub fn endpoint_slice(
     addresses: &[Ipv4Addr],
     ports: &[(&str, u16, &str)],
 ) -> String {
+    let endpoints: Vec<(Ipv4Addr, &str)> = addresses.iter().map(|a| (*a, node)).collect();
+    endpoint_slice_on_nodes(service, &endpoints, ports)
+}
+
+/// An EndpointSlice for `service` with ready endpoints, each (address,
+/// nodeName).
+pub fn endpoint_slice_on_nodes(
+    service: &str,
+    endpoints: &[(Ipv4Addr, &str)],
+    ports: &[(&str, u16, &str)],
+) -> String {
     let mut s = format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-slice\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
     );
     for (pname, port, proto) in ports {
         s += &format!("- name: {pname}\n  port: {port}\n  protocol: {proto}\n");
     }
-    if addresses.is_empty() {
+    if endpoints.is_empty() {
         s += "endpoints: []\n";
     } else {
         s += "endpoints:\n";
     }
-    for a in addresses {
+    for (a, node) in endpoints {
         s += &format!(
             "- addresses: [\"{a}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: {node}\n"
         );

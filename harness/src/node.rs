@@ -10,7 +10,15 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::netns::{Netns, in_netns};
+use crate::{
+    fabric::Fabric,
+    netns::{Netns, in_netns},
+};
+
+/// The interface a node (or an external host) has on its fabric.
+pub const UPLINK: &str = "eth0";
+/// The prefix length of a node's (and an external host's) fabric address.
+pub const FABRIC_PREFIX: u8 = 24;
 
 /// The binaries under test.
 #[derive(Clone, Debug)]
@@ -94,8 +102,48 @@ impl Cluster {
 
     /// A node namespace with its agent running and its CNI config written.
     pub fn node(&self, name: &str) -> Result<Node> {
+        self.start_node(name, |_| Ok(()), Vec::new(), None)
+    }
+
+    /// A node attached to `fabric` as `eth0` with `addr/24` (before its
+    /// agent starts), its agent run with `--uplink eth0 --routing ROUTING`
+    /// ("native" or "vxlan").
+    pub fn node_on_fabric(
+        &self,
+        name: &str,
+        fabric: &Fabric,
+        addr: Ipv4Addr,
+        routing: &str,
+    ) -> Result<Node> {
+        let args = ["--uplink", UPLINK, "--routing", routing]
+            .map(String::from)
+            .to_vec();
+        self.start_node(
+            name,
+            |ns| fabric.connect(ns, UPLINK, addr, FABRIC_PREFIX),
+            args,
+            Some(addr),
+        )
+    }
+
+    /// A namespace on `fabric` that is not a node (no agent, no pods):
+    /// `fry-<run_id>-NAME` with `eth0` addressed `addr/24`.
+    pub fn external_host(&self, fabric: &Fabric, name: &str, addr: Ipv4Addr) -> Result<Netns> {
+        let netns = Netns::create(&format!("fry-{}-{name}", self.run_id))?;
+        fabric.connect(&netns, UPLINK, addr, FABRIC_PREFIX)?;
+        Ok(netns)
+    }
+
+    fn start_node(
+        &self,
+        name: &str,
+        setup: impl FnOnce(&Netns) -> Result<()>,
+        agent_args: Vec<String>,
+        address: Option<Ipv4Addr>,
+    ) -> Result<Node> {
         let netns = Netns::create(&format!("fry-{}-{name}", self.run_id))?;
         netns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        setup(&netns)?;
         let dir = self.root.join(name);
         let mut node = Node {
             name: name.to_string(),
@@ -103,8 +151,10 @@ impl Cluster {
             cni_conf_dir: dir.join("net.d"),
             cni_data_dir: dir.join("ipam"),
             log: dir.join("agent.log"),
+            address,
             dir,
             agent: None,
+            agent_args,
             bins: self.bins.clone(),
             manifest: self.manifest.clone(),
             run_id: self.run_id.clone(),
@@ -131,8 +181,12 @@ pub struct Node {
     pub cni_conf_dir: PathBuf,
     pub cni_data_dir: PathBuf,
     pub log: PathBuf,
+    /// The node's fabric address, when it is on a fabric.
+    pub address: Option<Ipv4Addr>,
     dir: PathBuf,
     agent: Option<Child>,
+    /// Passed to every `ferry-agent run` after the common ones.
+    agent_args: Vec<String>,
     bins: Binaries,
     manifest: PathBuf,
     run_id: String,
@@ -160,6 +214,7 @@ impl Node {
             .arg(&self.cni_conf_dir)
             .arg("--cni-data-dir")
             .arg(&self.cni_data_dir)
+            .args(&self.agent_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
