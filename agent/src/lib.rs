@@ -4,6 +4,7 @@
 
 pub mod bpffs;
 pub mod cni;
+pub mod healthcheck;
 pub mod inspect;
 pub mod ipcmd;
 pub mod loader;

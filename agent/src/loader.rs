@@ -13,9 +13,9 @@ use aya::{
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
-    MAP_ENDPOINTS, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICES, PIN_PROG_FROM_NETWORK,
-    PIN_PROG_FROM_POD, PINNED_MAPS, ROUTES_MAX_ENTRIES, Route, SERVICES_MAX_ENTRIES, ServiceKey,
-    ServiceName, ServiceValue, outcome,
+    MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICES, NodeConfig,
+    PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PINNED_MAPS, ROUTES_MAX_ENTRIES, Route,
+    SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
@@ -69,7 +69,7 @@ struct MapShape {
     max_entries: u32,
 }
 
-fn expected_shapes() -> [MapShape; 7] {
+fn expected_shapes() -> [MapShape; 8] {
     [
         MapShape {
             name: MAP_SERVICES,
@@ -120,6 +120,13 @@ fn expected_shapes() -> [MapShape; 7] {
             key_size: 8,
             value_size: size_of::<Route>(),
             max_entries: ROUTES_MAX_ENTRIES,
+        },
+        MapShape {
+            name: MAP_NODE,
+            map_type: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<NodeConfig>(),
+            max_entries: 1,
         },
     ]
 }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ferry_agent::{
     DEFAULT_PIN_DIR, inspect,
     loader::Dataplane,
+    model::ModelConfig,
     routing::{Routing, RoutingMode},
     run,
 };
@@ -74,6 +75,14 @@ enum Command {
         /// VXLAN UDP port (VXLAN mode).
         #[arg(long, default_value_t = 4789)]
         vxlan_port: u16,
+        /// Addresses NodePorts answer on, comma-separated (default: this
+        /// node's InternalIPs from its Node object).
+        #[arg(long, value_delimiter = ',')]
+        nodeport_addresses: Option<Vec<std::net::Ipv4Addr>>,
+        /// The cluster's NodePort range, as the apiserver's
+        /// --service-node-port-range (FROM-TO).
+        #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+        nodeport_range: (u16, u16),
     },
     /// Print what the dataplane holds, from the pinned maps.
     Inspect {
@@ -91,6 +100,31 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+}
+
+/// "30000-32767": a NodePort range below ferry's source-NAT ports.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (from, to) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a range like 30000-32767"))?;
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{p:?} in {s:?}: {e}"))
+    };
+    let (from, to) = (parse(from)?, parse(to)?);
+    if from == 0 || from > to {
+        return Err(format!("{s:?} is empty or starts at 0"));
+    }
+    if to >= ferry_common::SNAT_PORT_MIN {
+        return Err(format!(
+            "{s:?} reaches into {}-{}, the source ports ferry uses for external traffic sent to other nodes; end it below {}",
+            ferry_common::SNAT_PORT_MIN,
+            ferry_common::SNAT_PORT_MAX,
+            ferry_common::SNAT_PORT_MIN
+        ));
+    }
+    Ok((from, to))
 }
 
 fn init_logs(format: LogFormat) {
@@ -121,19 +155,26 @@ fn main() -> anyhow::Result<()> {
             routing,
             vxlan_vni,
             vxlan_port,
+            nodeport_addresses,
+            nodeport_range,
         } => {
             init_logs(log_format);
             let Some(path) = source.strip_prefix("file:") else {
                 bail!("--source {source:?} is not supported; use file:PATH");
             };
             let cfg = run::RunConfig {
-                node,
+                node: node.clone(),
                 manifest: PathBuf::from(path),
                 pin_dir,
                 cni_conf_dir,
                 cni_data_dir,
                 mtu,
                 gc_interval: Duration::from_secs(gc_interval_secs.max(1)),
+                model: ModelConfig {
+                    node_name: node,
+                    nodeport_addresses,
+                    nodeport_range,
+                },
                 routing: uplink.map(|uplink| Routing {
                     mode: routing,
                     uplink,

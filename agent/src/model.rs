@@ -21,7 +21,10 @@ use std::{
     net::Ipv4Addr,
 };
 
-use ferry_common::{Backend, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, ServiceKey};
+use ferry_common::{
+    Backend, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY,
+    ServiceKey,
+};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -44,6 +47,8 @@ pub struct Objects {
 pub struct DesiredFrontend {
     pub backends: Vec<Backend>,
     pub name: String,
+    /// `SERVICE_FLAG_*` bits.
+    pub flags: u8,
 }
 
 /// What the dataplane of this node should hold.
@@ -54,6 +59,20 @@ pub struct Desired {
     pub pod_cidr: Option<Ipv4Net>,
     /// Other nodes by pod CIDR: where their pods are reached.
     pub peers: BTreeMap<Ipv4Net, PeerNode>,
+    /// This node's address (its first IPv4 InternalIP).
+    pub node_addr: Option<Ipv4Addr>,
+    /// healthCheckNodePorts to answer (LoadBalancer, externalTrafficPolicy
+    /// Local), by port.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// A healthCheckNodePort: kube-proxy answers 200 while the node has a ready
+/// local endpoint of the Service, 503 otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub local_endpoints: usize,
 }
 
 /// Another node, as far as routing to its pods goes.
@@ -106,10 +125,61 @@ struct Candidate {
     on_this_node: bool,
 }
 
-/// Compute this node's desired dataplane state.
+/// How this node serves Services, beyond what the objects say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub node_name: String,
+    /// The addresses NodePorts answer on (kube-proxy's
+    /// --nodeport-addresses); None: this node's InternalIPs.
+    pub nodeport_addresses: Option<Vec<Ipv4Addr>>,
+    /// The cluster's NodePort range (the apiserver's
+    /// --service-node-port-range), inclusive.
+    pub nodeport_range: (u16, u16),
+}
+
+pub const DEFAULT_NODEPORT_RANGE: (u16, u16) = (30000, 32767);
+
+impl ModelConfig {
+    pub fn for_node(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_string(),
+            nodeport_addresses: None,
+            nodeport_range: DEFAULT_NODEPORT_RANGE,
+        }
+    }
+}
+
+/// Compute this node's desired dataplane state with default options.
 pub fn desired_state(objects: &Objects, node_name: &str) -> (Desired, Vec<Problem>) {
+    desired_state_with(objects, &ModelConfig::for_node(node_name))
+}
+
+fn internal_ips(node: &Node) -> Vec<Ipv4Addr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Compute this node's desired dataplane state.
+pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec<Problem>) {
+    let node_name = cfg.node_name.as_str();
     let mut problems = Vec::new();
     let mut desired = Desired::default();
+    let own_ips: Vec<Ipv4Addr> = objects
+        .nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() == Some(node_name))
+        .flat_map(internal_ips)
+        .collect();
+    desired.node_addr = own_ips.first().copied();
+    let nodeport_addresses = cfg.nodeport_addresses.clone().unwrap_or(own_ips);
 
     for node in &objects.nodes {
         let Some(name) = node.metadata.name.as_deref() else {
@@ -227,6 +297,28 @@ pub fn desired_state(objects: &Objects, node_name: &str) -> (Desired, Vec<Proble
             }
         }
         let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let external_ips = ipv4_list(
+            spec.external_ips.iter().flatten().map(String::as_str),
+            &obj,
+            "spec.externalIPs",
+            &mut problems,
+        );
+        // ipMode Proxy: the load balancer proxies to the nodes itself, so
+        // traffic to its IP is not captured on the nodes (as kube-proxy).
+        let lb_ips = ipv4_list(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                .filter_map(|i| i.ip.as_deref()),
+            &obj,
+            "status.loadBalancer.ingress",
+            &mut problems,
+        );
         let svc_slices = slices.get(&(ns.clone(), name.clone()));
         for (i, port) in spec.ports.iter().flatten().enumerate() {
             let field = format!("spec.ports[{i}]");
@@ -283,12 +375,122 @@ pub fn desired_state(objects: &Objects, node_name: &str) -> (Desired, Vec<Proble
                     DesiredFrontend {
                         backends: backends.clone(),
                         name: display.clone(),
+                        flags: 0,
+                    },
+                );
+            }
+
+            // From outside: NodePorts, LoadBalancer ingress IPs, externalIPs.
+            let mut external: Vec<(Ipv4Addr, u16)> = Vec::new();
+            if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
+                && let Some(node_port) = port.node_port.filter(|p| *p != 0)
+            {
+                match u16::try_from(node_port) {
+                    Ok(np) if (cfg.nodeport_range.0..=cfg.nodeport_range.1).contains(&np) => {
+                        external.extend(nodeport_addresses.iter().map(|a| (*a, np)));
+                    }
+                    _ => problems.push(Problem {
+                        object: obj.clone(),
+                        field: format!("{field}.nodePort"),
+                        message: format!(
+                            "{node_port} is outside the NodePort range {}-{}",
+                            cfg.nodeport_range.0, cfg.nodeport_range.1
+                        ),
+                    }),
+                }
+            }
+            external.extend(external_ips.iter().map(|a| (*a, svc_port)));
+            if spec.type_.as_deref() == Some("LoadBalancer") {
+                external.extend(lb_ips.iter().map(|a| (*a, svc_port)));
+            }
+            if external.is_empty() {
+                continue;
+            }
+            let (external_backends, flags) = if external_local {
+                let local = backends_for(
+                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                    &port_name,
+                    protocol,
+                    true,
+                    node_name,
+                    &mut Vec::new(),
+                );
+                (local, SERVICE_FLAG_LOCAL_ONLY)
+            } else if local_only {
+                // internalTrafficPolicy narrows ClusterIP traffic only.
+                let all = backends_for(
+                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                    &port_name,
+                    protocol,
+                    false,
+                    node_name,
+                    &mut Vec::new(),
+                );
+                (all, 0)
+            } else {
+                (backends.clone(), 0)
+            };
+            if external_local
+                && spec.type_.as_deref() == Some("LoadBalancer")
+                && let Some(hc) = spec
+                    .health_check_node_port
+                    .and_then(|p| u16::try_from(p).ok())
+            {
+                let entry = desired.health_checks.entry(hc).or_insert(HealthCheck {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    local_endpoints: 0,
+                });
+                entry.local_endpoints = entry.local_endpoints.max(
+                    external_backends
+                        .iter()
+                        .map(|b| b.addr)
+                        .collect::<BTreeSet<_>>()
+                        .len(),
+                );
+            }
+            for (addr, port) in external {
+                desired.frontends.insert(
+                    ServiceKey {
+                        addr: addr.octets(),
+                        port,
+                        protocol,
+                        scope: SCOPE_EXTERNAL,
+                    },
+                    DesiredFrontend {
+                        backends: external_backends.clone(),
+                        name: display.clone(),
+                        flags,
                     },
                 );
             }
         }
     }
     (desired, problems)
+}
+
+/// IPv4 addresses from a list of strings; bad ones become problems.
+fn ipv4_list<'a>(
+    items: impl Iterator<Item = &'a str>,
+    obj: &str,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for (i, ip) in items.enumerate() {
+        if ip.contains(':') {
+            continue; // IPv6: not served yet
+        }
+        match ip.parse() {
+            Ok(a) => out.push(a),
+            Err(_) => problems.push(Problem {
+                object: obj.to_string(),
+                field: format!("{field}[{i}]"),
+                message: format!("{ip:?} is not an IPv4 address"),
+            }),
+        }
+    }
+    out
 }
 
 fn backends_for(
@@ -437,6 +639,125 @@ kind: Node
 metadata: {name: n1}
 spec: {podCIDR: 10.244.1.0/24}
 "#;
+
+    const EXTERNAL: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.77.11}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.30
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  externalIPs: [203.0.113.7]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 198.51.100.10}, {ip: 198.51.100.11, ipMode: Proxy}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.31
+  internalTrafficPolicy: Local
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}
+  - {name: bad, port: 81, protocol: TCP, targetPort: 8080, nodePort: 8081}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: default, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n1}
+- {addresses: [10.244.2.5], conditions: {ready: true}, nodeName: n2}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: np-1, namespace: default, labels: {kubernetes.io/service-name: np}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}, {name: bad, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.6], conditions: {ready: true}, nodeName: n1}
+- {addresses: [10.244.2.6], conditions: {ready: true}, nodeName: n2}
+"#;
+
+    fn external(addr: [u8; 4], port: u16) -> ServiceKey {
+        ServiceKey {
+            addr,
+            port,
+            protocol: PROTO_TCP,
+            scope: SCOPE_EXTERNAL,
+        }
+    }
+
+    #[test]
+    fn nodeports_load_balancer_ips_and_external_ips_with_traffic_policies() {
+        let (d, problems) = desired_state(&objects(EXTERNAL), "n1");
+        assert_eq!(d.node_addr, Some(Ipv4Addr::new(192, 168, 77, 11)));
+        // eTP Local: local backends only, flagged, on NodePort, LB IP and
+        // externalIP; the Proxy-mode LB IP is not captured.
+        for key in [
+            external([192, 168, 77, 11], 30080),
+            external([198, 51, 100, 10], 80),
+            external([203, 0, 113, 7], 80),
+        ] {
+            let fe = &d.frontends[&key];
+            assert_eq!(fe.backends, vec![backend([10, 244, 1, 5], 8080)], "{key:?}");
+            assert_eq!(fe.flags, SERVICE_FLAG_LOCAL_ONLY);
+        }
+        assert!(!d.frontends.contains_key(&external([198, 51, 100, 11], 80)));
+        // The ClusterIP keeps every backend.
+        assert_eq!(
+            d.frontends[&frontend([10, 96, 0, 30], 80, PROTO_TCP)]
+                .backends
+                .len(),
+            2
+        );
+        assert_eq!(
+            d.health_checks[&32000],
+            HealthCheck {
+                namespace: "default".into(),
+                name: "lb".into(),
+                local_endpoints: 1
+            }
+        );
+        // iTP Local narrows the ClusterIP only; eTP Cluster uses every backend.
+        assert_eq!(
+            d.frontends[&frontend([10, 96, 0, 31], 80, PROTO_TCP)]
+                .backends
+                .len(),
+            1
+        );
+        let np = &d.frontends[&external([192, 168, 77, 11], 30081)];
+        assert_eq!((np.backends.len(), np.flags), (2, 0));
+        // A nodePort outside the range is refused, naming the field.
+        assert!(!d.frontends.keys().any(|k| k.port == 8081));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.ports[1].nodePort");
+
+        // Configured NodePort addresses replace the InternalIP.
+        let cfg = ModelConfig {
+            nodeport_addresses: Some(vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]),
+            ..ModelConfig::for_node("n1")
+        };
+        let (d, _) = desired_state_with(&objects(EXTERNAL), &cfg);
+        assert!(d.frontends.contains_key(&external([10, 0, 0, 1], 30081)));
+        assert!(d.frontends.contains_key(&external([10, 0, 0, 2], 30081)));
+        assert!(
+            !d.frontends
+                .contains_key(&external([192, 168, 77, 11], 30081))
+        );
+    }
 
     #[test]
     fn other_nodes_become_peers_by_pod_cidr_and_internal_ip() {

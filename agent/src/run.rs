@@ -12,9 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cni,
+    healthcheck::HealthChecks,
     loader::Dataplane,
-    maps::{Conntrack, Routes, ServiceTable, monotonic_now_ns},
-    model::{self, desired_state},
+    maps::{Conntrack, NodeMap, Routes, ServiceTable, monotonic_now_ns},
+    model::{self, ModelConfig, desired_state_with},
     net::Ipv4Net,
     routing::Routing,
     source::file::{FileSource, parse_manifest},
@@ -33,6 +34,8 @@ pub struct RunConfig {
     pub gc_interval: Duration,
     /// Cross-node routing (None: this node's pods only).
     pub routing: Option<Routing>,
+    /// NodePort addresses and range.
+    pub model: ModelConfig,
 }
 
 /// Point every pod's pinned tc link at the program just loaded: an
@@ -67,6 +70,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut node_map = NodeMap::open(&cfg.pin_dir)?;
+    let mut health_checks = HealthChecks::default();
     let pod_mtu = cfg.routing.as_ref().map_or(cfg.mtu, |r| r.pod_mtu(cfg.mtu));
     tracing::info!(node = %cfg.node, pin_dir = %cfg.pin_dir.display(), "dataplane loaded");
 
@@ -82,10 +87,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 let (objects, problems) = parse_manifest(&text);
                 report(&problems);
                 let parsed = Instant::now();
-                let (desired, problems) = desired_state(&objects, &cfg.node);
+                let (desired, problems) = desired_state_with(&objects, &cfg.model);
                 report(&problems);
                 let modelled = Instant::now();
+                if let Err(e) = node_map.set_address(desired.node_addr) {
+                    tracing::warn!(error = %e, "writing this node's address failed; external traffic to other nodes' backends is dropped until it is written");
+                }
                 let stats = sync(&mut table, &desired.frontends)?;
+                health_checks.sync(&desired.health_checks);
                 if let Some((routing, ifindex, routes)) = &mut routes {
                     match routes.sync(&routing.routes(&desired.peers, *ifindex)) {
                         Ok(r) if r.upserted + r.removed > 0 => tracing::info!(

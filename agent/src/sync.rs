@@ -3,7 +3,7 @@
 //! nothing and an edit touches only the frontends it changes.
 use std::collections::BTreeMap;
 
-use ferry_common::{Backend, ServiceKey};
+use ferry_common::ServiceKey;
 
 use crate::{
     maps::{ServiceTable, SyncError},
@@ -14,12 +14,7 @@ use crate::{
 /// in-memory stand-in for unit tests.
 pub trait ServiceMaps {
     fn current(&self) -> Result<BTreeMap<ServiceKey, DesiredFrontend>, SyncError>;
-    fn upsert(
-        &mut self,
-        key: ServiceKey,
-        backends: &[Backend],
-        name: &str,
-    ) -> Result<(), SyncError>;
+    fn upsert(&mut self, key: ServiceKey, frontend: &DesiredFrontend) -> Result<(), SyncError>;
     fn remove(&mut self, key: &ServiceKey) -> Result<(), SyncError>;
 }
 
@@ -34,19 +29,16 @@ impl ServiceMaps for ServiceTable {
                     DesiredFrontend {
                         backends: r.backends,
                         name: r.name,
+                        flags: r.value.flags,
                     },
                 )
             })
             .collect())
     }
 
-    fn upsert(
-        &mut self,
-        key: ServiceKey,
-        backends: &[Backend],
-        name: &str,
-    ) -> Result<(), SyncError> {
-        self.upsert_named(key, backends, name).map(|_| ())
+    fn upsert(&mut self, key: ServiceKey, frontend: &DesiredFrontend) -> Result<(), SyncError> {
+        self.upsert_frontend(key, &frontend.backends, &frontend.name, frontend.flags)
+            .map(|_| ())
     }
 
     fn remove(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
@@ -76,7 +68,7 @@ pub fn sync(
             stats.unchanged += 1;
             continue;
         }
-        match maps.upsert(*key, &want.backends, &want.name) {
+        match maps.upsert(*key, want) {
             Ok(()) => stats.upserted += 1,
             Err(e) => {
                 stats.failed += 1;
@@ -112,27 +104,16 @@ impl ServiceMaps for MemoryMaps {
         Ok(self.frontends.clone())
     }
 
-    fn upsert(
-        &mut self,
-        key: ServiceKey,
-        backends: &[Backend],
-        name: &str,
-    ) -> Result<(), SyncError> {
+    fn upsert(&mut self, key: ServiceKey, frontend: &DesiredFrontend) -> Result<(), SyncError> {
         if self.poisoned.contains(&key) {
             return Err(SyncError::TooManyBackends {
-                frontend: name.to_string(),
-                count: backends.len(),
+                frontend: frontend.name.clone(),
+                count: frontend.backends.len(),
                 max: 0,
             });
         }
         self.writes += 1;
-        self.frontends.insert(
-            key,
-            DesiredFrontend {
-                backends: backends.to_vec(),
-                name: name.to_string(),
-            },
-        );
+        self.frontends.insert(key, frontend.clone());
         Ok(())
     }
 
@@ -146,7 +127,7 @@ impl ServiceMaps for MemoryMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_common::{PROTO_TCP, SCOPE_CLUSTER_IP};
+    use ferry_common::{Backend, PROTO_TCP, SCOPE_CLUSTER_IP};
 
     fn key(last: u8) -> ServiceKey {
         ServiceKey {
@@ -168,6 +149,7 @@ mod tests {
                 })
                 .collect(),
             name: "ns/s".into(),
+            flags: 0,
         }
     }
 

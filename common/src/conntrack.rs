@@ -129,22 +129,27 @@ pub const fn reply_matches(state: u8, expired: bool, protocol: u8, tcp_flags: u8
 }
 
 /// The key of the other direction of the flow that `(key, entry)` belongs
-/// to. Hairpin flows carry the rewritten peer address in `peer_nat_addr`.
+/// to. Source-NATed flows (hairpin, NodePort to another node) carry the
+/// rewritten client side in `peer_nat_addr` / `peer_nat_port`.
 /// Shared by the kernel (to update both entries) and the agent (GC).
 #[inline(always)]
 pub fn partner_key(key: &crate::CtKey, entry: &crate::CtEntry) -> crate::CtKey {
-    let hairpin = entry.peer_nat_addr != [0; 4];
+    let snat = entry.peer_nat_addr != [0; 4];
     if key.direction == crate::CT_DIR_ORIGINAL {
-        // Reply travels backend -> client (or -> the hairpin address).
+        // Reply travels backend -> client (or -> the source NAT address).
         crate::CtKey {
             src_addr: entry.nat_addr,
-            dst_addr: if hairpin {
+            dst_addr: if snat {
                 entry.peer_nat_addr
             } else {
                 key.src_addr
             },
             src_port: entry.nat_port,
-            dst_port: key.src_port,
+            dst_port: if snat {
+                entry.peer_nat_port
+            } else {
+                key.src_port
+            },
             protocol: key.protocol,
             direction: crate::CT_DIR_REPLY,
             pad: [0; 2],
@@ -152,13 +157,17 @@ pub fn partner_key(key: &crate::CtKey, entry: &crate::CtEntry) -> crate::CtKey {
     } else {
         // Original travels client -> frontend.
         crate::CtKey {
-            src_addr: if hairpin {
+            src_addr: if snat {
                 entry.peer_nat_addr
             } else {
                 key.dst_addr
             },
             dst_addr: entry.nat_addr,
-            src_port: key.dst_port,
+            src_port: if snat {
+                entry.peer_nat_port
+            } else {
+                key.dst_port
+            },
             dst_port: entry.nat_port,
             protocol: key.protocol,
             direction: crate::CT_DIR_ORIGINAL,

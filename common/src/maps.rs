@@ -14,9 +14,10 @@ pub const MAP_COUNTERS: &str = "ferry_counters";
 pub const MAP_ENDPOINTS: &str = "ferry_endpoints";
 pub const MAP_SERVICE_NAMES: &str = "ferry_svc_names";
 pub const MAP_ROUTES: &str = "ferry_routes";
+pub const MAP_NODE: &str = "ferry_node";
 
 /// Every map the agent pins, in a stable order.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -24,6 +25,7 @@ pub const PINNED_MAPS: [&str; 7] = [
     MAP_ENDPOINTS,
     MAP_SERVICE_NAMES,
     MAP_ROUTES,
+    MAP_NODE,
 ];
 
 /// Pin name of the from-pod program, which the CNI plugin attaches.
@@ -52,7 +54,23 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
 
 /// `ServiceKey::scope` values: which kind of frontend the key describes.
+/// A ClusterIP, reached from pods.
 pub const SCOPE_CLUSTER_IP: u8 = 0;
+/// Reached from outside the cluster, through the uplink: a NodePort on one
+/// of the node's addresses, a LoadBalancer ingress IP, an externalIP.
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// `ServiceValue::flags` bits.
+/// externalTrafficPolicy Local: the backends are this node's only, the
+/// client's address is kept (no source NAT), and without a local backend
+/// the packet is dropped.
+pub const SERVICE_FLAG_LOCAL_ONLY: u8 = 1;
+
+/// Source ports for NodePort/LoadBalancer flows sent to another node: above
+/// the default NodePort range (30000-32767), so a reply can never be
+/// mistaken for a new NodePort connection.
+pub const SNAT_PORT_MIN: u16 = 32_768;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Key of `ferry_services`: one Service frontend.
 #[repr(C)]
@@ -83,7 +101,7 @@ pub struct ServiceValue {
     pub backend_count: u16,
     /// Active bank, 0 or 1.
     pub bank: u8,
-    /// Reserved for per-service flags; zero.
+    /// `SERVICE_FLAG_*` bits.
     pub flags: u8,
 }
 
@@ -156,11 +174,18 @@ pub struct CtEntry {
     pub flags: u8,
     /// The service the flow was translated for; host order.
     pub service_id: u32,
-    /// Hairpin flows (a pod reaching itself through a Service) also rewrite
-    /// the other address: original direction, the source to write (the
-    /// hairpin address); reply direction, the destination to restore (the
-    /// client). 0.0.0.0 when the flow is not a hairpin. Network order.
+    /// Flows that also rewrite the client's side (source NAT): a pod reaching
+    /// itself through a Service (the hairpin address), or an external client
+    /// sent to a backend on another node (this node's address). Original
+    /// direction: the source to write; reply direction: the destination to
+    /// restore (the client). 0.0.0.0 when there is no source NAT. Network
+    /// order.
     pub peer_nat_addr: [u8; 4],
+    /// The port paired with `peer_nat_addr` (meaningful only when that is
+    /// set); host order.
+    pub peer_nat_port: u16,
+    /// Zero.
+    pub pad: [u8; 6],
 }
 
 /// Value of `ferry_svc_names` (key: service id). Userspace metadata for the
@@ -240,6 +265,19 @@ pub struct Route {
     pub vni: u32,
 }
 
+/// Value of `ferry_node` (an array of one, key 0): facts about this node
+/// the datapath needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NodeConfig {
+    /// The node's own address (its InternalIP): the source address of
+    /// external flows sent to a backend on another node. 0.0.0.0 until the
+    /// agent knows it. Network order.
+    pub node_addr: [u8; 4],
+    /// Zero.
+    pub pad: [u8; 4],
+}
+
 /// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -254,12 +292,13 @@ const _: () = {
     assert!(size_of::<BackendKey>() == 8);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<CtKey>() == 16);
-    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<CtEntry>() == 32);
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<EndpointKey>() == 4);
     assert!(size_of::<Endpoint>() == 20);
     assert!(size_of::<ServiceName>() == 128);
     assert!(size_of::<Route>() == 16);
+    assert!(size_of::<NodeConfig>() == 8);
     // The LPM trie stores the value right after the 4-byte address.
     assert!(align_of::<Route>() <= 4);
 };
@@ -275,6 +314,7 @@ mod user {
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Route {}
+    unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for Counter {}

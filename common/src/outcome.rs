@@ -29,8 +29,12 @@ pub const DROP_REWRITE_FAILED: u32 = 10;
 /// The reject reply could not be built.
 pub const DROP_REJECT_FAILED: u32 = 11;
 
+/// externalTrafficPolicy Local and no ready endpoint on this node: dropped,
+/// as kube-proxy does, so the load balancer's health check steers away.
+pub const DROP_NO_LOCAL_ENDPOINTS: u32 = 12;
+
 /// Number of outcomes; the size of `ferry_counters`.
-pub const COUNT: u32 = 12;
+pub const COUNT: u32 = 13;
 
 /// Stable names, indexed by outcome, for the CLI and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -46,4 +50,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_conntrack_write",
     "drop_rewrite_failed",
     "drop_reject_failed",
+    "drop_no_local_endpoints",
 ];

@@ -10,6 +10,7 @@ use ferry_common::{
 use crate::{maps::CONNTRACK, parse::L4Packet};
 
 const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 const NO_ADDR: [u8; 4] = [0; 4];
 
 /// What to write into a packet of a tracked flow.
@@ -17,9 +18,11 @@ pub struct NatTarget {
     /// Original direction: the new destination; reply: the new source.
     pub addr: [u8; 4],
     pub port: u16,
-    /// Hairpin only (else zero): original direction, the new source;
+    /// Source NAT only (else zero): original direction, the new source;
     /// reply, the new destination.
     pub peer_addr: [u8; 4],
+    /// The port paired with `peer_addr`.
+    pub peer_port: u16,
 }
 
 #[inline(always)]
@@ -87,25 +90,33 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
         addr: e.nat_addr,
         port: e.nat_port,
         peer_addr: e.peer_nat_addr,
+        peer_port: e.peer_nat_port,
     })
 }
 
 /// Record a new flow from `pkt` (original direction) to `backend`, and
 /// return what to write into the packet. A pod reaching itself through the
-/// Service gets its source rewritten to the hairpin address.
+/// Service gets its source rewritten to the hairpin address; `snat` asks
+/// for the source to become that address and port (an external client sent
+/// to another node). With `snat`, an existing flow already holding that
+/// reply tuple is an error (the caller picks another port).
 #[inline(always)]
 pub fn create(
     pkt: &L4Packet,
     service_id: u32,
     backend_addr: [u8; 4],
     backend_port: u16,
+    snat: Option<([u8; 4], u16)>,
 ) -> Result<NatTarget, i32> {
     let hairpin = backend_addr == pkt.src_addr;
-    let snat = if hairpin {
-        ferry_common::HAIRPIN_SNAT_ADDR
+    let (peer_addr, peer_port, reply_flags) = if hairpin {
+        (ferry_common::HAIRPIN_SNAT_ADDR, pkt.src_port, BPF_ANY)
+    } else if let Some((addr, port)) = snat {
+        (addr, port, BPF_NOEXIST)
     } else {
-        NO_ADDR
+        (NO_ADDR, 0, BPF_ANY)
     };
+    let rewrites_source = peer_addr != NO_ADDR;
     let state = initial_state(pkt.protocol, pkt.tcp_flags);
     let expires_ns = now_ns() + timeout_ns(state);
     let original = CtEntry {
@@ -115,24 +126,28 @@ pub fn create(
         state,
         flags: 0,
         service_id,
-        peer_nat_addr: snat,
+        peer_nat_addr: peer_addr,
+        peer_nat_port: peer_port,
+        pad: [0; 6],
     };
     let original_key = key_of(pkt, CT_DIR_ORIGINAL);
     let reply_key = partner_key(&original_key, &original);
     let reply = CtEntry {
         nat_addr: pkt.dst_addr,
         nat_port: pkt.dst_port,
-        peer_nat_addr: if hairpin { pkt.src_addr } else { NO_ADDR },
+        peer_nat_addr: if rewrites_source { pkt.src_addr } else { NO_ADDR },
+        peer_nat_port: if rewrites_source { pkt.src_port } else { 0 },
         ..original
     };
     // Reply entry first: once the original entry exists, the backend may
     // answer, and its reply must find the way back.
-    CONNTRACK.insert(reply_key, reply, BPF_ANY)?;
+    CONNTRACK.insert(reply_key, reply, reply_flags)?;
     CONNTRACK.insert(original_key, original, BPF_ANY)?;
     Ok(NatTarget {
         addr: backend_addr,
         port: backend_port,
-        peer_addr: snat,
+        peer_addr,
+        peer_port,
     })
 }
 

@@ -41,3 +41,18 @@ pub fn onward(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     }
     crate::forward::to_remote_node(ctx, dst).unwrap_or(TC_ACT_OK)
 }
+
+/// Like `onward`, for a packet ferry rewrote: one for an address outside
+/// the cluster (an external client) is sent out by fib lookup rather than
+/// handed to the kernel, which would refuse a packet arriving from outside
+/// with this node's own address as its source.
+#[inline(always)]
+pub fn onward_translated(ctx: &TcContext, dst: [u8; 4]) -> i32 {
+    if let Some(verdict) = to_local_pod(ctx, dst) {
+        return verdict;
+    }
+    if let Some(verdict) = crate::forward::to_remote_node(ctx, dst) {
+        return verdict;
+    }
+    crate::forward::by_fib(ctx, dst)
+}

@@ -36,11 +36,27 @@ pub fn to_remote_node(ctx: &TcContext, dst: [u8; 4]) -> Option<i32> {
 
 #[inline(always)]
 fn native(ctx: &TcContext, node_addr: [u8; 4], uplink: u32) -> i32 {
+    fib_redirect(ctx, node_addr, uplink)
+}
+
+/// Send the packet to `dst` the way the node's routing table says, from
+/// here: fib lookup, MACs, redirect out of the egress interface.
+#[inline(always)]
+pub fn by_fib(ctx: &TcContext, dst: [u8; 4]) -> i32 {
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    fib_redirect(ctx, dst, ifindex)
+}
+
+/// Next hop `nexthop_dst` (the node, or the final destination): look it up
+/// from interface `ifindex`'s point of view and redirect.
+#[inline(always)]
+fn fib_redirect(ctx: &TcContext, nexthop_dst: [u8; 4], ifindex: u32) -> i32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid argument.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.ifindex = uplink;
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(node_addr);
+    params.ifindex = ifindex;
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(nexthop_dst);
     // SAFETY: params is a valid, fully initialised struct on our stack.
     let rc = unsafe {
         fib_lookup(
@@ -66,7 +82,8 @@ fn native(ctx: &TcContext, node_addr: [u8; 4], uplink: u32) -> i32 {
         let mut nh = bpf_redir_neigh {
             nh_family: u32::from(AF_INET),
             __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-                ipv4_nh: u32::from_ne_bytes(node_addr),
+                // SAFETY: the lookup filled the IPv4 next hop.
+                ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
             },
         };
         // SAFETY: nh is valid for the call.
@@ -79,8 +96,7 @@ fn native(ctx: &TcContext, node_addr: [u8; 4], uplink: u32) -> i32 {
             )
         } as i32;
     }
-    // No route to the node itself: the kernel gets the packet and will
-    // answer with its own ICMP unreachable.
+    // No route: the kernel gets the packet and answers for itself.
     TC_ACT_OK
 }
 

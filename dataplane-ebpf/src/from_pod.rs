@@ -88,7 +88,7 @@ fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32, Option<[u8; 4]>) {
             let Some(backend) = (unsafe { BACKENDS.get(backend_key) }).copied() else {
                 return (TC_ACT_SHOT, outcome::DROP_NO_BACKEND_SLOT, None);
             };
-            match conntrack::create(pkt, service.service_id, backend.addr, backend.port) {
+            match conntrack::create(pkt, service.service_id, backend.addr, backend.port, None) {
                 Ok(target) => target,
                 Err(_) => return (TC_ACT_SHOT, outcome::DROP_CONNTRACK_WRITE, None),
             }

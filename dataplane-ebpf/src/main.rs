@@ -6,6 +6,7 @@
 mod conntrack;
 mod counters;
 mod deliver;
+mod external;
 mod forward;
 mod from_network;
 mod from_pod;

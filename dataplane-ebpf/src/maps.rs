@@ -1,12 +1,12 @@
 //! The maps, declared with BTF so bpftool prints named fields.
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, ROUTES_MAX_ENTRIES, Route, SERVICES_MAX_ENTRIES,
-    ServiceKey, ServiceName, ServiceValue, outcome,
+    NodeConfig, ServiceKey, ServiceName, ServiceValue, outcome,
 };
 
 #[btf_map(name = "ferry_services")]
@@ -41,3 +41,7 @@ pub static SERVICE_NAMES: HashMap<
 /// Other nodes' pod CIDRs -> how to reach the node.
 #[btf_map(name = "ferry_routes")]
 pub static ROUTES: LpmTrie<[u8; 4], Route, { ROUTES_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+/// This node's own facts (key 0).
+#[btf_map(name = "ferry_node")]
+pub static NODE: Array<NodeConfig, 1> = Array::new();

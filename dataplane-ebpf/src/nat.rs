@@ -56,8 +56,8 @@ fn rewrite(
     Ok(())
 }
 
-/// Original direction: destination frontend -> backend (and, for a hairpin
-/// flow, source client -> hairpin address, port kept).
+/// Original direction: destination frontend -> backend (and, for a
+/// source-NATed flow, source client -> the NAT address and port).
 #[inline(always)]
 pub fn dnat(ctx: &TcContext, pkt: &L4Packet, target: &NatTarget) -> Result<(), i64> {
     rewrite(
@@ -79,14 +79,14 @@ pub fn dnat(ctx: &TcContext, pkt: &L4Packet, target: &NatTarget) -> Result<(), i
             target.peer_addr,
             pkt.l4_off,
             pkt.src_port,
-            pkt.src_port,
+            target.peer_port,
         )?;
     }
     Ok(())
 }
 
-/// Reply direction: source backend -> frontend (and, for a hairpin flow,
-/// destination hairpin address -> client).
+/// Reply direction: source backend -> frontend (and, for a source-NATed
+/// flow, destination NAT address and port -> client).
 #[inline(always)]
 pub fn reverse_nat(ctx: &TcContext, pkt: &L4Packet, target: &NatTarget) -> Result<(), i64> {
     rewrite(
@@ -108,7 +108,7 @@ pub fn reverse_nat(ctx: &TcContext, pkt: &L4Packet, target: &NatTarget) -> Resul
             target.peer_addr,
             pkt.l4_off + 2,
             pkt.dst_port,
-            pkt.dst_port,
+            target.peer_port,
         )?;
     }
     Ok(())

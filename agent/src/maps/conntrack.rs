@@ -96,6 +96,8 @@ mod tests {
             flags: 0,
             service_id: 1,
             peer_nat_addr: [0; 4],
+            peer_nat_port: 0,
+            pad: [0; 6],
         }
     }
 

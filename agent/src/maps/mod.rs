@@ -8,12 +8,14 @@ use aya::maps::{Map, MapData, MapError};
 pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
+pub mod node;
 pub mod routes;
 pub mod services;
 
 pub use conntrack::Conntrack;
 pub use counters::Counters;
 pub use endpoints::Endpoints;
+pub use node::NodeMap;
 pub use routes::Routes;
 pub use services::{ServiceTable, SyncError};
 

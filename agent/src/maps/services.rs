@@ -137,6 +137,17 @@ impl ServiceTable {
         backends: &[Backend],
         name: &str,
     ) -> Result<u32, SyncError> {
+        self.upsert_frontend(frontend, backends, name, 0)
+    }
+
+    /// `upsert_named` with `SERVICE_FLAG_*` bits.
+    pub fn upsert_frontend(
+        &mut self,
+        frontend: ServiceKey,
+        backends: &[Backend],
+        name: &str,
+        flags: u8,
+    ) -> Result<u32, SyncError> {
         if backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
             return Err(SyncError::TooManyBackends {
                 frontend: display_frontend(&frontend),
@@ -175,7 +186,7 @@ impl ServiceTable {
             service_id,
             backend_count: backends.len() as u16,
             bank,
-            flags: 0,
+            flags,
         };
         self.services
             .insert(frontend, value, 0)

@@ -1,0 +1,38 @@
+//! `ferry_node`: this node's own facts for the datapath.
+use std::{net::Ipv4Addr, path::Path};
+
+use aya::maps::{Array, MapData, MapError};
+use ferry_common::{MAP_NODE, NodeConfig};
+
+use super::{OpenError, open_pinned};
+
+pub struct NodeMap {
+    map: Array<MapData, NodeConfig>,
+}
+
+impl NodeMap {
+    pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
+        let map = open_pinned(pin_dir, MAP_NODE)?;
+        let map = Array::try_from(map).map_err(|source| OpenError::Open {
+            path: pin_dir.join(MAP_NODE).display().to_string(),
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    pub fn get(&self) -> Result<NodeConfig, MapError> {
+        self.map.get(&0, 0)
+    }
+
+    /// Record this node's address (None: not known).
+    pub fn set_address(&mut self, addr: Option<Ipv4Addr>) -> Result<(), MapError> {
+        let config = NodeConfig {
+            node_addr: addr.map_or([0; 4], |a| a.octets()),
+            pad: [0; 4],
+        };
+        if self.get()? != config {
+            self.map.set(0, config, 0)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! Service frontends reached from outside the cluster, on the uplink:
+//! NodePorts on the node's addresses, LoadBalancer ingress IPs and
+//! externalIPs. externalTrafficPolicy Cluster may pick a backend on another
+//! node; the source then becomes this node's address (and a free port), so
+//! the reply comes back here to be translated. Local keeps the client's
+//! address and uses this node's backends only.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::bpf_get_prandom_u32,
+    programs::TcContext,
+};
+use ferry_common::{
+    BackendKey, CT_DIR_ORIGINAL, EndpointKey, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey, outcome,
+};
+
+use crate::{
+    conntrack::{self, NatTarget},
+    maps::{BACKENDS, ENDPOINTS, NODE, SERVICES},
+    nat,
+    parse::L4Packet,
+    reject,
+};
+
+/// Tries at a free source port before giving up on a flow.
+const SNAT_PORT_TRIES: u32 = 8;
+
+/// (verdict, outcome, destination after translation); None when the packet
+/// is not for an external frontend.
+#[inline(always)]
+pub fn translate(ctx: &TcContext, pkt: &L4Packet) -> Option<(i32, u32, Option<[u8; 4]>)> {
+    let key = ServiceKey {
+        addr: pkt.dst_addr,
+        port: pkt.dst_port,
+        protocol: pkt.protocol,
+        scope: SCOPE_EXTERNAL,
+    };
+    // SAFETY: copied out at once.
+    let service = (unsafe { SERVICES.get(key) }).copied()?;
+    let target = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
+        Some(target) => target,
+        None => match new_flow(ctx, pkt, service) {
+            Ok(target) => target,
+            Err(result) => return Some(result),
+        },
+    };
+    Some(match nat::dnat(ctx, pkt, &target) {
+        Ok(()) => (TC_ACT_OK, outcome::TRANSLATED, Some(target.addr)),
+        Err(_) => (TC_ACT_SHOT, outcome::DROP_REWRITE_FAILED, None),
+    })
+}
+
+#[inline(always)]
+fn new_flow(
+    ctx: &TcContext,
+    pkt: &L4Packet,
+    service: ferry_common::ServiceValue,
+) -> Result<NatTarget, (i32, u32, Option<[u8; 4]>)> {
+    let local_only = service.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
+    if service.backend_count == 0 {
+        if local_only {
+            return Err((TC_ACT_SHOT, outcome::DROP_NO_LOCAL_ENDPOINTS, None));
+        }
+        return Err(match reject::port_unreachable(ctx, pkt) {
+            Ok(verdict) => (verdict, outcome::REJECTED_NO_ENDPOINTS, None),
+            Err(_) => (TC_ACT_SHOT, outcome::DROP_REJECT_FAILED, None),
+        });
+    }
+    // SAFETY: helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let backend_key = BackendKey {
+        service_id: service.service_id,
+        slot: (random % u32::from(service.backend_count)) as u16,
+        bank: service.bank,
+        pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(backend) = (unsafe { BACKENDS.get(backend_key) }).copied() else {
+        return Err((TC_ACT_SHOT, outcome::DROP_NO_BACKEND_SLOT, None));
+    };
+    let write_failed = (TC_ACT_SHOT, outcome::DROP_CONNTRACK_WRITE, None);
+    // SAFETY: copied out at once.
+    let local = unsafe { ENDPOINTS.get(EndpointKey { addr: backend.addr }) }.is_some();
+    if local_only || local {
+        return conntrack::create(pkt, service.service_id, backend.addr, backend.port, None)
+            .map_err(|_| write_failed);
+    }
+    let node_addr = NODE.get(0).map(|n| n.node_addr).unwrap_or([0; 4]);
+    if node_addr == [0; 4] {
+        // The agent has not told us our own address yet: without it the
+        // reply would not come back here.
+        return Err(write_failed);
+    }
+    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let mut seed = random;
+    for _ in 0..SNAT_PORT_TRIES {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = SNAT_PORT_MIN + ((seed >> 8) % span) as u16;
+        if let Ok(target) = conntrack::create(
+            pkt,
+            service.service_id,
+            backend.addr,
+            backend.port,
+            Some((node_addr, port)),
+        ) {
+            return Ok(target);
+        }
+    }
+    Err(write_failed)
+}
