@@ -31,7 +31,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Parsed::TruncatedL4 => (TC_ACT_SHOT, outcome::DROP_TRUNCATED_L4, None),
     };
     count(outcome, len);
+    let translated = outcome == outcome::TRANSLATED || outcome == outcome::REVERSE_TRANSLATED;
     match dst {
+        // A reply to an external client carries a node or load-balancer
+        // address as its source now: ferry sends it, not the kernel.
+        Some(dst) if verdict == TC_ACT_OK && translated => deliver::onward_translated(ctx, dst),
         Some(dst) if verdict == TC_ACT_OK => deliver::onward(ctx, dst),
         _ => verdict,
     }

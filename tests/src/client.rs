@@ -2,40 +2,86 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpStream, UdpSocket},
+    path::Path,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
-use ferry_harness::Pod;
+use ferry_harness::{Pod, in_netns};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Ask `addr:port` over a fresh TCP connection who it is.
 pub fn tcp_whoami(pod: &Pod, addr: Ipv4Addr, port: u16) -> Result<String> {
-    pod.run(move || -> Result<String> {
+    tcp_ask_in(&pod.netns.path(), addr, port, b"?")
+}
+
+/// Ask `addr:port` over UDP who it is (a connected socket, so an ICMP error
+/// comes back as an error).
+pub fn udp_whoami(pod: &Pod, addr: Ipv4Addr, port: u16) -> Result<String> {
+    udp_ask_in(&pod.netns.path(), addr, port, b"?")
+}
+
+/// From the namespace at `netns`: send `request` over a fresh TCP
+/// connection to `addr:port` and return the answer (ferry-echo: `?` asks
+/// its name, `@` the address it saw the client at).
+pub fn tcp_ask_in(
+    netns: &Path,
+    addr: Ipv4Addr,
+    port: u16,
+    request: &'static [u8],
+) -> Result<String> {
+    in_netns(netns, move || -> Result<String> {
         let mut s = TcpStream::connect_timeout(&(addr, port).into(), TIMEOUT)
             .with_context(|| format!("connect {addr}:{port}"))?;
         s.set_read_timeout(Some(TIMEOUT))?;
-        s.write_all(b"?")?;
+        s.write_all(request)?;
         let mut buf = [0u8; 256];
         let n = s.read(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     })?
 }
 
-/// Ask `addr:port` over UDP who it is (a connected socket, so an ICMP error
-/// comes back as an error).
-pub fn udp_whoami(pod: &Pod, addr: Ipv4Addr, port: u16) -> Result<String> {
-    pod.run(move || -> Result<String> {
+/// From the namespace at `netns`: `request` as one UDP datagram, the answer.
+pub fn udp_ask_in(
+    netns: &Path,
+    addr: Ipv4Addr,
+    port: u16,
+    request: &'static [u8],
+) -> Result<String> {
+    in_netns(netns, move || -> Result<String> {
         let s = UdpSocket::bind(("0.0.0.0", 0))?;
         s.connect((addr, port))?;
         s.set_read_timeout(Some(TIMEOUT))?;
-        s.send(b"?")?;
+        s.send(request)?;
         let mut buf = [0u8; 256];
         let n = s
             .recv(&mut buf)
             .with_context(|| format!("recv from {addr}:{port}"))?;
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })?
+}
+
+/// From the namespace at `netns`: `GET /` over HTTP/1.1; (status code,
+/// body).
+pub fn http_get_in(netns: &Path, addr: Ipv4Addr, port: u16) -> Result<(u16, String)> {
+    in_netns(netns, move || -> Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&(addr, port).into(), TIMEOUT)
+            .with_context(|| format!("connect {addr}:{port}"))?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}:{port}\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("not an HTTP response: {response:?}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
     })?
 }
 

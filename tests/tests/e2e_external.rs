@@ -1,0 +1,249 @@
+//! Clients outside the cluster, end to end on three nodes: NodePorts on
+//! every node reach every backend (TCP and UDP; SNAT to the node for
+//! backends elsewhere), externalTrafficPolicy Local keeps the client's
+//! address and refuses on nodes without a local backend while the
+//! healthCheckNodePort answers 503 there, LoadBalancer ingress IPs and
+//! externalIPs are served. Both routing modes.
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use ferry_harness::{Binaries, Cluster, Fabric, Netns, Node, manifest};
+use ferry_tests::client::{http_get_in, tcp_ask_in, udp_ask_in};
+
+/// (node, fabric address, podCIDR)
+const NODES: [(&str, Ipv4Addr, &str); 3] = [
+    ("n1", Ipv4Addr::new(192, 168, 77, 11), "10.244.1.0/24"),
+    ("n2", Ipv4Addr::new(192, 168, 77, 12), "10.244.2.0/24"),
+    ("n3", Ipv4Addr::new(192, 168, 77, 13), "10.244.3.0/24"),
+];
+const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+/// Routed by the external client through n2 (as a load balancer would).
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// Routed by the external client through n3.
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const WEB_NODEPORT: u16 = 30080;
+const WEB_UDP_NODEPORT: u16 = 30053;
+const LOCAL_NODEPORT: u16 = 30090;
+const HEALTH_PORT: u16 = 32100;
+
+fn objects(b2: Ipv4Addr, b3: Ipv4Addr) -> String {
+    let mut docs: Vec<String> = NODES
+        .iter()
+        .map(|(name, addr, cidr)| manifest::node_with_address(name, cidr, *addr))
+        .collect();
+    docs.push(format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalIPs: [{EXTERNAL_IP}]
+  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {WEB_NODEPORT}}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 8080, nodePort: {WEB_UDP_NODEPORT}}}
+"
+    ));
+    docs.push(manifest::endpoint_slice_on_nodes(
+        "web",
+        &[(b2, "n2"), (b3, "n3")],
+        &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
+    ));
+    docs.push(format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: local, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {HEALTH_PORT}
+  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {LOCAL_NODEPORT}}}
+status:
+  loadBalancer:
+    ingress: [{{ip: {LB_IP}}}]
+"
+    ));
+    docs.push(
+        manifest::endpoint_slice_on_nodes("local", &[(b2, "n2")], &[("http", 8080, "TCP")])
+            .replace("name: local-slice", "name: local-slice-1"),
+    );
+    manifest::join(&docs)
+}
+
+fn logs(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("--- agent log of {} ---\n{}", n.name, n.agent_log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn external(routing: &str) {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    let fabric = Fabric::create(&c.run_id).expect("fabric");
+    c.write_manifest(&manifest::join(
+        &NODES
+            .iter()
+            .map(|(n, a, cidr)| manifest::node_with_address(n, cidr, *a))
+            .collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    let nodes: Vec<Node> = NODES
+        .iter()
+        .map(|(name, addr, _)| {
+            c.node_on_fabric(name, &fabric, *addr, routing)
+                .unwrap_or_else(|e| panic!("node {name} ({routing}): {e:#}"))
+        })
+        .collect();
+    let outside: Netns = c
+        .external_host(&fabric, "outside", CLIENT_ADDR)
+        .expect("external client");
+    // A load balancer would send LB_IP traffic to n2 and the externalIP to
+    // n3; the client's routes stand in for it.
+    outside
+        .exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{LB_IP}/32"),
+            "via",
+            "192.168.77.12",
+        ])
+        .unwrap();
+    outside
+        .exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{EXTERNAL_IP}/32"),
+            "via",
+            "192.168.77.13",
+        ])
+        .unwrap();
+    let client = outside.path();
+
+    let mut b2 = nodes[1].add_pod("b2").unwrap();
+    b2.serve(8080).unwrap();
+    let mut b3 = nodes[2].add_pod("b3").unwrap();
+    b3.serve(8080).unwrap();
+    c.write_manifest(&objects(b2.ip, b3.ip)).unwrap();
+
+    // Ready when every node answers its NodePort.
+    let start = Instant::now();
+    while !NODES
+        .iter()
+        .all(|(_, addr, _)| tcp_ask_in(&client, *addr, WEB_NODEPORT, b"?").is_ok())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "NodePorts not answering within 10 s\n{}",
+            logs(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The NodePort of every node reaches every backend, TCP and UDP; n1 has
+    // no backend at all, so everything it serves went to another node.
+    let both: BTreeSet<String> = ["b2", "b3"].iter().map(|s| s.to_string()).collect();
+    for (name, addr, _) in NODES {
+        let tcp: BTreeSet<String> = (0..40)
+            .map(|_| {
+                tcp_ask_in(&client, addr, WEB_NODEPORT, b"?").unwrap_or_else(|e| {
+                    panic!(
+                        "TCP to {name} {addr}:{WEB_NODEPORT}: {e:#}\n{}",
+                        logs(&nodes)
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(tcp, both, "TCP NodePort on {name}\n{}", logs(&nodes));
+        let udp: BTreeSet<String> = (0..40)
+            .map(|_| {
+                udp_ask_in(&client, addr, WEB_UDP_NODEPORT, b"?").unwrap_or_else(|e| {
+                    panic!(
+                        "UDP to {name} {addr}:{WEB_UDP_NODEPORT}: {e:#}\n{}",
+                        logs(&nodes)
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(udp, both, "UDP NodePort on {name}\n{}", logs(&nodes));
+    }
+    // Sent to another node, the client's address was replaced by the
+    // node's (the reply must come back through it): b3 seen through n1.
+    let seen: BTreeSet<String> = (0..30)
+        .filter_map(|_| {
+            let who = tcp_ask_in(&client, NODES[0].1, WEB_NODEPORT, b"?").ok()?;
+            let from = tcp_ask_in(&client, NODES[0].1, WEB_NODEPORT, b"@").ok()?;
+            Some(format!("{who}:{from}"))
+        })
+        .collect();
+    assert!(
+        seen.iter().all(|s| s.ends_with(":192.168.77.11")),
+        "backends behind n1's NodePort see n1's address: {seen:?}"
+    );
+
+    // externalTrafficPolicy Local: the backend sees the client's own
+    // address; a node without a local backend drops (no answer), and its
+    // health check says so.
+    assert_eq!(
+        tcp_ask_in(&client, NODES[1].1, LOCAL_NODEPORT, b"@").unwrap(),
+        CLIENT_ADDR.to_string(),
+        "eTP=Local keeps the client address\n{}",
+        logs(&nodes)
+    );
+    for i in [0, 2] {
+        let (name, addr, _) = NODES[i];
+        let r = tcp_ask_in(&client, addr, LOCAL_NODEPORT, b"?");
+        assert!(
+            r.is_err(),
+            "eTP=Local on {name} (no local backend) answered: {r:?}"
+        );
+        let (status, body) = http_get_in(&client, addr, HEALTH_PORT).unwrap();
+        assert_eq!(status, 503, "health check on {name}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["localEndpoints"], 0);
+        assert_eq!(json["service"]["name"], "local");
+        assert_eq!(json["service"]["namespace"], "default");
+    }
+    let (status, body) = http_get_in(&client, NODES[1].1, HEALTH_PORT).unwrap();
+    assert_eq!(status, 200, "health check on n2: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["localEndpoints"], 1);
+
+    // The LoadBalancer ingress IP (eTP Local, through n2) and the
+    // externalIP (eTP Cluster, through n3).
+    assert_eq!(
+        tcp_ask_in(&client, LB_IP, 80, b"@").unwrap(),
+        CLIENT_ADDR.to_string(),
+        "LoadBalancer IP\n{}",
+        logs(&nodes)
+    );
+    let via_external_ip: BTreeSet<String> = (0..40)
+        .map(|_| tcp_ask_in(&client, EXTERNAL_IP, 80, b"?").unwrap())
+        .collect();
+    assert_eq!(via_external_ip, both, "externalIP\n{}", logs(&nodes));
+    // NodePorts answer on the node's own addresses only.
+    assert!(tcp_ask_in(&client, LB_IP, WEB_NODEPORT, b"?").is_err());
+
+    drop((b2, b3));
+    drop(outside);
+    drop(nodes);
+    drop(fabric);
+}
+
+#[test]
+fn external_clients_through_every_node_with_native_routing() {
+    external("native");
+}
+
+#[test]
+fn external_clients_through_every_node_with_vxlan() {
+    external("vxlan");
+}
