@@ -1,0 +1,566 @@
+//! Service frontends reached from outside the cluster (NodePort, and by the
+//! same keys LoadBalancer ingress IPs and externalIPs), through
+//! BPF_PROG_TEST_RUN of the from-network program (tc ingress of the node's
+//! uplink) on exact packet bytes, checksums included:
+//! externalTrafficPolicy Cluster to a backend on this node (DNAT only) and
+//! on another node (DNAT + source NAT to the node's address and a port of
+//! its own), Local (no backend here: dropped), no backends at all (ICMP
+//! port unreachable), and the node's other ports left alone.
+//!
+//! A few packets leave through `bpf_fib_lookup` from the packet's ingress
+//! interface (a reply to the external client; a packet for a pod no route
+//! of ferry's covers). What the lookup answers is the test machine's
+//! routing, not ferry's: under BPF_PROG_TEST_RUN the skb has no ingress
+//! interface (ingress_ifindex 0), the lookup fails (-ENODEV on the kernels
+//! tried) and the packet is handed to the kernel (TC_ACT_OK) exactly as
+//! rewritten. Should a kernel resolve it instead, the verdict is
+//! TC_ACT_REDIRECT with the next hop's MACs, and only the bytes from the
+//! IPv4 header on are compared (`assert_sent_by_fib`).
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ferry_agent::maps::{Endpoints, NodeMap, Routes};
+use ferry_common::{
+    Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, Endpoint, PROTO_TCP, PROTO_UDP,
+    ROUTE_MODE_VXLAN, Route, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey, outcome,
+};
+use ferry_tests::{
+    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    packet::{Packet, TCP_ACK, TCP_SYN, port_unreachable_for},
+};
+
+/// A client outside the cluster (TEST-NET-1).
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 51);
+/// This node's address on the uplink.
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
+const NODE_PORT: u16 = 30080;
+/// A backend pod on this node (in the endpoints map).
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+/// A backend pod on another node (pod CIDR 10.244.2.0/24).
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+const POD_PORT: u16 = 8080;
+const LOCAL_POD_IFINDEX: u32 = 7;
+const POD_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05];
+const VETH_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0x05];
+
+fn node_port(protocol: u8) -> ServiceKey {
+    ServiceKey {
+        addr: NODE.octets(),
+        port: NODE_PORT,
+        protocol,
+        scope: SCOPE_EXTERNAL,
+    }
+}
+
+fn backend(addr: Ipv4Addr) -> Backend {
+    Backend {
+        addr: addr.octets(),
+        port: POD_PORT,
+        pad: [0; 2],
+    }
+}
+
+fn with_local_pod(k: &Kernel) {
+    Endpoints::open(k.pin_dir())
+        .unwrap()
+        .insert(
+            LOCAL_POD,
+            Endpoint {
+                ifindex: LOCAL_POD_IFINDEX,
+                flags: 0,
+                pod_mac: POD_MAC,
+                host_mac: VETH_MAC,
+            },
+        )
+        .unwrap();
+}
+
+fn set_node_address(k: &Kernel, addr: Option<Ipv4Addr>) {
+    let mut node = NodeMap::open(k.pin_dir()).unwrap();
+    node.set_address(addr).unwrap();
+    assert_eq!(
+        node.get().unwrap().node_addr,
+        addr.map_or([0; 4], |a| a.octets())
+    );
+}
+
+/// A VXLAN route for the other node's pod CIDR (as the agent writes it).
+fn with_route_to_remote_pods(k: &Kernel) {
+    let mut desired = BTreeMap::new();
+    desired.insert(
+        "10.244.2.0/24".parse().unwrap(),
+        Route {
+            node_addr: [192, 168, 77, 12],
+            mode: ROUTE_MODE_VXLAN,
+            ifindex: 1,
+            vni: 7,
+        },
+    );
+    Routes::open(k.pin_dir()).unwrap().sync(&desired).unwrap();
+}
+
+fn packets(k: &Kernel, outcome: u32) -> u64 {
+    k.counters()[outcome as usize].packets
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A packet ferry sent by fib lookup (see the module comment): TC_ACT_OK
+/// (no usable route from the test run's skb: handed to the kernel exactly as
+/// ferry rewrote it, Ethernet header untouched) or TC_ACT_REDIRECT (the
+/// lookup succeeded and wrote the next hop's MACs: compared from the IPv4
+/// header on).
+fn assert_sent_by_fib(verdict: u32, out: &[u8], expected: &Packet, what: &str) {
+    let expected = expected.bytes();
+    match verdict {
+        TC_ACT_OK => assert_eq!(
+            hex(out),
+            hex(&expected),
+            "{what}: handed to the kernel, bytes (got vs expected)"
+        ),
+        TC_ACT_REDIRECT => {
+            assert!(out.len() >= 14, "{what}: frame too short: {}", hex(out));
+            assert_eq!(
+                hex(&out[14..]),
+                hex(&expected[14..]),
+                "{what}: redirected by fib lookup, IPv4 header and payload (got vs expected)"
+            );
+        }
+        _ => panic!(
+            "{what}: verdict {verdict}, expected TC_ACT_OK (0) or TC_ACT_REDIRECT (7) from the fib path"
+        ),
+    }
+}
+
+/// Source port of a TCP/UDP frame without IPv4 options.
+fn source_port(frame: &[u8]) -> u16 {
+    assert_eq!(frame[14], 0x45, "no IPv4 options expected");
+    u16::from_be_bytes([frame[34], frame[35]])
+}
+
+fn snat_port_of(frame: &[u8], what: &str) -> u16 {
+    let port = source_port(frame);
+    assert!(
+        (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
+        "{what}: source port {port} outside {SNAT_PORT_MIN}..={SNAT_PORT_MAX}"
+    );
+    port
+}
+
+#[test]
+fn nodeport_to_a_backend_on_this_node_keeps_the_client_address() {
+    let mut k = Kernel::load();
+    with_local_pod(&k);
+    set_node_address(&k, Some(NODE));
+    k.services
+        .upsert_frontend(
+            node_port(PROTO_TCP),
+            &[backend(LOCAL_POD)],
+            "default/web:http",
+            0,
+        )
+        .unwrap();
+
+    let syn = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+    let before = packets(&k, outcome::TRANSLATED);
+    let (verdict, out) = k.run_from_network(&syn.bytes());
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "redirected (redirect_peer) into the pod"
+    );
+    assert_eq!(
+        hex(&out),
+        hex(&syn
+            .clone()
+            .with_dst(LOCAL_POD, POD_PORT)
+            .with_macs(POD_MAC, VETH_MAC)
+            .bytes()),
+        "DNAT only: the pod sees the client's own address; MACs of the pod's link"
+    );
+    assert_eq!(packets(&k, outcome::TRANSLATED), before + 1);
+
+    // No source NAT recorded: the reply is addressed to the client itself.
+    let entries = k.conntrack.entries().unwrap();
+    assert_eq!(entries.len(), 2, "one flow, two entries: {entries:?}");
+    assert!(entries.iter().all(|(_, e)| e.peer_nat_addr == [0; 4]));
+
+    // The pod answers through its veth: the from-pod program puts the
+    // NodePort back as the source. The client is not a pod, so the packet
+    // leaves by fib lookup (module comment).
+    let syn_ack = Packet::tcp(
+        (LOCAL_POD, POD_PORT),
+        (CLIENT, 40000),
+        TCP_SYN | TCP_ACK,
+        b"",
+    )
+    .with_macs(VETH_MAC, POD_MAC);
+    let before = packets(&k, outcome::REVERSE_TRANSLATED);
+    let (verdict, out) = k.run(&syn_ack.bytes());
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &syn_ack.clone().with_src(NODE, NODE_PORT),
+        "reply from the NodePort",
+    );
+    assert_eq!(packets(&k, outcome::REVERSE_TRANSLATED), before + 1);
+
+    // The client's next packet follows the flow into the same pod.
+    let ack = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_ACK, b"GET /");
+    let (verdict, out) = k.run_from_network(&ack.bytes());
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        hex(&out),
+        hex(&ack
+            .clone()
+            .with_dst(LOCAL_POD, POD_PORT)
+            .with_macs(POD_MAC, VETH_MAC)
+            .bytes())
+    );
+}
+
+#[test]
+fn nodeport_to_a_backend_on_another_node_is_source_natted_to_the_node_and_back() {
+    let mut k = Kernel::load();
+    set_node_address(&k, Some(NODE));
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+
+    let syn = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+    let before = packets(&k, outcome::TRANSLATED);
+    let (verdict, out) = k.run_from_network(&syn.bytes());
+    // No route of ferry's covers 10.244.2.0/24 here: sent by fib lookup.
+    let snat_port = snat_port_of(&out, "SYN towards the remote backend");
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &Packet::tcp((NODE, snat_port), (REMOTE_POD, POD_PORT), TCP_SYN, b""),
+        "DNAT to the backend, SNAT to the node",
+    );
+    assert_eq!(packets(&k, outcome::TRANSLATED), before + 1);
+
+    // Conntrack: the client's tuple and the backend's reply to the node's
+    // port, each naming the other side's rewrite.
+    let entries = k.conntrack.entries().unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let original = CtKey {
+        src_addr: CLIENT.octets(),
+        dst_addr: NODE.octets(),
+        src_port: 40000,
+        dst_port: NODE_PORT,
+        protocol: PROTO_TCP,
+        direction: CT_DIR_ORIGINAL,
+        pad: [0; 2],
+    };
+    let reply = CtKey {
+        src_addr: REMOTE_POD.octets(),
+        dst_addr: NODE.octets(),
+        src_port: POD_PORT,
+        dst_port: snat_port,
+        protocol: PROTO_TCP,
+        direction: CT_DIR_REPLY,
+        pad: [0; 2],
+    };
+    let (_, o) = entries.iter().find(|(key, _)| *key == original).unwrap();
+    assert_eq!((o.nat_addr, o.nat_port), (REMOTE_POD.octets(), POD_PORT));
+    assert_eq!(
+        (o.peer_nat_addr, o.peer_nat_port),
+        (NODE.octets(), snat_port)
+    );
+    let (_, r) = entries.iter().find(|(key, _)| *key == reply).unwrap();
+    assert_eq!((r.nat_addr, r.nat_port), (NODE.octets(), NODE_PORT));
+    assert_eq!((r.peer_nat_addr, r.peer_nat_port), (CLIENT.octets(), 40000));
+
+    // The backend's answer arrives on the uplink, for the node's port: it
+    // goes back to the client from the NodePort.
+    let syn_ack = Packet::tcp(
+        (REMOTE_POD, POD_PORT),
+        (NODE, snat_port),
+        TCP_SYN | TCP_ACK,
+        b"",
+    );
+    let before = packets(&k, outcome::REVERSE_TRANSLATED);
+    let (verdict, out) = k.run_from_network(&syn_ack.bytes());
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &syn_ack
+            .clone()
+            .with_src(NODE, NODE_PORT)
+            .with_dst(CLIENT, 40000),
+        "reply from the NodePort to the client",
+    );
+    assert_eq!(packets(&k, outcome::REVERSE_TRANSLATED), before + 1);
+
+    // The flow's next packet: same backend, same node port.
+    let ack = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_ACK, b"GET /");
+    let (verdict, out) = k.run_from_network(&ack.bytes());
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &ack.clone()
+            .with_dst(REMOTE_POD, POD_PORT)
+            .with_src(NODE, snat_port),
+        "second packet of the flow",
+    );
+
+    // Another client with the same source port: its own node port, so the
+    // backend's replies to either cannot be confused.
+    let other = Packet::tcp((OTHER_CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+    let (verdict, out) = k.run_from_network(&other.bytes());
+    let other_port = snat_port_of(&out, "second client's SYN");
+    assert_ne!(
+        other_port, snat_port,
+        "two clients with source port 40000 share a node port"
+    );
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &other
+            .clone()
+            .with_dst(REMOTE_POD, POD_PORT)
+            .with_src(NODE, other_port),
+        "second client's SYN",
+    );
+    assert_eq!(k.conntrack.entries().unwrap().len(), 4);
+
+    // And each reply finds its own client.
+    for (port, client) in [(other_port, OTHER_CLIENT), (snat_port, CLIENT)] {
+        let data = Packet::tcp((REMOTE_POD, POD_PORT), (NODE, port), TCP_ACK, b"200 OK");
+        let (verdict, out) = k.run_from_network(&data.bytes());
+        assert_sent_by_fib(
+            verdict,
+            &out,
+            &data
+                .clone()
+                .with_src(NODE, NODE_PORT)
+                .with_dst(client, 40000),
+            &format!("reply for {client}"),
+        );
+    }
+}
+
+#[test]
+fn nodeport_to_another_node_follows_ferrys_route_with_exact_bytes() {
+    let mut k = Kernel::load();
+    set_node_address(&k, Some(NODE));
+    with_route_to_remote_pods(&k);
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+
+    let syn = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+    let (verdict, out) = k.run_from_network(&syn.bytes());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "into the VXLAN device");
+    let snat_port = snat_port_of(&out, "SYN");
+    assert_eq!(
+        hex(&out),
+        hex(&syn
+            .clone()
+            .with_dst(REMOTE_POD, POD_PORT)
+            .with_src(NODE, snat_port)
+            .bytes()),
+        "translated, Ethernet header untouched (the VXLAN device adds its own)"
+    );
+}
+
+#[test]
+fn udp_nodeport_to_another_node_is_source_natted_with_valid_checksums() {
+    let mut k = Kernel::load();
+    set_node_address(&k, Some(NODE));
+    k.services
+        .upsert_frontend(node_port(PROTO_UDP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+
+    let query = Packet::udp((CLIENT, 40000), (NODE, NODE_PORT), b"a query");
+    let (verdict, out) = k.run_from_network(&query.bytes());
+    let snat_port = snat_port_of(&out, "query");
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &query
+            .clone()
+            .with_dst(REMOTE_POD, POD_PORT)
+            .with_src(NODE, snat_port),
+        "query",
+    );
+
+    let answer = Packet::udp((REMOTE_POD, POD_PORT), (NODE, snat_port), b"an answer");
+    let (verdict, out) = k.run_from_network(&answer.bytes());
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &answer
+            .clone()
+            .with_src(NODE, NODE_PORT)
+            .with_dst(CLIENT, 40000),
+        "answer",
+    );
+}
+
+#[test]
+fn nodeport_to_another_node_is_dropped_while_the_node_address_is_unknown() {
+    let mut k = Kernel::load();
+    set_node_address(&k, None);
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+
+    let syn = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+    let before = packets(&k, outcome::DROP_CONNTRACK_WRITE);
+    let (verdict, _) = k.run_from_network(&syn.bytes());
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(packets(&k, outcome::DROP_CONNTRACK_WRITE), before + 1);
+    assert!(
+        k.conntrack.entries().unwrap().is_empty(),
+        "a dropped flow is not tracked"
+    );
+
+    // Once the agent has written the address, the next SYN goes through.
+    set_node_address(&k, Some(NODE));
+    let (verdict, out) = k.run_from_network(&syn.bytes());
+    let port = snat_port_of(&out, "SYN after the address is known");
+    assert_sent_by_fib(
+        verdict,
+        &out,
+        &syn.clone()
+            .with_dst(REMOTE_POD, POD_PORT)
+            .with_src(NODE, port),
+        "SYN after the address is known",
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_local_backends() {
+    let mut k = Kernel::load();
+    with_local_pod(&k);
+    set_node_address(&k, Some(NODE));
+    let syn = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+
+    // A backend on this node: DNAT only, into the pod.
+    k.services
+        .upsert_frontend(
+            node_port(PROTO_TCP),
+            &[backend(LOCAL_POD)],
+            "",
+            SERVICE_FLAG_LOCAL_ONLY,
+        )
+        .unwrap();
+    let (verdict, out) = k.run_from_network(&syn.bytes());
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        hex(&out),
+        hex(&syn
+            .clone()
+            .with_dst(LOCAL_POD, POD_PORT)
+            .with_macs(POD_MAC, VETH_MAC)
+            .bytes())
+    );
+
+    // No backend on this node: dropped (the load balancer's health check
+    // steers away), not rejected, and nothing tracked.
+    let mut k = Kernel::load();
+    set_node_address(&k, Some(NODE));
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[], "", SERVICE_FLAG_LOCAL_ONLY)
+        .unwrap();
+    let dropped = packets(&k, outcome::DROP_NO_LOCAL_ENDPOINTS);
+    let rejected = packets(&k, outcome::REJECTED_NO_ENDPOINTS);
+    let (verdict, _) = k.run_from_network(&syn.bytes());
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(packets(&k, outcome::DROP_NO_LOCAL_ENDPOINTS), dropped + 1);
+    assert_eq!(packets(&k, outcome::REJECTED_NO_ENDPOINTS), rejected);
+    assert!(k.conntrack.entries().unwrap().is_empty());
+}
+
+#[test]
+fn nodeport_without_endpoints_answers_icmp_port_unreachable_from_the_node() {
+    let mut k = Kernel::load();
+    set_node_address(&k, Some(NODE));
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[], "", 0)
+        .unwrap();
+    k.services
+        .upsert_frontend(node_port(PROTO_UDP), &[], "", 0)
+        .unwrap();
+
+    let tcp = Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+    let udp = Packet::udp(
+        (CLIENT, 40000),
+        (NODE, NODE_PORT),
+        b"a query with some payload",
+    );
+    for (what, input) in [("TCP SYN", tcp), ("UDP datagram", udp)] {
+        let before = packets(&k, outcome::REJECTED_NO_ENDPOINTS);
+        let (verdict, out) = k.run_from_network(&input.bytes());
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "{what}: sent back out of the uplink"
+        );
+        assert_eq!(
+            hex(&out),
+            hex(&port_unreachable_for(&input)),
+            "{what}: ICMP port unreachable from {NODE} (got vs expected)"
+        );
+        assert_eq!(
+            packets(&k, outcome::REJECTED_NO_ENDPOINTS),
+            before + 1,
+            "{what}"
+        );
+    }
+    assert!(
+        k.conntrack.entries().unwrap().is_empty(),
+        "a rejected flow is not tracked"
+    );
+}
+
+#[test]
+fn the_nodes_other_ports_and_addresses_pass_untouched() {
+    let mut k = Kernel::load();
+    with_local_pod(&k);
+    set_node_address(&k, Some(NODE));
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(LOCAL_POD)], "", 0)
+        .unwrap();
+    // A ClusterIP frontend with the node's address and port is not a
+    // NodePort: the uplink looks up external frontends only.
+    k.services
+        .upsert(
+            ServiceKey {
+                scope: SCOPE_CLUSTER_IP,
+                ..node_port(PROTO_UDP)
+            },
+            &[backend(LOCAL_POD)],
+        )
+        .unwrap();
+
+    for (what, input) in [
+        (
+            "ssh to the node",
+            Packet::tcp((CLIENT, 40000), (NODE, 22), TCP_SYN, b""),
+        ),
+        (
+            "UDP to the NodePort's number (TCP only)",
+            Packet::udp((CLIENT, 40000), (NODE, NODE_PORT), b"x"),
+        ),
+        (
+            "the NodePort's number on another address",
+            Packet::tcp(
+                (CLIENT, 40000),
+                (Ipv4Addr::new(192, 168, 77, 12), NODE_PORT),
+                TCP_SYN,
+                b"",
+            ),
+        ),
+    ] {
+        let translated = packets(&k, outcome::TRANSLATED);
+        let (verdict, out) = k.run_from_network(&input.bytes());
+        assert_eq!(verdict, TC_ACT_OK, "{what}: verdict");
+        assert_eq!(hex(&out), hex(&input.bytes()), "{what}: bytes");
+        assert_eq!(packets(&k, outcome::TRANSLATED), translated, "{what}");
+    }
+    assert!(k.conntrack.entries().unwrap().is_empty());
+}
