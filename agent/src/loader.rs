@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapType},
-    programs::SchedClassifier,
+    programs::{SchedClassifier, Xdp},
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
     MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICES, NodeConfig,
-    PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PINNED_MAPS, ROUTES_MAX_ENTRIES, Route,
-    SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome,
+    PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS, ROUTES_MAX_ENTRIES,
+    Route, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
@@ -23,6 +23,7 @@ use crate::bpffs::{BpffsError, ensure_on_bpffs};
 /// Name of the tc program on a pod's host-side veth.
 pub const PROG_FROM_POD: &str = "ferry_from_pod";
 pub const PROG_FROM_NETWORK: &str = "ferry_from_network";
+pub const PROG_XDP_UPLINK: &str = "ferry_xdp_uplink";
 /// The programs of the object, with the names they are pinned under.
 const PROGRAMS: [(&str, &str); 2] = [
     (PROG_FROM_POD, PIN_PROG_FROM_POD),
@@ -208,6 +209,18 @@ impl Dataplane {
             prog.load()
                 .map_err(|source| LoadError::Program { name, source })?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP_UPLINK)
+            .expect("the object defines the XDP program")
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                name: PROG_XDP_UPLINK,
+                source,
+            })?;
+        xdp.load().map_err(|source| LoadError::Program {
+            name: PROG_XDP_UPLINK,
+            source,
+        })?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -235,6 +248,18 @@ impl Dataplane {
                     detail: e.to_string(),
                 })?;
         }
+        let path = self.pin_dir.join(PIN_PROG_XDP_UPLINK);
+        let _ = std::fs::remove_file(&path);
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_XDP_UPLINK)
+            .expect("the object defines the XDP program")
+            .try_into()
+            .expect("an XDP program");
+        xdp.pin(&path).map_err(|e| LoadError::PinProgram {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -261,10 +286,11 @@ impl Dataplane {
 /// then empty. Traffic through still-attached programs keeps working (the
 /// programs hold references); only the pins go.
 pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
-    for name in PINNED_MAPS
-        .iter()
-        .chain([&PIN_PROG_FROM_POD, &PIN_PROG_FROM_NETWORK])
-    {
+    for name in PINNED_MAPS.iter().chain([
+        &PIN_PROG_FROM_POD,
+        &PIN_PROG_FROM_NETWORK,
+        &PIN_PROG_XDP_UPLINK,
+    ]) {
         match std::fs::remove_file(pin_dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}

@@ -6,7 +6,7 @@ use ferry_agent::{
     DEFAULT_PIN_DIR, inspect,
     loader::Dataplane,
     model::ModelConfig,
-    routing::{Routing, RoutingMode},
+    routing::{Routing, RoutingMode, XdpMode},
     run,
 };
 
@@ -75,6 +75,18 @@ enum Command {
         /// VXLAN UDP port (VXLAN mode).
         #[arg(long, default_value_t = 4789)]
         vxlan_port: u16,
+        /// Do not attach the XDP program to the uplink (native routing);
+        /// external traffic then takes the tc path only.
+        #[arg(long)]
+        no_xdp: bool,
+        /// How the uplink's XDP program runs.
+        #[arg(long, value_enum, default_value_t = XdpMode::Generic)]
+        xdp_mode: XdpMode,
+        /// Source ports for external traffic sent to backends on other
+        /// nodes (FROM-TO); keep them outside the node's
+        /// net.ipv4.ip_local_port_range.
+        #[arg(long, default_value = "61000-65535", value_parser = parse_snat_ports)]
+        snat_ports: (u16, u16),
         /// Addresses NodePorts answer on, comma-separated (default: this
         /// node's InternalIPs from its Node object).
         #[arg(long, value_delimiter = ',')]
@@ -102,7 +114,24 @@ enum Command {
     },
 }
 
-/// "30000-32767": a NodePort range below ferry's source-NAT ports.
+/// "61000-65535".
+fn parse_snat_ports(s: &str) -> Result<(u16, u16), String> {
+    let (from, to) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a range like 61000-65535"))?;
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{p:?} in {s:?}: {e}"))
+    };
+    let (from, to) = (parse(from)?, parse(to)?);
+    if from < 1024 || from > to {
+        return Err(format!("{s:?} is empty or reaches below 1024"));
+    }
+    Ok((from, to))
+}
+
+/// "30000-32767".
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (from, to) = s
         .split_once('-')
@@ -115,14 +144,6 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (from, to) = (parse(from)?, parse(to)?);
     if from == 0 || from > to {
         return Err(format!("{s:?} is empty or starts at 0"));
-    }
-    if to >= ferry_common::SNAT_PORT_MIN {
-        return Err(format!(
-            "{s:?} reaches into {}-{}, the source ports ferry uses for external traffic sent to other nodes; end it below {}",
-            ferry_common::SNAT_PORT_MIN,
-            ferry_common::SNAT_PORT_MAX,
-            ferry_common::SNAT_PORT_MIN
-        ));
     }
     Ok((from, to))
 }
@@ -157,8 +178,20 @@ fn main() -> anyhow::Result<()> {
             vxlan_port,
             nodeport_addresses,
             nodeport_range,
+            no_xdp,
+            xdp_mode,
+            snat_ports,
         } => {
             init_logs(log_format);
+            if nodeport_range.1 >= snat_ports.0 && nodeport_range.0 <= snat_ports.1 {
+                bail!(
+                    "--nodeport-range {}-{} overlaps --snat-ports {}-{}: a reply to external traffic would look like a new NodePort connection; make them disjoint",
+                    nodeport_range.0,
+                    nodeport_range.1,
+                    snat_ports.0,
+                    snat_ports.1
+                );
+            }
             let Some(path) = source.strip_prefix("file:") else {
                 bail!("--source {source:?} is not supported; use file:PATH");
             };
@@ -180,7 +213,9 @@ fn main() -> anyhow::Result<()> {
                     uplink,
                     vni: vxlan_vni,
                     vxlan_port,
+                    xdp: (!no_xdp).then_some(xdp_mode),
                 }),
+                snat_ports,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -4,13 +4,15 @@
 //! each other node's pod CIDR -> its InternalIP.
 use std::{collections::BTreeMap, path::Path};
 
-use ferry_common::{PIN_PROG_FROM_NETWORK, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route};
+use ferry_common::{
+    PIN_PROG_FROM_NETWORK, PIN_PROG_XDP_UPLINK, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route,
+};
 
 use crate::{
     ipcmd,
     model::PeerNode,
     net::Ipv4Net,
-    tc::{AttachError, ensure_attached},
+    tc::{AttachError, ensure_attached, ensure_xdp_attached},
 };
 
 /// The VXLAN device ferry creates in VXLAN mode.
@@ -35,6 +37,17 @@ pub struct Routing {
     pub uplink: String,
     pub vni: u32,
     pub vxlan_port: u16,
+    /// Attach the XDP program to the uplink (native routing only), and how.
+    pub xdp: Option<XdpMode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Generic XDP: runs in the kernel's receive path, on any driver.
+    Generic,
+    /// The driver's native XDP (faster; needs driver support, and on veth
+    /// a peer with NAPI for transmitted frames).
+    Native,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +89,23 @@ impl Routing {
             &links.join(pin_name(&self.uplink)),
         )?;
         match self.mode {
-            RoutingMode::Native => Ok(uplink_index),
+            RoutingMode::Native => {
+                // External traffic for other nodes' backends turns around
+                // in XDP; it needs native routing (no encapsulation).
+                if let Some(mode) = self.xdp {
+                    ensure_xdp_attached(
+                        pin_dir,
+                        PIN_PROG_XDP_UPLINK,
+                        &self.uplink,
+                        &links.join(format!("xdp-{}", pin_name(&self.uplink))),
+                        match mode {
+                            XdpMode::Generic => aya::programs::XdpMode::Skb,
+                            XdpMode::Native => aya::programs::XdpMode::Driver,
+                        },
+                    )?;
+                }
+                Ok(uplink_index)
+            }
             RoutingMode::Vxlan => {
                 if ifindex(VXLAN_DEVICE).is_none() {
                     ipcmd::ip(&[
@@ -157,6 +186,7 @@ mod tests {
             uplink: "eth0".into(),
             vni: 7,
             vxlan_port: 4789,
+            xdp: Some(XdpMode::Generic),
         };
         let r = vx.routes(&peers, 42);
         let route = r[&"10.244.2.0/24".parse().unwrap()];

@@ -36,6 +36,8 @@ pub struct RunConfig {
     pub routing: Option<Routing>,
     /// NodePort addresses and range.
     pub model: ModelConfig,
+    /// Source ports for external traffic sent to other nodes.
+    pub snat_ports: (u16, u16),
 }
 
 /// Point every pod's pinned tc link at the program just loaded: an
@@ -90,7 +92,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 let (desired, problems) = desired_state_with(&objects, &cfg.model);
                 report(&problems);
                 let modelled = Instant::now();
-                if let Err(e) = node_map.set_address(desired.node_addr) {
+                if let Err(e) = node_map.set(desired.node_addr, cfg.snat_ports) {
                     tracing::warn!(error = %e, "writing this node's address failed; external traffic to other nodes' backends is dropped until it is written");
                 }
                 let stats = sync(&mut table, &desired.frontends)?;

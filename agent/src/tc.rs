@@ -185,3 +185,51 @@ fn attach_pinned_at(
     fd_link.pin(path).map_err(|e| pin_err(e.to_string()))?;
     Ok(())
 }
+
+/// Attach the XDP program pinned as `program_pin` to `ifname` and pin the
+/// link at `link_path`; a link already pinned there is pointed at the
+/// program in place.
+pub fn ensure_xdp_attached(
+    pin_dir: &Path,
+    program_pin: &str,
+    ifname: &str,
+    link_path: &Path,
+    mode: aya::programs::XdpMode,
+) -> Result<(), AttachError> {
+    use aya::programs::Xdp;
+    use aya_obj::programs::XdpAttachType;
+    if link_path.exists() {
+        match update_pinned_link(pin_dir, program_pin, link_path) {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::info!(error = %e, "re-attaching XDP"),
+        }
+        let _ = std::fs::remove_file(link_path);
+    }
+    let prog_path = pin_dir.join(program_pin);
+    let mut prog =
+        Xdp::from_pin(&prog_path, XdpAttachType::Interface).map_err(|e| AttachError::Program {
+            path: prog_path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    let attach_err = |detail: String| AttachError::Attach {
+        ifname: ifname.to_string(),
+        detail,
+    };
+    let link_id = prog
+        .attach(ifname, mode)
+        .map_err(|e| attach_err(e.to_string()))?;
+    let link = prog
+        .take_link(link_id)
+        .map_err(|e| attach_err(e.to_string()))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+    let pin_err = |detail: String| AttachError::PinLink {
+        path: link_path.display().to_string(),
+        detail,
+    };
+    std::fs::create_dir_all(link_path.parent().expect("has parent"))
+        .map_err(|e| pin_err(e.to_string()))?;
+    fd_link.pin(link_path).map_err(|e| pin_err(e.to_string()))?;
+    Ok(())
+}

@@ -22,9 +22,49 @@ pub fn internet_checksum<const N: usize>(buf: &[u8; N], len: usize) -> u16 {
     !(sum as u16)
 }
 
+/// RFC 1624 incremental update: the checksum `csum` of data in which the
+/// bytes `old` (an even count, at an even offset) became `new`.
+#[inline(always)]
+pub fn adjust<const N: usize>(csum: u16, old: [u8; N], new: [u8; N]) -> u16 {
+    // HC' = ~(~HC + ~m + m'), word by word.
+    let mut sum: u32 = u32::from(!csum);
+    let mut i = 0;
+    while i + 1 < N {
+        let m = u16::from_be_bytes([old[i], old[i + 1]]);
+        let m2 = u16::from_be_bytes([new[i], new[i + 1]]);
+        sum += u32::from(!m) + u32::from(m2);
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incremental_update_matches_recomputing() {
+        let mut h = [
+            0x45, 0, 0, 0x3c, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 0xac, 0x10, 0x0a, 0x63, 0xac,
+            0x10, 0x0a, 0x0c,
+        ];
+        let before = internet_checksum(&h, 20);
+        let old: [u8; 4] = h[16..20].try_into().unwrap();
+        let new = [10, 244, 2, 5];
+        h[16..20].copy_from_slice(&new);
+        assert_eq!(adjust(before, old, new), internet_checksum(&h, 20));
+        // Two bytes (a port), with a change that wraps the carry.
+        let mut orig = h;
+        orig[4..6].copy_from_slice(&[0x00, 0x50]);
+        let mut changed = orig;
+        changed[4..6].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(
+            adjust(internet_checksum(&orig, 20), [0x00, 0x50], [0xff, 0xff]),
+            internet_checksum(&changed, 20)
+        );
+    }
 
     #[test]
     fn rfc1071_example() {

@@ -33,6 +33,8 @@ pub const PIN_PROG_FROM_POD: &str = "prog_from_pod";
 /// Pin name of the from-network program, which the agent attaches to the
 /// node's uplink and to its VXLAN device.
 pub const PIN_PROG_FROM_NETWORK: &str = "prog_from_net";
+/// Pin name of the uplink's XDP program (native routing).
+pub const PIN_PROG_XDP_UPLINK: &str = "prog_xdp_uplink";
 /// Directory (under the pin directory) of pinned tc links.
 pub const PIN_LINKS_DIR: &str = "links";
 
@@ -66,10 +68,13 @@ pub const SCOPE_EXTERNAL: u8 = 1;
 /// the packet is dropped.
 pub const SERVICE_FLAG_LOCAL_ONLY: u8 = 1;
 
-/// Source ports for NodePort/LoadBalancer flows sent to another node: above
-/// the default NodePort range (30000-32767), so a reply can never be
-/// mistaken for a new NodePort connection.
-pub const SNAT_PORT_MIN: u16 = 32_768;
+/// Default source ports for NodePort/LoadBalancer flows sent to another
+/// node (`NodeConfig` carries the ones in use). Above the NodePort range, so
+/// a reply is never mistaken for a new NodePort connection, and above
+/// Linux's default ephemeral range (32768-60999), so they do not collide
+/// with the node's own connections to pods (kubelet probes). A port is
+/// reused once its previous flow is closing or expired.
+pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Key of `ferry_services`: one Service frontend.
@@ -274,8 +279,10 @@ pub struct NodeConfig {
     /// external flows sent to a backend on another node. 0.0.0.0 until the
     /// agent knows it. Network order.
     pub node_addr: [u8; 4],
-    /// Zero.
-    pub pad: [u8; 4],
+    /// Source ports for those flows, inclusive; host order. 0: the
+    /// defaults (`SNAT_PORT_MIN`..=`SNAT_PORT_MAX`).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 /// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).

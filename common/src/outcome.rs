@@ -33,8 +33,14 @@ pub const DROP_REJECT_FAILED: u32 = 11;
 /// as kube-proxy does, so the load balancer's health check steers away.
 pub const DROP_NO_LOCAL_ENDPOINTS: u32 = 12;
 
+/// An external flow to a backend on another node, translated and sent on
+/// in XDP (before the kernel stack).
+pub const TRANSLATED_XDP: u32 = 13;
+/// The reply of such a flow, translated back and sent in XDP.
+pub const REVERSE_TRANSLATED_XDP: u32 = 14;
+
 /// Number of outcomes; the size of `ferry_counters`.
-pub const COUNT: u32 = 13;
+pub const COUNT: u32 = 15;
 
 /// Stable names, indexed by outcome, for the CLI and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -51,4 +57,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_rewrite_failed",
     "drop_reject_failed",
     "drop_no_local_endpoints",
+    "translated_xdp",
+    "reverse_translated_xdp",
 ];

@@ -176,3 +176,68 @@ pub fn clear_clashing_reply(pkt: &L4Packet) {
     };
     let _ = CONNTRACK.remove(reversed);
 }
+
+/// Tries at a free source port before giving up on a flow.
+const SNAT_PORT_TRIES: u32 = 8;
+
+/// A new flow from an external client to a backend on another node, its
+/// source rewritten to this node's address and a free port from the node's
+/// range. None when the node's address is unknown or no port is free.
+#[inline(always)]
+pub fn create_snat(
+    pkt: &L4Packet,
+    service_id: u32,
+    backend_addr: [u8; 4],
+    backend_port: u16,
+    random: u32,
+) -> Option<NatTarget> {
+    let node = crate::maps::NODE.get(0).copied()?;
+    if node.node_addr == NO_ADDR {
+        // Without it the reply would not come back here.
+        return None;
+    }
+    let (min, max) = if node.snat_port_min == 0 || node.snat_port_min > node.snat_port_max {
+        (ferry_common::SNAT_PORT_MIN, ferry_common::SNAT_PORT_MAX)
+    } else {
+        (node.snat_port_min, node.snat_port_max)
+    };
+    let span = u32::from(max - min) + 1;
+    let now = now_ns();
+    let mut seed = random;
+    for _ in 0..SNAT_PORT_TRIES {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = min + ((seed >> 8) % span) as u16;
+        let reply_key = CtKey {
+            src_addr: backend_addr,
+            dst_addr: node.node_addr,
+            src_port: backend_port,
+            dst_port: port,
+            protocol: pkt.protocol,
+            direction: CT_DIR_REPLY,
+            pad: [0; 2],
+        };
+        // A port whose last flow is over can be taken at once (as a
+        // TIME_WAIT tuple is reused); its stale original entry goes too.
+        // SAFETY: copied out at once.
+        if let Some(old) = unsafe { CONNTRACK.get(&reply_key) }.copied() {
+            let over = old.expires_ns < now
+                || (pkt.protocol == ferry_common::PROTO_TCP
+                    && old.state == ferry_common::conntrack::STATE_TCP_CLOSING);
+            if !over {
+                continue;
+            }
+            let _ = CONNTRACK.remove(&partner_key(&reply_key, &old));
+            let _ = CONNTRACK.remove(&reply_key);
+        }
+        if let Ok(target) = create(
+            pkt,
+            service_id,
+            backend_addr,
+            backend_port,
+            Some((node.node_addr, port)),
+        ) {
+            return Some(target);
+        }
+    }
+    None
+}

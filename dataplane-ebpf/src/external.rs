@@ -10,20 +10,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    BackendKey, CT_DIR_ORIGINAL, EndpointKey, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey, outcome,
+    BackendKey, CT_DIR_ORIGINAL, EndpointKey, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
+    outcome,
 };
 
 use crate::{
     conntrack::{self, NatTarget},
-    maps::{BACKENDS, ENDPOINTS, NODE, SERVICES},
+    maps::{BACKENDS, ENDPOINTS, SERVICES},
     nat,
     parse::L4Packet,
     reject,
 };
-
-/// Tries at a free source port before giving up on a flow.
-const SNAT_PORT_TRIES: u32 = 8;
 
 /// (verdict, outcome, destination after translation); None when the packet
 /// is not for an external frontend.
@@ -85,26 +82,6 @@ fn new_flow(
         return conntrack::create(pkt, service.service_id, backend.addr, backend.port, None)
             .map_err(|_| write_failed);
     }
-    let node_addr = NODE.get(0).map(|n| n.node_addr).unwrap_or([0; 4]);
-    if node_addr == [0; 4] {
-        // The agent has not told us our own address yet: without it the
-        // reply would not come back here.
-        return Err(write_failed);
-    }
-    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    let mut seed = random;
-    for _ in 0..SNAT_PORT_TRIES {
-        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let port = SNAT_PORT_MIN + ((seed >> 8) % span) as u16;
-        if let Ok(target) = conntrack::create(
-            pkt,
-            service.service_id,
-            backend.addr,
-            backend.port,
-            Some((node_addr, port)),
-        ) {
-            return Ok(target);
-        }
-    }
-    Err(write_failed)
+    conntrack::create_snat(pkt, service.service_id, backend.addr, backend.port, random)
+        .ok_or(write_failed)
 }

@@ -14,8 +14,12 @@ mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod xdp_uplink;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// tc ingress of a pod's host-side veth: everything the pod sends.
 /// Service frontends are translated to a backend, replies from backends are
@@ -31,6 +35,14 @@ pub fn ferry_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn ferry_from_network(ctx: TcContext) -> i32 {
     from_network::handle(&ctx)
+}
+
+/// XDP on the node's uplink (native routing): external traffic for
+/// backends on other nodes is translated and sent back out before the
+/// kernel stack; everything else passes to tc.
+#[xdp]
+pub fn ferry_xdp_uplink(ctx: XdpContext) -> u32 {
+    xdp_uplink::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -49,15 +49,46 @@ pub enum Parsed {
     TruncatedL4,
 }
 
-#[inline(always)]
-fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + N > end {
-        return None;
+/// The packet's bytes as direct packet access sees them: [start, end), and
+/// the whole packet's length (an skb may hold more than its linear part).
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub start: usize,
+    pub end: usize,
+    pub len: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn of_tc(ctx: &TcContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            len: ctx.len() as usize,
+        }
     }
-    // SAFETY: bounds checked against data_end just above.
-    Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+
+    /// N bytes at `off`, if they are inside the frame.
+    #[inline(always)]
+    pub fn bytes_at<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if self.start + off + N > self.end {
+            return None;
+        }
+        // SAFETY: bounds checked against the end just above.
+        Some(unsafe { core::ptr::read_unaligned((self.start + off) as *const [u8; N]) })
+    }
+
+    /// Write N bytes at `off`, if they are inside the frame.
+    #[inline(always)]
+    pub fn store<const N: usize>(&self, off: usize, bytes: [u8; N]) -> Option<()> {
+        if self.start + off + N > self.end {
+            return None;
+        }
+        // SAFETY: bounds checked against the end just above; the program
+        // owns the packet while it runs.
+        unsafe { core::ptr::write_unaligned((self.start + off) as *mut [u8; N], bytes) };
+        Some(())
+    }
 }
 
 #[inline(always)]
@@ -72,14 +103,19 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         let _ = ctx.pull_data(want);
     }
+    parse_frame(&Frame::of_tc(ctx))
+}
 
-    let Some(eth_type) = bytes_at::<2>(ctx, 12) else {
+/// Parse the headers of `frame` (tc after pulling, or XDP).
+#[inline(always)]
+pub fn parse_frame(frame: &Frame) -> Parsed {
+    let Some(eth_type) = frame.bytes_at::<2>(12) else {
         return Parsed::NotIpv4;
     };
     if u16::from_be_bytes(eth_type) != ETH_P_IP {
         return Parsed::NotIpv4;
     }
-    let Some(ip) = bytes_at::<20>(ctx, ETH_HLEN) else {
+    let Some(ip) = frame.bytes_at::<20>(ETH_HLEN) else {
         return Parsed::MalformedIpv4;
     };
     if ip[0] >> 4 != 4 {
@@ -87,7 +123,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     }
     let ihl_bytes = ((ip[0] & 0x0f) as usize) << 2;
     let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if ihl_bytes < 20 || total_len < ihl_bytes || ETH_HLEN + total_len > ctx.len() as usize {
+    if ihl_bytes < 20 || total_len < ihl_bytes || ETH_HLEN + total_len > frame.len {
         return Parsed::MalformedIpv4;
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
@@ -114,7 +150,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         ihl_bytes,
     };
     if protocol == PROTO_TCP {
-        let Some(tcp) = bytes_at::<20>(ctx, l4_off) else {
+        let Some(tcp) = frame.bytes_at::<20>(l4_off) else {
             return Parsed::TruncatedL4;
         };
         if l4_len < 20 {
@@ -124,7 +160,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         pkt.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
         pkt.tcp_flags = tcp[13];
     } else {
-        let Some(udp) = bytes_at::<8>(ctx, l4_off) else {
+        let Some(udp) = frame.bytes_at::<8>(l4_off) else {
             return Parsed::TruncatedL4;
         };
         if l4_len < 8 {

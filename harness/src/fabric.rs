@@ -62,6 +62,12 @@ impl Fabric {
             .with_context(|| format!("connecting {} to the fabric", ns.name))?;
         self.netns
             .exec(&["ip", "link", "set", &port, "master", BRIDGE, "up"])?;
+        // A veth takes frames sent back by XDP on its peer (XDP_TX on a
+        // node's uplink) only with NAPI on, which GRO turns on; a physical
+        // switch port needs nothing of the kind.
+        self.netns
+            .exec(&["ethtool", "-K", &port, "gro", "on"])
+            .context("enabling GRO on the fabric port (is ethtool installed? cargo xtask setup installs it)")?;
         ns.exec(&[
             "ip",
             "addr",

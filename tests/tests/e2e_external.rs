@@ -78,7 +78,14 @@ status:
 fn logs(nodes: &[Node]) -> String {
     nodes
         .iter()
-        .map(|n| format!("--- agent log of {} ---\n{}", n.name, n.agent_log()))
+        .map(|n| {
+            format!(
+                "--- agent log of {} ---\n{}--- counters ---\n{}",
+                n.name,
+                n.agent_log(),
+                n.inspect("counters").unwrap_or_default()
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -174,6 +181,29 @@ fn external(routing: &str) {
             })
             .collect();
         assert_eq!(udp, both, "UDP NodePort on {name}\n{}", logs(&nodes));
+    }
+    // With native routing, n1's NodePort traffic (all for other nodes) was
+    // turned around in XDP, both ways; VXLAN has no XDP path.
+    let counter = |n: &Node, outcome: &str| -> u64 {
+        n.inspect("counters")
+            .unwrap()
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(outcome))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (xdp_out, xdp_back) = (
+        counter(&nodes[0], "translated_xdp"),
+        counter(&nodes[0], "reverse_translated_xdp"),
+    );
+    if routing == "native" {
+        assert!(
+            xdp_out > 0 && xdp_back > 0,
+            "XDP on n1: {xdp_out} out, {xdp_back} back\n{}",
+            logs(&nodes)
+        );
+    } else {
+        assert_eq!((xdp_out, xdp_back), (0, 0));
     }
     // Sent to another node, the client's address was replaced by the
     // node's (the reply must come back through it): b3 seen through n1.

@@ -8,7 +8,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Debian packages the tests, demo and bench use.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "bpftool", "iperf3", "iptables", "nftables"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2", "bpftool", "iperf3", "iptables", "nftables", "ethtool",
+];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

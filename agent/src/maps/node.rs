@@ -2,7 +2,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use aya::maps::{Array, MapData, MapError};
-use ferry_common::{MAP_NODE, NodeConfig};
+use ferry_common::{MAP_NODE, NodeConfig, SNAT_PORT_MAX, SNAT_PORT_MIN};
 
 use super::{OpenError, open_pinned};
 
@@ -24,11 +24,18 @@ impl NodeMap {
         self.map.get(&0, 0)
     }
 
-    /// Record this node's address (None: not known).
+    /// Record this node's address (None: not known), with the default
+    /// source-NAT ports.
     pub fn set_address(&mut self, addr: Option<Ipv4Addr>) -> Result<(), MapError> {
+        self.set(addr, (SNAT_PORT_MIN, SNAT_PORT_MAX))
+    }
+
+    /// Record this node's address and its source-NAT port range.
+    pub fn set(&mut self, addr: Option<Ipv4Addr>, snat_ports: (u16, u16)) -> Result<(), MapError> {
         let config = NodeConfig {
             node_addr: addr.map_or([0; 4], |a| a.octets()),
-            pad: [0; 4],
+            snat_port_min: snat_ports.0,
+            snat_port_max: snat_ports.1,
         };
         if self.get()? != config {
             self.map.set(0, config, 0)?;

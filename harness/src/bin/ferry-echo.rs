@@ -38,7 +38,9 @@ fn main() {
     for stream in tcp.incoming() {
         let Ok(mut stream) = stream else { continue };
         let name = name.clone();
-        let Ok(peer) = stream.peer_addr() else { continue };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
         thread::spawn(move || {
             let _ = stream.set_nodelay(true);
             let mut buf = [0u8; 65536];
