@@ -115,9 +115,22 @@ impl Cluster {
         addr: Ipv4Addr,
         routing: &str,
     ) -> Result<Node> {
-        let args = ["--uplink", UPLINK, "--routing", routing]
+        self.node_on_fabric_with(name, fabric, addr, routing, &[])
+    }
+
+    /// `node_on_fabric` with extra agent arguments (`--no-xdp`, ...).
+    pub fn node_on_fabric_with(
+        &self,
+        name: &str,
+        fabric: &Fabric,
+        addr: Ipv4Addr,
+        routing: &str,
+        extra: &[&str],
+    ) -> Result<Node> {
+        let mut args = ["--uplink", UPLINK, "--routing", routing]
             .map(String::from)
             .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
         self.start_node(
             name,
             |ns| fabric.connect(ns, UPLINK, addr, FABRIC_PREFIX),

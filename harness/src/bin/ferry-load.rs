@@ -10,6 +10,15 @@
 //! `ferry-load rr ADDR:PORT SECONDS`: request/response latency on one
 //! connection, one byte each way.
 //!
+//! `ferry-load udp ADDR:PORT CLIENTS SECONDS`: UDP request/response rate,
+//! CLIENTS sockets each sending one byte and waiting for the answer (every
+//! exchange is two packets through the path). The server echoes UDP too.
+//!
+//! `ferry-load blast ADDR:PORT SECONDS`: one-way UDP datagrams as fast as
+//! one thread can send them; `ferry-load sink PORT FILE`: counts what
+//! arrives and keeps `<unix-ms> <total>` in FILE (replaced every 100 ms),
+//! so the receiving side measures packets per second through the path.
+//!
 //! Results are one JSON object on stdout.
 use std::{
     io::{Read, Write},
@@ -32,6 +41,9 @@ fn main() -> ExitCode {
         ["serve", port, threads] => serve(parse(port), parse(threads)),
         ["crr", addr, clients, seconds] => crr(parse(addr), parse(clients), parse(seconds)),
         ["rr", addr, seconds] => rr(parse(addr), parse(seconds)),
+        ["udp", addr, clients, seconds] => udp(parse(addr), parse(clients), parse(seconds)),
+        ["blast", addr, seconds] => blast(parse(addr), parse(seconds)),
+        ["sink", port, file] => sink(parse(port), std::path::PathBuf::from(file)),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -54,6 +66,21 @@ fn serve(port: u16, threads: usize) -> Result<(), String> {
     let listener = Arc::new(
         TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind port {port}: {e}"))?,
     );
+    let udp = Arc::new(
+        std::net::UdpSocket::bind(("0.0.0.0", port))
+            .map_err(|e| format!("bind UDP port {port}: {e}"))?,
+    );
+    for _ in 0..2 {
+        let udp = udp.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            loop {
+                if let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], peer);
+                }
+            }
+        });
+    }
     let workers: Vec<_> = (0..threads.max(1))
         .map(|_| {
             let listener = listener.clone();
@@ -173,4 +200,95 @@ fn rr(addr: SocketAddr, seconds: f64) -> Result<(), String> {
         pct(0.99)
     );
     Ok(())
+}
+
+fn udp(addr: SocketAddr, clients: usize, seconds: f64) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients.max(1))
+        .map(|_| {
+            let (stop, done, lost) = (stop.clone(), done.clone(), lost.clone());
+            thread::spawn(move || -> Result<(), String> {
+                let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
+                s.connect(addr).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = s.send(b"x").is_ok() && s.recv(&mut buf).is_ok();
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join()
+            .map_err(|_| "client thread panicked".to_string())??;
+    }
+    println!(
+        "{{\"exchanges\":{},\"lost\":{},\"seconds\":{:.3}}}",
+        done.load(Ordering::Relaxed),
+        lost.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn blast(addr: SocketAddr, seconds: f64) -> Result<(), String> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
+    s.connect(addr).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let (mut sent, mut failed) = (0u64, 0u64);
+    while Instant::now() < end {
+        for _ in 0..64 {
+            if s.send(b"x").is_ok() {
+                sent += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "{{\"sent\":{sent},\"failed\":{failed},\"seconds\":{:.3}}}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Count datagrams on `port`; keep `<unix-ms> <total>` in `file`.
+fn sink(port: u16, file: std::path::PathBuf) -> Result<(), String> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", port))
+        .map_err(|e| format!("bind UDP port {port}: {e}"))?;
+    let total = Arc::new(AtomicU64::new(0));
+    let reporter = total.clone();
+    thread::spawn(move || {
+        let tmp = file.with_extension("tmp");
+        loop {
+            thread::sleep(Duration::from_millis(100));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let line = format!("{now} {}\n", reporter.load(Ordering::Relaxed));
+            if std::fs::write(&tmp, line).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+        }
+    });
+    let mut buf = [0u8; 2048];
+    loop {
+        if s.recv(&mut buf).is_ok() {
+            total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

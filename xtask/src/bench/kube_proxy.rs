@@ -22,11 +22,51 @@ fn chain_hash(kind: &str, svc: usize, ep: usize) -> String {
     format!("{h:016X}")
 }
 
+/// A NodePort of the benchmark (externalTrafficPolicy Cluster, one
+/// endpoint): what kube-proxy writes for it into KUBE-NODEPORTS.
+pub struct NodePortSpec {
+    pub name: &'static str,
+    /// "tcp" or "udp".
+    pub protocol: &'static str,
+    pub node_port: u16,
+    pub endpoint: std::net::Ipv4Addr,
+    pub target_port: u16,
+}
+
 /// Input for `iptables-restore`: kube-proxy's nat and filter chains for
 /// `services`, in the order given (KUBE-SERVICES is walked rule by rule).
 pub fn iptables(services: &[ServiceSpec]) -> String {
+    iptables_with_nodeports(services, &[])
+}
+
+/// `iptables` plus NodePorts, reached (as in kube-proxy) through the
+/// KUBE-NODEPORTS jump at the end of KUBE-SERVICES.
+pub fn iptables_with_nodeports(services: &[ServiceSpec], nodeports: &[NodePortSpec]) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
+    let mut nodeport_rules = String::new();
+    for (i, np) in nodeports.iter().enumerate() {
+        let svc = format!("KUBE-SVC-{}", chain_hash("npsvc", i, 0));
+        let ext = format!("KUBE-EXT-{}", chain_hash("npext", i, 0));
+        let sep = format!("KUBE-SEP-{}", chain_hash("npsep", i, 0));
+        let comment = format!("default/{}:{}", np.name, np.protocol);
+        for c in [&svc, &ext, &sep] {
+            writeln!(chains, ":{c} - [0:0]").unwrap();
+        }
+        let p = np.protocol;
+        writeln!(
+            nodeport_rules,
+            "-A KUBE-NODEPORTS -p {p} -m comment --comment \"{comment}\" -m {p} --dport {} -j {ext}",
+            np.node_port
+        )
+        .unwrap();
+        writeln!(
+            rules,
+            "-A {ext} -m comment --comment \"masquerade traffic for {comment} external destinations\" -j KUBE-MARK-MASQ\n-A {ext} -j {svc}\n-A {svc} -m comment --comment \"{comment} -> {}:{}\" -j {sep}\n-A {sep} -s {}/32 -m comment --comment \"{comment}\" -j KUBE-MARK-MASQ\n-A {sep} -p {p} -m comment --comment \"{comment}\" -m {p} -j DNAT --to-destination {}:{}",
+            np.endpoint, np.target_port, np.endpoint, np.endpoint, np.target_port
+        )
+        .unwrap();
+    }
     for (i, s) in services.iter().enumerate() {
         let svc_chain = format!("KUBE-SVC-{}", chain_hash("svc", i, 0));
         let comment = format!("default/{}:http", s.name);
@@ -100,7 +140,7 @@ COMMIT
 -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
 -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully
 {rules}-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
-COMMIT
+{nodeport_rules}COMMIT
 "
     )
 }
