@@ -272,6 +272,15 @@ impl Dataplane {
             .expect("ferry's programs are classifiers")
     }
 
+    /// The uplink's XDP program, loaded.
+    pub fn xdp_program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROG_XDP_UPLINK)
+            .expect("the object defines the XDP program")
+            .try_into()
+            .expect("an XDP program")
+    }
+
     /// The from-pod tc program, loaded.
     pub fn from_pod_program(&mut self) -> &mut SchedClassifier {
         self.ebpf

@@ -108,12 +108,14 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     transmit(&frame, macs, ifindex)
 }
 
-/// A new external flow, only when XDP can carry it: a backend on another
-/// node reached by native routing. Otherwise nothing is recorded and the tc
-/// path decides (it draws its own backend, so the choice stays uniform).
+/// A new external flow. XDP carries it when the backend is on another node
+/// reached by native routing; a local backend is recorded here and left to
+/// the tc path (bpf_redirect_peer), which finds the flow and follows it, so
+/// the draw stays uniform. None: pass the packet on.
 #[inline(always)]
 fn new_flow(pkt: &L4Packet, service: ServiceValue) -> Option<NatTarget> {
     if service.flags & SERVICE_FLAG_LOCAL_ONLY != 0 || service.backend_count == 0 {
+        // Local-only and reject decisions are the tc path's.
         return None;
     }
     // SAFETY: helper without arguments.
@@ -128,6 +130,7 @@ fn new_flow(pkt: &L4Packet, service: ServiceValue) -> Option<NatTarget> {
     let backend = (unsafe { BACKENDS.get(backend_key) }).copied()?;
     // SAFETY: lookup only.
     if unsafe { ENDPOINTS.get(EndpointKey { addr: backend.addr }) }.is_some() {
+        let _ = conntrack::create(pkt, service.service_id, backend.addr, backend.port, None);
         return None;
     }
     let route = ROUTES.get(&Key::new(32, backend.addr)).copied()?;

@@ -94,6 +94,21 @@ impl Kernel {
         self.run_program(ferry_agent::loader::PROG_FROM_NETWORK, input)
     }
 
+    /// Run the uplink's XDP program once on `input`; (XDP action, bytes).
+    pub fn run_xdp(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 256];
+        let prog = self.dataplane.xdp_program();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN (XDP)");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
     fn run_program(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 256];
         let prog = self.dataplane.program(name);

@@ -159,7 +159,7 @@ fn external(routing: &str) {
     // no backend at all, so everything it serves went to another node.
     let both: BTreeSet<String> = ["b2", "b3"].iter().map(|s| s.to_string()).collect();
     for (name, addr, _) in NODES {
-        let tcp: BTreeSet<String> = (0..40)
+        let answers: Vec<String> = (0..40)
             .map(|_| {
                 tcp_ask_in(&client, addr, WEB_NODEPORT, b"?").unwrap_or_else(|e| {
                     panic!(
@@ -169,7 +169,16 @@ fn external(routing: &str) {
                 })
             })
             .collect();
+        let tcp: BTreeSet<String> = answers.iter().cloned().collect();
         assert_eq!(tcp, both, "TCP NodePort on {name}\n{}", logs(&nodes));
+        // Uniform over both backends, wherever they live (binomial(40, 1/2)
+        // falls outside 8..=32 with probability 4e-5).
+        let b2_hits = answers.iter().filter(|a| *a == "b2").count();
+        assert!(
+            (8..=32).contains(&b2_hits),
+            "NodePort on {name}: b2 answered {b2_hits} of 40\n{}",
+            logs(&nodes)
+        );
         let udp: BTreeSet<String> = (0..40)
             .map(|_| {
                 udp_ask_in(&client, addr, WEB_UDP_NODEPORT, b"?").unwrap_or_else(|e| {

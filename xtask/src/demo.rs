@@ -43,7 +43,10 @@ fn ask_udp(client: &Pod) -> Result<String> {
     })?
 }
 
-pub fn run(keep: bool) -> Result<()> {
+pub fn run(keep: bool, nodes: bool) -> Result<()> {
+    if nodes {
+        return run_nodes(keep);
+    }
     crate::setup::run()?;
     crate::build_bins(false)?;
     let root = std::env::current_dir()?;
@@ -131,6 +134,127 @@ pub fn run(keep: bool) -> Result<()> {
     drop(web);
     drop(client);
     drop(node);
+    drop(cluster);
+    Ok(())
+}
+
+const FABRIC_NODES: [(&str, Ipv4Addr); 3] = [
+    ("n1", Ipv4Addr::new(192, 168, 77, 11)),
+    ("n2", Ipv4Addr::new(192, 168, 77, 12)),
+    ("n3", Ipv4Addr::new(192, 168, 77, 13)),
+];
+const NODEPORT: u16 = 30080;
+
+/// Ask `addr:port` for its name from the namespace at `netns`.
+fn ask_from(netns: &std::path::Path, addr: Ipv4Addr, port: u16) -> Result<String> {
+    ferry_harness::in_netns(netns, move || -> Result<String> {
+        let mut s = TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"?")?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })?
+}
+
+/// `cargo xtask demo --nodes`: three nodes on a fabric, a NodePort served
+/// from every node to backends on n2 and n3, asked by a client outside the
+/// cluster.
+fn run_nodes(keep: bool) -> Result<()> {
+    crate::setup::run()?;
+    crate::build_bins(false)?;
+    let root = std::env::current_dir()?;
+    let manifest = std::fs::read_to_string(root.join("examples/demo-nodes.yaml"))
+        .context("reading examples/demo-nodes.yaml (run from the repository root)")?;
+    let bins = Binaries::in_dir(&root.join("target/debug"))?;
+    let cluster = Cluster::new(bins.clone())?;
+    cluster.write_manifest(&manifest)?;
+    let fabric = ferry_harness::Fabric::create(&cluster.run_id)?;
+    let mut nodes = Vec::new();
+    for (name, addr) in FABRIC_NODES {
+        nodes.push(cluster.node_on_fabric(name, &fabric, addr, "native")?);
+        println!(
+            "==> node {name} at {addr}: namespace fry-{}-{name}, ferry-agent running (native routing, XDP on eth0)",
+            cluster.run_id
+        );
+    }
+    let mut web = Vec::new();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let mut p = node.add_pod(&format!("web-{i}"))?;
+        p.serve(8080)?;
+        println!("    pod {} on {} at {}", p.name, node.name, p.ip);
+        web.push(p);
+    }
+    if web[0].ip != Ipv4Addr::new(10, 244, 2, 2) || web[1].ip != Ipv4Addr::new(10, 244, 3, 2) {
+        bail!("pod addresses differ from the ones examples/demo-nodes.yaml names");
+    }
+    let outside = cluster.external_host(&fabric, "outside", Ipv4Addr::new(192, 168, 77, 100))?;
+    let client = outside.path();
+    println!(
+        "==> a client outside the cluster at 192.168.77.100 (namespace {})",
+        outside.name
+    );
+    let start = std::time::Instant::now();
+    while !FABRIC_NODES
+        .iter()
+        .all(|(_, a)| ask_from(&client, *a, NODEPORT).is_ok())
+    {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("the NodePorts never answered:\n{}", nodes[0].agent_log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (name, addr) in FABRIC_NODES {
+        let mut hits: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..10 {
+            *hits.entry(ask_from(&client, addr, NODEPORT)?).or_default() += 1;
+        }
+        println!("==> 10 connections to NodePort {addr}:{NODEPORT} (node {name}) -> {hits:?}");
+    }
+    println!("==> n1 has no backend: its NodePort traffic went to n2 and n3 through XDP:");
+    let counters = nodes[0].inspect("counters")?;
+    for line in counters
+        .lines()
+        .filter(|l| l.starts_with("OUTCOME") || l.contains("xdp"))
+    {
+        println!("    {line}");
+    }
+    println!("==> look inside yourself:");
+    let agent = bins.agent.display();
+    for node in &nodes {
+        println!(
+            "    {agent} inspect conntrack --pin-dir {}",
+            node.pin_dir.display()
+        );
+    }
+    println!(
+        "    nsenter --net={} -- bash -c 'exec 3<>/dev/tcp/192.168.77.11/{NODEPORT}; printf ? >&3; head -1 <&3'",
+        client.display()
+    );
+    println!("    edit the objects live: {}", cluster.manifest.display());
+    if keep {
+        println!("==> --keep: left running; tear down with `cargo xtask down`");
+        std::mem::forget(outside);
+        std::mem::forget(web);
+        std::mem::forget(nodes);
+        std::mem::forget(fabric);
+        std::mem::forget(cluster);
+        return Ok(());
+    }
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    println!("==> running; press Ctrl-C to tear everything down");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("==> tearing down");
+    drop(outside);
+    drop(web);
+    drop(nodes);
+    drop(fabric);
     drop(cluster);
     Ok(())
 }

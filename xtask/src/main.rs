@@ -26,6 +26,10 @@ enum Command {
         /// Leave it running after showing it (remove with `cargo xtask down`).
         #[arg(long)]
         keep: bool,
+        /// Three nodes on a fabric instead: a NodePort served from every
+        /// node (examples/demo-nodes.yaml), asked from outside the cluster.
+        #[arg(long)]
+        nodes: bool,
     },
     /// Remove what a kept demo or a killed test run left behind.
     Down,
@@ -59,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test { args } => test::run(&args),
-        Command::Demo { keep } => demo::run(keep),
+        Command::Demo { keep, nodes } => demo::run(keep, nodes),
         Command::Down => demo::down(),
         Command::Bench(opts) => bench::run(&opts),
     }

@@ -1,0 +1,181 @@
+//! The uplink's XDP program through BPF_PROG_TEST_RUN: what it takes on and
+//! what it leaves to tc, and that a flow it records is the flow tc follows
+//! (one conntrack for both paths). Sending happens only with a resolved next
+//! hop, which a test run (no ingress device) never has: XDP then passes
+//! every packet, untouched, and the tc program continues the flow.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ferry_agent::maps::{Endpoints, NodeMap, Routes};
+use ferry_common::{
+    Backend, Endpoint, PROTO_TCP, ROUTE_MODE_NATIVE, Route, SCOPE_EXTERNAL,
+    SERVICE_FLAG_LOCAL_ONLY, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey,
+};
+use ferry_tests::{
+    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT},
+    packet::{Packet, TCP_SYN},
+};
+
+const XDP_PASS: u32 = 2;
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
+const NODE_PORT: u16 = 30080;
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+
+fn node_port() -> ServiceKey {
+    ServiceKey {
+        addr: NODE.octets(),
+        port: NODE_PORT,
+        protocol: PROTO_TCP,
+        scope: SCOPE_EXTERNAL,
+    }
+}
+
+fn backend(addr: Ipv4Addr) -> Backend {
+    Backend {
+        addr: addr.octets(),
+        port: 8080,
+        pad: [0; 2],
+    }
+}
+
+fn node(k: &Kernel) {
+    NodeMap::open(k.pin_dir())
+        .unwrap()
+        .set_address(Some(NODE))
+        .unwrap();
+    let mut routes = BTreeMap::new();
+    routes.insert(
+        "10.244.2.0/24".parse().unwrap(),
+        Route {
+            node_addr: [192, 168, 77, 12],
+            mode: ROUTE_MODE_NATIVE,
+            ifindex: 1,
+            vni: 0,
+        },
+    );
+    Routes::open(k.pin_dir()).unwrap().sync(&routes).unwrap();
+    Endpoints::open(k.pin_dir())
+        .unwrap()
+        .insert(
+            LOCAL_POD,
+            Endpoint {
+                ifindex: 7,
+                flags: 0,
+                pod_mac: [2; 6],
+                host_mac: [3; 6],
+            },
+        )
+        .unwrap();
+}
+
+fn syn() -> Packet {
+    Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"")
+}
+
+/// (source, destination) of the frame's IPv4/L4 headers.
+fn addresses(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
+    let ip = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
+    ((ip(26), port(l4)), (ip(30), port(l4 + 2)))
+}
+
+#[test]
+fn a_flow_xdp_records_for_another_nodes_backend_is_the_flow_tc_follows() {
+    let mut k = Kernel::load();
+    node(&k);
+    k.services
+        .upsert_frontend(node_port(), &[backend(REMOTE_POD)], "default/web:http", 0)
+        .unwrap();
+    let (action, out) = k.run_xdp(&syn().bytes());
+    assert_eq!(action, XDP_PASS, "no next hop in a test run: passed on");
+    assert_eq!(out, syn().bytes(), "passed untouched");
+    let entries = k.conntrack.entries().unwrap();
+    assert_eq!(entries.len(), 2, "XDP recorded the flow: {entries:?}");
+    let snat_port = entries
+        .iter()
+        .find(|(key, _)| key.src_addr == REMOTE_POD.octets())
+        .map(|(key, _)| key.dst_port)
+        .expect("the reply entry");
+    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&snat_port));
+
+    // tc, next on the same packet, follows the recorded flow: same backend,
+    // same source port.
+    let (verdict, out) = k.run_from_network(&syn().bytes());
+    assert!(
+        verdict == TC_ACT_OK || verdict == TC_ACT_REDIRECT,
+        "{verdict}"
+    );
+    assert_eq!(
+        addresses(&out),
+        ((NODE, snat_port), (REMOTE_POD, 8080)),
+        "tc wrote the flow XDP recorded"
+    );
+    assert_eq!(k.conntrack.entries().unwrap().len(), 2, "no second flow");
+}
+
+#[test]
+fn a_local_backend_drawn_in_xdp_is_the_one_tc_delivers_to() {
+    let mut k = Kernel::load();
+    node(&k);
+    // Two backends, one local: whichever XDP draws, tc must deliver there.
+    k.services
+        .upsert_frontend(
+            node_port(),
+            &[backend(LOCAL_POD), backend(REMOTE_POD)],
+            "default/web:http",
+            0,
+        )
+        .unwrap();
+    for port in 40000..40064u16 {
+        let syn = Packet::tcp((CLIENT, port), (NODE, NODE_PORT), TCP_SYN, b"");
+        let (action, _) = k.run_xdp(&syn.bytes());
+        assert_eq!(action, XDP_PASS);
+        let entries = k.conntrack.entries().unwrap();
+        let recorded = entries
+            .iter()
+            .find(|(key, _)| key.src_addr == CLIENT.octets() && key.src_port == port)
+            .map(|(_, e)| e.nat_addr);
+        let (verdict, out) = k.run_from_network(&syn.bytes());
+        let ((src, _), (dst, _)) = addresses(&out);
+        assert_eq!(
+            Some(dst.octets()),
+            recorded,
+            "port {port}: tc sent to the backend XDP drew (verdict {verdict})"
+        );
+        if dst == LOCAL_POD {
+            assert_eq!(src, CLIENT, "a local backend sees the client");
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+        } else {
+            assert_eq!(src, NODE, "another node's backend sees this node");
+        }
+    }
+}
+
+#[test]
+fn what_xdp_leaves_alone_it_does_not_record() {
+    let mut k = Kernel::load();
+    node(&k);
+    // externalTrafficPolicy Local: the tc path's (client address kept).
+    k.services
+        .upsert_frontend(
+            node_port(),
+            &[backend(LOCAL_POD)],
+            "default/web:http",
+            SERVICE_FLAG_LOCAL_ONLY,
+        )
+        .unwrap();
+    let (action, out) = k.run_xdp(&syn().bytes());
+    assert_eq!((action, out), (XDP_PASS, syn().bytes()));
+    // Not a frontend: pod traffic from another node, the node's own ports.
+    for p in [
+        Packet::tcp((REMOTE_POD, 5000), (LOCAL_POD, 8080), TCP_SYN, b""),
+        Packet::tcp((CLIENT, 40000), (NODE, 22), TCP_SYN, b""),
+        Packet::udp((CLIENT, 40000), (NODE, NODE_PORT), b"x"),
+    ] {
+        let (action, out) = k.run_xdp(&p.bytes());
+        assert_eq!((action, out), (XDP_PASS, p.bytes()));
+    }
+    assert!(k.conntrack.entries().unwrap().is_empty());
+}
