@@ -253,6 +253,39 @@ fn an_expired_flow_is_replaced_and_garbage_collected() {
 }
 
 #[test]
+fn garbage_collection_never_removes_a_flow_reborn_since_its_snapshot() {
+    let mut k = Kernel::load();
+    k.services.upsert(frontend(PROTO_TCP), &pods(1)).unwrap();
+    let now = monotonic_now_ns();
+    // A closed flow, long expired, as the collector's snapshot sees it.
+    k.run(&syn(2000).bytes());
+    for (key, mut entry) in k.conntrack.entries().unwrap() {
+        entry.expires_ns = now - 1;
+        k.conntrack.insert(key, entry).unwrap();
+    }
+    let snapshot = k.conntrack.entries().unwrap();
+    assert_eq!(snapshot.len(), 2);
+    // Meanwhile the client reuses the port: a new connection, same tuple.
+    let (verdict, _) = k.run(&syn(2000).bytes());
+    assert_eq!(verdict, TC_ACT_OK);
+    let removed = k
+        .conntrack
+        .collect_garbage_from(&snapshot, monotonic_now_ns())
+        .unwrap();
+    assert_eq!(removed, 0, "the new connection's entries stay");
+    assert_eq!(k.conntrack.entries().unwrap().len(), 2);
+    // Its reply is still translated back.
+    let syn_ack = Packet::tcp(
+        (Ipv4Addr::from(pods(1)[0].addr), 8080),
+        (CLIENT, 2000),
+        TCP_SYN | TCP_ACK,
+        b"",
+    );
+    let (_, out) = k.run(&syn_ack.bytes());
+    assert_eq!(out, syn_ack.clone().with_src(VIP, 80).bytes());
+}
+
+#[test]
 fn a_restarted_agent_adopts_pinned_maps_and_keeps_flows() {
     let pin_dir = unique_pin_dir("restart");
     let mut first = Kernel::load_at(pin_dir.clone());

@@ -70,8 +70,38 @@ impl Conntrack {
     /// Remove the flows whose entries have all expired at `now_ns`.
     /// Returns how many entries were removed.
     pub fn collect_garbage(&mut self, now_ns: u64) -> Result<usize, MapError> {
+        let snapshot = self.entries()?;
+        self.collect_garbage_from(&snapshot, now_ns)
+    }
+
+    /// `collect_garbage` judging from `snapshot`, an earlier `entries()`:
+    /// what it names dead is removed only if it is still dead now.
+    pub fn collect_garbage_from(
+        &mut self,
+        snapshot: &[(CtKey, CtEntry)],
+        now_ns: u64,
+    ) -> Result<usize, MapError> {
         let mut removed = 0;
-        for key in dead_keys(&self.entries()?, now_ns) {
+        for key in dead_keys(snapshot, now_ns) {
+            // The snapshot is old by now: a packet may have refreshed the
+            // flow, or a new connection reused its tuple and wrote fresh
+            // entries under the same keys. Judge the entries as they are
+            // now, so a live flow is never removed.
+            let current = match self.map.get(&key, 0) {
+                Ok(entry) => entry,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let partner_k = partner_key(&key, &current);
+            let partner = match self.map.get(&partner_k, 0) {
+                Ok(p) if partner_key(&partner_k, &p) == key => Some(p),
+                Ok(_) => None,
+                Err(e) if is_not_found(&e) => None,
+                Err(e) => return Err(e),
+            };
+            if !is_dead(&current, partner.as_ref(), now_ns) {
+                continue;
+            }
             match self.map.remove(&key) {
                 Ok(()) => removed += 1,
                 Err(e) if is_not_found(&e) => {}

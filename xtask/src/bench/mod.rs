@@ -903,6 +903,25 @@ pub fn run(opts: &Opts) -> Result<()> {
         nft_time.as_secs_f64() * 1e3,
         tool_version("nft")
     )?;
+    // Anything ferry dropped on the way is named here, not hidden in a rate.
+    for (label, node) in [("ferry-10", &f_small.node), ("ferry-large", &f_large.node)] {
+        let drops: Vec<String> = node
+            .inspect("counters")?
+            .lines()
+            .filter(|l| l.starts_with("drop_") || l.starts_with("rejected"))
+            .filter(|l| l.split_whitespace().nth(1) != Some("0"))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("="))
+            .collect();
+        writeln!(
+            report,
+            "{label} datapath drops: {}",
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(", ")
+            }
+        )?;
+    }
     let c_ratio = medians[2].0 / base_rate;
     writeln!(
         report,
