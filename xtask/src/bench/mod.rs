@@ -693,7 +693,13 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
     writeln!(
         report,
         "{:<44} {:>8} {:>7} {:>12} {:>7} {:>12} {:>7}",
-        "path (median over rounds)", "conn/s", "vs ipt", "UDP rr pps", "vs ipt", "one-way pps", "vs ipt"
+        "path (median over rounds)",
+        "conn/s",
+        "vs ipt",
+        "UDP rr pps",
+        "vs ipt",
+        "one-way pps",
+        "vs ipt"
     )?;
     for s in &scenarios {
         let (c, u, p) = med(s);
@@ -718,6 +724,68 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
     )?;
     drop(setup);
     Ok(())
+}
+
+/// An Ethernet/IPv4/TCP frame without options, checksums computed.
+fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    use ferry_common::csum::internet_checksum;
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&src.1.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = [0u8; 32];
+    pseudo[0..4].copy_from_slice(&src.0.octets());
+    pseudo[4..8].copy_from_slice(&dst.0.octets());
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+    pseudo[12..32].copy_from_slice(&tcp);
+    let c = internet_checksum(&pseudo, 32);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.0.octets());
+    ip[16..20].copy_from_slice(&dst.0.octets());
+    let c = internet_checksum(&ip, 20);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = vec![2u8; 6];
+    frame.extend([4u8; 6]);
+    frame.extend([0x08, 0x00]);
+    frame.extend(ip);
+    frame.extend(tcp);
+    frame
+}
+
+/// Average nanoseconds of one run of the program pinned at `prog` on
+/// `frame` (BPF_PROG_TEST_RUN through bpftool, repeated), against the live
+/// maps of the node it belongs to.
+fn program_ns(prog: &Path, frame: &[u8], scratch: &Path) -> Result<f64> {
+    std::fs::write(scratch, frame)?;
+    let out = Command::new("bpftool")
+        .args(["prog", "run", "pinned"])
+        .arg(prog)
+        .arg("data_in")
+        .arg(scratch)
+        .args(["repeat", "200000"])
+        .output()
+        .context("running bpftool (cargo xtask setup installs it)")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    text.split("duration (average):")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .split("ns")
+                .next()
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no duration in bpftool's output: {text}"))
 }
 
 pub fn run(opts: &Opts) -> Result<()> {
@@ -920,6 +988,33 @@ pub fn run(opts: &Opts) -> Result<()> {
             }
         )?;
     }
+    // What ferry's own code costs per packet, against the 10,000-Service
+    // maps: the part of a connection's time that is ferry's.
+    let prog = f_large.node.pin_dir.join("prog_from_pod");
+    let scratch = f_large.cluster.root.join("frame.bin");
+    let client = (Ipv4Addr::new(10, 244, 1, 200), 45000);
+    let vip = (large_vip, SERVICE_PORT);
+    let cost = [
+        ("ClusterIP, flow's packets", tcp_frame(client, vip, 0x10)),
+        (
+            "pod IP, no translation",
+            tcp_frame(client, (SERVER_IP, SERVER_PORT), 0x10),
+        ),
+    ];
+    // The first run creates the flow; the repeats measure its packets.
+    let _ = program_ns(&prog, &tcp_frame(client, vip, 0x02), &scratch)?;
+    let mut costs = Vec::new();
+    for (what, frame) in &cost {
+        costs.push(format!(
+            "{what} {:.0} ns",
+            program_ns(&prog, frame, &scratch)?
+        ));
+    }
+    writeln!(
+        report,
+        "ferry's tc program per packet (BPF_PROG_TEST_RUN x200000, {n}-Service maps): {}",
+        costs.join(", ")
+    )?;
     let c_ratio = medians[2].0 / base_rate;
     writeln!(
         report,
