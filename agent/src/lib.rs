@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod ipcmd;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod routing;

@@ -33,6 +33,8 @@ enum What {
     Counters,
 }
 
+// Parsed once at startup; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: load (or adopt) the dataplane and keep its maps in
@@ -41,10 +43,22 @@ enum Command {
         /// This node's name (as in its Node object).
         #[arg(long, env = "NODE_NAME")]
         node: String,
-        /// Where objects come from: `file:PATH` (a multi-document YAML
-        /// manifest of Services, EndpointSlices and Nodes, re-read on change).
+        /// Where objects come from: `kube` (the Kubernetes API; the default
+        /// inside a cluster) or `file:PATH` (a multi-document YAML manifest
+        /// of Services, EndpointSlices and Nodes, re-read on change).
         #[arg(long)]
-        source: String,
+        source: Option<String>,
+        /// kubeconfig for `--source kube` outside a cluster (inside one,
+        /// the pod's service account is used).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Check the options and print the resulting configuration, then
+        /// exit without touching the node.
+        #[arg(long)]
+        dry_run: bool,
+        /// Serve /healthz, /readyz and /metrics here; `off` to not serve.
+        #[arg(long, default_value = "0.0.0.0:9402", value_parser = parse_listen)]
+        metrics_address: Listen,
         /// Directory on a BPF filesystem for ferry's pinned maps.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
@@ -114,6 +128,19 @@ enum Command {
     },
 }
 
+/// A listen address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{s:?} is not an address like 0.0.0.0:9402 (or off): {e}"))
+}
+
 /// "61000-65535".
 fn parse_snat_ports(s: &str) -> Result<(u16, u16), String> {
     let (from, to) = s
@@ -166,6 +193,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             node,
             source,
+            kubeconfig,
+            metrics_address,
+            dry_run,
             pin_dir,
             cni_conf_dir,
             cni_data_dir,
@@ -192,12 +222,22 @@ fn main() -> anyhow::Result<()> {
                     snat_ports.1
                 );
             }
-            let Some(path) = source.strip_prefix("file:") else {
-                bail!("--source {source:?} is not supported; use file:PATH");
+            let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+            let source = match source.as_deref() {
+                Some("kube") => run::Source::Kube(kubeconfig),
+                Some(s) if s.starts_with("file:") => {
+                    run::Source::File(PathBuf::from(&s["file:".len()..]))
+                }
+                None if in_cluster || kubeconfig.is_some() => run::Source::Kube(kubeconfig),
+                Some(other) => bail!("--source {other:?} is not supported; use kube or file:PATH"),
+                None => bail!(
+                    "no --source: not in a cluster and no --kubeconfig; use --source kube --kubeconfig PATH, or --source file:PATH"
+                ),
             };
             let cfg = run::RunConfig {
                 node: node.clone(),
-                manifest: PathBuf::from(path),
+                source,
+                metrics_address: metrics_address.0,
                 pin_dir,
                 cni_conf_dir,
                 cni_data_dir,
@@ -217,6 +257,10 @@ fn main() -> anyhow::Result<()> {
                 }),
                 snat_ports,
             };
+            if dry_run {
+                println!("{cfg:#?}");
+                return Ok(());
+            }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?

@@ -15,6 +15,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
+    // An image build needs the toolchain only: no test packages, and no
+    // BPF filesystem to mount.
+    if std::env::var_os("FERRY_SETUP_TOOLCHAIN_ONLY").is_some() {
+        return Ok(());
+    }
     debian_packages()?;
     bpffs()?;
     Ok(())

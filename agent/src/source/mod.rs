@@ -1,2 +1,3 @@
 //! Where the agent's Kubernetes objects come from.
 pub mod file;
+pub mod kube;

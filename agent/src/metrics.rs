@@ -1,0 +1,287 @@
+//! The operational surface: `/healthz`, `/readyz` (ready once the first
+//! full sync is written) and Prometheus `/metrics` (sync duration and
+//! network-programming latency histograms, map entry counts, per-outcome
+//! packet and byte counters summed over CPUs).
+use std::{
+    fmt::Write as _,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use ferry_common::{MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_ROUTES, MAP_SERVICES, outcome};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::maps::Counters;
+
+/// Upper bounds (seconds) of the histogram buckets: 1 ms to 30 s.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Observations <= BUCKETS[i] (not cumulative; summed when written).
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if let Some(i) = BUCKETS.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(self.counts) {
+            cumulative += c;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+pub struct Metrics {
+    pin_dir: PathBuf,
+    ready: AtomicBool,
+    syncs: AtomicU64,
+    sync_duration: Mutex<Histogram>,
+    programming: Mutex<Histogram>,
+}
+
+impl Metrics {
+    pub fn new(pin_dir: &Path) -> Self {
+        Self {
+            pin_dir: pin_dir.to_path_buf(),
+            ready: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            sync_duration: Mutex::default(),
+            programming: Mutex::default(),
+        }
+    }
+
+    /// A sync was written: `sync_seconds` from objects to maps, and, when it
+    /// changed the dataplane, `programming_seconds` from the change being
+    /// seen to the maps holding it. The first one makes the agent ready.
+    pub fn record_sync(&self, sync_seconds: f64, programming_seconds: f64, changed: bool) {
+        self.sync_duration
+            .lock()
+            .expect("metrics lock")
+            .observe(sync_seconds);
+        if changed {
+            self.programming
+                .lock()
+                .expect("metrics lock")
+                .observe(programming_seconds);
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP ferry_syncs_total Syncs of the dataplane maps.\n# TYPE ferry_syncs_total counter\nferry_syncs_total {}",
+            self.syncs.load(Ordering::Relaxed)
+        );
+        self.sync_duration.lock().expect("metrics lock").write(
+            &mut out,
+            "ferry_sync_duration_seconds",
+            "Time from the objects to the maps written, per sync.",
+        );
+        self.programming.lock().expect("metrics lock").write(
+            &mut out,
+            "ferry_network_programming_duration_seconds",
+            "Time from an object change seen to the dataplane holding it.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_map_entries Entries in each pinned map.\n# TYPE ferry_map_entries gauge"
+        );
+        for map in [
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_CONNTRACK,
+            MAP_ENDPOINTS,
+            MAP_ROUTES,
+        ] {
+            match count_keys(&self.pin_dir.join(map)) {
+                Ok(n) => {
+                    let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
+                }
+                Err(e) => tracing::debug!(map, error = %e, "cannot count map entries"),
+            }
+        }
+        if let Ok(counters) = Counters::open(&self.pin_dir).map(|c| c.read()) {
+            match counters {
+                Ok(counters) => {
+                    let _ = writeln!(
+                        out,
+                        "# HELP ferry_datapath_packets_total Packets by what the datapath did with them.\n# TYPE ferry_datapath_packets_total counter"
+                    );
+                    for (name, c) in outcome::NAMES.iter().zip(&counters) {
+                        let _ = writeln!(
+                            out,
+                            "ferry_datapath_packets_total{{outcome=\"{name}\"}} {}",
+                            c.packets
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "# HELP ferry_datapath_bytes_total Bytes by what the datapath did with them.\n# TYPE ferry_datapath_bytes_total counter"
+                    );
+                    for (name, c) in outcome::NAMES.iter().zip(&counters) {
+                        let _ = writeln!(
+                            out,
+                            "ferry_datapath_bytes_total{{outcome=\"{name}\"}} {}",
+                            c.bytes
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the counters"),
+            }
+        }
+        out
+    }
+}
+
+/// Keys in the pinned map at `path` (BPF_MAP_GET_NEXT_KEY until the end).
+fn count_keys(path: &Path) -> std::io::Result<u64> {
+    let data = aya::maps::MapData::from_pin(path).map_err(std::io::Error::other)?;
+    let key_size = data.info().map_err(std::io::Error::other)?.key_size() as usize;
+    let fd = data.fd().as_fd().as_raw_fd();
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        next_key: u64,
+    }
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let attr = Attr {
+            map_fd: fd as u32,
+            pad: 0,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+        };
+        // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_GET_NEXT_KEY;
+        // both buffers are key_size bytes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr as *const Attr,
+                size_of::<Attr>(),
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(n)
+            } else {
+                Err(e)
+            };
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
+}
+
+/// Serve /healthz, /readyz and /metrics on `listener`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut seen = 0;
+            while seen < buf.len() {
+                match stream.read(&mut buf[seen..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        seen += n;
+                        if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..seen]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or(path);
+            let (status, content_type, body) = match path {
+                "/healthz" | "/livez" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: the first full sync has not been written yet\n".to_string(),
+                ),
+                "/metrics" => {
+                    let m = metrics.clone();
+                    let body = tokio::task::spawn_blocking(move || m.render())
+                        .await
+                        .unwrap_or_default();
+                    ("200 OK", "text/plain; version=0.0.4", body)
+                }
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_ready_follows_the_first_sync() {
+        let m = Metrics::new(Path::new("/nonexistent"));
+        assert!(!m.is_ready());
+        m.record_sync(0.002, 0.003, true);
+        m.record_sync(0.2, 0.0, false);
+        assert!(m.is_ready());
+        let text = m.render();
+        assert!(text.contains("ferry_syncs_total 2"), "{text}");
+        assert!(text.contains("ferry_sync_duration_seconds_bucket{le=\"0.0025\"} 1"));
+        assert!(text.contains("ferry_sync_duration_seconds_bucket{le=\"0.25\"} 2"));
+        assert!(text.contains("ferry_sync_duration_seconds_count 2"));
+        // Only the sync that changed something is a programming latency.
+        assert!(text.contains("ferry_network_programming_duration_seconds_count 1"));
+        assert!(text.contains("ferry_network_programming_duration_seconds_bucket{le=\"+Inf\"} 1"));
+    }
+}
