@@ -147,6 +147,27 @@ impl Cluster {
         Ok(netns)
     }
 
+    /// A node whose agent reads the Kubernetes API (`--source kube`):
+    /// `api` runs in the new node namespace (its loopback is the API's
+    /// address for the agent) and returns the kubeconfig to use.
+    pub fn node_with_kube_api(
+        &self,
+        name: &str,
+        api: impl FnOnce(&Netns) -> Result<PathBuf>,
+    ) -> Result<Node> {
+        self.start_node_with(
+            name,
+            |_| Ok(()),
+            |ns| {
+                let kubeconfig = api(ns)?;
+                Ok(vec![
+                    "--source=kube".to_string(),
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                ])
+            },
+        )
+    }
+
     fn start_node(
         &self,
         name: &str,
@@ -154,9 +175,21 @@ impl Cluster {
         agent_args: Vec<String>,
         address: Option<Ipv4Addr>,
     ) -> Result<Node> {
+        let mut node = self.start_node_with(name, setup, |_| Ok(agent_args))?;
+        node.address = address;
+        Ok(node)
+    }
+
+    fn start_node_with(
+        &self,
+        name: &str,
+        setup: impl FnOnce(&Netns) -> Result<()>,
+        agent_args: impl FnOnce(&Netns) -> Result<Vec<String>>,
+    ) -> Result<Node> {
         let netns = Netns::create(&format!("fry-{}-{name}", self.run_id))?;
         netns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         setup(&netns)?;
+        let agent_args = agent_args(&netns)?;
         let dir = self.root.join(name);
         let mut node = Node {
             name: name.to_string(),
@@ -164,7 +197,7 @@ impl Cluster {
             cni_conf_dir: dir.join("net.d"),
             cni_data_dir: dir.join("ipam"),
             log: dir.join("agent.log"),
-            address,
+            address: None,
             dir,
             agent: None,
             agent_args,
@@ -220,7 +253,10 @@ impl Node {
             .netns
             .command(&self.bins.agent)
             .args(["run", "--node", &self.name])
-            .arg(format!("--source=file:{}", self.manifest.display()))
+            .args(
+                (!self.agent_args.iter().any(|a| a.starts_with("--source")))
+                    .then(|| format!("--source=file:{}", self.manifest.display())),
+            )
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--cni-conf-dir")
