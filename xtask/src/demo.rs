@@ -98,6 +98,24 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
     for i in 1..=6 {
         println!("    datagram {i} -> {}", ask_udp(&client)?);
     }
+    println!("==> the agent's operational endpoints (inside the node's namespace, port 9402):");
+    let node_ns = node.netns.path();
+    let (ready_status, _) = http_get(&node_ns, "/readyz")?;
+    println!("    GET /readyz -> {ready_status}");
+    let (_, metrics) = http_get(&node_ns, "/metrics")?;
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("ferry_syncs_total")
+            || l.starts_with("ferry_map_entries")
+            || l.starts_with("ferry_network_programming_duration_seconds_count")
+            || (l.starts_with("ferry_datapath_packets_total")
+                && (l.contains("\"translated\"") || l.contains("\"reverse_translated\"")))
+    }) {
+        println!("    {line}");
+    }
+    println!(
+        "    (all of it: nsenter --net={} -- bash -c 'exec 3<>/dev/tcp/127.0.0.1/9402; printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3')",
+        node_ns.display()
+    );
     println!("==> what the dataplane holds (ferry-agent inspect services):");
     print!("{}", indent(&node.inspect("services")?));
     println!("==> look inside yourself:");
@@ -257,6 +275,24 @@ fn run_nodes(keep: bool) -> Result<()> {
     drop(fabric);
     drop(cluster);
     Ok(())
+}
+
+/// GET `path` from the agent's metrics address inside the namespace;
+/// (status line, body).
+fn http_get(netns: &std::path::Path, path: &'static str) -> Result<(String, String)> {
+    ferry_harness::in_netns(netns, move || -> Result<(String, String)> {
+        let mut s = TcpStream::connect_timeout(
+            &(Ipv4Addr::LOCALHOST, 9402).into(),
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head.lines().next().unwrap_or_default().to_string();
+        Ok((status, body.to_string()))
+    })?
 }
 
 fn indent(s: &str) -> String {
