@@ -1,4 +1,6 @@
-//! Test support: packet construction and kernel fixtures.
+//! Test support: packet construction, kernel fixtures, and a stand-in
+//! Kubernetes API server.
+pub mod apiserver;
 pub mod client;
 pub mod fixture;
 pub mod packet;

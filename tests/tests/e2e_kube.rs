@@ -1,0 +1,292 @@
+//! The agent on the Kubernetes API, end to end: its real kube-rs watchers
+//! against the API stand-in (tests/src/apiserver.rs), which speaks the
+//! list/watch protocol (resourceVersions, pagination, bookmarks, 410 on a
+//! too-old resourceVersion). Objects change through the API; traffic
+//! follows; an API restart with a new history makes the agent relist
+//! without the datapath flapping; a Service labelled for another proxy is
+//! no longer served.
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ferry_harness::{Binaries, Cluster, Node, Pod, in_netns};
+use ferry_tests::{
+    apiserver::ApiServer,
+    client::{tcp_whoami, udp_whoami},
+};
+use serde_json::{Value, json};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn node_object() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "n1"},
+        "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.11"}]}
+    })
+}
+
+fn service(labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default", "labels": labels},
+        "spec": {
+            "type": "ClusterIP", "clusterIP": VIP.to_string(), "clusterIPs": [VIP.to_string()],
+            "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 8080}
+            ]
+        }
+    })
+}
+
+fn slice(backends: &[&Pod]) -> Value {
+    let endpoints: Vec<Value> = backends
+        .iter()
+        .map(|p| {
+            json!({
+                "addresses": [p.ip.to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": "n1"
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc12", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                  {"name": "dns", "port": 8080, "protocol": "UDP"}],
+        "endpoints": endpoints
+    })
+}
+
+/// Poll `check` until it holds, within `within`.
+fn eventually(
+    what: &str,
+    node: &Node,
+    within: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < within,
+            "{what}: not within {within:?}\n{}",
+            node.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn names(client: &Pod, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .filter_map(|_| tcp_whoami(client, VIP, 80).ok())
+        .collect()
+}
+
+/// GET `path` from the agent's metrics address in the node's namespace.
+fn agent_http(node: &Node, path: &'static str) -> (u16, String) {
+    in_netns(&node.netns.path(), move || {
+        let mut s =
+            TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, 9402).into(), Duration::from_secs(2))
+                .expect("the agent serves its metrics address");
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        let code = r
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (
+            code,
+            r.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        )
+    })
+    .unwrap()
+}
+
+#[test]
+fn services_follow_the_api_through_scale_delete_relist_and_proxy_name() {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    let api = ApiServer::new();
+    api.create(node_object()).unwrap();
+    let kubeconfig = c.root.join("kubeconfig");
+    let node = c
+        .node_with_kube_api("n1", |ns| {
+            let addr = api.listen_in(&ns.path())?;
+            api.kubeconfig(addr, &kubeconfig)?;
+            Ok(kubeconfig.clone())
+        })
+        .expect("node with the API source");
+    let client = node.add_pod("client").unwrap();
+    let mut backends = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        let mut p = node.add_pod(name).unwrap();
+        p.serve(8080).unwrap();
+        backends.push(p);
+    }
+    // Ready after the first full sync (the lists), and saying so.
+    eventually("/readyz", &node, Duration::from_secs(5), || {
+        agent_http(&node, "/readyz").0 == 200
+    });
+
+    // Create through the API: traffic works, TCP and UDP.
+    api.create(service(json!({}))).unwrap();
+    api.create(slice(&[&backends[0], &backends[1]])).unwrap();
+    let took = eventually(
+        "the ClusterIP answers",
+        &node,
+        Duration::from_secs(2),
+        || tcp_whoami(&client, VIP, 80).is_ok(),
+    );
+    println!("created -> serving in {took:?}");
+    let two: BTreeSet<String> = ["b1", "b2"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(names(&client, 40), two);
+    assert!(["b1", "b2"].contains(&udp_whoami(&client, VIP, 53).unwrap().as_str()));
+
+    // Scale up: the new endpoint is reached within 1 s.
+    api.apply(slice(&[&backends[0], &backends[1], &backends[2]]))
+        .unwrap();
+    let took = eventually("b3 reached", &node, Duration::from_secs(1), || {
+        names(&client, 10).contains("b3")
+    });
+    println!("scaled -> b3 reached in {took:?}");
+
+    // The API restarts with a new history: the agent's re-watch gets 410,
+    // it relists; traffic never fails meanwhile.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        let ns = client.netns.path();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let ok = ferry_tests::client::tcp_ask_in(&ns, VIP, 80, b"?").is_ok();
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            sent
+        })
+    };
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/services?") && !r.contains("watch=true"))
+        .count();
+    api.restart_with_new_history();
+    eventually(
+        "the agent relists Services",
+        &node,
+        Duration::from_secs(10),
+        || {
+            api.requests()
+                .iter()
+                .filter(|r| r.contains("/services?") && !r.contains("watch=true"))
+                .count()
+                > lists_before
+        },
+    );
+    // After the relist it still follows changes: back to b1 only.
+    api.apply(slice(&[&backends[0]])).unwrap();
+    eventually(
+        "scaled down to b1 after the relist",
+        &node,
+        Duration::from_secs(2),
+        || names(&client, 10) == BTreeSet::from(["b1".to_string()]),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let sent = probe.join().unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "connections failed around the API restart ({sent} tried)\n{}",
+        node.agent_log()
+    );
+
+    // Labelled for another proxy: ferry stops serving it.
+    api.apply(service(
+        json!({"service.kubernetes.io/service-proxy-name": "other"}),
+    ))
+    .unwrap();
+    eventually(
+        "the labelled Service is dropped",
+        &node,
+        Duration::from_secs(2),
+        || !node.inspect("services").unwrap().contains(&VIP.to_string()),
+    );
+    assert!(tcp_whoami(&client, VIP, 80).is_err());
+    // Unlabelled again, then deleted: served, then refused.
+    api.apply(service(json!({}))).unwrap();
+    eventually("served again", &node, Duration::from_secs(2), || {
+        tcp_whoami(&client, VIP, 80).is_ok()
+    });
+    api.delete("Service", Some("default"), "web").unwrap();
+    eventually("deleted", &node, Duration::from_secs(2), || {
+        !node.inspect("services").unwrap().contains(&VIP.to_string())
+    });
+    assert!(tcp_whoami(&client, VIP, 80).is_err());
+
+    // Metrics saw the programming.
+    let (code, metrics) = agent_http(&node, "/metrics");
+    assert_eq!(code, 200);
+    let count = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_network_programming_duration_seconds_count"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        count >= 5,
+        "programming latencies recorded: {count}\n{metrics}"
+    );
+    assert!(metrics.contains("ferry_datapath_packets_total{outcome=\"translated\"}"));
+    drop(backends);
+    drop(client);
+    drop(node);
+}
+
+#[test]
+fn objects_that_exist_before_the_agent_starts_are_served_and_it_reports_healthy() {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    let api = ApiServer::new();
+    api.create(node_object()).unwrap();
+    api.create(service(json!({}))).unwrap();
+    let kubeconfig = c.root.join("kubeconfig");
+    let node = c
+        .node_with_kube_api("n1", |ns| {
+            let addr = api.listen_in(&ns.path())?;
+            api.kubeconfig(addr, &kubeconfig)?;
+            Ok(kubeconfig.clone())
+        })
+        .expect("node with the API source");
+    // Served (no endpoints: refused at once), and ready.
+    eventually(
+        "the Service is programmed",
+        &node,
+        Duration::from_secs(5),
+        || node.inspect("services").unwrap().contains(&VIP.to_string()),
+    );
+    assert_eq!(agent_http(&node, "/readyz").0, 200);
+    assert_eq!(agent_http(&node, "/healthz").0, 200);
+    drop(node);
+}
