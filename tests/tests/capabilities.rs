@@ -1,0 +1,70 @@
+//! The agent needs exactly the capabilities deploy/daemonset.yaml grants it
+//! (BPF, NET_ADMIN, PERFMON; agent/tests/deploy_manifests.rs checks the
+//! manifest names exactly these): with them it loads, attaches tc and XDP to
+//! the uplink, creates the VXLAN device and syncs; without PERFMON the
+//! verifier refuses the programs.
+use std::{process::Command, time::Duration};
+
+use ferry_harness::{Binaries, Netns};
+
+const CAPS: &str = "+bpf,+net_admin,+perfmon";
+
+fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String) {
+    let bins = Binaries::locate().expect("binaries");
+    let ns = Netns::create(&format!("fry-caps-{}-{tag}", std::process::id())).unwrap();
+    ns.exec(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ])
+    .unwrap();
+    ns.exec(&["ip", "link", "set", "eth0", "up"]).unwrap();
+    let dir = std::env::temp_dir().join(format!("ferry-caps-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("objects.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {podCIDR: 10.244.1.0/24}\nstatus: {addresses: [{type: InternalIP, address: 192.168.1.1}]}\n",
+    )
+    .unwrap();
+    let pins = format!("/sys/fs/bpf/ferry-test-caps-{}-{tag}", std::process::id());
+    let bounding = format!("-all,{caps}");
+    let out = ns
+        .command("timeout")
+        .args([
+            "1.5",
+            "setpriv",
+            "--bounding-set",
+            &bounding,
+            "--inh-caps",
+            &bounding,
+        ])
+        .args(["--ambient-caps", &bounding, "--"])
+        .arg(&bins.agent)
+        .args(["run", "--node", "n", "--pin-dir", &pins, "--uplink", "eth0"])
+        .args(["--routing", routing, "--metrics-address", "off"])
+        .arg(format!("--source=file:{}", manifest.display()))
+        .arg(format!("--cni-conf-dir={}", dir.join("net.d").display()))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let synced = log.contains(" synced ") && dir.join("net.d/10-ferry.conflist").exists();
+    let _ = std::fs::remove_dir_all(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::thread::sleep(Duration::from_millis(10));
+    (synced, log)
+}
+
+#[test]
+fn the_agent_runs_with_exactly_bpf_net_admin_and_perfmon() {
+    ferry_tests::fixture::require_root();
+    assert!(
+        Command::new("setpriv").arg("--version").output().is_ok(),
+        "setpriv (util-linux) is needed"
+    );
+    for routing in ["native", "vxlan"] {
+        let (synced, log) = run_agent_with(CAPS, routing, routing);
+        assert!(synced, "{routing} with {CAPS}:\n{log}");
+    }
+    let (synced, log) = run_agent_with("+bpf,+net_admin", "native", "noperfmon");
+    assert!(!synced, "loaded without PERFMON:\n{log}");
+    assert!(log.contains("pointer -= pointer prohibited"), "{log}");
+}
