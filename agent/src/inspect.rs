@@ -49,10 +49,21 @@ fn addr_port(addr: [u8; 4], port: u16) -> String {
     format!("{}:{port}", Ipv4Addr::from(addr))
 }
 
+/// Who a frontend is for (`ServiceKey::scope`).
+fn scope_name(scope: u8, flags: u8) -> &'static str {
+    match (scope, flags & ferry_common::SERVICE_FLAG_LOCAL_ONLY != 0) {
+        (ferry_common::SCOPE_CLUSTER_IP, _) => "cluster-ip",
+        (ferry_common::SCOPE_EXTERNAL, false) => "external",
+        (ferry_common::SCOPE_EXTERNAL, true) => "external-local",
+        (ferry_common::SCOPE_EXTERNAL_FROM_PODS, _) => "external-from-pods",
+        _ => "unknown",
+    }
+}
+
 pub fn services(pin_dir: &Path) -> Result<Table> {
     let table = ServiceTable::open(pin_dir)?;
     let mut t = Table {
-        header: vec!["FRONTEND", "PROTO", "NAME", "ID", "BACKENDS"],
+        header: vec!["FRONTEND", "PROTO", "SCOPE", "NAME", "ID", "BACKENDS"],
         rows: vec![],
         json: vec![],
     };
@@ -64,9 +75,11 @@ pub fn services(pin_dir: &Path) -> Result<Table> {
             .iter()
             .map(|b| addr_port(b.addr, b.port))
             .collect();
+        let scope = scope_name(r.frontend.scope, r.value.flags);
         t.rows.push(vec![
             fe.clone(),
             proto.into(),
+            scope.into(),
             r.name.clone(),
             r.value.service_id.to_string(),
             if backends.is_empty() {
@@ -76,7 +89,7 @@ pub fn services(pin_dir: &Path) -> Result<Table> {
             },
         ]);
         t.json.push(json!({
-            "frontend": fe, "protocol": proto, "name": r.name,
+            "frontend": fe, "protocol": proto, "scope": scope, "name": r.name,
             "service_id": r.value.service_id, "backends": backends,
         }));
     }

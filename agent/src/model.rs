@@ -22,8 +22,8 @@ use std::{
 };
 
 use ferry_common::{
-    Backend, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY,
-    ServiceKey,
+    Backend, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS,
+    SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
 };
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -406,6 +406,20 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
             if external.is_empty() {
                 continue;
             }
+            // Every ready endpoint: internalTrafficPolicy narrows ClusterIP
+            // traffic only.
+            let all_backends = if local_only {
+                backends_for(
+                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                    &port_name,
+                    protocol,
+                    false,
+                    node_name,
+                    &mut Vec::new(),
+                )
+            } else {
+                backends.clone()
+            };
             let (external_backends, flags) = if external_local {
                 let local = backends_for(
                     svc_slices.map(Vec::as_slice).unwrap_or(&[]),
@@ -416,19 +430,8 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
                     &mut Vec::new(),
                 );
                 (local, SERVICE_FLAG_LOCAL_ONLY)
-            } else if local_only {
-                // internalTrafficPolicy narrows ClusterIP traffic only.
-                let all = backends_for(
-                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
-                    &port_name,
-                    protocol,
-                    false,
-                    node_name,
-                    &mut Vec::new(),
-                );
-                (all, 0)
             } else {
-                (backends.clone(), 0)
+                (all_backends.clone(), 0)
             };
             if external_local
                 && spec.type_.as_deref() == Some("LoadBalancer")
@@ -461,6 +464,22 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
                         backends: external_backends.clone(),
                         name: display.clone(),
                         flags,
+                    },
+                );
+                // Pods reaching the same address: kube-proxy sends traffic
+                // from inside the cluster to any endpoint, whatever the
+                // externalTrafficPolicy ("short-circuit"), with no SNAT.
+                desired.frontends.insert(
+                    ServiceKey {
+                        addr: addr.octets(),
+                        port,
+                        protocol,
+                        scope: SCOPE_EXTERNAL_FROM_PODS,
+                    },
+                    DesiredFrontend {
+                        backends: all_backends.clone(),
+                        name: display.clone(),
+                        flags: 0,
                     },
                 );
             }
@@ -716,6 +735,21 @@ endpoints:
             assert_eq!(fe.flags, SERVICE_FLAG_LOCAL_ONLY);
         }
         assert!(!d.frontends.contains_key(&external([198, 51, 100, 11], 80)));
+        // Pods reaching those addresses get every endpoint, unflagged.
+        for addr in [[192, 168, 77, 11], [198, 51, 100, 10], [203, 0, 113, 7]] {
+            let port = if addr == [192, 168, 77, 11] {
+                30080
+            } else {
+                80
+            };
+            let fe = &d.frontends[&ServiceKey {
+                addr,
+                port,
+                protocol: PROTO_TCP,
+                scope: SCOPE_EXTERNAL_FROM_PODS,
+            }];
+            assert_eq!((fe.backends.len(), fe.flags), (2, 0), "{addr:?}");
+        }
         // The ClusterIP keeps every backend.
         assert_eq!(
             d.frontends[&frontend([10, 96, 0, 30], 80, PROTO_TCP)]

@@ -61,6 +61,10 @@ pub const SCOPE_CLUSTER_IP: u8 = 0;
 /// Reached from outside the cluster, through the uplink: a NodePort on one
 /// of the node's addresses, a LoadBalancer ingress IP, an externalIP.
 pub const SCOPE_EXTERNAL: u8 = 1;
+/// The same addresses as `SCOPE_EXTERNAL`, reached from this node's pods:
+/// every ready endpoint whatever the externalTrafficPolicy, no source NAT
+/// (kube-proxy's short-circuit for traffic from inside the cluster).
+pub const SCOPE_EXTERNAL_FROM_PODS: u8 = 2;
 
 /// `ServiceValue::flags` bits.
 /// externalTrafficPolicy Local: the backends are this node's only, the

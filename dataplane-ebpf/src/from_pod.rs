@@ -5,7 +5,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    BackendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, SCOPE_CLUSTER_IP, ServiceKey, outcome,
+    BackendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS,
+    ServiceKey, outcome,
 };
 
 use crate::{
@@ -49,8 +50,17 @@ fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32, Option<[u8; 4]>) {
         protocol: pkt.protocol,
         scope: SCOPE_CLUSTER_IP,
     };
-    // SAFETY: the value is copied out at once.
-    let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
+    // A ClusterIP, else a NodePort / LoadBalancer IP / externalIP as pods
+    // reach them.
+    // SAFETY: the values are copied out at once.
+    let service = (unsafe { SERVICES.get(service_key) }).copied().or_else(|| {
+        let key = ServiceKey {
+            scope: SCOPE_EXTERNAL_FROM_PODS,
+            ..service_key
+        };
+        unsafe { SERVICES.get(key) }.copied()
+    });
+    let Some(service) = service else {
         // Not for a frontend: maybe a backend answering a translated flow.
         return match conntrack::track(pkt, CT_DIR_REPLY) {
             Some(target) => match nat::reverse_nat(ctx, pkt, &target) {

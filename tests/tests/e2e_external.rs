@@ -256,6 +256,36 @@ fn external(routing: &str) {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["localEndpoints"], 1);
 
+    // Pods reach the same addresses: their own node's NodePorts, the
+    // LoadBalancer IP and the externalIP, translated on their node to any
+    // endpoint — for eTP=Local too (kube-proxy's short-circuit: c1's node
+    // n1 has no local endpoint of `local`, yet c1 gets b2).
+    let c1 = nodes[0].add_pod("c1").unwrap();
+    for (what, addr, port) in [
+        ("n1's own NodePort", NODES[0].1, WEB_NODEPORT),
+        ("the externalIP", EXTERNAL_IP, 80),
+    ] {
+        let seen: BTreeSet<String> = (0..30)
+            .map(|_| {
+                ferry_tests::client::tcp_whoami(&c1, addr, port)
+                    .unwrap_or_else(|e| panic!("pod -> {what}: {e:#}\n{}", logs(&nodes)))
+            })
+            .collect();
+        assert_eq!(seen, both, "pod -> {what}\n{}", logs(&nodes));
+    }
+    for (what, addr, port) in [
+        ("the eTP=Local LoadBalancer IP", LB_IP, 80),
+        ("n1's eTP=Local NodePort", NODES[0].1, LOCAL_NODEPORT),
+    ] {
+        assert_eq!(
+            ferry_tests::client::tcp_whoami(&c1, addr, port)
+                .unwrap_or_else(|e| panic!("pod -> {what}: {e:#}\n{}", logs(&nodes))),
+            "b2",
+            "pod -> {what}"
+        );
+    }
+    drop(c1);
+
     // The LoadBalancer ingress IP (eTP Local, through n2) and the
     // externalIP (eTP Cluster, through n3).
     assert_eq!(
