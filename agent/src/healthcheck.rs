@@ -54,7 +54,9 @@ impl HealthChecks {
     pub fn sync(&mut self, desired: &BTreeMap<u16, HealthCheck>) {
         *self.state.lock().expect("health state") = desired.clone();
         self.servers.retain(|port, task| {
-            let keep = desired.contains_key(port);
+            // A server that ended (its port could not be bound) is started
+            // again below: the next sync retries it.
+            let keep = desired.contains_key(port) && !task.is_finished();
             if !keep {
                 task.abort();
             }

@@ -25,6 +25,13 @@ enum LogFormat {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum XdpChoice {
+    Off,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum What {
     Services,
     Backends,
@@ -89,13 +96,12 @@ enum Command {
         /// VXLAN UDP port (VXLAN mode).
         #[arg(long, default_value_t = 4789)]
         vxlan_port: u16,
-        /// Do not attach the XDP program to the uplink (native routing);
-        /// external traffic then takes the tc path only.
-        #[arg(long)]
-        no_xdp: bool,
-        /// How the uplink's XDP program runs.
-        #[arg(long, value_enum, default_value_t = XdpMode::Generic)]
-        xdp_mode: XdpMode,
+        /// XDP on the uplink (native routing only): `off` (default),
+        /// `native` (the NIC driver's XDP; frames arrive with full
+        /// checksums), or `generic` (any driver, but only where packets
+        /// never arrive checksum-offloaded; see the README).
+        #[arg(long, value_enum, default_value_t = XdpChoice::Off)]
+        xdp: XdpChoice,
         /// Source ports for external traffic sent to backends on other
         /// nodes (FROM-TO); keep them outside the node's
         /// net.ipv4.ip_local_port_range.
@@ -208,8 +214,7 @@ fn main() -> anyhow::Result<()> {
             vxlan_port,
             nodeport_addresses,
             nodeport_range,
-            no_xdp,
-            xdp_mode,
+            xdp,
             snat_ports,
         } => {
             init_logs(log_format);
@@ -253,7 +258,11 @@ fn main() -> anyhow::Result<()> {
                     uplink,
                     vni: vxlan_vni,
                     vxlan_port,
-                    xdp: (!no_xdp).then_some(xdp_mode),
+                    xdp: match xdp {
+                        XdpChoice::Off => None,
+                        XdpChoice::Generic => Some(XdpMode::Generic),
+                        XdpChoice::Native => Some(XdpMode::Native),
+                    },
                 }),
                 snat_ports,
             };
@@ -261,7 +270,10 @@ fn main() -> anyhow::Result<()> {
                 println!("{cfg:#?}");
                 return Ok(());
             }
-            tokio::runtime::Builder::new_current_thread()
+            // Two workers: the conntrack sweep and a sync run on the main
+            // task, and must not stall the health endpoints or the watches.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(run::run(cfg))

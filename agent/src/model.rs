@@ -444,8 +444,19 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
                     name: name.clone(),
                     local_endpoints: 0,
                 });
+                // kube-proxy counts ready local endpoints only: a node whose
+                // local pods are all terminating answers 503 and is drained.
+                let ready_local = backends_with(
+                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                    &port_name,
+                    protocol,
+                    true,
+                    node_name,
+                    &mut Vec::new(),
+                    false,
+                );
                 entry.local_endpoints = entry.local_endpoints.max(
-                    external_backends
+                    ready_local
                         .iter()
                         .map(|b| b.addr)
                         .collect::<BTreeSet<_>>()
@@ -520,6 +531,22 @@ fn backends_for(
     node_name: &str,
     problems: &mut Vec<Problem>,
 ) -> Vec<Backend> {
+    backends_with(
+        slices, port_name, protocol, local_only, node_name, problems, true,
+    )
+}
+
+/// `backends_for`; `fallback`: use serving-and-terminating endpoints when
+/// none is ready (traffic does; kube-proxy's health check count does not).
+fn backends_with(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: u8,
+    local_only: bool,
+    node_name: &str,
+    problems: &mut Vec<Problem>,
+    fallback: bool,
+) -> Vec<Backend> {
     let mut candidates = BTreeSet::new();
     for slice in slices {
         let meta = &slice.metadata;
@@ -580,7 +607,7 @@ fn backends_for(
         .filter(|c| !local_only || c.on_this_node)
         .collect();
     let ready: Vec<&&Candidate> = eligible.iter().filter(|c| c.ready).collect();
-    let chosen: Vec<&&Candidate> = if ready.is_empty() {
+    let chosen: Vec<&&Candidate> = if ready.is_empty() && fallback {
         eligible.iter().filter(|c| c.serving_terminating).collect()
     } else {
         ready
@@ -764,6 +791,19 @@ endpoints:
                 name: "lb".into(),
                 local_endpoints: 1
             }
+        );
+        // The local pod terminating (still serving): traffic may still use
+        // it, but the health check reports no ready local endpoint.
+        let terminating = EXTERNAL.replace(
+            "- {addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n1}",
+            "- {addresses: [10.244.1.5], conditions: {ready: false, serving: true, terminating: true}, nodeName: n1}",
+        );
+        assert_ne!(terminating, EXTERNAL);
+        let (t, _) = desired_state(&objects(&terminating), "n1");
+        assert_eq!(t.health_checks[&32000].local_endpoints, 0);
+        assert_eq!(
+            t.frontends[&external([192, 168, 77, 11], 30080)].backends,
+            vec![backend([10, 244, 1, 5], 8080)]
         );
         // iTP Local narrows the ClusterIP only; eTP Cluster uses every backend.
         assert_eq!(

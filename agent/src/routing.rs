@@ -92,12 +92,26 @@ impl Routing {
             RoutingMode::Native => {
                 // External traffic for other nodes' backends turns around
                 // in XDP; it needs native routing (no encapsulation).
+                // One pin per mode: a changed mode replaces the link (the
+                // kernel cannot switch a link's mode in place).
+                let xdp_link =
+                    |mode: &str| links.join(format!("xdp-{mode}-{}", pin_name(&self.uplink)));
+                let wanted = self.xdp.map(|m| match m {
+                    XdpMode::Generic => "generic",
+                    XdpMode::Native => "native",
+                });
+                for mode in ["generic", "native"] {
+                    if Some(mode) != wanted {
+                        // Detaches a link an earlier run pinned.
+                        let _ = std::fs::remove_file(xdp_link(mode));
+                    }
+                }
                 if let Some(mode) = self.xdp {
                     ensure_xdp_attached(
                         pin_dir,
                         PIN_PROG_XDP_UPLINK,
                         &self.uplink,
-                        &links.join(format!("xdp-{}", pin_name(&self.uplink))),
+                        &xdp_link(wanted.unwrap_or_default()),
                         match mode {
                             XdpMode::Generic => aya::programs::XdpMode::Skb,
                             XdpMode::Native => aya::programs::XdpMode::Driver,
@@ -107,6 +121,12 @@ impl Routing {
                 Ok(uplink_index)
             }
             RoutingMode::Vxlan => {
+                // No XDP path in VXLAN mode.
+                for mode in ["generic", "native"] {
+                    let _ = std::fs::remove_file(
+                        links.join(format!("xdp-{mode}-{}", pin_name(&self.uplink))),
+                    );
+                }
                 if ifindex(VXLAN_DEVICE).is_none() {
                     ipcmd::ip(&[
                         "link",

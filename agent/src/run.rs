@@ -114,7 +114,7 @@ impl Agent {
                 ),
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "writing the route map failed; will retry on the next change")
+                    tracing::warn!(error = %e, "writing the route map failed; retried at the next change or resync")
                 }
             }
         }
@@ -240,6 +240,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 _ = sigint.recv() => return Ok(()),
             }
             let mut gc = tokio::time::interval(agent.cfg.gc_interval);
+            // A write that failed (a full map, an error) is retried even when
+            // no object changes.
+            let mut resync = tokio::time::interval(Duration::from_secs(60));
+            resync.tick().await;
             let mut seen = Instant::now();
             loop {
                 // Changes arrive in bursts (a rollout touches many slices):
@@ -255,6 +259,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                             break;
                         }
                         _ = gc.tick() => agent.collect_garbage(),
+                        _ = resync.tick() => {
+                            seen = Instant::now();
+                            break;
+                        }
                         _ = sigterm.recv() => return finish(dataplane),
                         _ = sigint.recv() => return finish(dataplane),
                     }

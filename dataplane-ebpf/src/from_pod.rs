@@ -32,11 +32,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Parsed::TruncatedL4 => (TC_ACT_SHOT, outcome::DROP_TRUNCATED_L4, None),
     };
     count(outcome, len);
-    let translated = outcome == outcome::TRANSLATED || outcome == outcome::REVERSE_TRANSLATED;
     match dst {
         // A reply to an external client carries a node or load-balancer
-        // address as its source now: ferry sends it, not the kernel.
-        Some(dst) if verdict == TC_ACT_OK && translated => deliver::onward_translated(ctx, dst),
+        // address as its source now: ferry sends it, not the kernel. (A
+        // translated request keeps the kernel's path to a non-pod backend:
+        // host routing and netfilter, as for any other traffic.)
+        Some(dst) if verdict == TC_ACT_OK && outcome == outcome::REVERSE_TRANSLATED => {
+            deliver::onward_translated(ctx, dst)
+        }
         Some(dst) if verdict == TC_ACT_OK => deliver::onward(ctx, dst),
         _ => verdict,
     }

@@ -498,6 +498,15 @@ impl Pod {
         Ok(())
     }
 
+    /// Have the pod compute its TCP/UDP checksums itself instead of leaving
+    /// them to the (virtual) NIC, so its packets carry full checksums, as
+    /// frames arriving from a physical network do.
+    pub fn full_checksums(&self) -> Result<()> {
+        self.netns
+            .exec(&["ethtool", "-K", "eth0", "tx", "off"])
+            .map(|_| ())
+    }
+
     /// Run `f` inside the pod's network namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         in_netns(&self.netns.path(), f)

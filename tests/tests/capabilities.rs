@@ -41,6 +41,11 @@ fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String) {
         .arg(&bins.agent)
         .args(["run", "--node", "n", "--pin-dir", &pins, "--uplink", "eth0"])
         .args(["--routing", routing, "--metrics-address", "off"])
+        .args(if routing == "native" {
+            &["--xdp", "generic"][..]
+        } else {
+            &[][..]
+        })
         .arg(format!("--source=file:{}", manifest.display()))
         .arg(format!("--cni-conf-dir={}", dir.join("net.d").display()))
         .output()

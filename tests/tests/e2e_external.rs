@@ -11,7 +11,10 @@ use std::{
 };
 
 use ferry_harness::{Binaries, Cluster, Fabric, Netns, Node, manifest};
-use ferry_tests::client::{http_get_in, tcp_ask_in, udp_ask_in};
+use ferry_tests::{
+    capture::{Capture, checksums_ok, tcp_tuple},
+    client::{http_get_in, tcp_ask_in, udp_ask_in},
+};
 
 /// (node, fabric address, podCIDR)
 const NODES: [(&str, Ipv4Addr, &str); 3] = [
@@ -104,7 +107,14 @@ fn external(routing: &str) {
     let nodes: Vec<Node> = NODES
         .iter()
         .map(|(name, addr, _)| {
-            c.node_on_fabric(name, &fabric, *addr, routing)
+            // Native routing with XDP on the uplink (generic mode, as veth
+            // offers no native XDP_TX here); VXLAN has no XDP path.
+            let xdp: &[&str] = if routing == "native" {
+                &["--xdp", "generic"]
+            } else {
+                &[]
+            };
+            c.node_on_fabric_with(name, &fabric, *addr, routing, xdp)
                 .unwrap_or_else(|e| panic!("node {name} ({routing}): {e:#}"))
         })
         .collect();
@@ -139,6 +149,15 @@ fn external(routing: &str) {
     b2.serve(8080).unwrap();
     let mut b3 = nodes[2].add_pod("b3").unwrap();
     b3.serve(8080).unwrap();
+    // Full checksums on every sender, as frames from a physical network
+    // carry: XDP's incremental update needs them (an offloaded frame's
+    // field holds only a partial sum). The fabric capture below checks every
+    // checksum on the wire; receivers behind a veth would not.
+    outside
+        .exec(&["ethtool", "-K", "eth0", "tx", "off"])
+        .unwrap();
+    b2.full_checksums().unwrap();
+    b3.full_checksums().unwrap();
     c.write_manifest(&objects(b2.ip, b3.ip)).unwrap();
 
     // Ready when every node answers its NodePort.
@@ -158,6 +177,14 @@ fn external(routing: &str) {
     // The NodePort of every node reaches every backend, TCP and UDP; n1 has
     // no backend at all, so everything it serves went to another node.
     let both: BTreeSet<String> = ["b2", "b3"].iter().map(|s| s.to_string()).collect();
+    // Every frame on the fabric while the NodePorts are asked: what ferry
+    // (tc or XDP) wrote must carry valid IPv4 and TCP/UDP checksums. The
+    // test checks them itself; receivers behind a veth would not.
+    // The fabric's ports (p0..p3: n1, n2, n3, the client), not the bridge
+    // device, which sees only what is addressed to it.
+    let captures: Vec<Capture> = (0..4)
+        .map(|i| Capture::start(&fabric.netns.path(), &format!("p{i}")).unwrap())
+        .collect();
     for (name, addr, _) in NODES {
         let answers: Vec<String> = (0..40)
             .map(|_| {
@@ -191,6 +218,42 @@ fn external(routing: &str) {
             .collect();
         assert_eq!(udp, both, "UDP NodePort on {name}\n{}", logs(&nodes));
     }
+    let frames: Vec<Vec<u8>> = captures.into_iter().flat_map(Capture::finish).collect();
+    let checked: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| checksums_ok(f).is_some())
+        .collect();
+    let bad: Vec<String> = checked
+        .iter()
+        .filter(|f| checksums_ok(f) == Some(false))
+        .map(|f| format!("{:?}", tcp_tuple(f)))
+        .collect();
+    assert!(
+        checked.len() > 100,
+        "the capture saw the traffic: {} frames",
+        frames.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "{} of {} frames with a bad checksum, e.g. {:?}",
+        bad.len(),
+        checked.len(),
+        &bad[..bad.len().min(5)]
+    );
+    // n1 has no backend: its NodePort traffic crossed the fabric again,
+    // source-NATed to n1, towards the backends' nodes.
+    let snat_frames = frames
+        .iter()
+        .filter_map(|f| tcp_tuple(f))
+        .filter(|(src, dst, _, dport)| {
+            *src == NODES[0].1.octets() && dst[..2] == [10, 244] && *dport == 8080
+        })
+        .count();
+    // (Inside VXLAN's outer headers in that mode.)
+    if routing == "native" {
+        assert!(snat_frames > 0, "no source-NATed frames from n1 seen");
+    }
+
     // With native routing, n1's NodePort traffic (all for other nodes) was
     // turned around in XDP, both ways; VXLAN has no XDP path.
     let counter = |n: &Node, outcome: &str| -> u64 {
@@ -224,7 +287,7 @@ fn external(routing: &str) {
         })
         .collect();
     assert!(
-        seen.iter().all(|s| s.ends_with(":192.168.77.11")),
+        !seen.is_empty() && seen.iter().all(|s| s.ends_with(":192.168.77.11")),
         "backends behind n1's NodePort see n1's address: {seen:?}"
     );
 

@@ -190,7 +190,13 @@ fn run_nodes(keep: bool) -> Result<()> {
     let fabric = ferry_harness::Fabric::create(&cluster.run_id)?;
     let mut nodes = Vec::new();
     for (name, addr) in FABRIC_NODES {
-        nodes.push(cluster.node_on_fabric(name, &fabric, addr, "native")?);
+        nodes.push(cluster.node_on_fabric_with(
+            name,
+            &fabric,
+            addr,
+            "native",
+            &["--xdp", "generic"],
+        )?);
         println!(
             "==> node {name} at {addr}: namespace fry-{}-{name}, ferry-agent running (native routing, XDP on eth0)",
             cluster.run_id
@@ -207,6 +213,12 @@ fn run_nodes(keep: bool) -> Result<()> {
         bail!("pod addresses differ from the ones examples/demo-nodes.yaml names");
     }
     let outside = cluster.external_host(&fabric, "outside", Ipv4Addr::new(192, 168, 77, 100))?;
+    // Full checksums, as frames from a physical network carry: XDP's
+    // incremental update relies on them.
+    outside.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+    for p in &web {
+        p.full_checksums()?;
+    }
     let client = outside.path();
     println!(
         "==> a client outside the cluster at 192.168.77.100 (namespace {})",
