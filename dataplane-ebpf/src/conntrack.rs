@@ -204,7 +204,11 @@ pub fn create_snat(
     let span = u32::from(max - min) + 1;
     let now = now_ns();
     let mut seed = random;
-    for _ in 0..SNAT_PORT_TRIES {
+    // First free ports only; then, if none was found, a port whose last
+    // flow is over (the backend may still hold that tuple in TIME_WAIT, so
+    // it is the second choice).
+    for attempt in 0..2 * SNAT_PORT_TRIES {
+        let take_over = attempt >= SNAT_PORT_TRIES;
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         let port = min + ((seed >> 8) % span) as u16;
         let reply_key = CtKey {
@@ -216,14 +220,12 @@ pub fn create_snat(
             direction: CT_DIR_REPLY,
             pad: [0; 2],
         };
-        // A port whose last flow is over can be taken at once (as a
-        // TIME_WAIT tuple is reused); its stale original entry goes too.
         // SAFETY: copied out at once.
         if let Some(old) = unsafe { CONNTRACK.get(&reply_key) }.copied() {
             let over = old.expires_ns < now
                 || (pkt.protocol == ferry_common::PROTO_TCP
                     && old.state == ferry_common::conntrack::STATE_TCP_CLOSING);
-            if !over {
+            if !take_over || !over {
                 continue;
             }
             let _ = CONNTRACK.remove(&partner_key(&reply_key, &old));

@@ -564,3 +564,50 @@ fn the_nodes_other_ports_and_addresses_pass_untouched() {
     }
     assert!(k.conntrack.entries().unwrap().is_empty());
 }
+
+#[test]
+fn a_source_nat_port_is_reused_only_once_its_flow_is_over() {
+    let mut k = Kernel::load();
+    // One source port only, to make the choice visible.
+    NodeMap::open(k.pin_dir())
+        .unwrap()
+        .set(Some(NODE), (61000, 61000))
+        .unwrap();
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+    let syn = |client: Ipv4Addr| Packet::tcp((client, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+
+    let (_, out) = k.run_from_network(&syn(CLIENT).bytes());
+    assert_eq!(snat_port_of(&out, "first flow"), 61000);
+    // The port is taken by a live flow: another client's flow cannot have
+    // it, and is dropped rather than given the same tuple.
+    let before = packets(&k, outcome::DROP_CONNTRACK_WRITE);
+    let (verdict, _) = k.run_from_network(&syn(OTHER_CLIENT).bytes());
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(packets(&k, outcome::DROP_CONNTRACK_WRITE), before + 1);
+    assert_eq!(
+        k.conntrack.entries().unwrap().len(),
+        2,
+        "only the first flow"
+    );
+
+    // The first flow expires: the port is taken over, and the old flow's
+    // entries go with it.
+    let now = ferry_agent::maps::monotonic_now_ns();
+    for (key, mut entry) in k.conntrack.entries().unwrap() {
+        entry.expires_ns = now - 1;
+        k.conntrack.insert(key, entry).unwrap();
+    }
+    let (_, out) = k.run_from_network(&syn(OTHER_CLIENT).bytes());
+    assert_eq!(snat_port_of(&out, "second flow"), 61000);
+    let entries = k.conntrack.entries().unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|(key, e)| key.src_addr == OTHER_CLIENT.octets()
+                || e.peer_nat_addr == OTHER_CLIENT.octets()),
+        "only the second client's flow is left: {entries:?}"
+    );
+}
