@@ -139,7 +139,10 @@ impl Routing {
                         &self.vxlan_port.to_string(),
                     ])?;
                 }
-                ipcmd::ip(&["link", "set", VXLAN_DEVICE, "up"])?;
+                // No ARP over the tunnel: the node's own packets routed into
+                // it (to other nodes' pods) would wait forever for an answer.
+                // The far side delivers on IP alone.
+                ipcmd::ip(&["link", "set", VXLAN_DEVICE, "arp", "off", "up"])?;
                 ensure_attached(
                     pin_dir,
                     PIN_PROG_FROM_NETWORK,
@@ -158,6 +161,57 @@ impl Routing {
             RoutingMode::Native => uplink_mtu,
             RoutingMode::Vxlan => uplink_mtu - VXLAN_OVERHEAD,
         }
+    }
+
+    /// Kernel routes for the other nodes' pod CIDRs, so the node's own
+    /// traffic (host-network pods, the kubelet, replies from host-network
+    /// endpoints) reaches them the same way ferry sends pod traffic.
+    /// `installed` is what an earlier call put in place; routes for nodes
+    /// that are gone are removed.
+    pub fn sync_kernel_routes(
+        &self,
+        peers: &BTreeMap<Ipv4Net, PeerNode>,
+        installed: &mut std::collections::BTreeSet<Ipv4Net>,
+    ) -> Result<(), ipcmd::IpError> {
+        for (net, peer) in peers {
+            let cidr = format!("{}/{}", net.network(), net.prefix);
+            let node = peer.addr.to_string();
+            match self.mode {
+                RoutingMode::Native => {
+                    ipcmd::ip(&["route", "replace", &cidr, "via", &node, "dev", &self.uplink])?
+                }
+                RoutingMode::Vxlan => ipcmd::ip(&[
+                    "route",
+                    "replace",
+                    &cidr,
+                    "encap",
+                    "ip",
+                    "id",
+                    &self.vni.to_string(),
+                    "dst",
+                    &node,
+                    "dev",
+                    VXLAN_DEVICE,
+                ])?,
+            };
+            installed.insert(*net);
+        }
+        let gone: Vec<Ipv4Net> = installed
+            .iter()
+            .filter(|n| !peers.contains_key(n))
+            .copied()
+            .collect();
+        for net in gone {
+            match ipcmd::ip(&["route", "del", &format!("{}/{}", net.network(), net.prefix)]) {
+                Err(e) if !e.is_missing() && !e.to_string().contains("No such process") => {
+                    return Err(e);
+                }
+                _ => {
+                    installed.remove(&net);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The route map's desired contents.

@@ -83,6 +83,8 @@ struct Agent {
     pod_mtu: u32,
     cni_cidr: Option<Ipv4Net>,
     metrics: Arc<Metrics>,
+    /// Kernel routes to other nodes' pod CIDRs this agent installed.
+    kernel_routes: std::collections::BTreeSet<Ipv4Net>,
 }
 
 impl Agent {
@@ -116,6 +118,9 @@ impl Agent {
                 Err(e) => {
                     tracing::warn!(error = %e, "writing the route map failed; retried at the next change or resync")
                 }
+            }
+            if let Err(e) = routing.sync_kernel_routes(&desired.peers, &mut self.kernel_routes) {
+                tracing::warn!(error = %e, "writing the node's routes to other nodes' pods failed; the node's own traffic to them may not arrive; retried at the next change or resync");
             }
         }
         let done = Instant::now();
@@ -193,6 +198,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         pod_mtu: cfg.routing.as_ref().map_or(cfg.mtu, |r| r.pod_mtu(cfg.mtu)),
         cni_cidr: None,
         metrics,
+        kernel_routes: Default::default(),
         cfg,
     };
     tracing::info!(node = %agent.cfg.node, pin_dir = %agent.cfg.pin_dir.display(), "dataplane loaded");

@@ -163,6 +163,26 @@ fn cross_node(routing: &str) {
         "b2",
     );
 
+    // The node itself (host network: the kubelet, host-network pods)
+    // reaches pods on the other nodes too, through the routes the agent
+    // installs for their pod CIDRs.
+    for b in [&b2, &b3] {
+        let (ip, want) = (b.ip, b.name.clone());
+        let got = ferry_harness::in_netns(&n1.netns.path(), move || -> anyhow::Result<String> {
+            let mut s = TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"?")?;
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        })
+        .unwrap();
+        match got {
+            Ok(name) => assert_eq!(name, want),
+            Err(e) => panic!("node n1 -> {want} at {ip}: {e:#}\n{}", logs(&nodes)),
+        }
+    }
+
     // (b) The ClusterIP from n1 lands on both remote backends.
     let both: BTreeSet<String> = ["b2", "b3"].iter().map(|s| s.to_string()).collect();
     let tcp = names_seen(&nodes, 60, "TCP client -> ClusterIP:80", || {
