@@ -361,7 +361,7 @@ const NODEPORT_FERRY_NODES: [(&str, Ipv4Addr, &str, &[&str]); 3] = [
         "np-xdp",
         Ipv4Addr::new(192, 168, 77, 11),
         "10.244.1.0/24",
-        &[],
+        &["--xdp", "generic"],
     ),
     (
         "np-backend",
@@ -373,7 +373,7 @@ const NODEPORT_FERRY_NODES: [(&str, Ipv4Addr, &str, &[&str]); 3] = [
         "np-tc",
         Ipv4Addr::new(192, 168, 77, 13),
         "10.244.3.0/24",
-        &["--no-xdp"],
+        &[],
     ),
 ];
 const KP_ENTRY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 21);
