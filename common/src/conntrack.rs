@@ -20,6 +20,11 @@ pub const FLAG_FIN_ORIGINAL: u8 = 1;
 pub const FLAG_FIN_REPLY: u8 = 2;
 /// A reply was seen.
 pub const FLAG_SEEN_REPLY: u8 = 4;
+/// TCP: the connection is over on both ends: an RST, or, after both FINs,
+/// the last ACK. Only then may its tuple (a source-NAT port) be given to a
+/// new connection: before it, the side that closed last may still
+/// retransmit its FIN into the new connection.
+pub const FLAG_CLOSED: u8 = 8;
 
 const SECOND_NS: u64 = 1_000_000_000;
 /// Timeouts, as Cilium's defaults: long for established flows (idle
@@ -80,6 +85,11 @@ pub const fn advance(state: u8, flags: u8, direction: u8, tcp_flags: u8) -> (u8,
         } else {
             FLAG_FIN_ORIGINAL
         };
+    }
+    if tcp_flags & TCP_RST != 0
+        || (state == STATE_TCP_CLOSING && tcp_flags & TCP_FIN == 0 && tcp_flags & TCP_ACK != 0)
+    {
+        flags |= FLAG_CLOSED;
     }
     let state = if tcp_flags & TCP_RST != 0
         || flags & (FLAG_FIN_ORIGINAL | FLAG_FIN_REPLY) == FLAG_FIN_ORIGINAL | FLAG_FIN_REPLY
@@ -203,9 +213,20 @@ mod tests {
         let (s, f) = advance(s, f, O, TCP_FIN | TCP_ACK);
         assert_eq!(s, STATE_TCP_ESTABLISHED);
         assert_eq!(timeout_ns(s), TIMEOUT_ESTABLISHED_NS);
-        let (s, _) = advance(s, f, R, TCP_FIN | TCP_ACK);
+        let (s, f) = advance(s, f, R, TCP_FIN | TCP_ACK);
         assert_eq!(s, STATE_TCP_CLOSING);
         assert_eq!(timeout_ns(s), TIMEOUT_CLOSING_NS);
+        // Closing, not yet closed: the backend's FIN is not acknowledged.
+        assert_eq!(f & FLAG_CLOSED, 0);
+        let (s, f) = advance(s, f, O, TCP_ACK);
+        assert_eq!((s, f & FLAG_CLOSED), (STATE_TCP_CLOSING, FLAG_CLOSED));
+    }
+
+    #[test]
+    fn a_reset_closes_at_once() {
+        let s = initial_state(PROTO_TCP, TCP_SYN);
+        let (s, f) = advance(s, 0, R, TCP_RST | TCP_ACK);
+        assert_eq!((s, f & FLAG_CLOSED), (STATE_TCP_CLOSING, FLAG_CLOSED));
     }
 
     #[test]

@@ -222,9 +222,11 @@ pub fn create_snat(
         };
         // SAFETY: copied out at once.
         if let Some(old) = unsafe { CONNTRACK.get(&reply_key) }.copied() {
+            // Over: expired, or a TCP connection closed on both ends (its
+            // last ACK seen), so no retransmitted FIN can still come.
             let over = old.expires_ns < now
                 || (pkt.protocol == ferry_common::PROTO_TCP
-                    && old.state == ferry_common::conntrack::STATE_TCP_CLOSING);
+                    && old.flags & ferry_common::conntrack::FLAG_CLOSED != 0);
             if !take_over || !over {
                 continue;
             }

@@ -26,7 +26,7 @@ use ferry_common::{
 };
 use ferry_tests::{
     fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    packet::{Packet, TCP_ACK, TCP_SYN, port_unreachable_for},
+    packet::{Packet, TCP_ACK, TCP_FIN, TCP_SYN, port_unreachable_for},
 };
 
 /// A client outside the cluster (TEST-NET-1).
@@ -610,4 +610,36 @@ fn a_source_nat_port_is_reused_only_once_its_flow_is_over() {
                 || e.peer_nat_addr == OTHER_CLIENT.octets()),
         "only the second client's flow is left: {entries:?}"
     );
+}
+
+#[test]
+fn a_closing_connections_port_waits_for_its_last_ack() {
+    let mut k = Kernel::load();
+    NodeMap::open(k.pin_dir())
+        .unwrap()
+        .set(Some(NODE), (61000, 61000))
+        .unwrap();
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+    let c = (CLIENT, 40000);
+    let front = (NODE, NODE_PORT);
+    let snat = (NODE, 61000);
+    let pod = (REMOTE_POD, POD_PORT);
+    let from_client = |flags: u8| Packet::tcp(c, front, flags, b"");
+    let from_pod = |flags: u8| Packet::tcp(pod, snat, flags, b"");
+    k.run_from_network(&from_client(TCP_SYN).bytes());
+    k.run_from_network(&from_pod(TCP_SYN | TCP_ACK).bytes());
+    k.run_from_network(&from_client(TCP_ACK).bytes());
+    // Both FINs: closing, but the backend's FIN is not acknowledged yet; it
+    // may still retransmit it to this port.
+    k.run_from_network(&from_client(TCP_FIN | TCP_ACK).bytes());
+    k.run_from_network(&from_pod(TCP_FIN | TCP_ACK).bytes());
+    let next = Packet::tcp((OTHER_CLIENT, 40000), front, TCP_SYN, b"");
+    let (verdict, _) = k.run_from_network(&next.bytes());
+    assert_eq!(verdict, TC_ACT_SHOT, "the port is not free yet");
+    // The last ACK: closed on both ends, the port can be given again.
+    k.run_from_network(&from_client(TCP_ACK).bytes());
+    let (_, out) = k.run_from_network(&next.bytes());
+    assert_eq!(snat_port_of(&out, "after the last ACK"), 61000);
 }
