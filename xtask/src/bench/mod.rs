@@ -661,6 +661,9 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
             // Let the last datagrams land and the sink write its count.
             std::thread::sleep(Duration::from_millis(400));
             let (_, after) = sink_reading(sink)?;
+            if let Some(e) = crr["first_error"].as_str().filter(|e| !e.is_empty()) {
+                eprintln!("    {}: first connection error: {e}", s.label);
+            }
             let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
             let pps = (after - before) as f64 / num(&blast, "seconds");
             s.pps.push(pps);
