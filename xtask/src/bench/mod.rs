@@ -569,6 +569,17 @@ spec:
     }
 }
 
+/// Packets the kernel dropped because a CPU's receive backlog was full
+/// (/proc/net/softnet_stat, second column, summed over CPUs): on these
+/// VMs every namespace's traffic shares them.
+fn backlog_drops() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum()
+}
+
 struct NodePortScenario {
     label: &'static str,
     entry: Ipv4Addr,
@@ -623,6 +634,7 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
     for round in 1..=opts.rounds {
         for k in 0..count {
             let s = &mut scenarios[(k + round - 1) % count];
+            let backlog_before = backlog_drops();
             let crr = load_json(
                 &setup.outside_path,
                 load,
@@ -662,7 +674,11 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
             std::thread::sleep(Duration::from_millis(400));
             let (_, after) = sink_reading(sink)?;
             if let Some(e) = crr["first_error"].as_str().filter(|e| !e.is_empty()) {
-                eprintln!("    {}: first connection error: {e}", s.label);
+                eprintln!(
+                    "    {}: first connection error: {e} (the kernel's per-CPU backlog dropped {} packets during the connection test)",
+                    s.label,
+                    backlog_drops().saturating_sub(backlog_before)
+                );
             }
             let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
             let pps = (after - before) as f64 / num(&blast, "seconds");
@@ -720,6 +736,21 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
             c / kp_conn,
             u / kp_udp,
             p / kp_pps
+        )?;
+    }
+    for node in &setup._nodes {
+        let drops: Vec<String> = node
+            .inspect("counters")?
+            .lines()
+            .filter(|l| l.starts_with("drop_") || l.starts_with("rejected"))
+            .filter(|l| l.split_whitespace().nth(1) != Some("0"))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("="))
+            .collect();
+        writeln!(
+            report,
+            "{} datapath drops: {}",
+            node.name,
+            if drops.is_empty() { "none".to_string() } else { drops.join(", ") }
         )?;
     }
     let (xdp_conn, _, xdp_pps) = med(&scenarios[0]);
