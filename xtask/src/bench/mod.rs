@@ -750,7 +750,11 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
             report,
             "{} datapath drops: {}",
             node.name,
-            if drops.is_empty() { "none".to_string() } else { drops.join(", ") }
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(", ")
+            }
         )?;
     }
     let (xdp_conn, _, xdp_pps) = med(&scenarios[0]);
