@@ -12,7 +12,7 @@ use crate::{
     ipcmd,
     model::PeerNode,
     net::Ipv4Net,
-    tc::{AttachError, ensure_attached, ensure_xdp_attached},
+    tc::{AttachError, Hook, ensure_attached},
 };
 
 /// The VXLAN device ferry creates in VXLAN mode.
@@ -87,6 +87,7 @@ impl Routing {
             PIN_PROG_FROM_NETWORK,
             &self.uplink,
             &links.join(pin_name(&self.uplink)),
+            Hook::TcIngress,
         )?;
         match self.mode {
             RoutingMode::Native => {
@@ -107,15 +108,15 @@ impl Routing {
                     }
                 }
                 if let Some(mode) = self.xdp {
-                    ensure_xdp_attached(
+                    ensure_attached(
                         pin_dir,
                         PIN_PROG_XDP_UPLINK,
                         &self.uplink,
                         &xdp_link(wanted.unwrap_or_default()),
-                        match mode {
+                        Hook::Xdp(match mode {
                             XdpMode::Generic => aya::programs::XdpMode::Skb,
                             XdpMode::Native => aya::programs::XdpMode::Driver,
-                        },
+                        }),
                     )?;
                 }
                 Ok(uplink_index)
@@ -148,6 +149,7 @@ impl Routing {
                     PIN_PROG_FROM_NETWORK,
                     VXLAN_DEVICE,
                     &links.join(pin_name(VXLAN_DEVICE)),
+                    Hook::TcIngress,
                 )?;
                 ifindex(VXLAN_DEVICE)
                     .ok_or_else(|| RoutingError::NoUplink(VXLAN_DEVICE.to_string()))

@@ -36,6 +36,15 @@ pub fn attach_pinned(pin_dir: &Path, program_pin: &str, ifname: &str) -> Result<
     )
 }
 
+/// How a link attaches its program to an interface.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// tc ingress (tcx).
+    TcIngress,
+    /// XDP, in the given mode.
+    Xdp(aya::programs::XdpMode),
+}
+
 /// Make `ifname` run `program_pin` through the link pinned at `link_path`:
 /// a link already pinned there is pointed at the program in place (a
 /// restarted or upgraded agent; no packet goes unprocessed in between); one
@@ -45,6 +54,7 @@ pub fn ensure_attached(
     program_pin: &str,
     ifname: &str,
     link_path: &Path,
+    hook: Hook,
 ) -> Result<(), AttachError> {
     if link_path.exists() {
         match update_pinned_link(pin_dir, program_pin, link_path) {
@@ -53,7 +63,10 @@ pub fn ensure_attached(
         }
         let _ = std::fs::remove_file(link_path);
     }
-    attach_pinned_at(pin_dir, program_pin, ifname, link_path)
+    match hook {
+        Hook::TcIngress => attach_pinned_at(pin_dir, program_pin, ifname, link_path),
+        Hook::Xdp(mode) => attach_xdp_at(pin_dir, program_pin, ifname, link_path, mode),
+    }
 }
 
 /// Point the tcx link pinned at `link_path` at the program pinned as
@@ -172,6 +185,11 @@ fn attach_pinned_at(
     let fd_link: FdLink = link
         .try_into()
         .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+    pin_link(fd_link, path)
+}
+
+/// Pin `link` at `path`, replacing whatever is pinned there.
+fn pin_link(link: FdLink, path: &Path) -> Result<(), AttachError> {
     let pin_err = |detail: String| AttachError::PinLink {
         path: path.display().to_string(),
         detail,
@@ -182,14 +200,13 @@ fn attach_pinned_at(
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(pin_err(e.to_string())),
         _ => {}
     }
-    fd_link.pin(path).map_err(|e| pin_err(e.to_string()))?;
+    link.pin(path).map_err(|e| pin_err(e.to_string()))?;
     Ok(())
 }
 
-/// Attach the XDP program pinned as `program_pin` to `ifname` and pin the
-/// link at `link_path`; a link already pinned there is pointed at the
-/// program in place.
-pub fn ensure_xdp_attached(
+/// Attach the XDP program pinned as `program_pin` to `ifname` in `mode` and
+/// pin the link at `link_path`.
+fn attach_xdp_at(
     pin_dir: &Path,
     program_pin: &str,
     ifname: &str,
@@ -198,13 +215,6 @@ pub fn ensure_xdp_attached(
 ) -> Result<(), AttachError> {
     use aya::programs::Xdp;
     use aya_obj::programs::XdpAttachType;
-    if link_path.exists() {
-        match update_pinned_link(pin_dir, program_pin, link_path) {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::info!(error = %e, "re-attaching XDP"),
-        }
-        let _ = std::fs::remove_file(link_path);
-    }
     let prog_path = pin_dir.join(program_pin);
     let mut prog =
         Xdp::from_pin(&prog_path, XdpAttachType::Interface).map_err(|e| AttachError::Program {
@@ -224,12 +234,5 @@ pub fn ensure_xdp_attached(
     let fd_link: FdLink = link
         .try_into()
         .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
-    let pin_err = |detail: String| AttachError::PinLink {
-        path: link_path.display().to_string(),
-        detail,
-    };
-    std::fs::create_dir_all(link_path.parent().expect("has parent"))
-        .map_err(|e| pin_err(e.to_string()))?;
-    fd_link.pin(link_path).map_err(|e| pin_err(e.to_string()))?;
-    Ok(())
+    pin_link(fd_link, link_path)
 }

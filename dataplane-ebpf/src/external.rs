@@ -6,17 +6,17 @@
 //! address and uses this node's backends only.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_get_prandom_u32,
     programs::TcContext,
 };
 use ferry_common::{
-    BackendKey, CT_DIR_ORIGINAL, EndpointKey, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
+    CT_DIR_ORIGINAL, EndpointKey, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
     outcome,
 };
 
 use crate::{
+    balance,
     conntrack::{self, NatTarget},
-    maps::{BACKENDS, ENDPOINTS, SERVICES},
+    maps::{ENDPOINTS, SERVICES},
     nat,
     parse::L4Packet,
     reject,
@@ -58,21 +58,10 @@ fn new_flow(
         if local_only {
             return Err((TC_ACT_SHOT, outcome::DROP_NO_LOCAL_ENDPOINTS, None));
         }
-        return Err(match reject::port_unreachable(ctx, pkt) {
-            Ok(verdict) => (verdict, outcome::REJECTED_NO_ENDPOINTS, None),
-            Err(_) => (TC_ACT_SHOT, outcome::DROP_REJECT_FAILED, None),
-        });
+        let (verdict, outcome) = reject::no_endpoints(ctx, pkt);
+        return Err((verdict, outcome, None));
     }
-    // SAFETY: helper without arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    let backend_key = BackendKey {
-        service_id: service.service_id,
-        slot: (random % u32::from(service.backend_count)) as u16,
-        bank: service.bank,
-        pad: 0,
-    };
-    // SAFETY: copied out at once.
-    let Some(backend) = (unsafe { BACKENDS.get(backend_key) }).copied() else {
+    let Some((backend, random)) = balance::pick_backend(&service) else {
         return Err((TC_ACT_SHOT, outcome::DROP_NO_BACKEND_SLOT, None));
     };
     let write_failed = (TC_ACT_SHOT, outcome::DROP_CONNTRACK_WRITE, None);

@@ -1,19 +1,18 @@
 //! What the host side of a pod's veth does with a packet the pod sent.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_get_prandom_u32,
     programs::TcContext,
 };
 use ferry_common::{
-    BackendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS,
     ServiceKey, outcome,
 };
 
 use crate::{
-    conntrack,
+    balance, conntrack,
     counters::count,
     deliver,
-    maps::{BACKENDS, SERVICES},
+    maps::SERVICES,
     nat,
     parse::{L4Packet, Parsed, parse},
     reject,
@@ -88,21 +87,10 @@ fn translate(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32, Option<[u8; 4]>) {
         Some(target) => target,
         None => {
             if service.backend_count == 0 {
-                return match reject::port_unreachable(ctx, pkt) {
-                    Ok(verdict) => (verdict, outcome::REJECTED_NO_ENDPOINTS, None),
-                    Err(_) => (TC_ACT_SHOT, outcome::DROP_REJECT_FAILED, None),
-                };
+                let (verdict, outcome) = reject::no_endpoints(ctx, pkt);
+                return (verdict, outcome, None);
             }
-            // SAFETY: helper without arguments.
-            let random = unsafe { bpf_get_prandom_u32() };
-            let backend_key = BackendKey {
-                service_id: service.service_id,
-                slot: (random % u32::from(service.backend_count)) as u16,
-                bank: service.bank,
-                pad: 0,
-            };
-            // SAFETY: copied out at once.
-            let Some(backend) = (unsafe { BACKENDS.get(backend_key) }).copied() else {
+            let Some((backend, _)) = balance::pick_backend(&service) else {
                 return (TC_ACT_SHOT, outcome::DROP_NO_BACKEND_SLOT, None);
             };
             match conntrack::create(pkt, service.service_id, backend.addr, backend.port, None) {

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod balance;
 mod conntrack;
 mod counters;
 mod deliver;

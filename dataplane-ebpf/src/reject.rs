@@ -126,3 +126,16 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &L4Packet) -> Result<i32, i64> {
     }
     Ok(TC_ACT_REDIRECT)
 }
+
+/// The answer to a new connection for a frontend without endpoints:
+/// (verdict, outcome).
+#[inline(always)]
+pub fn no_endpoints(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32) {
+    match port_unreachable(ctx, pkt) {
+        Ok(verdict) => (verdict, ferry_common::outcome::REJECTED_NO_ENDPOINTS),
+        Err(_) => (
+            aya_ebpf::bindings::TC_ACT_SHOT,
+            ferry_common::outcome::DROP_REJECT_FAILED,
+        ),
+    }
+}

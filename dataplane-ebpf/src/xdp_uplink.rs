@@ -9,11 +9,11 @@ use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action::{XDP_PASS, XDP_TX},
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use ferry_common::{
-    BackendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, EndpointKey, PROTO_UDP, ROUTE_MODE_NATIVE,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, EndpointKey, PROTO_UDP, ROUTE_MODE_NATIVE,
     SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
     ServiceValue, csum::adjust, outcome,
 };
@@ -21,9 +21,10 @@ use ferry_common::{
 use aya_ebpf::btf_maps::lpm_trie::Key;
 
 use crate::{
+    balance,
     conntrack::{self, NatTarget},
     counters::count,
-    maps::{BACKENDS, CONNTRACK, ENDPOINTS, ROUTES, SERVICES},
+    maps::{CONNTRACK, ENDPOINTS, ROUTES, SERVICES},
     parse::{ETH_HLEN, Frame, L4Packet, Parsed, parse_frame},
 };
 
@@ -118,16 +119,7 @@ fn new_flow(pkt: &L4Packet, service: ServiceValue) -> Option<NatTarget> {
         // Local-only and reject decisions are the tc path's.
         return None;
     }
-    // SAFETY: helper without arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    let backend_key = BackendKey {
-        service_id: service.service_id,
-        slot: (random % u32::from(service.backend_count)) as u16,
-        bank: service.bank,
-        pad: 0,
-    };
-    // SAFETY: copied out at once.
-    let backend = (unsafe { BACKENDS.get(backend_key) }).copied()?;
+    let (backend, random) = balance::pick_backend(&service)?;
     // SAFETY: lookup only.
     if unsafe { ENDPOINTS.get(EndpointKey { addr: backend.addr }) }.is_some() {
         let _ = conntrack::create(pkt, service.service_id, backend.addr, backend.port, None);

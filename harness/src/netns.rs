@@ -37,6 +37,18 @@ impl Netns {
         cmd
     }
 
+    /// Start a background process (a server) inside the namespace; its
+    /// output is discarded but for errors.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> Result<std::process::Child> {
+        self.command(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} in {}", program.display(), self.name))
+    }
+
     /// Run a command inside the namespace and return its stdout.
     pub fn exec(&self, argv: &[&str]) -> Result<String> {
         let mut cmd = self.command(argv[0]);

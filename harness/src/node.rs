@@ -455,13 +455,7 @@ impl Pod {
     pub fn serve(&mut self, port: u16) -> Result<()> {
         let child = self
             .netns
-            .command(&self.echo_bin)
-            .arg(&self.name)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+            .spawn(&self.echo_bin, &[&self.name, &port.to_string()])?;
         self.servers.push(child);
         let ip = self.ip;
         let start = Instant::now();
@@ -485,16 +479,7 @@ impl Pod {
 
     /// Start `program args` in the pod; it is killed when the pod goes.
     pub fn spawn(&mut self, program: &Path, args: &[&str]) -> Result<()> {
-        let child = self
-            .netns
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} in {}", program.display(), self.name))?;
-        self.servers.push(child);
+        self.servers.push(self.netns.spawn(program, args)?);
         Ok(())
     }
 

@@ -3,10 +3,7 @@
 //! /32 route per pod on the node) but forwarded by the kernel's own routing.
 //! It is the baseline every benchmark compares against, and the host for
 //! kube-proxy-shaped rule sets.
-use std::{
-    net::Ipv4Addr,
-    process::{Child, Stdio},
-};
+use std::{net::Ipv4Addr, process::Child};
 
 use anyhow::{Context, Result};
 
@@ -133,16 +130,7 @@ fn mac_of(ns: &Netns, ifname: &str) -> Result<String> {
 impl PlainPod {
     /// Start `program args` in the pod; it is killed when the pod goes.
     pub fn spawn(&mut self, program: &std::path::Path, args: &[&str]) -> Result<()> {
-        let child = self
-            .netns
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} in {}", program.display(), self.name))?;
-        self.children.push(child);
+        self.children.push(self.netns.spawn(program, args)?);
         Ok(())
     }
 }

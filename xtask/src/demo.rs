@@ -139,16 +139,7 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
         std::mem::forget(cluster);
         return Ok(());
     }
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    println!("==> running; press Ctrl-C to tear everything down");
-    while !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("==> tearing down");
+    wait_for_ctrl_c();
     drop(web);
     drop(client);
     drop(node);
@@ -271,16 +262,7 @@ fn run_nodes(keep: bool) -> Result<()> {
         std::mem::forget(cluster);
         return Ok(());
     }
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    println!("==> running; press Ctrl-C to tear everything down");
-    while !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("==> tearing down");
+    wait_for_ctrl_c();
     drop(outside);
     drop(web);
     drop(nodes);
@@ -305,6 +287,20 @@ fn http_get(netns: &std::path::Path, path: &'static str) -> Result<(String, Stri
         let status = head.lines().next().unwrap_or_default().to_string();
         Ok((status, body.to_string()))
     })?
+}
+
+/// Block until SIGINT or SIGTERM, then say the demo is going.
+fn wait_for_ctrl_c() {
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    println!("==> running; press Ctrl-C to tear everything down");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("==> tearing down");
 }
 
 fn indent(s: &str) -> String {

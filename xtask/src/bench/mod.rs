@@ -569,6 +569,23 @@ spec:
     }
 }
 
+/// What a node's datapath dropped or rejected, by outcome ("none" if
+/// nothing): anything ferry dropped is named, not hidden in a rate.
+fn datapath_drops(node: &Node) -> Result<String> {
+    let drops: Vec<String> = node
+        .inspect("counters")?
+        .lines()
+        .filter(|l| l.starts_with("drop_") || l.starts_with("rejected"))
+        .filter(|l| l.split_whitespace().nth(1) != Some("0"))
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("="))
+        .collect();
+    Ok(if drops.is_empty() {
+        "none".to_string()
+    } else {
+        drops.join(", ")
+    })
+}
+
 /// Packets the kernel dropped because a CPU's receive backlog was full
 /// (/proc/net/softnet_stat, second column, summed over CPUs): on these
 /// VMs every namespace's traffic shares them.
@@ -739,22 +756,11 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
         )?;
     }
     for node in &setup._nodes {
-        let drops: Vec<String> = node
-            .inspect("counters")?
-            .lines()
-            .filter(|l| l.starts_with("drop_") || l.starts_with("rejected"))
-            .filter(|l| l.split_whitespace().nth(1) != Some("0"))
-            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("="))
-            .collect();
         writeln!(
             report,
             "{} datapath drops: {}",
             node.name,
-            if drops.is_empty() {
-                "none".to_string()
-            } else {
-                drops.join(", ")
-            }
+            datapath_drops(node)?
         )?;
     }
     let (xdp_conn, _, xdp_pps) = med(&scenarios[0]);
@@ -1016,22 +1022,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     )?;
     // Anything ferry dropped on the way is named here, not hidden in a rate.
     for (label, node) in [("ferry-10", &f_small.node), ("ferry-large", &f_large.node)] {
-        let drops: Vec<String> = node
-            .inspect("counters")?
-            .lines()
-            .filter(|l| l.starts_with("drop_") || l.starts_with("rejected"))
-            .filter(|l| l.split_whitespace().nth(1) != Some("0"))
-            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("="))
-            .collect();
-        writeln!(
-            report,
-            "{label} datapath drops: {}",
-            if drops.is_empty() {
-                "none".to_string()
-            } else {
-                drops.join(", ")
-            }
-        )?;
+        writeln!(report, "{label} datapath drops: {}", datapath_drops(node)?)?;
     }
     // What ferry's own code costs per packet, against the 10,000-Service
     // maps: the part of a connection's time that is ferry's.
