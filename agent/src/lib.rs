@@ -12,6 +12,7 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod reserved_ports;
 pub mod routing;
 pub mod run;
 pub mod source;

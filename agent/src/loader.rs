@@ -98,7 +98,7 @@ fn expected_shapes() -> [MapShape; 8] {
             map_type: MapType::PerCpuArray,
             key_size: size_of::<u32>(),
             value_size: size_of::<Counter>(),
-            max_entries: outcome::COUNT,
+            max_entries: outcome::COUNTER_SLOTS,
         },
         MapShape {
             name: MAP_ENDPOINTS,

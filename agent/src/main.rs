@@ -103,8 +103,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = XdpChoice::Off)]
         xdp: XdpChoice,
         /// Source ports for external traffic sent to backends on other
-        /// nodes (FROM-TO); keep them outside the node's
-        /// net.ipv4.ip_local_port_range.
+        /// nodes (FROM-TO). They are reserved in the node's
+        /// net.ipv4.ip_local_reserved_ports. A closed connection's port
+        /// rests 1 s (60 s if the backend closed first) before reuse, so
+        /// the range caps new connections per second per node and backend.
         #[arg(long, default_value = "61000-65535", value_parser = parse_snat_ports)]
         snat_ports: (u16, u16),
         /// Addresses NodePorts answer on, comma-separated (default: this
@@ -115,6 +117,11 @@ enum Command {
         /// --service-node-port-range (FROM-TO).
         #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
         nodeport_range: (u16, u16),
+        /// The node's /proc/sys, for net.ipv4.ip_local_reserved_ports: the
+        /// agent reserves --snat-ports and --nodeport-range there so that
+        /// the node's own sockets never pick those ports.
+        #[arg(long, default_value = "/proc/sys")]
+        proc_sys: PathBuf,
     },
     /// Print what the dataplane holds, from the pinned maps.
     Inspect {
@@ -216,6 +223,7 @@ fn main() -> anyhow::Result<()> {
             nodeport_range,
             xdp,
             snat_ports,
+            proc_sys,
         } => {
             init_logs(log_format);
             if nodeport_range.1 >= snat_ports.0 && nodeport_range.0 <= snat_ports.1 {
@@ -265,6 +273,7 @@ fn main() -> anyhow::Result<()> {
                     },
                 }),
                 snat_ports,
+                proc_sys,
             };
             if dry_run {
                 println!("{cfg:#?}");

@@ -53,6 +53,8 @@ pub struct RunConfig {
     pub model: ModelConfig,
     /// Source ports for external traffic sent to other nodes.
     pub snat_ports: (u16, u16),
+    /// The node's /proc/sys (for the reserved ports).
+    pub proc_sys: PathBuf,
     /// Where to serve /healthz, /readyz and /metrics (None: not served).
     pub metrics_address: Option<std::net::SocketAddr>,
 }
@@ -166,6 +168,23 @@ impl Agent {
     }
 }
 
+/// Keep the node's own sockets off the source-NAT and NodePort ranges. Not
+/// fatal: forwarding works without it, only a node socket that happens to
+/// pick one of those ports would suffer.
+fn reserve_ports(cfg: &RunConfig) {
+    let ranges = [cfg.snat_ports, cfg.model.nodeport_range];
+    match crate::reserved_ports::reserve(&cfg.proc_sys, &ranges) {
+        Ok(crate::reserved_ports::Reserved::Already) => {
+            tracing::debug!("source-NAT and NodePort ranges already reserved")
+        }
+        Ok(crate::reserved_ports::Reserved::Added(now)) => tracing::info!(
+            ip_local_reserved_ports = %now,
+            "reserved the source-NAT and NodePort ranges from the node's automatic port choice"
+        ),
+        Err(e) => tracing::warn!("{e}"),
+    }
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut dataplane = Dataplane::load(&cfg.pin_dir)
         .with_context(|| format!("loading the dataplane into {}", cfg.pin_dir.display()))?;
@@ -181,6 +200,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    reserve_ports(&cfg);
     let metrics = Arc::new(Metrics::new(&cfg.pin_dir));
     if let Some(addr) = cfg.metrics_address {
         let listener = tokio::net::TcpListener::bind(addr)

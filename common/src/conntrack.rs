@@ -25,6 +25,15 @@ pub const FLAG_SEEN_REPLY: u8 = 4;
 /// new connection: before it, the side that closed last may still
 /// retransmit its FIN into the new connection.
 pub const FLAG_CLOSED: u8 = 8;
+/// TCP: the backend sent its FIN before the client did. The backend's
+/// socket then waits out TIME_WAIT on the tuple (60 s on Linux); a SYN
+/// from a different client given the same source-NAT tuple could meet it
+/// and be answered with an ACK instead of a SYN-ACK. Cleared by an RST,
+/// which ends TIME_WAIT.
+pub const FLAG_BACKEND_CLOSED_FIRST: u8 = 16;
+/// The flow's source was rewritten to the node's address and a port of the
+/// node's source-NAT range (set when the flow is created).
+pub const FLAG_SOURCE_NAT: u8 = 32;
 
 const SECOND_NS: u64 = 1_000_000_000;
 /// Timeouts, as Cilium's defaults: long for established flows (idle
@@ -33,6 +42,17 @@ pub const TIMEOUT_SYN_SENT_NS: u64 = 60 * SECOND_NS;
 pub const TIMEOUT_ESTABLISHED_NS: u64 = 6 * 3600 * SECOND_NS;
 pub const TIMEOUT_CLOSING_NS: u64 = 10 * SECOND_NS;
 pub const TIMEOUT_UDP_NS: u64 = 60 * SECOND_NS;
+/// A source-NATed flow the backend closed first is kept as long as Linux
+/// keeps the backend's TIME_WAIT socket (TCP_TIMEWAIT_LEN), so its port is
+/// not given away before the backend has forgotten the tuple.
+pub const TIMEOUT_TIME_WAIT_NS: u64 = 60 * SECOND_NS;
+/// How long a closed flow's source-NAT port rests before a new connection
+/// may take it. The last ACK and the next SYN for the port can be handled
+/// on different CPUs and cross on the way to the backend; a SYN that
+/// overtakes the ACK meets the backend's socket still in LAST_ACK and is
+/// lost until its retransmit a second later. The rest also covers a lost
+/// last ACK: the backend retransmits its FIN after its minimum RTO (200 ms).
+pub const SNAT_PORT_REST_NS: u64 = SECOND_NS;
 
 /// TCP header flag bits (byte 13 of the TCP header).
 pub const TCP_FIN: u8 = 0x01;
@@ -40,15 +60,44 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// How long an entry in `state` lives after its last packet.
+/// How long an entry in (state, flags) lives after its last packet.
 #[inline(always)]
-pub const fn timeout_ns(state: u8) -> u64 {
+pub const fn timeout_ns(state: u8, flags: u8) -> u64 {
+    const TIME_WAIT: u8 = FLAG_SOURCE_NAT | FLAG_BACKEND_CLOSED_FIRST;
     match state {
         STATE_TCP_SYN_SENT => TIMEOUT_SYN_SENT_NS,
         STATE_TCP_ESTABLISHED => TIMEOUT_ESTABLISHED_NS,
+        // Only source-NATed flows: their tuple is ferry's to hand out
+        // again. Any other flow's tuple is the client's own, and the
+        // client's socket guards it.
+        STATE_TCP_CLOSING if flags & TIME_WAIT == TIME_WAIT => TIMEOUT_TIME_WAIT_NS,
         STATE_TCP_CLOSING => TIMEOUT_CLOSING_NS,
         _ => TIMEOUT_UDP_NS,
     }
+}
+
+/// May a new connection take the source-NAT tuple held by a flow in
+/// (state, flags) whose entry expires at `expires_ns`? Yes once the entry
+/// has expired; for TCP also once the connection is closed on both ends,
+/// the backend did not close first (its TIME_WAIT would still hold the
+/// tuple), and the port has rested `SNAT_PORT_REST_NS` since the flow's
+/// last packet.
+#[inline(always)]
+pub const fn snat_tuple_reusable(
+    state: u8,
+    flags: u8,
+    expires_ns: u64,
+    now_ns: u64,
+    protocol: u8,
+) -> bool {
+    if expires_ns < now_ns {
+        return true;
+    }
+    let last_packet_ns = expires_ns.saturating_sub(timeout_ns(state, flags));
+    protocol == crate::PROTO_TCP
+        && flags & FLAG_CLOSED != 0
+        && flags & FLAG_BACKEND_CLOSED_FIRST == 0
+        && now_ns >= last_packet_ns + SNAT_PORT_REST_NS
 }
 
 /// State of a flow created by its first packet (always original direction).
@@ -80,11 +129,17 @@ pub const fn advance(state: u8, flags: u8, direction: u8, tcp_flags: u8) -> (u8,
         return (state, flags);
     }
     if tcp_flags & TCP_FIN != 0 {
+        if reply && flags & (FLAG_FIN_ORIGINAL | FLAG_FIN_REPLY) == 0 {
+            flags |= FLAG_BACKEND_CLOSED_FIRST;
+        }
         flags |= if reply {
             FLAG_FIN_REPLY
         } else {
             FLAG_FIN_ORIGINAL
         };
+    }
+    if tcp_flags & TCP_RST != 0 {
+        flags &= !FLAG_BACKEND_CLOSED_FIRST;
     }
     if tcp_flags & TCP_RST != 0
         || (state == STATE_TCP_CLOSING && tcp_flags & TCP_FIN == 0 && tcp_flags & TCP_ACK != 0)
@@ -212,14 +267,86 @@ mod tests {
         // Half-close keeps the established timeout: the other side may still send.
         let (s, f) = advance(s, f, O, TCP_FIN | TCP_ACK);
         assert_eq!(s, STATE_TCP_ESTABLISHED);
-        assert_eq!(timeout_ns(s), TIMEOUT_ESTABLISHED_NS);
+        assert_eq!(timeout_ns(s, f), TIMEOUT_ESTABLISHED_NS);
         let (s, f) = advance(s, f, R, TCP_FIN | TCP_ACK);
         assert_eq!(s, STATE_TCP_CLOSING);
-        assert_eq!(timeout_ns(s), TIMEOUT_CLOSING_NS);
+        assert_eq!(timeout_ns(s, f), TIMEOUT_CLOSING_NS);
         // Closing, not yet closed: the backend's FIN is not acknowledged.
         assert_eq!(f & FLAG_CLOSED, 0);
         let (s, f) = advance(s, f, O, TCP_ACK);
         assert_eq!((s, f & FLAG_CLOSED), (STATE_TCP_CLOSING, FLAG_CLOSED));
+    }
+
+    /// (state, flags) after `packets`, each (direction, TCP flags), on a
+    /// source-NATed flow opened by a SYN.
+    fn snat_flow_after(packets: &[(u8, u8)]) -> (u8, u8) {
+        let mut sf = (initial_state(PROTO_TCP, TCP_SYN), FLAG_SOURCE_NAT);
+        for &(direction, tcp_flags) in packets {
+            sf = advance(sf.0, sf.1, direction, tcp_flags);
+        }
+        sf
+    }
+
+    const OPEN: [(u8, u8); 3] = [(R, TCP_SYN | TCP_ACK), (O, TCP_ACK), (O, TCP_ACK)];
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_source_nat_port_rests_after_the_client_closed_first() {
+        let mut packets = OPEN.to_vec();
+        packets.extend([(O, TCP_FIN | TCP_ACK), (R, TCP_FIN | TCP_ACK), (O, TCP_ACK)]);
+        let (s, f) = snat_flow_after(&packets);
+        assert_eq!(f & (FLAG_CLOSED | FLAG_BACKEND_CLOSED_FIRST), FLAG_CLOSED);
+        let closed_at = 100 * S;
+        let expires = closed_at + timeout_ns(s, f);
+        assert_eq!(timeout_ns(s, f), TIMEOUT_CLOSING_NS);
+        let reusable = |now| snat_tuple_reusable(s, f, expires, now, PROTO_TCP);
+        assert!(!reusable(closed_at), "the last ACK may still be on its way");
+        assert!(!reusable(closed_at + SNAT_PORT_REST_NS - 1));
+        assert!(reusable(closed_at + SNAT_PORT_REST_NS));
+    }
+
+    #[test]
+    fn a_source_nat_port_waits_out_the_backends_time_wait() {
+        let mut packets = OPEN.to_vec();
+        packets.extend([(R, TCP_FIN | TCP_ACK), (O, TCP_FIN | TCP_ACK), (R, TCP_ACK)]);
+        let (s, f) = snat_flow_after(&packets);
+        assert_eq!(
+            f & (FLAG_CLOSED | FLAG_BACKEND_CLOSED_FIRST),
+            FLAG_CLOSED | FLAG_BACKEND_CLOSED_FIRST
+        );
+        assert_eq!(timeout_ns(s, f), TIMEOUT_TIME_WAIT_NS);
+        let closed_at = 100 * S;
+        let expires = closed_at + timeout_ns(s, f);
+        let reusable = |now| snat_tuple_reusable(s, f, expires, now, PROTO_TCP);
+        assert!(!reusable(closed_at + 30 * S));
+        assert!(reusable(expires + 1), "TIME_WAIT is over");
+        // Without source NAT the tuple is the client's: no reason to keep it.
+        let (s, f) = snat_flow_after(&packets);
+        assert_eq!(timeout_ns(s, f & !FLAG_SOURCE_NAT), TIMEOUT_CLOSING_NS);
+    }
+
+    #[test]
+    fn a_reset_ends_the_backends_time_wait() {
+        let mut packets = OPEN.to_vec();
+        packets.extend([(R, TCP_FIN | TCP_ACK), (O, TCP_RST)]);
+        let (s, f) = snat_flow_after(&packets);
+        assert_eq!(f & (FLAG_CLOSED | FLAG_BACKEND_CLOSED_FIRST), FLAG_CLOSED);
+        let at = 100 * S;
+        let expires = at + timeout_ns(s, f);
+        assert!(!snat_tuple_reusable(s, f, expires, at, PROTO_TCP));
+        assert!(snat_tuple_reusable(s, f, expires, at + SNAT_PORT_REST_NS, PROTO_TCP));
+    }
+
+    #[test]
+    fn open_flows_and_udp_keep_their_port_until_they_expire() {
+        let (s, f) = snat_flow_after(&OPEN);
+        let expires = 100 * S + timeout_ns(s, f);
+        assert!(!snat_tuple_reusable(s, f, expires, 100 * S + 3600 * S, PROTO_TCP));
+        assert!(snat_tuple_reusable(s, f, expires, expires + 1, PROTO_TCP));
+        let udp_expires = 100 * S + TIMEOUT_UDP_NS;
+        let udp = |now| snat_tuple_reusable(STATE_UDP, FLAG_SOURCE_NAT, udp_expires, now, PROTO_UDP);
+        assert!(!udp(udp_expires - 1));
+        assert!(udp(udp_expires + 1));
     }
 
     #[test]
@@ -248,7 +375,7 @@ mod tests {
             advance(STATE_TCP_SYN_SENT, 0, O, TCP_SYN).0,
             STATE_TCP_SYN_SENT
         );
-        assert_eq!(timeout_ns(STATE_TCP_SYN_SENT), TIMEOUT_SYN_SENT_NS);
+        assert_eq!(timeout_ns(STATE_TCP_SYN_SENT, 0), TIMEOUT_SYN_SENT_NS);
     }
 
     #[test]
@@ -261,7 +388,7 @@ mod tests {
     fn udp_only_records_replies() {
         assert_eq!(advance(STATE_UDP, 0, O, 0xff), (STATE_UDP, 0));
         assert_eq!(advance(STATE_UDP, 0, R, 0), (STATE_UDP, FLAG_SEEN_REPLY));
-        assert_eq!(timeout_ns(STATE_UDP), TIMEOUT_UDP_NS);
+        assert_eq!(timeout_ns(STATE_UDP, FLAG_SOURCE_NAT), TIMEOUT_UDP_NS);
     }
 
     #[test]

@@ -39,8 +39,18 @@ pub const TRANSLATED_XDP: u32 = 13;
 /// The reply of such a flow, translated back and sent in XDP.
 pub const REVERSE_TRANSLATED_XDP: u32 = 14;
 
-/// Number of outcomes; the size of `ferry_counters`.
-pub const COUNT: u32 = 15;
+/// A new external flow to a backend on another node found no source-NAT
+/// port free for that backend: every port of the node's range is held by a
+/// live flow, or by a closed one still resting or in the backend's
+/// TIME_WAIT. Widen `--snat-ports`.
+pub const DROP_SNAT_PORTS_EXHAUSTED: u32 = 15;
+
+/// Number of outcomes.
+pub const COUNT: u32 = 16;
+/// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
+/// outcomes still adopts the pinned map of the one before.
+pub const COUNTER_SLOTS: u32 = 64;
+const _: () = assert!(COUNT <= COUNTER_SLOTS);
 
 /// Stable names, indexed by outcome, for the CLI and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -59,4 +69,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_no_local_endpoints",
     "translated_xdp",
     "reverse_translated_xdp",
+    "drop_snat_ports_exhausted",
 ];

@@ -4,7 +4,11 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ferry_common::{
     CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
-    conntrack::{advance, initial_state, partner_key, reply_matches, starts_new_flow, timeout_ns},
+    conntrack::{
+        FLAG_SOURCE_NAT, advance, initial_state, partner_key, reply_matches, snat_tuple_reusable,
+        starts_new_flow, timeout_ns,
+    },
+    outcome,
 };
 
 use crate::{maps::CONNTRACK, parse::L4Packet};
@@ -80,12 +84,12 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
             let p = unsafe { &mut *p };
             p.state = state;
             p.flags = flags;
-            p.expires_ns = now + timeout_ns(state);
+            p.expires_ns = now + timeout_ns(state, flags);
         }
         e.state = state;
         e.flags = flags;
     }
-    e.expires_ns = now + timeout_ns(state);
+    e.expires_ns = now + timeout_ns(state, flags);
     Some(NatTarget {
         addr: e.nat_addr,
         port: e.nat_port,
@@ -109,22 +113,22 @@ pub fn create(
     snat: Option<([u8; 4], u16)>,
 ) -> Result<NatTarget, i32> {
     let hairpin = backend_addr == pkt.src_addr;
-    let (peer_addr, peer_port, reply_flags) = if hairpin {
-        (ferry_common::HAIRPIN_SNAT_ADDR, pkt.src_port, BPF_ANY)
+    let (peer_addr, peer_port, reply_flags, flags) = if hairpin {
+        (ferry_common::HAIRPIN_SNAT_ADDR, pkt.src_port, BPF_ANY, 0)
     } else if let Some((addr, port)) = snat {
-        (addr, port, BPF_NOEXIST)
+        (addr, port, BPF_NOEXIST, FLAG_SOURCE_NAT)
     } else {
-        (NO_ADDR, 0, BPF_ANY)
+        (NO_ADDR, 0, BPF_ANY, 0)
     };
     let rewrites_source = peer_addr != NO_ADDR;
     let state = initial_state(pkt.protocol, pkt.tcp_flags);
-    let expires_ns = now_ns() + timeout_ns(state);
+    let expires_ns = now_ns() + timeout_ns(state, flags);
     let original = CtEntry {
         expires_ns,
         nat_addr: backend_addr,
         nat_port: backend_port,
         state,
-        flags: 0,
+        flags,
         service_id,
         peer_nat_addr: peer_addr,
         peer_nat_port: peer_port,
@@ -178,11 +182,12 @@ pub fn clear_clashing_reply(pkt: &L4Packet) {
 }
 
 /// Tries at a free source port before giving up on a flow.
-const SNAT_PORT_TRIES: u32 = 8;
+const SNAT_PORT_TRIES: u32 = 16;
 
 /// A new flow from an external client to a backend on another node, its
-/// source rewritten to this node's address and a free port from the node's
-/// range. None when the node's address is unknown or no port is free.
+/// source rewritten to this node's address and a port from the node's
+/// range. Err is the outcome to count: the node's address is unknown, or no
+/// port is free for this backend.
 #[inline(always)]
 pub fn create_snat(
     pkt: &L4Packet,
@@ -190,11 +195,13 @@ pub fn create_snat(
     backend_addr: [u8; 4],
     backend_port: u16,
     random: u32,
-) -> Option<NatTarget> {
-    let node = crate::maps::NODE.get(0).copied()?;
+) -> Result<NatTarget, u32> {
+    let Some(node) = crate::maps::NODE.get(0).copied() else {
+        return Err(outcome::DROP_CONNTRACK_WRITE);
+    };
     if node.node_addr == NO_ADDR {
         // Without it the reply would not come back here.
-        return None;
+        return Err(outcome::DROP_CONNTRACK_WRITE);
     }
     let (min, max) = if node.snat_port_min == 0 || node.snat_port_min > node.snat_port_max {
         (ferry_common::SNAT_PORT_MIN, ferry_common::SNAT_PORT_MAX)
@@ -204,11 +211,9 @@ pub fn create_snat(
     let span = u32::from(max - min) + 1;
     let now = now_ns();
     let mut seed = random;
-    // First free ports only; then, if none was found, a port whose last
-    // flow is over (the backend may still hold that tuple in TIME_WAIT, so
-    // it is the second choice).
-    for attempt in 0..2 * SNAT_PORT_TRIES {
-        let take_over = attempt >= SNAT_PORT_TRIES;
+    // A port is free when no flow holds its tuple towards this backend, or
+    // the flow holding it is over for good (`snat_tuple_reusable`).
+    for _ in 0..SNAT_PORT_TRIES {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         let port = min + ((seed >> 8) % span) as u16;
         let reply_key = CtKey {
@@ -222,26 +227,23 @@ pub fn create_snat(
         };
         // SAFETY: copied out at once.
         if let Some(old) = unsafe { CONNTRACK.get(&reply_key) }.copied() {
-            // Over: expired, or a TCP connection closed on both ends (its
-            // last ACK seen), so no retransmitted FIN can still come.
-            let over = old.expires_ns < now
-                || (pkt.protocol == ferry_common::PROTO_TCP
-                    && old.flags & ferry_common::conntrack::FLAG_CLOSED != 0);
-            if !take_over || !over {
+            if !snat_tuple_reusable(old.state, old.flags, old.expires_ns, now, pkt.protocol) {
                 continue;
             }
             let _ = CONNTRACK.remove(&partner_key(&reply_key, &old));
             let _ = CONNTRACK.remove(&reply_key);
         }
-        if let Ok(target) = create(
+        match create(
             pkt,
             service_id,
             backend_addr,
             backend_port,
             Some((node.node_addr, port)),
         ) {
-            return Some(target);
+            Ok(target) => return Ok(target),
+            // Another CPU took the port in the meantime: try another.
+            Err(_) => continue,
         }
     }
-    None
+    Err(outcome::DROP_SNAT_PORTS_EXHAUSTED)
 }

@@ -72,5 +72,5 @@ fn new_flow(
             .map_err(|_| write_failed);
     }
     conntrack::create_snat(pkt, service.service_id, backend.addr, backend.port, random)
-        .ok_or(write_failed)
+        .map_err(|outcome| (TC_ACT_SHOT, outcome, None))
 }

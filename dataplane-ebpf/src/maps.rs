@@ -22,7 +22,7 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_ENTRIES as usiz
     LruHashMap::new();
 
 #[btf_map(name = "ferry_counters")]
-pub static COUNTERS: PerCpuArray<Counter, { outcome::COUNT as usize }> = PerCpuArray::new();
+pub static COUNTERS: PerCpuArray<Counter, { outcome::COUNTER_SLOTS as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "ferry_endpoints")]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { ENDPOINTS_MAX_ENTRIES as usize }> =

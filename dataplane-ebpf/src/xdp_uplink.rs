@@ -129,7 +129,8 @@ fn new_flow(pkt: &L4Packet, service: ServiceValue) -> Option<NatTarget> {
     if route.mode != ROUTE_MODE_NATIVE {
         return None;
     }
-    conntrack::create_snat(pkt, service.service_id, backend.addr, backend.port, random)
+    // No port: tc tries again and counts the drop.
+    conntrack::create_snat(pkt, service.service_id, backend.addr, backend.port, random).ok()
 }
 
 /// MACs towards the node that owns `backend`'s pod CIDR (native routing).
