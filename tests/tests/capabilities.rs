@@ -2,14 +2,16 @@
 //! (BPF, NET_ADMIN, PERFMON; agent/tests/deploy_manifests.rs checks the
 //! manifest names exactly these): with them it loads, attaches tc and XDP to
 //! the uplink, creates the VXLAN device and syncs; without PERFMON the
-//! verifier refuses the programs.
+//! verifier refuses the programs. With them it also reserves its port
+//! ranges in net.ipv4.ip_local_reserved_ports.
 use std::{process::Command, time::Duration};
 
 use ferry_harness::{Binaries, Netns};
 
 const CAPS: &str = "+bpf,+net_admin,+perfmon";
 
-fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String) {
+/// (synced, the agent's log, the namespace's reserved ports afterwards)
+fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String, String) {
     let bins = Binaries::locate().expect("binaries");
     let ns = Netns::create(&format!("fry-caps-{}-{tag}", std::process::id())).unwrap();
     ns.exec(&[
@@ -52,10 +54,13 @@ fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String) {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     let synced = log.contains(" synced ") && dir.join("net.d/10-ferry.conflist").exists();
+    let reserved = ns
+        .exec(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"])
+        .unwrap();
     let _ = std::fs::remove_dir_all(&pins);
     let _ = std::fs::remove_dir_all(&dir);
     std::thread::sleep(Duration::from_millis(10));
-    (synced, log)
+    (synced, log, reserved)
 }
 
 #[test]
@@ -66,10 +71,13 @@ fn the_agent_runs_with_exactly_bpf_net_admin_and_perfmon() {
         "setpriv (util-linux) is needed"
     );
     for routing in ["native", "vxlan"] {
-        let (synced, log) = run_agent_with(CAPS, routing, routing);
+        let (synced, log, reserved) = run_agent_with(CAPS, routing, routing);
         assert!(synced, "{routing} with {CAPS}:\n{log}");
+        // The NodePort range and the source-NAT ports, kept off the node's
+        // own automatic port choice.
+        assert_eq!(reserved.trim(), "30000-32767,61000-65535", "{log}");
     }
-    let (synced, log) = run_agent_with("+bpf,+net_admin", "native", "noperfmon");
+    let (synced, log, _) = run_agent_with("+bpf,+net_admin", "native", "noperfmon");
     assert!(!synced, "loaded without PERFMON:\n{log}");
     assert!(log.contains("pointer -= pointer prohibited"), "{log}");
 }

@@ -22,11 +22,13 @@ use ferry_agent::maps::{Endpoints, NodeMap, Routes};
 use ferry_common::{
     Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, Endpoint, PROTO_TCP, PROTO_UDP,
     ROUTE_MODE_VXLAN, Route, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey, outcome,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey,
+    conntrack::{SNAT_PORT_REST_NS, TIMEOUT_TIME_WAIT_NS},
+    outcome,
 };
 use ferry_tests::{
     fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    packet::{Packet, TCP_ACK, TCP_FIN, TCP_SYN, port_unreachable_for},
+    packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, port_unreachable_for},
 };
 
 /// A client outside the cluster (TEST-NET-1).
@@ -582,10 +584,10 @@ fn a_source_nat_port_is_reused_only_once_its_flow_is_over() {
     assert_eq!(snat_port_of(&out, "first flow"), 61000);
     // The port is taken by a live flow: another client's flow cannot have
     // it, and is dropped rather than given the same tuple.
-    let before = packets(&k, outcome::DROP_CONNTRACK_WRITE);
+    let before = packets(&k, outcome::DROP_SNAT_PORTS_EXHAUSTED);
     let (verdict, _) = k.run_from_network(&syn(OTHER_CLIENT).bytes());
     assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(packets(&k, outcome::DROP_CONNTRACK_WRITE), before + 1);
+    assert_eq!(packets(&k, outcome::DROP_SNAT_PORTS_EXHAUSTED), before + 1);
     assert_eq!(
         k.conntrack.entries().unwrap().len(),
         2,
@@ -612,9 +614,18 @@ fn a_source_nat_port_is_reused_only_once_its_flow_is_over() {
     );
 }
 
-#[test]
-fn a_closing_connections_port_waits_for_its_last_ack() {
-    let mut k = Kernel::load();
+/// Move every conntrack entry `ns` into the past, as if that much time had
+/// gone by since its last packet.
+fn age_conntrack(k: &mut Kernel, ns: u64) {
+    for (key, mut entry) in k.conntrack.entries().unwrap() {
+        entry.expires_ns -= ns;
+        k.conntrack.insert(key, entry).unwrap();
+    }
+}
+
+/// A one-port range, a NodePort flow to a remote backend through it, and
+/// the packets of the flow's handshake.
+fn one_port_flow(k: &mut Kernel) -> (fn(u8) -> Packet, fn(u8) -> Packet) {
     NodeMap::open(k.pin_dir())
         .unwrap()
         .set(Some(NODE), (61000, 61000))
@@ -622,24 +633,76 @@ fn a_closing_connections_port_waits_for_its_last_ack() {
     k.services
         .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
         .unwrap();
-    let c = (CLIENT, 40000);
-    let front = (NODE, NODE_PORT);
-    let snat = (NODE, 61000);
-    let pod = (REMOTE_POD, POD_PORT);
-    let from_client = |flags: u8| Packet::tcp(c, front, flags, b"");
-    let from_pod = |flags: u8| Packet::tcp(pod, snat, flags, b"");
+    let from_client: fn(u8) -> Packet =
+        |flags| Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), flags, b"");
+    let from_pod: fn(u8) -> Packet =
+        |flags| Packet::tcp((REMOTE_POD, POD_PORT), (NODE, 61000), flags, b"");
     k.run_from_network(&from_client(TCP_SYN).bytes());
     k.run_from_network(&from_pod(TCP_SYN | TCP_ACK).bytes());
     k.run_from_network(&from_client(TCP_ACK).bytes());
-    // Both FINs: closing, but the backend's FIN is not acknowledged yet; it
-    // may still retransmit it to this port.
+    (from_client, from_pod)
+}
+
+/// Does a SYN from another client get the range's only port? Counts the
+/// refusal as port exhaustion.
+fn next_flow_gets_the_port(k: &mut Kernel, what: &str) -> bool {
+    let next = Packet::tcp((OTHER_CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+    let exhausted = packets(k, outcome::DROP_SNAT_PORTS_EXHAUSTED);
+    let (verdict, out) = k.run_from_network(&next.bytes());
+    if verdict == TC_ACT_SHOT {
+        assert_eq!(
+            packets(k, outcome::DROP_SNAT_PORTS_EXHAUSTED),
+            exhausted + 1,
+            "{what}: the refusal is counted as port exhaustion"
+        );
+        return false;
+    }
+    assert_eq!(snat_port_of(&out, what), 61000);
+    true
+}
+
+#[test]
+fn a_closed_connections_port_rests_before_reuse() {
+    let mut k = Kernel::load();
+    let (from_client, from_pod) = one_port_flow(&mut k);
+    // The client closes first. Both FINs: closing, but the backend's FIN
+    // is not acknowledged yet; it may still retransmit it to this port.
     k.run_from_network(&from_client(TCP_FIN | TCP_ACK).bytes());
     k.run_from_network(&from_pod(TCP_FIN | TCP_ACK).bytes());
-    let next = Packet::tcp((OTHER_CLIENT, 40000), front, TCP_SYN, b"");
-    let (verdict, _) = k.run_from_network(&next.bytes());
-    assert_eq!(verdict, TC_ACT_SHOT, "the port is not free yet");
-    // The last ACK: closed on both ends, the port can be given again.
+    assert!(!next_flow_gets_the_port(&mut k, "before the last ACK"));
+    // The last ACK: closed on both ends, but the ACK may still be on its
+    // way to the backend (a SYN overtaking it would meet LAST_ACK).
     k.run_from_network(&from_client(TCP_ACK).bytes());
-    let (_, out) = k.run_from_network(&next.bytes());
-    assert_eq!(snat_port_of(&out, "after the last ACK"), 61000);
+    assert!(!next_flow_gets_the_port(&mut k, "just after the last ACK"));
+    age_conntrack(&mut k, SNAT_PORT_REST_NS - 50_000_000);
+    assert!(!next_flow_gets_the_port(&mut k, "not quite rested"));
+    age_conntrack(&mut k, 100_000_000);
+    assert!(next_flow_gets_the_port(&mut k, "rested"));
+}
+
+#[test]
+fn a_port_the_backend_closed_first_waits_out_its_time_wait() {
+    let mut k = Kernel::load();
+    let (from_client, from_pod) = one_port_flow(&mut k);
+    // The backend closes first: its socket holds the tuple in TIME_WAIT
+    // for 60 s, where another client's SYN could be answered with an ACK.
+    k.run_from_network(&from_pod(TCP_FIN | TCP_ACK).bytes());
+    k.run_from_network(&from_client(TCP_FIN | TCP_ACK).bytes());
+    k.run_from_network(&from_pod(TCP_ACK).bytes());
+    age_conntrack(&mut k, 30_000_000_000);
+    assert!(!next_flow_gets_the_port(&mut k, "30 s into TIME_WAIT"));
+    age_conntrack(&mut k, TIMEOUT_TIME_WAIT_NS - 30_000_000_000 + 1_000_000);
+    assert!(next_flow_gets_the_port(&mut k, "after TIME_WAIT"));
+}
+
+#[test]
+fn a_reset_frees_the_port_after_the_rest() {
+    let mut k = Kernel::load();
+    let (from_client, from_pod) = one_port_flow(&mut k);
+    k.run_from_network(&from_pod(TCP_FIN | TCP_ACK).bytes());
+    // The client aborts: the RST ends the backend's TIME_WAIT too.
+    k.run_from_network(&from_client(TCP_RST | TCP_ACK).bytes());
+    assert!(!next_flow_gets_the_port(&mut k, "just after the reset"));
+    age_conntrack(&mut k, SNAT_PORT_REST_NS + 1_000_000);
+    assert!(next_flow_gets_the_port(&mut k, "after the rest"));
 }
