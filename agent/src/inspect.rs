@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Result;
-use ferry_common::{CT_DIR_ORIGINAL, conntrack::state_name, outcome, protocol_name};
+use ferry_common::{CT_DIR_ORIGINAL, conntrack::state_label, outcome, protocol_name};
 use serde_json::{Value, json};
 
 use crate::{
@@ -157,11 +157,23 @@ pub fn conntrack(pin_dir: &Path) -> Result<Table> {
         } else {
             "reply"
         };
-        let nat = if k.direction == CT_DIR_ORIGINAL {
+        let mut nat = if k.direction == CT_DIR_ORIGINAL {
             format!("dst {}", addr_port(e.nat_addr, e.nat_port))
         } else {
             format!("src {}", addr_port(e.nat_addr, e.nat_port))
         };
+        if e.peer_nat_addr != [0; 4] {
+            // Source NAT (hairpin, or to the node for another node's backend).
+            let side = if k.direction == CT_DIR_ORIGINAL {
+                "src"
+            } else {
+                "dst"
+            };
+            nat.push_str(&format!(
+                " {side} {}",
+                addr_port(e.peer_nat_addr, e.peer_nat_port)
+            ));
+        }
         let expires = if e.expires_ns > now {
             format!("{}s", (e.expires_ns - now) / 1_000_000_000)
         } else {
@@ -175,13 +187,13 @@ pub fn conntrack(pin_dir: &Path) -> Result<Table> {
             src.clone(),
             dst.clone(),
             nat.clone(),
-            state_name(e.state).into(),
+            state_label(e.state, e.flags).into(),
             expires.clone(),
             e.service_id.to_string(),
         ]);
         t.json.push(json!({
             "protocol": protocol_name(k.protocol), "direction": dir, "source": src,
-            "destination": dst, "nat": nat, "state": state_name(e.state),
+            "destination": dst, "nat": nat, "state": state_label(e.state, e.flags),
             "expires": expires, "service_id": e.service_id,
         }));
     }

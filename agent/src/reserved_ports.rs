@@ -82,7 +82,12 @@ impl PortSet {
     /// The sysctl's syntax: comma-separated ports and FROM-TO ranges.
     pub fn parse(text: &str) -> Option<PortSet> {
         let mut set = PortSet::default();
-        for item in text.trim().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for item in text
+            .trim()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let (from, to) = match item.split_once('-') {
                 Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
                 None => {
@@ -181,7 +186,11 @@ mod tests {
             ("0-65535", "0-65535"),
             ("65535", "65535"),
         ] {
-            assert_eq!(PortSet::parse(text).unwrap().to_string(), printed, "{text:?}");
+            assert_eq!(
+                PortSet::parse(text).unwrap().to_string(),
+                printed,
+                "{text:?}"
+            );
         }
         for bad in ["x", "3-1", "70000", "1-", "1,,x"] {
             assert!(PortSet::parse(bad).is_none(), "{bad:?}");
@@ -193,8 +202,10 @@ mod tests {
 
     impl ScratchDir {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("ferry-reserved-ports-{}-{name}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!(
+                "ferry-reserved-ports-{}-{name}",
+                std::process::id()
+            ));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
@@ -223,10 +234,7 @@ mod tests {
     fn adds_its_ranges_and_keeps_everyone_elses() {
         let dir = proc_sys_with("adds", "8080,61000-61010\n");
         let got = reserve(dir.path(), &[(30000, 32767), (61000, 65535)]).unwrap();
-        assert_eq!(
-            got,
-            Reserved::Added("8080,30000-32767,61000-65535".into())
-        );
+        assert_eq!(got, Reserved::Added("8080,30000-32767,61000-65535".into()));
         let text = std::fs::read_to_string(dir.path().join(SYSCTL)).unwrap();
         assert_eq!(text, "8080,30000-32767,61000-65535");
         // A second run (an agent restart) changes nothing.

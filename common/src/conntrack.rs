@@ -241,6 +241,20 @@ pub fn partner_key(key: &crate::CtKey, entry: &crate::CtEntry) -> crate::CtKey {
     }
 }
 
+/// The state as `ferry-agent inspect conntrack` shows it: CLOSING is split
+/// by what holds a source-NAT port back (see `snat_tuple_reusable`).
+pub fn state_label(state: u8, flags: u8) -> &'static str {
+    if state != STATE_TCP_CLOSING || flags & FLAG_CLOSED == 0 {
+        return state_name(state);
+    }
+    if flags & FLAG_BACKEND_CLOSED_FIRST != 0 {
+        // The backend's socket sits in TIME_WAIT on the tuple.
+        "CLOSED_TIME_WAIT"
+    } else {
+        "CLOSED"
+    }
+}
+
 pub fn state_name(state: u8) -> &'static str {
     match state {
         STATE_TCP_SYN_SENT => "SYN_SENT",
@@ -334,19 +348,47 @@ mod tests {
         let at = 100 * S;
         let expires = at + timeout_ns(s, f);
         assert!(!snat_tuple_reusable(s, f, expires, at, PROTO_TCP));
-        assert!(snat_tuple_reusable(s, f, expires, at + SNAT_PORT_REST_NS, PROTO_TCP));
+        assert!(snat_tuple_reusable(
+            s,
+            f,
+            expires,
+            at + SNAT_PORT_REST_NS,
+            PROTO_TCP
+        ));
     }
 
     #[test]
     fn open_flows_and_udp_keep_their_port_until_they_expire() {
         let (s, f) = snat_flow_after(&OPEN);
         let expires = 100 * S + timeout_ns(s, f);
-        assert!(!snat_tuple_reusable(s, f, expires, 100 * S + 3600 * S, PROTO_TCP));
+        assert!(!snat_tuple_reusable(
+            s,
+            f,
+            expires,
+            100 * S + 3600 * S,
+            PROTO_TCP
+        ));
         assert!(snat_tuple_reusable(s, f, expires, expires + 1, PROTO_TCP));
         let udp_expires = 100 * S + TIMEOUT_UDP_NS;
-        let udp = |now| snat_tuple_reusable(STATE_UDP, FLAG_SOURCE_NAT, udp_expires, now, PROTO_UDP);
+        let udp =
+            |now| snat_tuple_reusable(STATE_UDP, FLAG_SOURCE_NAT, udp_expires, now, PROTO_UDP);
         assert!(!udp(udp_expires - 1));
         assert!(udp(udp_expires + 1));
+    }
+
+    #[test]
+    fn inspect_labels_say_what_holds_a_port() {
+        let mut packets = OPEN.to_vec();
+        assert_eq!(state_label(snat_flow_after(&packets).0, 0), "ESTABLISHED");
+        packets.extend([(R, TCP_FIN | TCP_ACK), (O, TCP_FIN | TCP_ACK)]);
+        let (s, f) = snat_flow_after(&packets);
+        assert_eq!(state_label(s, f), "CLOSING");
+        packets.push((R, TCP_ACK));
+        let (s, f) = snat_flow_after(&packets);
+        assert_eq!(state_label(s, f), "CLOSED_TIME_WAIT");
+        packets.push((O, TCP_RST));
+        let (s, f) = snat_flow_after(&packets);
+        assert_eq!(state_label(s, f), "CLOSED");
     }
 
     #[test]

@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DIR_ORIGINAL, EndpointKey, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
-    outcome,
+    CT_DIR_ORIGINAL, EndpointKey, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, ServiceKey, outcome,
 };
 
 use crate::{

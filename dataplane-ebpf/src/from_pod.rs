@@ -4,8 +4,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS,
-    ServiceKey, outcome,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, ServiceKey, outcome,
 };
 
 use crate::{

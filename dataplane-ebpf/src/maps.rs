@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, ROUTES_MAX_ENTRIES, Route, SERVICES_MAX_ENTRIES,
-    NodeConfig, ServiceKey, ServiceName, ServiceValue, outcome,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, NodeConfig, ROUTES_MAX_ENTRIES, Route,
+    SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome,
 };
 
 #[btf_map(name = "ferry_services")]

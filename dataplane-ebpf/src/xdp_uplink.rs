@@ -7,15 +7,15 @@
 //! map, so a flow is the same flow on either path.
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action::{XDP_PASS, XDP_TX},
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        xdp_action::{XDP_PASS, XDP_TX},
     },
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use ferry_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, EndpointKey, PROTO_UDP, ROUTE_MODE_NATIVE,
-    SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
-    ServiceValue, csum::adjust, outcome,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, EndpointKey, PROTO_UDP, ROUTE_MODE_NATIVE, SCOPE_EXTERNAL,
+    SERVICE_FLAG_LOCAL_ONLY, ServiceKey, ServiceValue, csum::adjust, outcome,
 };
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
@@ -135,7 +135,11 @@ fn new_flow(pkt: &L4Packet, service: ServiceValue) -> Option<NatTarget> {
 
 /// MACs towards the node that owns `backend`'s pod CIDR (native routing).
 #[inline(always)]
-fn route_to_backend_node(ctx: &XdpContext, backend: [u8; 4], ifindex: u32) -> Option<([u8; 12], u32)> {
+fn route_to_backend_node(
+    ctx: &XdpContext,
+    backend: [u8; 4],
+    ifindex: u32,
+) -> Option<([u8; 12], u32)> {
     let route = ROUTES.get(&Key::new(32, backend)).copied()?;
     if route.mode != ROUTE_MODE_NATIVE {
         return None;
@@ -187,11 +191,7 @@ fn transmit(frame: &Frame, (macs, egress): ([u8; 12], u32), ingress: u32) -> u32
 fn rewrite(frame: &Frame, pkt: &L4Packet, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Option<()> {
     let ip_csum_off = ETH_HLEN + 10;
     let ip_csum = u16::from_be_bytes(frame.bytes_at::<2>(ip_csum_off)?);
-    let ip_csum = adjust(
-        adjust(ip_csum, pkt.src_addr, src.0),
-        pkt.dst_addr,
-        dst.0,
-    );
+    let ip_csum = adjust(adjust(ip_csum, pkt.src_addr, src.0), pkt.dst_addr, dst.0);
     let l4_csum_off = pkt.l4_csum_off();
     let old_l4 = u16::from_be_bytes(frame.bytes_at::<2>(l4_csum_off)?);
     // A UDP datagram without a checksum stays without one.
@@ -202,7 +202,11 @@ fn rewrite(frame: &Frame, pkt: &L4Packet, src: ([u8; 4], u16), dst: ([u8; 4], u1
         let c = adjust(c, pkt.dst_addr, dst.0);
         let c = adjust(c, pkt.src_port.to_be_bytes(), src.1.to_be_bytes());
         let c = adjust(c, pkt.dst_port.to_be_bytes(), dst.1.to_be_bytes());
-        if pkt.protocol == PROTO_UDP && c == 0 { 0xffff } else { c }
+        if pkt.protocol == PROTO_UDP && c == 0 {
+            0xffff
+        } else {
+            c
+        }
     };
     frame.store(ETH_HLEN + 12, src.0)?;
     frame.store(ETH_HLEN + 16, dst.0)?;

@@ -358,7 +358,7 @@ const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
 /// The entry nodes' source-NAT ports. The bench opens over 10,000
 /// connections a second to one backend through one node; a closed
 /// connection's port rests 1 s before reuse, so the default range
-/// (61000-65535, about 4,500 a second per backend) would cap the rate.
+/// (61000-65535, about 3,600 a second per backend) would cap the rate.
 const BENCH_SNAT_PORTS: &str = "40000-65535";
 /// (name, fabric address, pod CIDR, agent arguments)
 const NODEPORT_FERRY_NODES: [(&str, Ipv4Addr, &str, &[&str]); 3] = [
