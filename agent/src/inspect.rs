@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Result;
-use ferry_common::{CT_DIR_ORIGINAL, conntrack::state_label, outcome, protocol_name};
+use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, conntrack::state_label, outcome, protocol_name};
 use serde_json::{Value, json};
 
 use crate::{
@@ -152,10 +152,11 @@ pub fn conntrack(pin_dir: &Path) -> Result<Table> {
         json: vec![],
     };
     for (k, e) in entries {
-        let dir = if k.direction == CT_DIR_ORIGINAL {
-            "orig"
-        } else {
-            "reply"
+        let dir = match k.direction {
+            CT_DIR_ORIGINAL => "orig",
+            CT_DIR_REPLY => "reply",
+            // A source-NAT port takeover in progress.
+            _ => "claim",
         };
         let mut nat = if k.direction == CT_DIR_ORIGINAL {
             format!("dst {}", addr_port(e.nat_addr, e.nat_port))

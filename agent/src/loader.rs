@@ -43,6 +43,13 @@ pub enum LoadError {
         "pinned map {path} does not match this ferry build ({detail}); it was left by another version: remove it (`rm {path}`) and restart, which drops tracked connections"
     )]
     IncompatiblePin { path: String, detail: String },
+    #[error(
+        "cannot replace the pinned counters {path}, left by another version: {source}; remove it (`rm {path}`) and restart"
+    )]
+    ReplaceCounters {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open pinned map {path}: {source}")]
     OpenPin {
         path: String,
@@ -162,6 +169,22 @@ fn check_pinned(pin_dir: &Path) -> Result<(), LoadError> {
             shape.value_size,
             shape.max_entries,
         );
+        if found != want && shape.name == MAP_COUNTERS {
+            // Statistics only: a release with another number of outcomes
+            // replaces the map instead of refusing to start. Programs still
+            // attached keep counting into the old one until their links are
+            // pointed at the new programs.
+            std::fs::remove_file(&path).map_err(|source| LoadError::ReplaceCounters {
+                path: display.clone(),
+                source,
+            })?;
+            let replaced = display;
+            tracing::warn!(
+                pin = %replaced,
+                "replaced the pinned packet counters of another layout; counts start from zero"
+            );
+            continue;
+        }
         if found != want {
             return Err(LoadError::IncompatiblePin {
                 path: display,

@@ -247,8 +247,10 @@ pub fn state_label(state: u8, flags: u8) -> &'static str {
     if state != STATE_TCP_CLOSING || flags & FLAG_CLOSED == 0 {
         return state_name(state);
     }
-    if flags & FLAG_BACKEND_CLOSED_FIRST != 0 {
-        // The backend's socket sits in TIME_WAIT on the tuple.
+    if flags & (FLAG_BACKEND_CLOSED_FIRST | FLAG_SOURCE_NAT)
+        == FLAG_BACKEND_CLOSED_FIRST | FLAG_SOURCE_NAT
+    {
+        // The backend's socket sits in TIME_WAIT on ferry's tuple.
         "CLOSED_TIME_WAIT"
     } else {
         "CLOSED"
@@ -386,6 +388,8 @@ mod tests {
         packets.push((R, TCP_ACK));
         let (s, f) = snat_flow_after(&packets);
         assert_eq!(state_label(s, f), "CLOSED_TIME_WAIT");
+        // Without source NAT the tuple is the client's: plainly closed.
+        assert_eq!(state_label(s, f & !FLAG_SOURCE_NAT), "CLOSED");
         packets.push((O, TCP_RST));
         let (s, f) = snat_flow_after(&packets);
         assert_eq!(state_label(s, f), "CLOSED");

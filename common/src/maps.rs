@@ -142,6 +142,11 @@ pub struct Backend {
 pub const CT_DIR_ORIGINAL: u8 = 0;
 /// ...or backend -> client (reply).
 pub const CT_DIR_REPLY: u8 = 1;
+/// Not a flow: a reply key with this direction marks a source-NAT port being
+/// taken over from a finished flow, so that two CPUs never both take it.
+/// Lives for the few instructions of the takeover (the agent's garbage
+/// collection removes one left behind after its expiry).
+pub const CT_DIR_CLAIM: u8 = 2;
 
 /// Key of `ferry_conntrack`: one direction of one flow, as the packet carries
 /// it before translation (original: client -> frontend; reply: backend ->
@@ -159,7 +164,8 @@ pub struct CtKey {
     pub dst_port: u16,
     /// IP protocol number.
     pub protocol: u8,
-    /// `CT_DIR_ORIGINAL` or `CT_DIR_REPLY`.
+    /// `CT_DIR_ORIGINAL` or `CT_DIR_REPLY` (`CT_DIR_CLAIM` for a takeover
+    /// in progress).
     pub direction: u8,
     pub pad: [u8; 2],
 }

@@ -3,7 +3,7 @@
 //! `ferry_common::conntrack`, shared with the host tests.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ferry_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
+    CT_DIR_CLAIM, CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
     conntrack::{
         FLAG_SOURCE_NAT, advance, initial_state, partner_key, reply_matches, snat_tuple_reusable,
         starts_new_flow, timeout_ns,
@@ -65,7 +65,17 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     {
         // The new flow may pick another backend; the old reply entry, keyed
         // by the old backend, must not linger and translate its strays.
-        let _ = CONNTRACK.remove(partner_key(&key, e));
+        // Except when it holds a source-NAT port the backend may still know
+        // (the client reused its own port while the backend sits in
+        // TIME_WAIT): it keeps holding that port until it is reusable, and
+        // the new flow gets another one.
+        let holds_port = e.flags & FLAG_SOURCE_NAT != 0
+            && !snat_tuple_reusable(e.state, e.flags, e.expires_ns, now, pkt.protocol);
+        if !holds_port {
+            if let Some((partner, _)) = partner_naming_back(&key, e) {
+                let _ = CONNTRACK.remove(&partner);
+            }
+        }
         return None;
     }
     if direction == CT_DIR_REPLY
@@ -78,8 +88,7 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     }
     let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);
     if state != e.state || flags != e.flags {
-        let partner = partner_key(&key, e);
-        if let Some(p) = CONNTRACK.get_ptr_mut(partner) {
+        if let Some((_, p)) = partner_naming_back(&key, e) {
             // SAFETY: as above.
             let p = unsafe { &mut *p };
             p.state = state;
@@ -96,6 +105,21 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
         peer_addr: e.peer_nat_addr,
         peer_port: e.peer_nat_port,
     })
+}
+
+/// The other direction's entry of the flow `(key, entry)` belongs to, if it
+/// still belongs to that flow: after a client reused its port, the new
+/// flow's original entry no longer names an old reply entry back.
+#[inline(always)]
+fn partner_naming_back(key: &CtKey, entry: &CtEntry) -> Option<(CtKey, *mut CtEntry)> {
+    let partner = partner_key(key, entry);
+    let p = CONNTRACK.get_ptr_mut(partner)?;
+    // SAFETY: pointer from a successful lookup, read at once.
+    if partner_key(&partner, unsafe { &*p }) == *key {
+        Some((partner, p))
+    } else {
+        None
+    }
 }
 
 /// Record a new flow from `pkt` (original direction) to `backend`, and
@@ -185,48 +209,72 @@ pub fn clear_clashing_reply(pkt: &L4Packet) {
     let _ = CONNTRACK.remove(reversed);
 }
 
-/// Probes for a free source port per search. A probe hits a taken port
-/// with the chance of the range's occupancy p, so a search fails with p^64:
-/// under one in a million up to 80% of the range in use (with 16 probes it
-/// was one in 800 at 66%).
+/// Probes for a free source port per search (and a flow makes up to two
+/// searches). A probe hits a taken port with the chance of the range's
+/// occupancy p, so a flow misses with p^128: under one in a trillion up to
+/// 80% of the range in use (with 16 probes it was one in 800 at 66%).
 const SNAT_PORT_PROBES: u32 = 64;
 
-/// A port whose tuple towards the backend is free, or held by a flow that
-/// is over for good (`snat_tuple_reusable`; that flow is returned so its
-/// entries can go). Random probes, so concurrent flows rarely collide.
+/// Set `reply_key`'s port to one whose tuple towards the backend is free
+/// (Some(None)), or held by a flow that is over for good
+/// (`snat_tuple_reusable`; Some(that flow's expiry), to recognise it when
+/// taking it over). Random probes, so concurrent flows rarely collide.
+/// Nothing is copied out of the map and the key is written in place: the
+/// stack is tight.
 #[inline(always)]
 fn find_snat_port(
     pkt: &L4Packet,
-    node_addr: [u8; 4],
-    backend_addr: [u8; 4],
-    backend_port: u16,
+    reply_key: &mut CtKey,
     (min, span): (u16, u32),
     seed: &mut u32,
     now: u64,
-) -> Option<(CtKey, Option<CtEntry>)> {
+) -> Option<Option<u64>> {
     for _ in 0..SNAT_PORT_PROBES {
         *seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let reply_key = CtKey {
-            src_addr: backend_addr,
-            dst_addr: node_addr,
-            src_port: backend_port,
-            dst_port: min + ((*seed >> 8) % span) as u16,
-            protocol: pkt.protocol,
-            direction: CT_DIR_REPLY,
-            pad: [0; 2],
+        reply_key.dst_port = min + ((*seed >> 8) % span) as u16;
+        let Some(old) = CONNTRACK.get_ptr(&*reply_key) else {
+            return Some(None);
         };
-        // SAFETY: copied out at once.
-        match unsafe { CONNTRACK.get(&reply_key) }.copied() {
-            None => return Some((reply_key, None)),
-            Some(old)
-                if snat_tuple_reusable(old.state, old.flags, old.expires_ns, now, pkt.protocol) =>
-            {
-                return Some((reply_key, Some(old)));
-            }
-            Some(_) => {}
+        // SAFETY: pointer from a successful lookup; fields read at once.
+        let (state, flags, expires_ns) = unsafe { ((*old).state, (*old).flags, (*old).expires_ns) };
+        if snat_tuple_reusable(state, flags, expires_ns, now, pkt.protocol) {
+            return Some(Some(expires_ns));
         }
     }
     None
+}
+
+/// Take the source-NAT tuple `key` (a reply key) over from the finished
+/// flow found holding it (recognised by its expiry): claim it (one CPU
+/// only: the same key with direction `CT_DIR_CLAIM`), check that the same
+/// flow still holds it, and remove that flow's entries. Ok(true): claimed,
+/// to release once the new flow's entries are written; Ok(false): the flow
+/// was gone already; Err: another CPU got there first.
+#[inline(always)]
+fn take_over(key: &mut CtKey, old_expires_ns: u64) -> Result<bool, ()> {
+    let Some(held) = CONNTRACK.get_ptr(&*key) else {
+        // Already gone: the new flow's NOEXIST write settles any race.
+        return Ok(false);
+    };
+    // SAFETY: pointer from a successful lookup, valid for this program run.
+    let held = unsafe { &*held };
+    // The claim's value is the old entry itself (a map value, not a stack
+    // copy); its expiry lets garbage collection clear a claim left behind.
+    key.direction = CT_DIR_CLAIM;
+    let claimed = CONNTRACK.insert(&*key, held, BPF_NOEXIST).is_ok();
+    if claimed && held.expires_ns != old_expires_ns {
+        // Replaced (or refreshed) between the search and the claim.
+        let _ = CONNTRACK.remove(&*key);
+    }
+    key.direction = CT_DIR_REPLY;
+    if !claimed || held.expires_ns != old_expires_ns {
+        return Err(());
+    }
+    if let Some((partner, _)) = partner_naming_back(key, held) {
+        let _ = CONNTRACK.remove(&partner);
+    }
+    let _ = CONNTRACK.remove(&*key);
+    Ok(true)
 }
 
 /// A new flow from an external client to a backend on another node, its
@@ -256,33 +304,47 @@ pub fn create_snat(
     let range = (min, u32::from(max - min) + 1);
     let now = now_ns();
     let mut seed = random;
-    // A second search when another CPU took the port found first.
+    let mut failure = outcome::DROP_SNAT_PORTS_EXHAUSTED;
+    let mut key = CtKey {
+        src_addr: backend_addr,
+        dst_addr: node.node_addr,
+        src_port: backend_port,
+        dst_port: 0,
+        protocol: pkt.protocol,
+        direction: CT_DIR_REPLY,
+        pad: [0; 2],
+    };
+    // A second search when the first found nothing, or when another CPU
+    // took the port it found.
     for _ in 0..2 {
-        let Some((reply_key, old)) = find_snat_port(
-            pkt,
-            node.node_addr,
-            backend_addr,
-            backend_port,
-            range,
-            &mut seed,
-            now,
-        ) else {
-            return Err(outcome::DROP_SNAT_PORTS_EXHAUSTED);
+        let Some(old) = find_snat_port(pkt, &mut key, range, &mut seed, now) else {
+            failure = outcome::DROP_SNAT_PORTS_EXHAUSTED;
+            continue;
         };
-        if let Some(old) = old {
-            let _ = CONNTRACK.remove(&partner_key(&reply_key, &old));
-            let _ = CONNTRACK.remove(&reply_key);
-        }
+        failure = outcome::DROP_CONNTRACK_WRITE;
+        let claimed = match old {
+            Some(old_expires_ns) => match take_over(&mut key, old_expires_ns) {
+                Ok(claimed) => claimed,
+                Err(()) => continue,
+            },
+            None => false,
+        };
         // The reply entry is written only if still absent (BPF_NOEXIST).
-        if let Ok(target) = create(
+        let created = create(
             pkt,
             service_id,
             backend_addr,
             backend_port,
-            Some((node.node_addr, reply_key.dst_port)),
-        ) {
+            Some((node.node_addr, key.dst_port)),
+        );
+        if claimed {
+            key.direction = CT_DIR_CLAIM;
+            let _ = CONNTRACK.remove(&key);
+            key.direction = CT_DIR_REPLY;
+        }
+        if let Ok(target) = created {
             return Ok(target);
         }
     }
-    Err(outcome::DROP_CONNTRACK_WRITE)
+    Err(failure)
 }

@@ -674,9 +674,10 @@ fn a_closed_connections_port_rests_before_reuse() {
     // way to the backend (a SYN overtaking it would meet LAST_ACK).
     k.run_from_network(&from_client(TCP_ACK).bytes());
     assert!(!next_flow_gets_the_port(&mut k, "just after the last ACK"));
-    age_conntrack(&mut k, SNAT_PORT_REST_NS - 50_000_000);
+    // Margins of 300 ms: real time passes between aging and the packet.
+    age_conntrack(&mut k, SNAT_PORT_REST_NS - 300_000_000);
     assert!(!next_flow_gets_the_port(&mut k, "not quite rested"));
-    age_conntrack(&mut k, 100_000_000);
+    age_conntrack(&mut k, 600_000_000);
     assert!(next_flow_gets_the_port(&mut k, "rested"));
 }
 
@@ -735,7 +736,8 @@ fn a_new_flow_finds_a_free_port_in_a_mostly_taken_range() {
             "flow {j} found no free port; drops: {}",
             packets(&k, outcome::DROP_SNAT_PORTS_EXHAUSTED)
         );
-        snat_port_of(&out, "a free port");
+        let port = snat_port_of(&out, "a free port");
+        assert!(port <= 61023, "port {port} outside the range");
         // Hand the port back (the flow expires) to keep 20 of 24 held.
         let past = ferry_agent::maps::monotonic_now_ns() - 1;
         for (key, mut entry) in k.conntrack.entries().unwrap() {
@@ -746,4 +748,67 @@ fn a_new_flow_finds_a_free_port_in_a_mostly_taken_range() {
             }
         }
     }
+}
+
+#[test]
+fn a_client_reusing_its_port_leaves_the_backends_time_wait_port_held() {
+    let mut k = Kernel::load();
+    NodeMap::open(k.pin_dir())
+        .unwrap()
+        .set(Some(NODE), (61000, 61001))
+        .unwrap();
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+    let client = (CLIENT, 40000);
+    let front = (NODE, NODE_PORT);
+    let (_, out) = k.run_from_network(&Packet::tcp(client, front, TCP_SYN, b"").bytes());
+    let held = snat_port_of(&out, "first connection");
+    let from_pod = |flags: u8| Packet::tcp((REMOTE_POD, POD_PORT), (NODE, held), flags, b"");
+    let from_client = |flags: u8| Packet::tcp(client, front, flags, b"");
+    k.run_from_network(&from_pod(TCP_SYN | TCP_ACK).bytes());
+    k.run_from_network(&from_client(TCP_ACK).bytes());
+    // The backend closes first: TIME_WAIT on (backend, node:held).
+    k.run_from_network(&from_pod(TCP_FIN | TCP_ACK).bytes());
+    k.run_from_network(&from_client(TCP_FIN | TCP_ACK).bytes());
+    k.run_from_network(&from_pod(TCP_ACK).bytes());
+    // The client has no TIME_WAIT (it closed second) and reuses its port
+    // at once. Its new connection gets the other port...
+    age_conntrack(&mut k, SNAT_PORT_REST_NS + 1_000_000);
+    let (_, out) = k.run_from_network(&from_client(TCP_SYN).bytes());
+    let second = snat_port_of(&out, "the client's port reused");
+    assert_ne!(second, held, "the backend still holds {held} in TIME_WAIT");
+    // ...and the held port stays held for everyone else.
+    let other = Packet::tcp((OTHER_CLIENT, 40000), front, TCP_SYN, b"");
+    let (verdict, _) = k.run_from_network(&other.bytes());
+    assert_eq!(verdict, TC_ACT_SHOT, "both ports are held");
+    let reply_key = CtKey {
+        src_addr: REMOTE_POD.octets(),
+        dst_addr: NODE.octets(),
+        src_port: POD_PORT,
+        dst_port: held,
+        protocol: PROTO_TCP,
+        direction: CT_DIR_REPLY,
+        pad: [0; 2],
+    };
+    let entries: BTreeMap<_, _> = k
+        .conntrack
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(key, e)| ((key.src_addr, key.src_port, key.dst_port, key.direction), e))
+        .collect();
+    assert!(
+        entries.contains_key(&(
+            reply_key.src_addr,
+            reply_key.src_port,
+            reply_key.dst_port,
+            CT_DIR_REPLY
+        )),
+        "the old flow's reply entry holds {held}: {entries:?}"
+    );
+    // Once TIME_WAIT is over, the port is free again.
+    age_conntrack(&mut k, TIMEOUT_TIME_WAIT_NS);
+    let (_, out) = k.run_from_network(&other.bytes());
+    assert_eq!(snat_port_of(&out, "after TIME_WAIT"), held);
 }

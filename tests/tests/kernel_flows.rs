@@ -346,6 +346,42 @@ fn a_pinned_map_with_another_layout_is_refused_with_a_clear_error() {
 }
 
 #[test]
+fn pinned_counters_of_another_layout_are_replaced_not_refused() {
+    ferry_tests::fixture::require_root();
+    let pin_dir = unique_pin_dir("old-counters");
+    let _guard = ferry_tests::fixture::PinDirGuard(pin_dir.clone());
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    // The previous release's counters: one slot per outcome it had (15).
+    let path = pin_dir.join(ferry_common::MAP_COUNTERS);
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "16",
+            "entries",
+            "15",
+        ])
+        .args(["name", "ferry_counters"])
+        .status()
+        .expect("bpftool is installed by `cargo xtask setup`");
+    assert!(status.success());
+    // An upgrade must not stop at statistics: the map is replaced.
+    let dataplane = ferry_agent::loader::Dataplane::load(&pin_dir)
+        .unwrap_or_else(|e| panic!("upgrade refused over the counters: {e}"));
+    drop(dataplane);
+    let data = aya::maps::MapData::from_pin(&path).unwrap();
+    assert_eq!(
+        data.info().unwrap().max_entries(),
+        ferry_common::outcome::COUNTER_SLOTS
+    );
+}
+
+#[test]
 fn bpftool_prints_the_services_map_with_field_names() {
     let mut k = Kernel::load();
     k.services.upsert(frontend(PROTO_TCP), &pods(2)).unwrap();
