@@ -105,7 +105,8 @@ enum Command {
         /// Source ports for external traffic sent to backends on other
         /// nodes (FROM-TO). They are reserved in the node's
         /// net.ipv4.ip_local_reserved_ports. A closed connection's port
-        /// rests 1 s (60 s if the backend closed first) before reuse, so
+        /// rests 1 s (100 ms under pressure; 60 s if the backend closed
+        /// first) before reuse, so
         /// the range caps new connections per second per node and backend.
         #[arg(long, default_value = "61000-65535", value_parser = parse_snat_ports)]
         snat_ports: (u16, u16),

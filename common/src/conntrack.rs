@@ -53,6 +53,11 @@ pub const TIMEOUT_TIME_WAIT_NS: u64 = 60 * SECOND_NS;
 /// lost until its retransmit a second later. The rest also covers a lost
 /// last ACK: the backend retransmits its FIN after its minimum RTO (200 ms).
 pub const SNAT_PORT_REST_NS: u64 = SECOND_NS;
+/// The rest a port is held to when the range is under pressure (no fully
+/// rested port found by a whole search): long past any reordering between
+/// CPUs, so only a lost last ACK (retransmitted FIN after 200 ms) is left
+/// uncovered, rather than refusing the new connection.
+pub const SNAT_PORT_REST_MIN_NS: u64 = SECOND_NS / 10;
 
 /// TCP header flag bits (byte 13 of the TCP header).
 pub const TCP_FIN: u8 = 0x01;
@@ -90,6 +95,26 @@ pub const fn snat_tuple_reusable(
     now_ns: u64,
     protocol: u8,
 ) -> bool {
+    snat_tuple_reusable_after(
+        state,
+        flags,
+        expires_ns,
+        now_ns,
+        protocol,
+        SNAT_PORT_REST_NS,
+    )
+}
+
+/// `snat_tuple_reusable` with a rest of `rest_ns` after a close.
+#[inline(always)]
+pub const fn snat_tuple_reusable_after(
+    state: u8,
+    flags: u8,
+    expires_ns: u64,
+    now_ns: u64,
+    protocol: u8,
+    rest_ns: u64,
+) -> bool {
     if expires_ns < now_ns {
         return true;
     }
@@ -97,7 +122,7 @@ pub const fn snat_tuple_reusable(
     protocol == crate::PROTO_TCP
         && flags & FLAG_CLOSED != 0
         && flags & FLAG_BACKEND_CLOSED_FIRST == 0
-        && now_ns >= last_packet_ns + SNAT_PORT_REST_NS
+        && now_ns >= last_packet_ns + rest_ns
 }
 
 /// State of a flow created by its first packet (always original direction).
@@ -319,6 +344,22 @@ mod tests {
         assert!(!reusable(closed_at), "the last ACK may still be on its way");
         assert!(!reusable(closed_at + SNAT_PORT_REST_NS - 1));
         assert!(reusable(closed_at + SNAT_PORT_REST_NS));
+        // Under pressure, the shorter rest.
+        let pressed =
+            |now| snat_tuple_reusable_after(s, f, expires, now, PROTO_TCP, SNAT_PORT_REST_MIN_NS);
+        assert!(!pressed(closed_at + SNAT_PORT_REST_MIN_NS - 1));
+        assert!(pressed(closed_at + SNAT_PORT_REST_MIN_NS));
+        // TIME_WAIT is never shortened.
+        let tw = f | FLAG_BACKEND_CLOSED_FIRST;
+        let tw_expires = closed_at + timeout_ns(s, tw);
+        assert!(!snat_tuple_reusable_after(
+            s,
+            tw,
+            tw_expires,
+            closed_at + 30 * S,
+            PROTO_TCP,
+            SNAT_PORT_REST_MIN_NS
+        ));
     }
 
     #[test]

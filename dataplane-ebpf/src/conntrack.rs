@@ -5,7 +5,8 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ferry_common::{
     CT_DIR_CLAIM, CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey,
     conntrack::{
-        FLAG_SOURCE_NAT, advance, initial_state, partner_key, reply_matches, snat_tuple_reusable,
+        FLAG_SOURCE_NAT, SNAT_PORT_REST_MIN_NS, SNAT_PORT_REST_NS, advance, initial_state,
+        partner_key, reply_matches, snat_tuple_reusable, snat_tuple_reusable_after,
         starts_new_flow, timeout_ns,
     },
     outcome,
@@ -209,16 +210,18 @@ pub fn clear_clashing_reply(pkt: &L4Packet) {
     let _ = CONNTRACK.remove(reversed);
 }
 
-/// Probes for a free source port per search (and a flow makes up to two
-/// searches). A probe hits a taken port with the chance of the range's
-/// occupancy p, so a flow misses with p^128: under one in a trillion up to
-/// 80% of the range in use (with 16 probes it was one in 800 at 66%).
+/// Probes for a free source port per search (a flow makes up to three: for
+/// a fully rested port, then for a briefly rested one, again if another CPU
+/// took the port found). A probe hits a
+/// taken port with the chance of the range's occupancy p, so a search fails
+/// with p^64: under one in a million up to 80% of the range in use (with 16
+/// probes it was one in 800 at 66%).
 const SNAT_PORT_PROBES: u32 = 64;
 
 /// Set `reply_key`'s port to one whose tuple towards the backend is free
-/// (Some(None)), or held by a flow that is over for good
-/// (`snat_tuple_reusable`; Some(that flow's expiry), to recognise it when
-/// taking it over). Random probes, so concurrent flows rarely collide.
+/// (Some(None)), or held by a flow that is over and has rested `rest_ns`
+/// (`snat_tuple_reusable_after`; Some(that flow's expiry), to recognise it
+/// when taking it over). Random probes, so concurrent flows rarely collide.
 /// Nothing is copied out of the map and the key is written in place: the
 /// stack is tight.
 #[inline(always)]
@@ -228,6 +231,7 @@ fn find_snat_port(
     (min, span): (u16, u32),
     seed: &mut u32,
     now: u64,
+    rest_ns: u64,
 ) -> Option<Option<u64>> {
     for _ in 0..SNAT_PORT_PROBES {
         *seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
@@ -237,7 +241,7 @@ fn find_snat_port(
         };
         // SAFETY: pointer from a successful lookup; fields read at once.
         let (state, flags, expires_ns) = unsafe { ((*old).state, (*old).flags, (*old).expires_ns) };
-        if snat_tuple_reusable(state, flags, expires_ns, now, pkt.protocol) {
+        if snat_tuple_reusable_after(state, flags, expires_ns, now, pkt.protocol, rest_ns) {
             return Some(Some(expires_ns));
         }
     }
@@ -314,10 +318,17 @@ pub fn create_snat(
         direction: CT_DIR_REPLY,
         pad: [0; 2],
     };
-    // A second search when the first found nothing, or when another CPU
-    // took the port it found.
-    for _ in 0..2 {
-        let Some(old) = find_snat_port(pkt, &mut key, range, &mut seed, now) else {
+    // Another search when the first found nothing (then content with a
+    // shorter rest: a slightly earlier reuse beats refusing the connection),
+    // or when another CPU took the port a search found. Under pressure
+    // most flows need the second search, so a lost race there gets a third.
+    for search in 0..3 {
+        let rest_ns = if search == 0 {
+            SNAT_PORT_REST_NS
+        } else {
+            SNAT_PORT_REST_MIN_NS
+        };
+        let Some(old) = find_snat_port(pkt, &mut key, range, &mut seed, now, rest_ns) else {
             failure = outcome::DROP_SNAT_PORTS_EXHAUSTED;
             continue;
         };

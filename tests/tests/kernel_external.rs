@@ -23,7 +23,7 @@ use ferry_common::{
     Backend, CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, Endpoint, PROTO_TCP, PROTO_UDP,
     ROUTE_MODE_VXLAN, Route, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY,
     SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey,
-    conntrack::{SNAT_PORT_REST_NS, TIMEOUT_TIME_WAIT_NS},
+    conntrack::{SNAT_PORT_REST_MIN_NS, SNAT_PORT_REST_NS, TIMEOUT_TIME_WAIT_NS},
     outcome,
 };
 use ferry_tests::{
@@ -674,11 +674,61 @@ fn a_closed_connections_port_rests_before_reuse() {
     // way to the backend (a SYN overtaking it would meet LAST_ACK).
     k.run_from_network(&from_client(TCP_ACK).bytes());
     assert!(!next_flow_gets_the_port(&mut k, "just after the last ACK"));
-    // Margins of 300 ms: real time passes between aging and the packet.
-    age_conntrack(&mut k, SNAT_PORT_REST_NS - 300_000_000);
-    assert!(!next_flow_gets_the_port(&mut k, "not quite rested"));
-    age_conntrack(&mut k, 600_000_000);
-    assert!(next_flow_gets_the_port(&mut k, "rested"));
+    // The only port of the range: under that pressure it is given after
+    // the shorter rest (a margin of 200 ms over it).
+    age_conntrack(&mut k, SNAT_PORT_REST_MIN_NS + 200_000_000);
+    assert!(next_flow_gets_the_port(&mut k, "rested under pressure"));
+}
+
+#[test]
+fn a_fully_rested_port_is_preferred_to_a_briefly_rested_one() {
+    let mut k = Kernel::load();
+    NodeMap::open(k.pin_dir())
+        .unwrap()
+        .set(Some(NODE), (61000, 61001))
+        .unwrap();
+    k.services
+        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
+        .unwrap();
+    let front = (NODE, NODE_PORT);
+    // Two connections, one on each port, each closed by its client.
+    let mut ports = vec![];
+    for client in [(CLIENT, 40000), (CLIENT, 40001)] {
+        let (_, out) = k.run_from_network(&Packet::tcp(client, front, TCP_SYN, b"").bytes());
+        ports.push(snat_port_of(&out, "connection"));
+    }
+    let close = |k: &mut Kernel, client: (Ipv4Addr, u16), port: u16| {
+        let pod = (REMOTE_POD, POD_PORT);
+        for (from_client, flags) in [
+            (false, TCP_SYN | TCP_ACK),
+            (true, TCP_ACK),
+            (true, TCP_FIN | TCP_ACK),
+            (false, TCP_FIN | TCP_ACK),
+            (true, TCP_ACK),
+        ] {
+            let packet = if from_client {
+                Packet::tcp(client, front, flags, b"")
+            } else {
+                Packet::tcp(pod, (NODE, port), flags, b"")
+            };
+            k.run_from_network(&packet.bytes());
+        }
+    };
+    // The second closed 2 s ago, the first 300 ms ago.
+    close(&mut k, (CLIENT, 40001), ports[1]);
+    age_conntrack(&mut k, 2 * SNAT_PORT_REST_NS - 300_000_000);
+    close(&mut k, (CLIENT, 40000), ports[0]);
+    age_conntrack(&mut k, 300_000_000);
+    let next = |j: u16| Packet::tcp((OTHER_CLIENT, 50000 + j), front, TCP_SYN, b"");
+    let (_, out) = k.run_from_network(&next(0).bytes());
+    assert_eq!(
+        snat_port_of(&out, "new connection"),
+        ports[1],
+        "the fully rested port first"
+    );
+    // With that one taken, the briefly rested one rather than a refusal.
+    let (_, out) = k.run_from_network(&next(1).bytes());
+    assert_eq!(snat_port_of(&out, "next connection"), ports[0]);
 }
 
 #[test]
@@ -778,6 +828,9 @@ fn a_client_reusing_its_port_leaves_the_backends_time_wait_port_held() {
     let (_, out) = k.run_from_network(&from_client(TCP_SYN).bytes());
     let second = snat_port_of(&out, "the client's port reused");
     assert_ne!(second, held, "the backend still holds {held} in TIME_WAIT");
+    let pod = (REMOTE_POD, POD_PORT);
+    k.run_from_network(&Packet::tcp(pod, (NODE, second), TCP_SYN | TCP_ACK, b"").bytes());
+    k.run_from_network(&from_client(TCP_ACK).bytes());
     // ...and the held port stays held for everyone else.
     let other = Packet::tcp((OTHER_CLIENT, 40000), front, TCP_SYN, b"");
     let (verdict, _) = k.run_from_network(&other.bytes());

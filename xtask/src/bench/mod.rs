@@ -355,18 +355,13 @@ const NODEPORT_UDP: u16 = 30053;
 const NODEPORT_BLAST: u16 = 30054;
 const SINK_PORT: u16 = 9090;
 const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
-/// The entry nodes' source-NAT ports. The bench opens over 10,000
-/// connections a second to one backend through one node; a closed
-/// connection's port rests 1 s before reuse, so the default range
-/// (61000-65535, about 3,600 a second per backend) would cap the rate.
-const BENCH_SNAT_PORTS: &str = "40000-65535";
 /// (name, fabric address, pod CIDR, agent arguments)
 const NODEPORT_FERRY_NODES: [(&str, Ipv4Addr, &str, &[&str]); 3] = [
     (
         "np-xdp",
         Ipv4Addr::new(192, 168, 77, 11),
         "10.244.1.0/24",
-        &["--xdp", "generic", "--snat-ports", BENCH_SNAT_PORTS],
+        &["--xdp", "generic"],
     ),
     (
         "np-backend",
@@ -378,7 +373,7 @@ const NODEPORT_FERRY_NODES: [(&str, Ipv4Addr, &str, &[&str]); 3] = [
         "np-tc",
         Ipv4Addr::new(192, 168, 77, 13),
         "10.244.3.0/24",
-        &["--snat-ports", BENCH_SNAT_PORTS],
+        &[],
     ),
 ];
 const KP_ENTRY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 21);
@@ -734,7 +729,7 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
     let (small_conn, _, small_pps) = med(&scenarios[3]);
     writeln!(
         report,
-        "\nNodePort, external client -> node -> backend pod on another node (native routing), {} clients; ferry and kube-proxy hold {} Services; ferry's entry nodes run with --snat-ports {BENCH_SNAT_PORTS}",
+        "\nNodePort, external client -> node -> backend pod on another node (native routing), {} clients; ferry and kube-proxy hold {} Services",
         opts.clients,
         opts.services + 1
     )?;
