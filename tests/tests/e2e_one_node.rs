@@ -203,15 +203,23 @@ fn an_established_connection_survives_an_agent_restart() {
     // New connections work without the agent too: the maps stay pinned.
     assert!(tcp_whoami(&client, VIP, 80).unwrap().starts_with('b'));
 
+    let syncs_before = node.agent_log().matches(" synced ").count();
     node.start_agent().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the restarted agent's first sync (loading the programs
+    // through the verifier takes a few hundred milliseconds).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.agent_log().matches(" synced ").count() == syncs_before
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(ask(b"ping after the restart"), "ping after the restart");
     assert_eq!(ask(b"?"), backend);
     let log = node.agent_log();
     let last_sync = log
         .lines()
         .rev()
-        .find(|l| l.contains("synced"))
+        .find(|l| l.contains(" synced "))
         .unwrap_or("");
     assert!(
         last_sync.contains("upserted=0") && last_sync.contains("unchanged=4"),
