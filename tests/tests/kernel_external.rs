@@ -625,7 +625,10 @@ fn age_conntrack(k: &mut Kernel, ns: u64) {
 
 /// A one-port range, a NodePort flow to a remote backend through it, and
 /// the packets of the flow's handshake.
-fn one_port_flow(k: &mut Kernel) -> (fn(u8) -> Packet, fn(u8) -> Packet) {
+/// A packet of a fixed flow direction, given its TCP flags.
+type FlowPacket = fn(u8) -> Packet;
+
+fn one_port_flow(k: &mut Kernel) -> (FlowPacket, FlowPacket) {
     NodeMap::open(k.pin_dir())
         .unwrap()
         .set(Some(NODE), (61000, 61000))
@@ -633,9 +636,9 @@ fn one_port_flow(k: &mut Kernel) -> (fn(u8) -> Packet, fn(u8) -> Packet) {
     k.services
         .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
         .unwrap();
-    let from_client: fn(u8) -> Packet =
+    let from_client: FlowPacket =
         |flags| Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), flags, b"");
-    let from_pod: fn(u8) -> Packet =
+    let from_pod: FlowPacket =
         |flags| Packet::tcp((REMOTE_POD, POD_PORT), (NODE, 61000), flags, b"");
     k.run_from_network(&from_client(TCP_SYN).bytes());
     k.run_from_network(&from_pod(TCP_SYN | TCP_ACK).bytes());
