@@ -8,11 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    task::JoinHandle,
-};
+use tokio::{io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
 
 use crate::model::HealthCheck;
 
@@ -88,20 +84,8 @@ async fn serve(port: u16, state: Shared) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            // Read the request head (bounded); its content does not matter.
-            let mut buf = [0u8; 4096];
-            let mut seen = 0;
-            while seen < buf.len() {
-                match stream.read(&mut buf[seen..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        seen += n;
-                        if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
+            // Read the request head; its content does not matter.
+            let _ = crate::metrics::read_request_head(&mut stream).await;
             let reply = response(state.lock().expect("health state").get(&port));
             let _ = stream.write_all(reply.as_bytes()).await;
             let _ = stream.shutdown().await;

@@ -75,6 +75,9 @@ struct MapShape {
     key_size: usize,
     value_size: usize,
     max_entries: u32,
+    /// Holds statistics only: a pinned map of another layout is replaced
+    /// (counts restart from zero) rather than refused.
+    replaceable: bool,
 }
 
 fn expected_shapes() -> [MapShape; 8] {
@@ -85,6 +88,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: size_of::<ServiceKey>(),
             value_size: size_of::<ServiceValue>(),
             max_entries: SERVICES_MAX_ENTRIES,
+            replaceable: false,
         },
         MapShape {
             name: MAP_BACKENDS,
@@ -92,6 +96,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: size_of::<BackendKey>(),
             value_size: size_of::<Backend>(),
             max_entries: BACKENDS_MAX_ENTRIES,
+            replaceable: false,
         },
         MapShape {
             name: MAP_CONNTRACK,
@@ -99,6 +104,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: size_of::<CtKey>(),
             value_size: size_of::<CtEntry>(),
             max_entries: CONNTRACK_MAX_ENTRIES,
+            replaceable: false,
         },
         MapShape {
             name: MAP_COUNTERS,
@@ -106,6 +112,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: size_of::<u32>(),
             value_size: size_of::<Counter>(),
             max_entries: outcome::COUNTER_SLOTS,
+            replaceable: true,
         },
         MapShape {
             name: MAP_ENDPOINTS,
@@ -113,6 +120,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: size_of::<EndpointKey>(),
             value_size: size_of::<Endpoint>(),
             max_entries: ENDPOINTS_MAX_ENTRIES,
+            replaceable: false,
         },
         MapShape {
             name: MAP_SERVICE_NAMES,
@@ -120,6 +128,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: size_of::<u32>(),
             value_size: size_of::<ServiceName>(),
             max_entries: SERVICES_MAX_ENTRIES,
+            replaceable: false,
         },
         MapShape {
             name: MAP_ROUTES,
@@ -128,6 +137,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: 8,
             value_size: size_of::<Route>(),
             max_entries: ROUTES_MAX_ENTRIES,
+            replaceable: false,
         },
         MapShape {
             name: MAP_NODE,
@@ -135,6 +145,7 @@ fn expected_shapes() -> [MapShape; 8] {
             key_size: size_of::<u32>(),
             value_size: size_of::<NodeConfig>(),
             max_entries: 1,
+            replaceable: false,
         },
     ]
 }
@@ -169,11 +180,11 @@ fn check_pinned(pin_dir: &Path) -> Result<(), LoadError> {
             shape.value_size,
             shape.max_entries,
         );
-        if found != want && shape.name == MAP_COUNTERS {
-            // Statistics only: a release with another number of outcomes
-            // replaces the map instead of refusing to start. Programs still
-            // attached keep counting into the old one until their links are
-            // pointed at the new programs.
+        if found != want && shape.replaceable {
+            // A release with another number of outcomes replaces the map
+            // instead of refusing to start. Programs still attached keep
+            // counting into the old one until their links are pointed at
+            // the new programs.
             std::fs::remove_file(&path).map_err(|source| LoadError::ReplaceCounters {
                 path: display.clone(),
                 source,

@@ -213,6 +213,25 @@ fn count_keys(path: &Path) -> std::io::Result<u64> {
     }
 }
 
+/// The head of an HTTP request (up to 4 KiB, to the blank line), for the
+/// agent's tiny HTTP servers (this one and the health-check ports).
+pub(crate) async fn read_request_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut buf = [0u8; 4096];
+    let mut seen = 0;
+    while seen < buf.len() {
+        match stream.read(&mut buf[seen..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                seen += n;
+                if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf[..seen]).into_owned()
+}
+
 /// Serve /healthz, /readyz and /metrics on `listener`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
@@ -221,20 +240,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut seen = 0;
-            while seen < buf.len() {
-                match stream.read(&mut buf[seen..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        seen += n;
-                        if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..seen]);
+            let head = read_request_head(&mut stream).await;
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let path = path.split('?').next().unwrap_or(path);
             let (status, content_type, body) = match path {

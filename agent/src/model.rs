@@ -319,7 +319,9 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
             "status.loadBalancer.ingress",
             &mut problems,
         );
-        let svc_slices = slices.get(&(ns.clone(), name.clone()));
+        let svc_slices = slices
+            .get(&(ns.clone(), name.clone()))
+            .map_or(&[][..], Vec::as_slice);
         for (i, port) in spec.ports.iter().flatten().enumerate() {
             let field = format!("spec.ports[{i}]");
             let protocol = match protocol_number(port.protocol.as_deref()) {
@@ -352,7 +354,7 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
             }
             let port_name = port.name.clone().unwrap_or_default();
             let backends = backends_for(
-                svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                svc_slices,
                 &port_name,
                 protocol,
                 local_only,
@@ -410,7 +412,7 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
             // traffic only.
             let all_backends = if local_only {
                 backends_for(
-                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                    svc_slices,
                     &port_name,
                     protocol,
                     false,
@@ -422,7 +424,7 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
             };
             let (external_backends, flags) = if external_local {
                 let local = backends_for(
-                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                    svc_slices,
                     &port_name,
                     protocol,
                     true,
@@ -447,7 +449,7 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
                 // kube-proxy counts ready local endpoints only: a node whose
                 // local pods are all terminating answers 503 and is drained.
                 let ready_local = backends_with(
-                    svc_slices.map(Vec::as_slice).unwrap_or(&[]),
+                    svc_slices,
                     &port_name,
                     protocol,
                     true,

@@ -127,3 +127,20 @@ impl Kernel {
         self.counters.read().expect("read counters")
     }
 }
+
+/// A "client" pod and three backend pods ("b1".."b3") serving on 8080 on
+/// `node`: the usual cast of the one-node end-to-end tests.
+pub fn client_and_three_backends(
+    node: &ferry_harness::Node,
+) -> (ferry_harness::Pod, Vec<ferry_harness::Pod>) {
+    let client = node.add_pod("client").unwrap();
+    let backends = ["b1", "b2", "b3"]
+        .into_iter()
+        .map(|name| {
+            let mut p = node.add_pod(name).unwrap();
+            p.serve(8080).unwrap();
+            p
+        })
+        .collect();
+    (client, backends)
+}

@@ -120,27 +120,26 @@ fn agent_http(node: &Node, path: &'static str) -> (u16, String) {
     .unwrap()
 }
 
+/// Node n1 whose agent reads the objects from `api` (served inside the
+/// node's namespace) through a kubeconfig.
+fn node_fed_by(c: &Cluster, api: &ApiServer) -> Node {
+    let kubeconfig = c.root.join("kubeconfig");
+    c.node_with_kube_api("n1", |ns| {
+        let addr = api.listen_in(&ns.path())?;
+        api.kubeconfig(addr, &kubeconfig)?;
+        Ok(kubeconfig.clone())
+    })
+    .expect("node with the API source")
+}
+
 #[test]
 fn services_follow_the_api_through_scale_delete_relist_and_proxy_name() {
     ferry_tests::fixture::require_root();
     let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
     let api = ApiServer::new();
     api.create(node_object()).unwrap();
-    let kubeconfig = c.root.join("kubeconfig");
-    let node = c
-        .node_with_kube_api("n1", |ns| {
-            let addr = api.listen_in(&ns.path())?;
-            api.kubeconfig(addr, &kubeconfig)?;
-            Ok(kubeconfig.clone())
-        })
-        .expect("node with the API source");
-    let client = node.add_pod("client").unwrap();
-    let mut backends = Vec::new();
-    for name in ["b1", "b2", "b3"] {
-        let mut p = node.add_pod(name).unwrap();
-        p.serve(8080).unwrap();
-        backends.push(p);
-    }
+    let node = node_fed_by(&c, &api);
+    let (client, backends) = ferry_tests::fixture::client_and_three_backends(&node);
     // Ready after the first full sync (the lists), and saying so.
     eventually("/readyz", &node, Duration::from_secs(5), || {
         agent_http(&node, "/readyz").0 == 200
@@ -271,14 +270,7 @@ fn objects_that_exist_before_the_agent_starts_are_served_and_it_reports_healthy(
     let api = ApiServer::new();
     api.create(node_object()).unwrap();
     api.create(service(json!({}))).unwrap();
-    let kubeconfig = c.root.join("kubeconfig");
-    let node = c
-        .node_with_kube_api("n1", |ns| {
-            let addr = api.listen_in(&ns.path())?;
-            api.kubeconfig(addr, &kubeconfig)?;
-            Ok(kubeconfig.clone())
-        })
-        .expect("node with the API source");
+    let node = node_fed_by(&c, &api);
     // Served (no endpoints: refused at once), and ready.
     eventually(
         "the Service is programmed",

@@ -24,13 +24,7 @@ fn cluster() -> Cluster {
 fn one_node(c: &Cluster) -> (Node, Pod, Vec<Pod>) {
     c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
     let node = c.node("n1").unwrap();
-    let client = node.add_pod("client").unwrap();
-    let mut backends = Vec::new();
-    for name in ["b1", "b2", "b3"] {
-        let mut p = node.add_pod(name).unwrap();
-        p.serve(8080).unwrap();
-        backends.push(p);
-    }
+    let (client, backends) = ferry_tests::fixture::client_and_three_backends(&node);
     (node, client, backends)
 }
 

@@ -569,15 +569,8 @@ fn the_nodes_other_ports_and_addresses_pass_untouched() {
 
 #[test]
 fn a_source_nat_port_is_reused_only_once_its_flow_is_over() {
-    let mut k = Kernel::load();
     // One source port only, to make the choice visible.
-    NodeMap::open(k.pin_dir())
-        .unwrap()
-        .set(Some(NODE), (61000, 61000))
-        .unwrap();
-    k.services
-        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
-        .unwrap();
+    let mut k = nodeport_to_remote_pod_with_snat_ports((61000, 61000));
     let syn = |client: Ipv4Addr| Packet::tcp((client, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
 
     let (_, out) = k.run_from_network(&syn(CLIENT).bytes());
@@ -623,19 +616,27 @@ fn age_conntrack(k: &mut Kernel, ns: u64) {
     }
 }
 
-/// A one-port range, a NodePort flow to a remote backend through it, and
-/// the packets of the flow's handshake.
 /// A packet of a fixed flow direction, given its TCP flags.
 type FlowPacket = fn(u8) -> Packet;
 
-fn one_port_flow(k: &mut Kernel) -> (FlowPacket, FlowPacket) {
+/// A kernel serving a TCP NodePort whose one backend is on another node,
+/// source-NATed with ports from `range`.
+fn nodeport_to_remote_pod_with_snat_ports(range: (u16, u16)) -> Kernel {
+    let mut k = Kernel::load();
     NodeMap::open(k.pin_dir())
         .unwrap()
-        .set(Some(NODE), (61000, 61000))
+        .set(Some(NODE), range)
         .unwrap();
     k.services
         .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
         .unwrap();
+    k
+}
+
+/// A one-port range (61000 only), a NodePort flow to a remote backend
+/// through it, and the packets of the flow, after its handshake.
+fn one_port_flow() -> (Kernel, FlowPacket, FlowPacket) {
+    let mut k = nodeport_to_remote_pod_with_snat_ports((61000, 61000));
     let from_client: FlowPacket =
         |flags| Packet::tcp((CLIENT, 40000), (NODE, NODE_PORT), flags, b"");
     let from_pod: FlowPacket =
@@ -643,7 +644,7 @@ fn one_port_flow(k: &mut Kernel) -> (FlowPacket, FlowPacket) {
     k.run_from_network(&from_client(TCP_SYN).bytes());
     k.run_from_network(&from_pod(TCP_SYN | TCP_ACK).bytes());
     k.run_from_network(&from_client(TCP_ACK).bytes());
-    (from_client, from_pod)
+    (k, from_client, from_pod)
 }
 
 /// Does a SYN from another client get the range's only port? Counts the
@@ -666,8 +667,7 @@ fn next_flow_gets_the_port(k: &mut Kernel, what: &str) -> bool {
 
 #[test]
 fn a_closed_connections_port_rests_before_reuse() {
-    let mut k = Kernel::load();
-    let (from_client, from_pod) = one_port_flow(&mut k);
+    let (mut k, from_client, from_pod) = one_port_flow();
     // The client closes first. Both FINs: closing, but the backend's FIN
     // is not acknowledged yet; it may still retransmit it to this port.
     k.run_from_network(&from_client(TCP_FIN | TCP_ACK).bytes());
@@ -685,14 +685,7 @@ fn a_closed_connections_port_rests_before_reuse() {
 
 #[test]
 fn a_fully_rested_port_is_preferred_to_a_briefly_rested_one() {
-    let mut k = Kernel::load();
-    NodeMap::open(k.pin_dir())
-        .unwrap()
-        .set(Some(NODE), (61000, 61001))
-        .unwrap();
-    k.services
-        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
-        .unwrap();
+    let mut k = nodeport_to_remote_pod_with_snat_ports((61000, 61001));
     let front = (NODE, NODE_PORT);
     // Two connections, one on each port, each closed by its client.
     let mut ports = vec![];
@@ -736,8 +729,7 @@ fn a_fully_rested_port_is_preferred_to_a_briefly_rested_one() {
 
 #[test]
 fn a_port_the_backend_closed_first_waits_out_its_time_wait() {
-    let mut k = Kernel::load();
-    let (from_client, from_pod) = one_port_flow(&mut k);
+    let (mut k, from_client, from_pod) = one_port_flow();
     // The backend closes first: its socket holds the tuple in TIME_WAIT
     // for 60 s, where another client's SYN could be answered with an ACK.
     k.run_from_network(&from_pod(TCP_FIN | TCP_ACK).bytes());
@@ -751,8 +743,7 @@ fn a_port_the_backend_closed_first_waits_out_its_time_wait() {
 
 #[test]
 fn a_reset_frees_the_port_after_the_rest() {
-    let mut k = Kernel::load();
-    let (from_client, from_pod) = one_port_flow(&mut k);
+    let (mut k, from_client, from_pod) = one_port_flow();
     k.run_from_network(&from_pod(TCP_FIN | TCP_ACK).bytes());
     // The client aborts: the RST ends the backend's TIME_WAIT too.
     k.run_from_network(&from_client(TCP_RST | TCP_ACK).bytes());
@@ -763,14 +754,7 @@ fn a_reset_frees_the_port_after_the_rest() {
 
 #[test]
 fn a_new_flow_finds_a_free_port_in_a_mostly_taken_range() {
-    let mut k = Kernel::load();
-    NodeMap::open(k.pin_dir())
-        .unwrap()
-        .set(Some(NODE), (61000, 61023))
-        .unwrap();
-    k.services
-        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
-        .unwrap();
+    let mut k = nodeport_to_remote_pod_with_snat_ports((61000, 61023));
     let syn = |client: (Ipv4Addr, u16)| Packet::tcp(client, (NODE, NODE_PORT), TCP_SYN, b"");
     // 20 of the 24 ports held by live connections.
     for i in 0..20 {
@@ -805,14 +789,7 @@ fn a_new_flow_finds_a_free_port_in_a_mostly_taken_range() {
 
 #[test]
 fn a_client_reusing_its_port_leaves_the_backends_time_wait_port_held() {
-    let mut k = Kernel::load();
-    NodeMap::open(k.pin_dir())
-        .unwrap()
-        .set(Some(NODE), (61000, 61001))
-        .unwrap();
-    k.services
-        .upsert_frontend(node_port(PROTO_TCP), &[backend(REMOTE_POD)], "", 0)
-        .unwrap();
+    let mut k = nodeport_to_remote_pod_with_snat_ports((61000, 61001));
     let client = (CLIENT, 40000);
     let front = (NODE, NODE_PORT);
     let (_, out) = k.run_from_network(&Packet::tcp(client, front, TCP_SYN, b"").bytes());

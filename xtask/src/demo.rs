@@ -131,19 +131,7 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
     );
     println!("    agent log: {}", node.log.display());
     println!("    edit the objects live: {}", cluster.manifest.display());
-    if keep {
-        println!("==> --keep: left running; tear down with `cargo xtask down`");
-        std::mem::forget(web);
-        std::mem::forget(client);
-        std::mem::forget(node);
-        std::mem::forget(cluster);
-        return Ok(());
-    }
-    wait_for_ctrl_c();
-    drop(web);
-    drop(client);
-    drop(node);
-    drop(cluster);
+    keep_or_tear_down(keep, (web, client, node, cluster));
     Ok(())
 }
 
@@ -253,21 +241,7 @@ fn run_nodes(keep: bool) -> Result<()> {
         client.display()
     );
     println!("    edit the objects live: {}", cluster.manifest.display());
-    if keep {
-        println!("==> --keep: left running; tear down with `cargo xtask down`");
-        std::mem::forget(outside);
-        std::mem::forget(web);
-        std::mem::forget(nodes);
-        std::mem::forget(fabric);
-        std::mem::forget(cluster);
-        return Ok(());
-    }
-    wait_for_ctrl_c();
-    drop(outside);
-    drop(web);
-    drop(nodes);
-    drop(fabric);
-    drop(cluster);
+    keep_or_tear_down(keep, (outside, web, nodes, fabric, cluster));
     Ok(())
 }
 
@@ -347,4 +321,17 @@ pub fn down() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// With --keep, leave everything running (`cargo xtask down` removes it);
+/// else wait for Ctrl-C and tear `everything` down, first element first
+/// (a tuple drops its fields in order).
+fn keep_or_tear_down<T>(keep: bool, everything: T) {
+    if keep {
+        println!("==> --keep: left running; tear down with `cargo xtask down`");
+        std::mem::forget(everything);
+        return;
+    }
+    wait_for_ctrl_c();
+    drop(everything);
 }
