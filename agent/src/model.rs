@@ -408,29 +408,27 @@ pub fn desired_state_with(objects: &Objects, cfg: &ModelConfig) -> (Desired, Vec
             if external.is_empty() {
                 continue;
             }
-            // Every ready endpoint: internalTrafficPolicy narrows ClusterIP
-            // traffic only.
-            let all_backends = if local_only {
+            // The endpoints again, without the first pass's problems (they
+            // were reported there).
+            let backends_again = |local_only: bool| {
                 backends_for(
                     svc_slices,
                     &port_name,
                     protocol,
-                    false,
+                    local_only,
                     node_name,
                     &mut Vec::new(),
                 )
+            };
+            // Every ready endpoint: internalTrafficPolicy narrows ClusterIP
+            // traffic only.
+            let all_backends = if local_only {
+                backends_again(false)
             } else {
                 backends.clone()
             };
             let (external_backends, flags) = if external_local {
-                let local = backends_for(
-                    svc_slices,
-                    &port_name,
-                    protocol,
-                    true,
-                    node_name,
-                    &mut Vec::new(),
-                );
+                let local = backends_again(true);
                 (local, SERVICE_FLAG_LOCAL_ONLY)
             } else {
                 (all_backends.clone(), 0)

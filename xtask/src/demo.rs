@@ -47,14 +47,7 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
     if nodes {
         return run_nodes(keep);
     }
-    crate::setup::run()?;
-    crate::build_bins(false)?;
-    let root = std::env::current_dir()?;
-    let manifest = std::fs::read_to_string(root.join("examples/demo.yaml"))
-        .context("reading examples/demo.yaml (run from the repository root)")?;
-    let bins = Binaries::in_dir(&root.join("target/debug"))?;
-    let cluster = Cluster::new(bins.clone())?;
-    cluster.write_manifest(&manifest)?;
+    let cluster = cluster_from_example("demo.yaml")?;
     println!(
         "==> node {NODE}: network namespace fry-{}-{NODE}, ferry-agent running",
         cluster.run_id
@@ -119,7 +112,7 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
     println!("==> what the dataplane holds (ferry-agent inspect services):");
     print!("{}", indent(&node.inspect("services")?));
     println!("==> look inside yourself:");
-    let agent = bins.agent.display();
+    let agent = cluster.bins.agent.display();
     let pins = node.pin_dir.display();
     for what in ["services", "backends", "conntrack", "endpoints", "counters"] {
         println!("    {agent} inspect {what} --pin-dir {pins}");
@@ -158,14 +151,7 @@ fn ask_from(netns: &std::path::Path, addr: Ipv4Addr, port: u16) -> Result<String
 /// from every node to backends on n2 and n3, asked by a client outside the
 /// cluster.
 fn run_nodes(keep: bool) -> Result<()> {
-    crate::setup::run()?;
-    crate::build_bins(false)?;
-    let root = std::env::current_dir()?;
-    let manifest = std::fs::read_to_string(root.join("examples/demo-nodes.yaml"))
-        .context("reading examples/demo-nodes.yaml (run from the repository root)")?;
-    let bins = Binaries::in_dir(&root.join("target/debug"))?;
-    let cluster = Cluster::new(bins.clone())?;
-    cluster.write_manifest(&manifest)?;
+    let cluster = cluster_from_example("demo-nodes.yaml")?;
     let fabric = ferry_harness::Fabric::create(&cluster.run_id)?;
     let mut nodes = Vec::new();
     for (name, addr) in FABRIC_NODES {
@@ -229,7 +215,7 @@ fn run_nodes(keep: bool) -> Result<()> {
         println!("    {line}");
     }
     println!("==> look inside yourself:");
-    let agent = bins.agent.display();
+    let agent = cluster.bins.agent.display();
     for node in &nodes {
         println!(
             "    {agent} inspect conntrack --pin-dir {}",
@@ -334,4 +320,16 @@ fn keep_or_tear_down<T>(keep: bool, everything: T) {
     }
     wait_for_ctrl_c();
     drop(everything);
+}
+
+/// Set up, build, and start a harness cluster fed `examples/<file>`.
+fn cluster_from_example(file: &str) -> Result<Cluster> {
+    crate::setup::run()?;
+    crate::build_bins(false)?;
+    let root = std::env::current_dir()?;
+    let manifest = std::fs::read_to_string(root.join("examples").join(file))
+        .with_context(|| format!("reading examples/{file} (run from the repository root)"))?;
+    let cluster = Cluster::new(Binaries::in_dir(&root.join("target/debug"))?)?;
+    cluster.write_manifest(&manifest)?;
+    Ok(cluster)
 }
