@@ -10,7 +10,7 @@ use std::{
 
 use tokio::{io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
 
-use crate::model::HealthCheck;
+use crate::plan::HealthCheck;
 
 type Shared = Arc<Mutex<BTreeMap<u16, HealthCheck>>>;
 

@@ -4,12 +4,13 @@
 //! demos and tests.
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Deserialize;
 
-use crate::model::{Objects, Problem};
+use super::{Snapshot, Source};
+use crate::plan::{Objects, Problem};
 
 /// Parse a manifest. Unknown kinds and documents that do not decode are
 /// reported and skipped. A `kind: List` (as `kubectl get -o yaml` writes)
@@ -112,5 +113,34 @@ impl FileSource {
         let text = std::fs::read_to_string(&self.path)?;
         self.last = Some(stamp);
         Ok(Some(text))
+    }
+}
+
+impl Source for FileSource {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    async fn next(&mut self) -> Snapshot {
+        loop {
+            match self.changed() {
+                Ok(Some(text)) => {
+                    let seen = Instant::now();
+                    let (objects, problems) = parse_manifest(&text);
+                    return Snapshot {
+                        objects,
+                        problems,
+                        seen,
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    source = %self.path.display(),
+                    error = %e,
+                    "cannot read the manifest; keeping the current dataplane state"
+                ),
+            }
+            tokio::time::sleep(self.poll).await;
+        }
     }
 }

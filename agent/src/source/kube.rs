@@ -4,7 +4,11 @@
 //! relist is complete, and watch errors are retried with backoff while the
 //! stores keep their last state: the dataplane is never flushed by an API
 //! outage, it just stops following changes until the API is back.
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -22,7 +26,8 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use crate::model::Objects;
+use super::{Snapshot, Source};
+use crate::plan::Objects;
 
 /// Services kube-proxy leaves alone, and so does ferry: another proxy
 /// serves them (service-proxy-name), or they are headless.
@@ -68,6 +73,10 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     changed: Arc<Notify>,
+    /// All three lists are complete.
+    ready: bool,
+    /// A change was noticed then and is not applied yet.
+    pending: Option<Instant>,
 }
 
 impl KubeSource {
@@ -97,6 +106,8 @@ impl KubeSource {
             slices,
             nodes,
             changed,
+            ready: false,
+            pending: None,
         }
     }
 
@@ -130,6 +141,37 @@ impl KubeSource {
     /// stores anyway).
     pub fn drain_changes(&self) {
         let _ = futures::FutureExt::now_or_never(self.changed.notified());
+    }
+}
+
+impl Source for KubeSource {
+    fn name(&self) -> String {
+        "kube".into()
+    }
+
+    async fn next(&mut self) -> Snapshot {
+        if !self.ready {
+            tracing::info!(
+                "watching Services, EndpointSlices and Nodes; the first sync waits for all three lists"
+            );
+            self.wait_ready().await;
+            self.ready = true;
+            self.drain_changes();
+        } else {
+            if self.pending.is_none() {
+                self.changed().await;
+                self.pending = Some(Instant::now());
+            }
+            // Changes arrive in bursts (a rollout touches many slices):
+            // let them pile up, then apply once.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.drain_changes();
+        }
+        Snapshot {
+            objects: self.objects(),
+            problems: Vec::new(),
+            seen: self.pending.take().unwrap_or_else(Instant::now),
+        }
     }
 }
 

@@ -1,0 +1,448 @@
+//! The agent's configuration: the command line (`RunArgs`, clap's view) kept
+//! apart from what the agent runs on (`RunConfig`, the domain's view). Every
+//! range check and every rule between flags lives once, in
+//! `TryFrom<RunArgs> for RunConfig`; a `RunConfig` cannot hold a combination
+//! that makes no sense (VXLAN with XDP, a VNI in native mode).
+use std::{fmt, net::Ipv4Addr, net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::plan::PlanConfig;
+
+/// An inclusive range of ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub const fn new(first: u16, last: u16) -> Self {
+        Self { first, last }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    /// "FROM-TO"; `example` is shown in the error.
+    fn parse(s: &str, example: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Range {
+            value: s.to_string(),
+            why,
+            example: example.to_string(),
+        };
+        let (from, to) = s.split_once('-').ok_or_else(|| bad("not a range".into()))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|e| bad(format!("{p:?}: {e}")))
+        };
+        let range = Self::new(port(from)?, port(to)?);
+        if range.first == 0 || range.first > range.last {
+            return Err(bad("empty, or starting at 0".into()));
+        }
+        Ok(range)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Where the objects come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// A multi-document YAML manifest, re-read when it changes.
+    File(PathBuf),
+    /// The Kubernetes API: a kubeconfig, or None for in-cluster config.
+    Kube(Option<PathBuf>),
+}
+
+/// How XDP runs on the uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Generic XDP: runs in the kernel's receive path, on any driver.
+    Generic,
+    /// The driver's native XDP (faster; needs driver support, and on veth
+    /// a peer with NAPI for transmitted frames).
+    Native,
+}
+
+impl XdpMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Generic => "generic",
+            XdpMode::Native => "native",
+        }
+    }
+}
+
+/// How pod packets cross to other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlay {
+    /// Pod packets leave the uplink unchanged, next hop the owning node;
+    /// external traffic may turn around in XDP.
+    Native { xdp: Option<XdpMode> },
+    /// Pod packets are encapsulated in VXLAN to the owning node.
+    Vxlan { vni: u32, port: u16 },
+}
+
+/// Outer IPv4 + UDP + VXLAN + inner Ethernet: what encapsulation adds.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+impl Overlay {
+    /// Pod MTU in this mode, given the uplink's.
+    pub fn pod_mtu(&self, uplink_mtu: u32) -> u32 {
+        match self {
+            Overlay::Native { .. } => uplink_mtu,
+            Overlay::Vxlan { .. } => uplink_mtu - VXLAN_OVERHEAD,
+        }
+    }
+}
+
+/// Cross-node networking: the interface towards the other nodes and how
+/// packets cross it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub interface: String,
+    pub overlay: Overlay,
+}
+
+/// Where ferry-cni's configuration goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CniConfig {
+    /// The conflist is written here.
+    pub conf_dir: PathBuf,
+    /// IPAM store handed to ferry-cni through the conflist.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What `ferry-agent run` runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunConfig {
+    pub source: SourceConfig,
+    /// The node and how it serves Services: everything the plan reads.
+    pub plan: PlanConfig,
+    pub gc_interval: Duration,
+    /// The node's /proc/sys (for the reserved ports).
+    pub proc_sys: PathBuf,
+    /// Where to serve /healthz, /readyz and /metrics (None: not served).
+    pub metrics_address: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+/// `ferry-agent run`'s command line.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// This node's name (as in its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// Where objects come from: `kube` (the Kubernetes API; the default
+    /// inside a cluster) or `file:PATH` (a multi-document YAML manifest
+    /// of Services, EndpointSlices and Nodes, re-read on change).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// kubeconfig for `--source kube` outside a cluster (inside one,
+    /// the pod's service account is used).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Check the options and print the resulting configuration, then
+    /// exit without touching the node.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Serve /healthz, /readyz and /metrics here; `off` to not serve.
+    #[arg(long, default_value = "0.0.0.0:9402")]
+    pub metrics_address: String,
+    /// Directory on a BPF filesystem for ferry's pinned maps.
+    #[arg(long, default_value = crate::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Write the CNI conflist (with this node's pod CIDR) here.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// IPAM store for ferry-cni (written into the conflist).
+    #[arg(long, default_value = "/var/lib/cni/networks")]
+    pub cni_data_dir: PathBuf,
+    /// Pod interface MTU (written into the conflist).
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: u32,
+    /// Seconds between conntrack garbage collections.
+    #[arg(long, default_value_t = 10)]
+    pub gc_interval_secs: u64,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The interface towards the other nodes. Without it, only this
+    /// node's pods are served.
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// How pods on other nodes are reached.
+    #[arg(long, value_enum, default_value_t = RoutingMode::Native)]
+    pub routing: RoutingMode,
+    /// VXLAN network identifier (VXLAN mode).
+    #[arg(long, default_value_t = 1)]
+    pub vxlan_vni: u32,
+    /// VXLAN UDP port (VXLAN mode).
+    #[arg(long, default_value_t = 4789)]
+    pub vxlan_port: u16,
+    /// XDP on the uplink (native routing only): `off` (default),
+    /// `native` (the NIC driver's XDP; frames arrive with full
+    /// checksums), or `generic` (any driver, but only where packets
+    /// never arrive checksum-offloaded; see the README).
+    #[arg(long, value_enum, default_value_t = XdpChoice::Off)]
+    pub xdp: XdpChoice,
+    /// Source ports for external traffic sent to backends on other
+    /// nodes (FROM-TO). They are reserved in the node's
+    /// net.ipv4.ip_local_reserved_ports. A closed connection's port
+    /// rests 1 s (100 ms under pressure; 60 s if the backend closed
+    /// first) before reuse, so
+    /// the range caps new connections per second per node and backend.
+    #[arg(long, default_value = "61000-65535")]
+    pub snat_ports: String,
+    /// Addresses NodePorts answer on, comma-separated (default: this
+    /// node's InternalIPs from its Node object).
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Option<Vec<Ipv4Addr>>,
+    /// The cluster's NodePort range, as the apiserver's
+    /// --service-node-port-range (FROM-TO).
+    #[arg(long, default_value = "30000-32767")]
+    pub nodeport_range: String,
+    /// The node's /proc/sys, for net.ipv4.ip_local_reserved_ports: the
+    /// agent reserves --snat-ports and --nodeport-range there so that
+    /// the node's own sockets never pick those ports.
+    #[arg(long, default_value = "/proc/sys")]
+    pub proc_sys: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoutingMode {
+    /// Pod packets leave the uplink unchanged, next hop the owning node.
+    Native,
+    /// Pod packets are encapsulated in VXLAN to the owning node.
+    Vxlan,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpChoice {
+    Off,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{value:?} is not a port range ({why}); give one like {example}")]
+    Range {
+        value: String,
+        why: String,
+        example: String,
+    },
+    #[error("--snat-ports {0} reaches below 1024; use ports the node's services do not listen on")]
+    SnatBelow1024(PortRange),
+    #[error(
+        "--nodeport-range {nodeport} overlaps --snat-ports {snat}: a reply to external traffic would look like a new NodePort connection; make them disjoint"
+    )]
+    RangesOverlap {
+        nodeport: PortRange,
+        snat: PortRange,
+    },
+    #[error(
+        "--xdp {0} needs --routing native: VXLAN has no XDP path; drop --xdp or use native routing"
+    )]
+    XdpWithVxlan(&'static str),
+    #[error("--source {0:?} is not supported; use kube or file:PATH")]
+    UnknownSource(String),
+    #[error(
+        "no --source: not in a cluster and no --kubeconfig; use --source kube --kubeconfig PATH, or --source file:PATH"
+    )]
+    NoSource,
+    #[error("--metrics-address {value:?} is not an address like 0.0.0.0:9402 (or off): {why}")]
+    MetricsAddress { value: String, why: String },
+}
+
+impl TryFrom<RunArgs> for RunConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: RunArgs) -> Result<Self, ConfigError> {
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        args.into_config(in_cluster)
+    }
+}
+
+impl RunArgs {
+    /// The configuration; `in_cluster`: a service account is mounted (the
+    /// default source is then the API).
+    pub fn into_config(self, in_cluster: bool) -> Result<RunConfig, ConfigError> {
+        let snat_ports = PortRange::parse(&self.snat_ports, "61000-65535")?;
+        if snat_ports.first < 1024 {
+            return Err(ConfigError::SnatBelow1024(snat_ports));
+        }
+        let nodeport_range = PortRange::parse(&self.nodeport_range, "30000-32767")?;
+        if nodeport_range.overlaps(&snat_ports) {
+            return Err(ConfigError::RangesOverlap {
+                nodeport: nodeport_range,
+                snat: snat_ports,
+            });
+        }
+        let overlay = match (self.routing, self.xdp) {
+            (RoutingMode::Native, xdp) => Overlay::Native {
+                xdp: match xdp {
+                    XdpChoice::Off => None,
+                    XdpChoice::Generic => Some(XdpMode::Generic),
+                    XdpChoice::Native => Some(XdpMode::Native),
+                },
+            },
+            (RoutingMode::Vxlan, XdpChoice::Off) => Overlay::Vxlan {
+                vni: self.vxlan_vni,
+                port: self.vxlan_port,
+            },
+            (RoutingMode::Vxlan, XdpChoice::Generic) => {
+                return Err(ConfigError::XdpWithVxlan("generic"));
+            }
+            (RoutingMode::Vxlan, XdpChoice::Native) => {
+                return Err(ConfigError::XdpWithVxlan("native"));
+            }
+        };
+        let source = match self.source.as_deref() {
+            Some("kube") => SourceConfig::Kube(self.kubeconfig),
+            Some(s) if s.starts_with("file:") => {
+                SourceConfig::File(PathBuf::from(&s["file:".len()..]))
+            }
+            Some(other) => return Err(ConfigError::UnknownSource(other.to_string())),
+            None if in_cluster || self.kubeconfig.is_some() => SourceConfig::Kube(self.kubeconfig),
+            None => return Err(ConfigError::NoSource),
+        };
+        let metrics_address = match self.metrics_address.as_str() {
+            "off" => None,
+            s => Some(s.parse().map_err(|e: std::net::AddrParseError| {
+                ConfigError::MetricsAddress {
+                    value: s.to_string(),
+                    why: e.to_string(),
+                }
+            })?),
+        };
+        Ok(RunConfig {
+            source,
+            plan: PlanConfig {
+                node_name: self.node,
+                nodeport_addresses: self.nodeport_addresses,
+                nodeport_range,
+                snat_ports,
+                uplink: self.uplink.map(|interface| Uplink { interface, overlay }),
+                cni: self.cni_conf_dir.map(|conf_dir| CniConfig {
+                    conf_dir,
+                    data_dir: self.cni_data_dir,
+                }),
+                pin_dir: self.pin_dir,
+                mtu: self.mtu,
+            },
+            gc_interval: Duration::from_secs(self.gc_interval_secs.max(1)),
+            proc_sys: self.proc_sys,
+            metrics_address,
+            log_format: self.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<RunConfig, ConfigError> {
+        let mut argv = vec!["ferry-agent", "--node", "n1", "--source", "file:/m.yaml"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("clap accepts the arguments")
+            .run
+            .into_config(false)
+    }
+
+    #[test]
+    fn defaults_are_a_single_node_with_the_standard_ranges() {
+        let cfg = config(&[]).unwrap();
+        assert_eq!(cfg.source, SourceConfig::File("/m.yaml".into()));
+        assert_eq!(cfg.plan.uplink, None);
+        assert_eq!(cfg.plan.cni, None);
+        assert_eq!(cfg.plan.snat_ports, PortRange::new(61000, 65535));
+        assert_eq!(cfg.plan.nodeport_range, PortRange::new(30000, 32767));
+        assert_eq!(cfg.metrics_address, Some("0.0.0.0:9402".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_overlay_holds_only_what_its_mode_uses() {
+        let native = config(&["--uplink", "eth0", "--xdp", "generic", "--vxlan-vni", "7"]).unwrap();
+        assert_eq!(
+            native.plan.uplink.unwrap().overlay,
+            Overlay::Native {
+                xdp: Some(XdpMode::Generic)
+            }
+        );
+        let vxlan =
+            config(&["--uplink", "eth0", "--routing", "vxlan", "--vxlan-vni", "7"]).unwrap();
+        assert_eq!(
+            vxlan.plan.uplink.unwrap().overlay,
+            Overlay::Vxlan { vni: 7, port: 4789 }
+        );
+        assert_eq!(
+            config(&["--routing", "vxlan", "--xdp", "native"]),
+            Err(ConfigError::XdpWithVxlan("native"))
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked_once_with_errors_that_say_what_to_give() {
+        let overlap = config(&["--nodeport-range", "30000-62000"]).unwrap_err();
+        assert!(matches!(overlap, ConfigError::RangesOverlap { .. }));
+        assert!(overlap.to_string().contains("make them disjoint"));
+        assert_eq!(
+            config(&["--snat-ports", "80-1000"]),
+            Err(ConfigError::SnatBelow1024(PortRange::new(80, 1000)))
+        );
+        for bad in ["61000", "62000-61000", "0-10", "a-b"] {
+            let e = config(&["--snat-ports", bad]).unwrap_err();
+            assert!(e.to_string().contains("give one like"), "{bad}: {e}");
+        }
+        assert!(config(&["--metrics-address", "nowhere"]).is_err());
+        assert_eq!(
+            config(&["--metrics-address", "off"])
+                .unwrap()
+                .metrics_address,
+            None
+        );
+    }
+
+    #[test]
+    fn the_source_defaults_to_the_api_only_inside_a_cluster() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["ferry-agent", "--node", "n1"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().run
+        };
+        assert_eq!(args(&[]).into_config(false), Err(ConfigError::NoSource));
+        assert_eq!(
+            args(&[]).into_config(true).unwrap().source,
+            SourceConfig::Kube(None)
+        );
+        assert_eq!(
+            args(&["--source", "etcd"]).into_config(true),
+            Err(ConfigError::UnknownSource("etcd".into()))
+        );
+    }
+}

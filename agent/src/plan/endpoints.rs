@@ -1,0 +1,123 @@
+//! EndpointSlices: indexed by Service once, then read once per Service port
+//! into endpoints with their conditions. Which endpoints serve which
+//! traffic is decided by `categorize`, not here.
+use std::{collections::BTreeMap, collections::BTreeSet, net::Ipv4Addr};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{
+    problem::{ObjectProblems, Problem, object_name},
+    services::{ServicePort, protocol_number},
+};
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// An endpoint address with the port of one slice port, and its
+/// conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// Ready and not terminating.
+    pub ready: bool,
+    /// Terminating but still serving (KEP-1669's fallback).
+    pub serving_terminating: bool,
+    /// On the node this plan is for.
+    pub local: bool,
+}
+
+/// IPv4 slices by (namespace, Service name).
+#[derive(Default)]
+pub struct SliceIndex<'a> {
+    /// namespace -> Service name -> slices.
+    by_service: BTreeMap<&'a str, BTreeMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(slices: &'a [EndpointSlice]) -> Self {
+        let mut by_service: BTreeMap<&str, BTreeMap<&str, Vec<_>>> = BTreeMap::new();
+        for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+            let meta = &slice.metadata;
+            let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+                continue;
+            };
+            let ns = meta.namespace.as_deref().unwrap_or("default");
+            let services = by_service.entry(ns).or_default();
+            services.entry(service.as_str()).or_default().push(slice);
+        }
+        Self { by_service }
+    }
+
+    pub fn for_service(&self, namespace: &str, name: &str) -> &[&'a EndpointSlice] {
+        self.by_service
+            .get(namespace)
+            .and_then(|services| services.get(name))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The endpoints of one Service port across its slices (matched by port
+/// name and protocol; the slice carries the resolved target port), sorted
+/// and without exact repeats. Bad fields become problems.
+pub fn endpoints_for_port(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    node_name: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<Endpoint> {
+    let mut out = BTreeSet::new();
+    for slice in slices {
+        let meta = &slice.metadata;
+        let mut problems = ObjectProblems {
+            object: object_name(
+                "EndpointSlice",
+                meta.namespace.as_deref(),
+                meta.name.as_deref(),
+            ),
+            sink: problems,
+        };
+        for (pi, sp) in slice.ports.iter().flatten().enumerate() {
+            if sp.name.as_deref().unwrap_or("") != port.name
+                || protocol_number(sp.protocol.as_deref()) != Ok(Some(port.protocol))
+            {
+                continue;
+            }
+            let target = match sp.port.map(u16::try_from) {
+                Some(Ok(p)) if p != 0 => p,
+                _ => {
+                    problems.push(
+                        format!("ports[{pi}].port"),
+                        format!("{:?} is not a port number", sp.port),
+                    );
+                    continue;
+                }
+            };
+            for (ei, ep) in slice.endpoints.iter().enumerate() {
+                let cond = ep.conditions.as_ref();
+                // The API says a nil `ready` means ready.
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let local = ep.node_name.as_deref() == Some(node_name);
+                for (ai, a) in ep.addresses.iter().enumerate() {
+                    match a.parse::<Ipv4Addr>() {
+                        Ok(addr) => {
+                            out.insert(Endpoint {
+                                addr,
+                                port: target,
+                                ready: ready && !terminating,
+                                serving_terminating: serving && terminating,
+                                local,
+                            });
+                        }
+                        Err(_) => problems.push(
+                            format!("endpoints[{ei}].addresses[{ai}]"),
+                            format!("{a:?} is not an IPv4 address"),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}

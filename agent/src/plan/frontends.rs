@@ -1,0 +1,103 @@
+//! Frontends of one Service port: its cluster IPs, and the addresses it is
+//! reached on from outside (NodePorts, load-balancer IPs, externalIPs),
+//! each with the backends `categorize` chose for that traffic.
+use std::net::Ipv4Addr;
+
+use ferry_common::{
+    Backend, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS, SERVICE_FLAG_LOCAL_ONLY,
+    ServiceKey,
+};
+
+use super::{
+    categorize::Categorized,
+    services::{ParsedService, ServicePort},
+};
+
+/// One frontend's desired backends and its name for the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    pub backends: Vec<Backend>,
+    pub name: String,
+    /// `SERVICE_FLAG_*` bits.
+    pub flags: u8,
+}
+
+fn frontend(
+    addr: Ipv4Addr,
+    port: u16,
+    scope: u8,
+    svc_port: &ServicePort,
+    backends: &[Backend],
+    flags: u8,
+) -> (ServiceKey, DesiredFrontend) {
+    let key = ServiceKey {
+        addr: addr.octets(),
+        port,
+        protocol: svc_port.protocol,
+        scope,
+    };
+    let frontend = DesiredFrontend {
+        backends: backends.to_vec(),
+        name: svc_port.display.clone(),
+        flags,
+    };
+    (key, frontend)
+}
+
+/// The port on each of the Service's cluster IPs.
+pub fn cluster_ip_frontends(
+    svc: &ParsedService,
+    port: &ServicePort,
+    backends: &Categorized,
+) -> Vec<(ServiceKey, DesiredFrontend)> {
+    svc.cluster_ips
+        .iter()
+        .map(|ip| frontend(*ip, port.port, SCOPE_CLUSTER_IP, port, &backends.cluster, 0))
+        .collect()
+}
+
+/// The addresses and ports the Service port is reached on from outside:
+/// its nodePort on `nodeport_addresses`, then externalIPs and load-balancer
+/// IPs on the Service port.
+pub fn external_addresses(
+    svc: &ParsedService,
+    port: &ServicePort,
+    nodeport_addresses: &[Ipv4Addr],
+) -> Vec<(Ipv4Addr, u16)> {
+    let node_ports = port
+        .node_port
+        .into_iter()
+        .flat_map(|np| nodeport_addresses.iter().map(move |a| (*a, np)));
+    let on_service_port = svc
+        .external_ips
+        .iter()
+        .chain(&svc.load_balancer_ips)
+        .map(|a| (*a, port.port));
+    node_ports.chain(on_service_port).collect()
+}
+
+/// Two frontends per external address: one for clients outside the
+/// cluster (externalTrafficPolicy applies), one for this node's pods
+/// reaching the same address (any endpoint, no source NAT: kube-proxy's
+/// short-circuit).
+pub fn external_frontends(
+    svc: &ParsedService,
+    port: &ServicePort,
+    addresses: &[(Ipv4Addr, u16)],
+    backends: &Categorized,
+) -> Vec<(ServiceKey, DesiredFrontend)> {
+    let flags = if svc.policies.external_local {
+        SERVICE_FLAG_LOCAL_ONLY
+    } else {
+        0
+    };
+    addresses
+        .iter()
+        .flat_map(|(addr, p)| {
+            [
+                frontend(*addr, *p, SCOPE_EXTERNAL, port, &backends.external, flags),
+                frontend(*addr, *p, SCOPE_EXTERNAL_FROM_PODS, port, &backends.any, 0),
+            ]
+        })
+        .collect()
+}

@@ -1,0 +1,190 @@
+//! The node plan: Kubernetes objects plus the agent's configuration in, one
+//! value out that says everything this node's dataplane should hold. Pure
+//! and unit-tested without a kernel; the reconciler makes it so.
+//!
+//! A Service goes through it in kube-proxy's order: `services` parses each
+//! Service and its ports once; `endpoints` reads each port's endpoints once;
+//! `categorize` decides which endpoints serve which traffic (readiness,
+//! terminating fallback, traffic policies); `frontends` and `health` build
+//! what the maps and the health-check servers hold. `nodes` reads this node
+//! and its peers; `network` turns them and the configuration into links,
+//! routes and the CNI conflist.
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use ferry_common::ServiceKey;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+
+pub mod categorize;
+pub mod endpoints;
+pub mod frontends;
+pub mod health;
+pub mod network;
+pub mod nodes;
+pub mod problem;
+pub mod services;
+
+pub use endpoints::SERVICE_NAME_LABEL;
+pub use frontends::DesiredFrontend;
+pub use health::HealthCheck;
+pub use nodes::PeerNode;
+pub use problem::Problem;
+
+use crate::{
+    config::{CniConfig, PortRange, Uplink},
+    net::Ipv4Net,
+};
+
+/// Everything the agent reads.
+#[derive(Debug, Default, Clone)]
+pub struct Objects {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
+}
+
+pub const DEFAULT_NODEPORT_RANGE: PortRange = PortRange::new(30000, 32767);
+pub const DEFAULT_SNAT_PORTS: PortRange = PortRange::new(61000, 65535);
+
+/// What the plan needs to know beyond the objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanConfig {
+    pub node_name: String,
+    /// The addresses NodePorts answer on (kube-proxy's
+    /// --nodeport-addresses); None: this node's InternalIPs.
+    pub nodeport_addresses: Option<Vec<Ipv4Addr>>,
+    /// The cluster's NodePort range (the apiserver's
+    /// --service-node-port-range).
+    pub nodeport_range: PortRange,
+    /// Source ports for external traffic sent to other nodes' backends.
+    pub snat_ports: PortRange,
+    /// Cross-node networking (None: this node's pods only).
+    pub uplink: Option<Uplink>,
+    /// Where the CNI conflist goes (None: not written).
+    pub cni: Option<CniConfig>,
+    /// Where ferry's maps, programs and links are pinned.
+    pub pin_dir: PathBuf,
+    /// The uplink's MTU.
+    pub mtu: u32,
+}
+
+impl PlanConfig {
+    /// A single node with default ranges and no uplink.
+    pub fn for_node(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_string(),
+            nodeport_addresses: None,
+            nodeport_range: DEFAULT_NODEPORT_RANGE,
+            snat_ports: DEFAULT_SNAT_PORTS,
+            uplink: None,
+            cni: None,
+            pin_dir: crate::DEFAULT_PIN_DIR.into(),
+            mtu: 1500,
+        }
+    }
+}
+
+/// This node's entry in the node map: its address for source NAT and the
+/// ports to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub addr: Option<Ipv4Addr>,
+    pub snat_ports: PortRange,
+}
+
+/// Everything this node's dataplane should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
+    /// healthCheckNodePorts to answer, by port.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+    pub node: NodeAddress,
+    /// This node's pod CIDR, from its Node object.
+    pub pod_cidr: Option<Ipv4Net>,
+    pub peers: BTreeMap<Ipv4Net, PeerNode>,
+    pub links: network::Links,
+    pub routes: BTreeMap<Ipv4Net, network::PeerRoute>,
+    pub kernel_routes: BTreeMap<Ipv4Net, network::KernelRoute>,
+    pub conflist: Option<network::Conflist>,
+    /// Kept from the node's own automatic port choice.
+    pub reserved_ports: Vec<PortRange>,
+}
+
+/// The frontends and health checks of every Service.
+fn service_frontends(
+    objects: &Objects,
+    cfg: &PlanConfig,
+    nodeport_addresses: &[Ipv4Addr],
+    problems: &mut Vec<Problem>,
+) -> (
+    BTreeMap<ServiceKey, DesiredFrontend>,
+    BTreeMap<u16, HealthCheck>,
+) {
+    let slices = endpoints::SliceIndex::new(&objects.slices);
+    let mut frontends = BTreeMap::new();
+    let mut health_checks = BTreeMap::new();
+    for svc in &objects.services {
+        let Some(svc) = services::parse_service(svc, cfg.nodeport_range, problems) else {
+            continue;
+        };
+        let svc_slices = slices.for_service(&svc.namespace, &svc.name);
+        for port in &svc.ports {
+            let endpoints =
+                endpoints::endpoints_for_port(svc_slices, port, &cfg.node_name, problems);
+            let backends = categorize::categorize(&endpoints, svc.policies);
+            frontends.extend(frontends::cluster_ip_frontends(&svc, port, &backends));
+            let external = frontends::external_addresses(&svc, port, nodeport_addresses);
+            if external.is_empty() {
+                continue;
+            }
+            frontends.extend(frontends::external_frontends(
+                &svc, port, &external, &backends,
+            ));
+            health::add_health_check(&mut health_checks, &svc, &backends);
+        }
+    }
+    (frontends, health_checks)
+}
+
+/// This node's plan, and what in the objects could not be used.
+pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let nodes = nodes::nodes(&objects.nodes, &cfg.node_name, &mut problems);
+    let nodeport_addresses = cfg
+        .nodeport_addresses
+        .clone()
+        .unwrap_or_else(|| nodes.own_ips.clone());
+    let (frontends, health_checks) =
+        service_frontends(objects, cfg, &nodeport_addresses, &mut problems);
+    let uplink = cfg.uplink.as_ref();
+    let conflist = network::conflist(cfg, nodes.pod_cidr);
+    if cfg.cni.is_some() && conflist.is_none() {
+        problems.push(Problem {
+            object: format!("Node {}", cfg.node_name),
+            field: "spec.podCIDR".into(),
+            message: "this node has no Node object with a podCIDR yet: no CNI config written"
+                .into(),
+        });
+    }
+    let plan = NodePlan {
+        frontends,
+        health_checks,
+        node: NodeAddress {
+            addr: nodes.own_addr(),
+            snat_ports: cfg.snat_ports,
+        },
+        links: network::links(uplink),
+        routes: network::peer_routes(&nodes.peers, uplink),
+        kernel_routes: network::kernel_routes(&nodes.peers, uplink),
+        conflist,
+        reserved_ports: vec![cfg.snat_ports, cfg.nodeport_range],
+        pod_cidr: nodes.pod_cidr,
+        peers: nodes.peers,
+    };
+    (plan, problems)
+}
+
+#[cfg(test)]
+mod tests;

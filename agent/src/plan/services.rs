@@ -1,0 +1,232 @@
+//! Service objects, parsed once into what the frontends are built from.
+//! Headless and ExternalName Services are not proxied; SCTP ports are
+//! skipped; IPv6 addresses are not served yet (skipped without a problem).
+use std::net::Ipv4Addr;
+
+use ferry_common::{PROTO_TCP, PROTO_UDP};
+use k8s_openapi::api::core::v1::Service;
+
+use super::problem::{ObjectProblems, Problem, object_name};
+use crate::config::PortRange;
+
+/// How a Service's traffic policies narrow its endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficPolicies {
+    /// `internalTrafficPolicy: Local`: ClusterIP traffic to this node's
+    /// endpoints only.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`: traffic from outside to this node's
+    /// endpoints only, client address kept.
+    pub external_local: bool,
+}
+
+/// A Service as the plan uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedService {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// Load-balancer ingress IPs captured on the node (LoadBalancer only;
+    /// `ipMode: Proxy` excluded).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub policies: TrafficPolicies,
+    /// Answered by the agent (LoadBalancer with externalTrafficPolicy
+    /// Local only).
+    pub health_check_node_port: Option<u16>,
+    pub ports: Vec<ServicePort>,
+}
+
+/// One TCP or UDP port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `spec.ports[i].name` ("" when unnamed): what slices match on.
+    pub name: String,
+    pub protocol: u8,
+    pub port: u16,
+    /// Its nodePort, when the Service type has one and it is in range.
+    pub node_port: Option<u16>,
+    /// "namespace/name:port" for the CLI.
+    pub display: String,
+}
+
+/// `spec.ports[].protocol` (default TCP) as an IP protocol number; None
+/// for SCTP, which ferry does not serve.
+pub fn protocol_number(p: Option<&str>) -> Result<Option<u8>, String> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Ok(Some(PROTO_TCP)),
+        "UDP" => Ok(Some(PROTO_UDP)),
+        "SCTP" => Ok(None),
+        other => Err(format!("unknown protocol {other:?}")),
+    }
+}
+
+/// IPv4 addresses from a list of strings; bad ones become problems.
+fn ipv4_list<'a>(
+    items: impl Iterator<Item = &'a str>,
+    field: &str,
+    problems: &mut ObjectProblems,
+) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for (i, ip) in items.enumerate() {
+        if ip.contains(':') {
+            continue; // IPv6: not served yet
+        }
+        match ip.parse() {
+            Ok(a) => out.push(a),
+            Err(_) => problems.push(
+                format!("{field}[{i}]"),
+                format!("{ip:?} is not an IPv4 address"),
+            ),
+        }
+    }
+    out
+}
+
+/// Parse a Service; None when it is not proxied (headless, ExternalName,
+/// no cluster IP yet).
+pub fn parse_service(
+    svc: &Service,
+    nodeport_range: PortRange,
+    problems: &mut Vec<Problem>,
+) -> Option<ParsedService> {
+    let meta = &svc.metadata;
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = meta.name.clone().unwrap_or_default();
+    let mut problems = ObjectProblems {
+        object: object_name("Service", Some(&namespace), Some(&name)),
+        sink: problems,
+    };
+    let spec = svc.spec.as_ref()?;
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        return None;
+    }
+    let mut ips: Vec<&str> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if ips.is_empty() {
+        ips.extend(spec.cluster_ip.as_deref());
+    }
+    if ips.is_empty() || ips.contains(&"None") {
+        return None; // headless, or no IP allocated yet
+    }
+    let cluster_ips = ipv4_list(ips.into_iter(), "spec.clusterIPs", &mut problems);
+    let external_ips = ipv4_list(
+        spec.external_ips.iter().flatten().map(String::as_str),
+        "spec.externalIPs",
+        &mut problems,
+    );
+    // ipMode Proxy: the load balancer proxies to the nodes itself, so
+    // traffic to its IP is not captured on the nodes (as kube-proxy).
+    let ingress_ips = ipv4_list(
+        svc.status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref()),
+        "status.loadBalancer.ingress",
+        &mut problems,
+    );
+    let is_load_balancer = kind == "LoadBalancer";
+    let has_node_ports = matches!(kind, "NodePort" | "LoadBalancer");
+    let policies = TrafficPolicies {
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+    };
+    let health_check_node_port = spec
+        .health_check_node_port
+        .filter(|_| is_load_balancer && policies.external_local)
+        .and_then(|p| u16::try_from(p).ok());
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, port)| {
+            parse_port(
+                port,
+                &format!("spec.ports[{i}]"),
+                (&namespace, &name),
+                has_node_ports.then_some(nodeport_range),
+                &mut problems,
+            )
+        })
+        .collect();
+    Some(ParsedService {
+        cluster_ips,
+        external_ips,
+        load_balancer_ips: if is_load_balancer {
+            ingress_ips
+        } else {
+            Vec::new()
+        },
+        policies,
+        health_check_node_port,
+        ports,
+        namespace,
+        name,
+    })
+}
+
+/// One port; `nodeport_range`: Some when the Service type has NodePorts.
+fn parse_port(
+    port: &k8s_openapi::api::core::v1::ServicePort,
+    field: &str,
+    (namespace, service): (&str, &str),
+    nodeport_range: Option<PortRange>,
+    problems: &mut ObjectProblems,
+) -> Option<ServicePort> {
+    let protocol = match protocol_number(port.protocol.as_deref()) {
+        Ok(p) => p?,
+        Err(message) => {
+            problems.push(format!("{field}.protocol"), message);
+            return None;
+        }
+    };
+    let number = match u16::try_from(port.port) {
+        Ok(0) => {
+            problems.push(format!("{field}.port"), "port 0 is not a port number");
+            return None;
+        }
+        Ok(p) => p,
+        Err(_) => {
+            problems.push(
+                format!("{field}.port"),
+                format!("{} is not a port number", port.port),
+            );
+            return None;
+        }
+    };
+    let node_port = match (nodeport_range, port.node_port.filter(|p| *p != 0)) {
+        (Some(range), Some(np)) => match u16::try_from(np) {
+            Ok(np) if range.contains(np) => Some(np),
+            _ => {
+                problems.push(
+                    format!("{field}.nodePort"),
+                    format!("{np} is outside the NodePort range {range}"),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let name = port.name.clone().unwrap_or_default();
+    let display = if name.is_empty() {
+        format!("{namespace}/{service}")
+    } else {
+        format!("{namespace}/{service}:{name}")
+    };
+    Some(ServicePort {
+        name,
+        protocol,
+        port: number,
+        node_port,
+        display,
+    })
+}

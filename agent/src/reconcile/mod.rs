@@ -1,0 +1,288 @@
+//! The reconciler: brings what the node holds to the `NodePlan` by diff,
+//! through narrow traits (`targets`). A restart with unchanged objects
+//! writes nothing; an edit touches only what it changes. One target that
+//! fails (a full map, a missing device) is logged and counted, the others
+//! are still written, and the next sync retries it.
+use std::{collections::BTreeMap, fmt::Debug, path::PathBuf};
+
+use ferry_common::{ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, ServiceKey};
+
+#[cfg(test)]
+pub mod memory;
+pub mod system;
+pub mod targets;
+
+use targets::{
+    FileTarget, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap, Table,
+    TargetError,
+};
+
+use crate::{
+    config::PortRange,
+    net::Ipv4Net,
+    plan::{
+        DesiredFrontend, NodePlan,
+        network::{KernelRoute, Links, PeerRoute},
+    },
+};
+
+/// What a diff changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiffStats {
+    pub upserted: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Entries that could not be written (each logged); the rest went on.
+    pub failed: usize,
+}
+
+impl DiffStats {
+    pub fn changed(&self) -> usize {
+        self.upserted + self.removed
+    }
+}
+
+/// Bring `table` to `desired`: write what differs first, then remove what
+/// is no longer wanted, so an entry that moves is never missing in
+/// between. `what` names the table in logs.
+pub fn apply_diff<K: Ord + Debug, V: PartialEq>(
+    what: &str,
+    table: &mut dyn Table<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> DiffStats {
+    let mut stats = DiffStats::default();
+    let current = match table.current() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(table = what, error = %e, "cannot read; retried at the next sync");
+            stats.failed = desired.len();
+            return stats;
+        }
+    };
+    for (key, want) in desired {
+        if current.get(key) == Some(want) {
+            stats.unchanged += 1;
+            continue;
+        }
+        match table.upsert(key, want) {
+            Ok(()) => stats.upserted += 1,
+            Err(e) => {
+                stats.failed += 1;
+                tracing::error!(table = what, entry = ?key, error = %e, "cannot write");
+            }
+        }
+    }
+    for key in current.keys().filter(|k| !desired.contains_key(k)) {
+        match table.remove(key) {
+            Ok(()) => stats.removed += 1,
+            Err(e) => {
+                stats.failed += 1;
+                tracing::error!(table = what, entry = ?key, error = %e, "cannot remove");
+            }
+        }
+    }
+    stats
+}
+
+/// What the reconciler writes to.
+pub struct Targets {
+    pub services: Box<dyn Table<ServiceKey, DesiredFrontend>>,
+    pub node: Box<dyn NodeMapTarget>,
+    pub routes: Box<dyn RouteMap>,
+    pub kernel_routes: Box<dyn Table<Ipv4Net, KernelRoute>>,
+    pub links: Box<dyn LinkTarget>,
+    pub files: Box<dyn FileTarget>,
+    pub health: Box<dyn HealthServers>,
+    pub ports: Box<dyn PortReservations>,
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub services: DiffStats,
+    pub routes: DiffStats,
+    pub kernel_routes: DiffStats,
+    /// Where the conflist was written, when it changed.
+    pub conflist: Option<PathBuf>,
+    /// Targets that failed as a whole (each logged).
+    pub failures: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "the interface {0} does not exist in this network namespace; pass --uplink with the node's interface towards the other nodes"
+    )]
+    NoInterface(String),
+    #[error("creating the VXLAN device {device} failed: {source}")]
+    Vxlan { device: String, source: TargetError },
+    #[error("attaching {program} to {interface} failed: {source}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        source: TargetError,
+    },
+    #[error("reading the pinned links failed: {0}")]
+    Pinned(TargetError),
+}
+
+pub struct Reconciler {
+    targets: Targets,
+    /// What the last successful link reconcile made: links follow the
+    /// configuration, so they are redone only when it changes.
+    applied_links: Option<Links>,
+    /// Reserved port ranges already added.
+    applied_reserved: Option<Vec<PortRange>>,
+}
+
+impl Reconciler {
+    pub fn new(targets: Targets) -> Self {
+        Self {
+            targets,
+            applied_links: None,
+            applied_reserved: None,
+        }
+    }
+
+    pub fn targets(&self) -> &Targets {
+        &self.targets
+    }
+
+    /// Make the network-side devices and links exactly `links`: create the
+    /// VXLAN device, detach pinned links not wanted (an XDP link of another
+    /// mode, a VXLAN link after a move to native), then attach (or re-point)
+    /// each wanted one. Idempotent and safe while traffic flows.
+    pub fn reconcile_links(&mut self, links: &Links) -> Result<(), LinkError> {
+        let target = &mut self.targets.links;
+        if let Some(device) = &links.vxlan_device {
+            target
+                .ensure_vxlan_device(device)
+                .map_err(|source| LinkError::Vxlan {
+                    device: device.name.clone(),
+                    source,
+                })?;
+        }
+        for a in links.attachments.values() {
+            if target.ifindex(&a.interface).is_none() {
+                return Err(LinkError::NoInterface(a.interface.clone()));
+            }
+        }
+        for pin in target.pinned().map_err(LinkError::Pinned)? {
+            if !links.attachments.contains_key(&pin)
+                && let Err(e) = target.detach(&pin)
+            {
+                tracing::warn!(pin, error = %e, "cannot detach a link no longer wanted");
+            }
+        }
+        for (pin, a) in &links.attachments {
+            target.attach(pin, a).map_err(|source| LinkError::Attach {
+                program: a.program,
+                interface: a.interface.clone(),
+                source,
+            })?;
+        }
+        self.applied_links = Some(links.clone());
+        Ok(())
+    }
+
+    /// Route-map entries with each device's ifindex; a route whose device
+    /// is missing is left out (and counted).
+    fn route_entries(
+        &self,
+        routes: &BTreeMap<Ipv4Net, PeerRoute>,
+    ) -> (BTreeMap<Ipv4Net, Route>, usize) {
+        let mut missing = 0;
+        let entries = routes
+            .iter()
+            .filter_map(|(net, r)| {
+                let Some(ifindex) = self.targets.links.ifindex(&r.device) else {
+                    tracing::warn!(cidr = %net, device = r.device, "device missing; route left out");
+                    missing += 1;
+                    return None;
+                };
+                let route = Route {
+                    node_addr: r.node_addr.octets(),
+                    mode: if r.vxlan_vni.is_some() {
+                        ROUTE_MODE_VXLAN
+                    } else {
+                        ROUTE_MODE_NATIVE
+                    },
+                    ifindex,
+                    vni: r.vxlan_vni.unwrap_or(0),
+                };
+                Some((*net, route))
+            })
+            .collect();
+        (entries, missing)
+    }
+
+    /// Bring everything to `plan`.
+    pub fn reconcile(&mut self, plan: &NodePlan) -> Report {
+        let mut report = Report::default();
+        let mut failed = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(target_name = what, error = %e, "writing failed; retried at the next change or resync");
+            report.failures += 1;
+        };
+        if self.applied_links.as_ref() != Some(&plan.links)
+            && let Err(e) = self.reconcile_links(&plan.links)
+        {
+            failed("links", &e);
+        }
+        if let Err(e) = self.targets.node.set(&plan.node) {
+            failed(
+                "node map (external traffic to other nodes' backends is dropped until it is written)",
+                &e,
+            );
+        }
+        report.services = apply_diff("services", &mut *self.targets.services, &plan.frontends);
+        let (routes, missing) = self.route_entries(&plan.routes);
+        match self.targets.routes.sync(&routes) {
+            Ok(s) => {
+                report.routes = DiffStats {
+                    upserted: s.upserted,
+                    removed: s.removed,
+                    unchanged: routes.len() - s.upserted,
+                    failed: missing,
+                }
+            }
+            Err(e) => failed("route map", &e),
+        }
+        report.kernel_routes = apply_diff(
+            "kernel routes",
+            &mut *self.targets.kernel_routes,
+            &plan.kernel_routes,
+        );
+        self.targets.health.serve(&plan.health_checks);
+        if let Some(conflist) = &plan.conflist {
+            let path = conflist.dir.join(crate::cni::CONFLIST_NAME);
+            let bytes = serde_json::to_vec_pretty(&conflist.content).unwrap_or_default();
+            if self.targets.files.read(&path).as_deref() != Some(&bytes[..]) {
+                match self
+                    .targets
+                    .files
+                    .write_conflist(&conflist.dir, &conflist.content)
+                {
+                    Ok(path) => report.conflist = Some(path),
+                    Err(e) => failed("CNI config", &e),
+                }
+            }
+        }
+        if self.applied_reserved.as_ref() != Some(&plan.reserved_ports) {
+            match self.targets.ports.reserve(&plan.reserved_ports) {
+                Ok(Some(now)) => tracing::info!(
+                    ip_local_reserved_ports = %now,
+                    "reserved the source-NAT and NodePort ranges from the node's automatic port choice"
+                ),
+                Ok(None) => tracing::debug!("source-NAT and NodePort ranges already reserved"),
+                // Not fatal: forwarding works without it; only a node socket
+                // that happens to pick one of those ports would suffer.
+                Err(e) => tracing::warn!("{e}"),
+            }
+            self.applied_reserved = Some(plan.reserved_ports.clone());
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+//! The real targets: the pinned maps, iproute2 for the VXLAN device and
+//! kernel routes, pinned tcx/XDP links, files, the health-check servers and
+//! the node's /proc/sys.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use ferry_common::{Route, ServiceKey};
+
+use super::targets::{
+    FileTarget, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap, Table,
+    TargetError, TargetResult,
+};
+use crate::{
+    config::PortRange,
+    healthcheck::HealthChecks,
+    ipcmd,
+    maps::{NodeMap, Routes, ServiceTable, routes::RouteStats},
+    net::Ipv4Net,
+    plan::{
+        DesiredFrontend, HealthCheck, NodeAddress,
+        network::{Attachment, Hook, KernelRoute, VxlanDevice},
+    },
+    reserved_ports::{self, Reserved},
+    tc,
+};
+
+/// Where the network-side links are pinned, under the pin directory.
+pub const NET_LINKS_DIR: &str = "links-net";
+
+impl Table<ServiceKey, DesiredFrontend> for ServiceTable {
+    fn current(&self) -> TargetResult<BTreeMap<ServiceKey, DesiredFrontend>> {
+        let records = self.list().map_err(TargetError::new)?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let frontend = DesiredFrontend {
+                    backends: r.backends,
+                    name: r.name,
+                    flags: r.value.flags,
+                };
+                (r.frontend, frontend)
+            })
+            .collect())
+    }
+
+    fn upsert(&mut self, key: &ServiceKey, frontend: &DesiredFrontend) -> TargetResult<()> {
+        self.upsert_frontend(*key, &frontend.backends, &frontend.name, frontend.flags)
+            .map(|_| ())
+            .map_err(TargetError::new)
+    }
+
+    fn remove(&mut self, key: &ServiceKey) -> TargetResult<()> {
+        ServiceTable::remove(self, key).map_err(TargetError::new)
+    }
+}
+
+impl RouteMap for Routes {
+    fn sync(&mut self, desired: &BTreeMap<Ipv4Net, Route>) -> TargetResult<RouteStats> {
+        Routes::sync(self, desired).map_err(TargetError::new)
+    }
+}
+
+impl NodeMapTarget for NodeMap {
+    fn set(&mut self, node: &NodeAddress) -> TargetResult<()> {
+        let ports = (node.snat_ports.first, node.snat_ports.last);
+        NodeMap::set(self, node.addr, ports).map_err(TargetError::new)
+    }
+}
+
+/// The node's routes to other nodes' pod CIDRs, through iproute2. What an
+/// earlier sync of this process installed is what is observed: routes of
+/// nodes that left while no agent ran stay until the node reboots.
+#[derive(Default)]
+pub struct KernelRoutes {
+    installed: BTreeMap<Ipv4Net, KernelRoute>,
+}
+
+impl Table<Ipv4Net, KernelRoute> for KernelRoutes {
+    fn current(&self) -> TargetResult<BTreeMap<Ipv4Net, KernelRoute>> {
+        Ok(self.installed.clone())
+    }
+
+    fn upsert(&mut self, net: &Ipv4Net, route: &KernelRoute) -> TargetResult<()> {
+        let cidr = format!("{}/{}", net.network(), net.prefix);
+        let result = match route {
+            KernelRoute::Via { gateway, device } => ipcmd::ip(&[
+                "route",
+                "replace",
+                &cidr,
+                "via",
+                &gateway.to_string(),
+                "dev",
+                device,
+            ]),
+            KernelRoute::Vxlan {
+                vni,
+                remote,
+                device,
+            } => ipcmd::ip(&[
+                "route",
+                "replace",
+                &cidr,
+                "encap",
+                "ip",
+                "id",
+                &vni.to_string(),
+                "dst",
+                &remote.to_string(),
+                "dev",
+                device,
+            ]),
+        };
+        result.map_err(TargetError::new)?;
+        self.installed.insert(*net, route.clone());
+        Ok(())
+    }
+
+    fn remove(&mut self, net: &Ipv4Net) -> TargetResult<()> {
+        let cidr = format!("{}/{}", net.network(), net.prefix);
+        match ipcmd::ip(&["route", "del", &cidr]) {
+            Err(e) if !e.is_missing() && !e.to_string().contains("No such process") => {
+                Err(TargetError::new(e))
+            }
+            _ => {
+                self.installed.remove(net);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Devices and the network-side links pinned under `links-net/`.
+pub struct SystemLinks {
+    pub pin_dir: PathBuf,
+}
+
+impl SystemLinks {
+    fn links_dir(&self) -> PathBuf {
+        self.pin_dir.join(NET_LINKS_DIR)
+    }
+}
+
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+impl LinkTarget for SystemLinks {
+    fn ifindex(&self, name: &str) -> Option<u32> {
+        ifindex(name)
+    }
+
+    fn ensure_vxlan_device(&mut self, device: &VxlanDevice) -> TargetResult<()> {
+        let name = device.name.as_str();
+        if ifindex(name).is_none() {
+            let port = device.port.to_string();
+            let add = [
+                "link", "add", name, "type", "vxlan", "external", "dstport", &port,
+            ];
+            ipcmd::ip(&add).map_err(TargetError::new)?;
+        }
+        // No ARP over the tunnel: the node's own packets routed into it (to
+        // other nodes' pods) would wait forever for an answer. The far side
+        // delivers on IP alone.
+        ipcmd::ip(&["link", "set", name, "arp", "off", "up"]).map_err(TargetError::new)?;
+        Ok(())
+    }
+
+    fn pinned(&self) -> TargetResult<BTreeSet<String>> {
+        let dir = match std::fs::read_dir(self.links_dir()) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+            Err(e) => return Err(TargetError::new(e)),
+        };
+        Ok(dir
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+
+    fn attach(&mut self, pin: &str, a: &Attachment) -> TargetResult<()> {
+        let hook = match a.hook {
+            Hook::TcIngress => tc::Hook::TcIngress,
+            Hook::Xdp(crate::config::XdpMode::Generic) => {
+                tc::Hook::Xdp(aya::programs::XdpMode::Skb)
+            }
+            Hook::Xdp(crate::config::XdpMode::Native) => {
+                tc::Hook::Xdp(aya::programs::XdpMode::Driver)
+            }
+        };
+        let link = self.links_dir().join(pin);
+        tc::ensure_attached(&self.pin_dir, a.program, &a.interface, &link, hook)
+            .map_err(TargetError::new)
+    }
+
+    fn detach(&mut self, pin: &str) -> TargetResult<()> {
+        std::fs::remove_file(self.links_dir().join(pin)).map_err(TargetError::new)
+    }
+}
+
+/// Files on the node's filesystem.
+pub struct SystemFiles;
+
+impl FileTarget for SystemFiles {
+    fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
+    }
+
+    fn write_conflist(&mut self, dir: &Path, content: &serde_json::Value) -> TargetResult<PathBuf> {
+        crate::cni::write_conflist(dir, content).map_err(|e| {
+            TargetError::msg(format!(
+                "writing the CNI config into {}: {e}; check that the directory is writable",
+                dir.display()
+            ))
+        })
+    }
+}
+
+impl HealthServers for HealthChecks {
+    fn serve(&mut self, checks: &BTreeMap<u16, HealthCheck>) {
+        self.sync(checks);
+    }
+}
+
+/// `net.ipv4.ip_local_reserved_ports` under the node's /proc/sys.
+pub struct ProcSys(pub PathBuf);
+
+impl PortReservations for ProcSys {
+    fn reserve(&mut self, ranges: &[PortRange]) -> TargetResult<Option<String>> {
+        let ranges: Vec<(u16, u16)> = ranges.iter().map(|r| (r.first, r.last)).collect();
+        match reserved_ports::reserve(&self.0, &ranges).map_err(TargetError::new)? {
+            Reserved::Already => Ok(None),
+            Reserved::Added(now) => Ok(Some(now)),
+        }
+    }
+}

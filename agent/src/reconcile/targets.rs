@@ -1,0 +1,86 @@
+//! What the reconciler writes to, each behind a narrow trait: the real
+//! pinned maps, links and files (`system`), or in-memory stand-ins that
+//! record every write (`memory`), so every decision is unit-tested without
+//! root.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use ferry_common::Route;
+
+use crate::{
+    config::PortRange,
+    maps::routes::RouteStats,
+    net::Ipv4Net,
+    plan::{
+        HealthCheck, NodeAddress,
+        network::{Attachment, VxlanDevice},
+    },
+};
+
+/// A target's failure, with the underlying error's own advice.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TargetError(Box<dyn std::error::Error + Send + Sync>);
+
+impl TargetError {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(e))
+    }
+
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self(message.into().into())
+    }
+}
+
+pub type TargetResult<T> = Result<T, TargetError>;
+
+/// A keyed table the reconciler brings to the plan by diff: the service
+/// maps, the node's kernel routes.
+pub trait Table<K, V> {
+    fn current(&self) -> TargetResult<BTreeMap<K, V>>;
+    fn upsert(&mut self, key: &K, value: &V) -> TargetResult<()>;
+    fn remove(&mut self, key: &K) -> TargetResult<()>;
+}
+
+/// The route map, written whole (its own diff keeps a moved CIDR routed
+/// throughout).
+pub trait RouteMap {
+    fn sync(&mut self, desired: &BTreeMap<Ipv4Net, Route>) -> TargetResult<RouteStats>;
+}
+
+/// This node's entry in the node map.
+pub trait NodeMapTarget {
+    fn set(&mut self, node: &NodeAddress) -> TargetResult<()>;
+}
+
+/// Network devices and the pinned links of the network-side programs.
+pub trait LinkTarget {
+    fn ifindex(&self, name: &str) -> Option<u32>;
+    fn ensure_vxlan_device(&mut self, device: &VxlanDevice) -> TargetResult<()>;
+    /// The pin names of the network-side links that exist now.
+    fn pinned(&self) -> TargetResult<BTreeSet<String>>;
+    /// Attach (or point an existing pinned link at the loaded program).
+    fn attach(&mut self, pin: &str, attachment: &Attachment) -> TargetResult<()>;
+    /// Remove the pinned link, which detaches its program.
+    fn detach(&mut self, pin: &str) -> TargetResult<()>;
+}
+
+/// Files the agent writes for others (the CNI conflist).
+pub trait FileTarget {
+    fn read(&self, path: &Path) -> Option<Vec<u8>>;
+    /// Write atomically; returns where it went.
+    fn write_conflist(&mut self, dir: &Path, content: &serde_json::Value) -> TargetResult<PathBuf>;
+}
+
+/// The healthCheckNodePort servers.
+pub trait HealthServers {
+    fn serve(&mut self, checks: &BTreeMap<u16, HealthCheck>);
+}
+
+/// `net.ipv4.ip_local_reserved_ports`.
+pub trait PortReservations {
+    /// Add the ranges; Some(new value) when something was added.
+    fn reserve(&mut self, ranges: &[PortRange]) -> TargetResult<Option<String>>;
+}

@@ -1,0 +1,344 @@
+use std::net::Ipv4Addr;
+
+use ferry_common::{
+    Backend, PROTO_TCP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL,
+};
+
+use super::{memory::MemoryHost, *};
+use crate::{
+    config::{CniConfig, Overlay, Uplink, XdpMode},
+    plan::{NodePlan, Objects, PlanConfig, plan},
+};
+
+fn key(last: u8) -> ServiceKey {
+    ServiceKey {
+        addr: [10, 96, 0, last],
+        port: 80,
+        protocol: PROTO_TCP,
+        scope: SCOPE_CLUSTER_IP,
+    }
+}
+
+fn fe(backends: &[u8]) -> DesiredFrontend {
+    DesiredFrontend {
+        backends: backends
+            .iter()
+            .map(|b| Backend {
+                addr: [10, 244, 0, *b],
+                port: 8080,
+                pad: [0; 2],
+            })
+            .collect(),
+        name: "ns/s".into(),
+        flags: 0,
+    }
+}
+
+#[test]
+fn a_diff_applies_only_the_difference() {
+    let mut host = MemoryHost::default();
+    let mut desired = BTreeMap::from([(key(1), fe(&[1, 2])), (key(2), fe(&[3]))]);
+    let s = apply_diff("services", &mut host, &desired);
+    assert_eq!((s.upserted, s.removed, s.unchanged), (2, 0, 0));
+    assert_eq!(host.0.borrow().frontends, desired);
+
+    let s = apply_diff("services", &mut host, &desired);
+    assert_eq!(
+        (s.upserted, s.removed, s.unchanged),
+        (0, 0, 2),
+        "restart: no writes"
+    );
+
+    desired.insert(key(1), fe(&[1, 2, 4]));
+    desired.remove(&key(2));
+    desired.insert(key(3), fe(&[]));
+    host.take_writes();
+    let s = apply_diff("services", &mut host, &desired);
+    assert_eq!((s.upserted, s.removed, s.unchanged), (2, 1, 0));
+    assert_eq!(host.take_writes().len(), 3);
+    assert_eq!(host.0.borrow().frontends, desired);
+}
+
+#[test]
+fn one_failing_frontend_does_not_stop_the_rest() {
+    let mut host = MemoryHost::default();
+    host.0.borrow_mut().poisoned = vec![key(1)];
+    let desired = BTreeMap::from([(key(1), fe(&[1])), (key(2), fe(&[2]))]);
+    let s = apply_diff("services", &mut host, &desired);
+    assert_eq!((s.upserted, s.failed), (1, 1));
+    assert!(host.0.borrow().frontends.contains_key(&key(2)));
+}
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.77.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.77.12}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3}
+spec: {podCIDR: 10.244.3.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.77.13}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n1}
+- {addresses: [10.244.2.5], conditions: {ready: true}, nodeName: n2}
+"#;
+
+fn objects(yaml: &str) -> Objects {
+    let (objects, problems) = crate::source::file::parse_manifest(yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    objects
+}
+
+fn config(overlay: Overlay) -> PlanConfig {
+    PlanConfig {
+        uplink: Some(Uplink {
+            interface: "eth0".into(),
+            overlay,
+        }),
+        cni: Some(CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            data_dir: "/var/lib/cni/networks".into(),
+        }),
+        ..PlanConfig::for_node("n1")
+    }
+}
+
+fn node_plan(yaml: &str, cfg: &PlanConfig) -> NodePlan {
+    let (plan, problems) = plan(&objects(yaml), cfg);
+    assert!(problems.is_empty(), "{problems:?}");
+    plan
+}
+
+const NATIVE_XDP: Overlay = Overlay::Native {
+    xdp: Some(XdpMode::Generic),
+};
+
+fn conflist_mtu(host: &MemoryHost) -> u64 {
+    let host = host.0.borrow();
+    let bytes = &host.files[std::path::Path::new("/etc/cni/net.d/10-ferry.conflist")];
+    let json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    json["plugins"][0]["mtu"].as_u64().unwrap()
+}
+
+#[test]
+fn a_first_reconcile_builds_everything_and_an_unchanged_restart_only_repoints_links() {
+    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
+    let plan = node_plan(CLUSTER, &config(NATIVE_XDP));
+    let report = Reconciler::new(host.targets()).reconcile(&plan);
+    assert_eq!(report.failures, 0);
+    assert_eq!(report.services.upserted, 1);
+    assert_eq!(
+        (report.routes.upserted, report.kernel_routes.upserted),
+        (2, 2)
+    );
+    {
+        let h = host.0.borrow();
+        assert_eq!(
+            h.links.keys().collect::<Vec<_>>(),
+            ["eth0", "xdp-generic-eth0"]
+        );
+        let route = h.routes[&"10.244.2.0/24".parse().unwrap()];
+        assert_eq!(
+            (route.node_addr, route.mode, route.ifindex, route.vni),
+            ([192, 168, 77, 12], ROUTE_MODE_NATIVE, 2, 0)
+        );
+        assert_eq!(
+            h.kernel_routes[&"10.244.3.0/24".parse().unwrap()],
+            KernelRoute::Via {
+                gateway: Ipv4Addr::new(192, 168, 77, 13),
+                device: "eth0".into()
+            }
+        );
+        assert_eq!(h.node.unwrap().addr, Some(Ipv4Addr::new(192, 168, 77, 11)));
+        assert_eq!(h.reserved_ports.len(), 2);
+    }
+    assert_eq!(conflist_mtu(&host), 1500);
+    host.take_writes();
+
+    // A restarted agent: the pinned maps and files hold the plan already;
+    // only the links are pointed at the newly loaded programs. Kernel
+    // routes are replaced once (this process has not installed them).
+    let mut restarted = Reconciler::new(host.targets());
+    restarted.reconcile(&plan);
+    let writes = host.take_writes();
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.starts_with("links attach") || w.starts_with("kernel route replace")),
+        "{writes:?}"
+    );
+    // And a resync of the same plan writes nothing at all.
+    restarted.reconcile(&plan);
+    assert_eq!(host.take_writes(), Vec::<String>::new());
+}
+
+#[test]
+fn an_overlay_change_from_native_to_vxlan_moves_links_routes_and_mtu() {
+    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
+    Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(NATIVE_XDP)));
+    host.take_writes();
+
+    let vxlan = Overlay::Vxlan { vni: 7, port: 4789 };
+    let report = Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(vxlan)));
+    assert_eq!(report.failures, 0);
+    let writes = host.take_writes();
+    let position = |w: &str| {
+        writes
+            .iter()
+            .position(|x| x == w)
+            .unwrap_or_else(|| panic!("{w} in {writes:?}"))
+    };
+    // The device exists before anything is attached to it or routed
+    // through it; the XDP link goes (VXLAN has no XDP path).
+    assert!(position("device add ferry-vxlan") < position("links attach ferry-vxlan"));
+    position("links detach xdp-generic-eth0");
+    let h = host.0.borrow();
+    assert_eq!(h.links.keys().collect::<Vec<_>>(), ["eth0", "ferry-vxlan"]);
+    let vxlan_index = h.interfaces["ferry-vxlan"];
+    let route = h.routes[&"10.244.2.0/24".parse().unwrap()];
+    assert_eq!(
+        (route.mode, route.ifindex, route.vni),
+        (ROUTE_MODE_VXLAN, vxlan_index, 7)
+    );
+    assert_eq!(
+        h.kernel_routes[&"10.244.2.0/24".parse().unwrap()],
+        KernelRoute::Vxlan {
+            vni: 7,
+            remote: Ipv4Addr::new(192, 168, 77, 12),
+            device: "ferry-vxlan".into()
+        }
+    );
+    assert_eq!(report.kernel_routes.upserted, 2);
+    drop(h);
+    assert_eq!(conflist_mtu(&host), 1450);
+}
+
+#[test]
+fn an_xdp_mode_change_replaces_the_link_and_xdp_off_removes_it() {
+    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
+    let mut reconciler = Reconciler::new(host.targets());
+    reconciler.reconcile(&node_plan(CLUSTER, &config(NATIVE_XDP)));
+    host.take_writes();
+    let native = Overlay::Native {
+        xdp: Some(XdpMode::Native),
+    };
+    reconciler.reconcile(&node_plan(CLUSTER, &config(native)));
+    let writes = host.take_writes();
+    assert!(
+        writes.contains(&"links detach xdp-generic-eth0".to_string()),
+        "{writes:?}"
+    );
+    assert!(
+        writes.contains(&"links attach xdp-native-eth0".to_string()),
+        "{writes:?}"
+    );
+    assert_eq!(
+        host.0.borrow().links["xdp-native-eth0"].hook,
+        crate::plan::network::Hook::Xdp(XdpMode::Native)
+    );
+    // Only the links changed.
+    assert!(writes.iter().all(|w| w.starts_with("links")), "{writes:?}");
+    reconciler.reconcile(&node_plan(CLUSTER, &config(Overlay::Native { xdp: None })));
+    assert_eq!(host.0.borrow().links.keys().collect::<Vec<_>>(), ["eth0"]);
+}
+
+#[test]
+fn a_node_leaving_takes_its_route_and_kernel_route_and_nothing_else() {
+    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
+    let cfg = config(NATIVE_XDP);
+    let mut reconciler = Reconciler::new(host.targets());
+    reconciler.reconcile(&node_plan(CLUSTER, &cfg));
+    host.take_writes();
+    let without_n3 = CLUSTER.replace(
+        "---\napiVersion: v1\nkind: Node\nmetadata: {name: n3}\nspec: {podCIDR: 10.244.3.0/24}\nstatus: {addresses: [{type: InternalIP, address: 192.168.77.13}]}\n",
+        "",
+    );
+    assert_ne!(without_n3, CLUSTER);
+    let report = reconciler.reconcile(&node_plan(&without_n3, &cfg));
+    assert_eq!(
+        (report.routes.removed, report.kernel_routes.removed),
+        (1, 1)
+    );
+    assert_eq!(
+        host.take_writes(),
+        [
+            "route map 0 upserted 1 removed",
+            "kernel route del 10.244.3.0/24"
+        ]
+    );
+    let h = host.0.borrow();
+    assert!(!h.routes.contains_key(&"10.244.3.0/24".parse().unwrap()));
+    assert!(h.routes.contains_key(&"10.244.2.0/24".parse().unwrap()));
+}
+
+#[test]
+fn a_service_changing_type_gains_and_loses_only_its_external_frontends() {
+    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
+    let cfg = config(NATIVE_XDP);
+    let mut reconciler = Reconciler::new(host.targets());
+    reconciler.reconcile(&node_plan(CLUSTER, &cfg));
+    let cluster_ip_only = host.0.borrow().frontends.clone();
+    assert_eq!(cluster_ip_only.len(), 1);
+    host.take_writes();
+
+    let node_port = CLUSTER.replace("type: ClusterIP", "type: NodePort");
+    let report = reconciler.reconcile(&node_plan(&node_port, &cfg));
+    // The node's address on the NodePort, for outside clients and for pods.
+    assert_eq!(
+        (report.services.upserted, report.services.unchanged),
+        (2, 1)
+    );
+    assert!(host.0.borrow().frontends.contains_key(&ServiceKey {
+        addr: [192, 168, 77, 11],
+        port: 30080,
+        protocol: PROTO_TCP,
+        scope: SCOPE_EXTERNAL,
+    }));
+
+    let local_lb = node_port.replace(
+        "type: NodePort",
+        "type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000",
+    );
+    reconciler.reconcile(&node_plan(&local_lb, &cfg));
+    assert_eq!(host.0.borrow().health_checks[&32000].local_endpoints, 1);
+
+    let report = reconciler.reconcile(&node_plan(CLUSTER, &cfg));
+    assert_eq!((report.services.removed, report.services.unchanged), (2, 1));
+    let h = host.0.borrow();
+    assert_eq!(h.frontends, cluster_ip_only);
+    assert!(h.health_checks.is_empty());
+}
+
+#[test]
+fn a_missing_uplink_is_an_error_that_names_it() {
+    let host = MemoryHost::with_interfaces(&[("lo", 1)]);
+    let plan = node_plan(CLUSTER, &config(NATIVE_XDP));
+    let err = Reconciler::new(host.targets())
+        .reconcile_links(&plan.links)
+        .unwrap_err();
+    assert!(err.to_string().contains("eth0 does not exist"), "{err}");
+    assert!(host.0.borrow().links.is_empty());
+}
