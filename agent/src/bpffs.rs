@@ -42,3 +42,18 @@ pub fn ensure_on_bpffs(dir: &Path) -> Result<(), BpffsError> {
     }
     Ok(())
 }
+
+/// The bpf(2) system call for the few commands aya 0.14 keeps to itself.
+///
+/// # Safety
+/// `attr` must be a valid `union bpf_attr` prefix for `cmd` (layouts from
+/// include/uapi/linux/bpf.h), and every pointer in it must be valid for
+/// the call.
+pub unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for attr; its size is passed along.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}

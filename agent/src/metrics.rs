@@ -135,27 +135,19 @@ impl Metrics {
         if let Ok(counters) = Counters::open(&self.pin_dir).map(|c| c.read()) {
             match counters {
                 Ok(counters) => {
-                    let _ = writeln!(
-                        out,
-                        "# HELP ferry_datapath_packets_total Packets by what the datapath did with them.\n# TYPE ferry_datapath_packets_total counter"
-                    );
-                    for (name, c) in outcome::NAMES.iter().zip(&counters) {
+                    let families: [(&str, &str, CounterField); 2] = [
+                        ("packets", "Packets", |c| c.packets),
+                        ("bytes", "Bytes", |c| c.bytes),
+                    ];
+                    for (unit, help, value) in families {
+                        let name = format!("ferry_datapath_{unit}_total");
                         let _ = writeln!(
                             out,
-                            "ferry_datapath_packets_total{{outcome=\"{name}\"}} {}",
-                            c.packets
+                            "# HELP {name} {help} by what the datapath did with them.\n# TYPE {name} counter"
                         );
-                    }
-                    let _ = writeln!(
-                        out,
-                        "# HELP ferry_datapath_bytes_total Bytes by what the datapath did with them.\n# TYPE ferry_datapath_bytes_total counter"
-                    );
-                    for (name, c) in outcome::NAMES.iter().zip(&counters) {
-                        let _ = writeln!(
-                            out,
-                            "ferry_datapath_bytes_total{{outcome=\"{name}\"}} {}",
-                            c.bytes
-                        );
+                        for (outcome, c) in outcome::NAMES.iter().zip(&counters) {
+                            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", value(c));
+                        }
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read the counters"),
@@ -164,6 +156,9 @@ impl Metrics {
         out
     }
 }
+
+/// One field of a datapath counter.
+type CounterField = fn(&ferry_common::Counter) -> u64;
 
 /// Keys in the pinned map at `path` (BPF_MAP_GET_NEXT_KEY until the end).
 fn count_keys(path: &Path) -> std::io::Result<u64> {
@@ -191,21 +186,10 @@ fn count_keys(path: &Path) -> std::io::Result<u64> {
         };
         // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_GET_NEXT_KEY;
         // both buffers are key_size bytes.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_GET_NEXT_KEY,
-                &attr as *const Attr,
-                size_of::<Attr>(),
-            )
-        };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            return if e.kind() == std::io::ErrorKind::NotFound {
-                Ok(n)
-            } else {
-                Err(e)
-            };
+        match unsafe { crate::bpffs::sys_bpf(BPF_MAP_GET_NEXT_KEY, &attr) } {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(n),
+            Err(e) => return Err(e),
         }
         n += 1;
         first = false;

@@ -116,17 +116,7 @@ fn bpf_obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET; the path
     // outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGetAttr,
-            size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = unsafe { crate::bpffs::sys_bpf(BPF_OBJ_GET, &attr) }?;
     // SAFETY: the kernel returned a new fd that we now own.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -143,18 +133,40 @@ fn bpf_link_update(
         old_prog_fd: 0,
     };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_LINK_UPDATE.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &attr as *const LinkUpdateAttr,
-            size_of::<LinkUpdateAttr>(),
-        )
+    unsafe { crate::bpffs::sys_bpf(BPF_LINK_UPDATE, &attr) }.map(|_| ())
+}
+
+/// Open the program pinned as `program_pin` with `open`.
+fn pinned_program<P, E: std::fmt::Display>(
+    pin_dir: &Path,
+    program_pin: &str,
+    open: impl FnOnce(&Path) -> Result<P, E>,
+) -> Result<P, AttachError> {
+    let path = pin_dir.join(program_pin);
+    open(&path).map_err(|e| AttachError::Program {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// Turn an attachment's link into an owned link pinned at `path`.
+fn pin_attached<L, E1, E2>(
+    ifname: &str,
+    link: Result<L, E1>,
+    path: &Path,
+) -> Result<(), AttachError>
+where
+    L: TryInto<FdLink, Error = E2>,
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+{
+    let attach_err = |detail: String| AttachError::Attach {
+        ifname: ifname.to_string(),
+        detail,
     };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let link = link.map_err(|e| attach_err(e.to_string()))?;
+    let fd_link: FdLink = link.try_into().map_err(|e| attach_err(e.to_string()))?;
+    pin_link(fd_link, path)
 }
 
 fn attach_pinned_at(
@@ -163,31 +175,16 @@ fn attach_pinned_at(
     ifname: &str,
     path: &Path,
 ) -> Result<(), AttachError> {
-    let prog_path = pin_dir.join(program_pin);
-    let mut prog = SchedClassifier::from_pin(&prog_path).map_err(|e| AttachError::Program {
-        path: prog_path.display().to_string(),
-        detail: e.to_string(),
-    })?;
-    let attach_err = |detail: String| AttachError::Attach {
-        ifname: ifname.to_string(),
-        detail,
-    };
-    let link_id = prog
+    let mut prog = pinned_program(pin_dir, program_pin, |p| SchedClassifier::from_pin(p))?;
+    let link = prog
         .attach_with_options(
             ifname,
             TcAttachType::Ingress,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
-        .map_err(|e| attach_err(e.to_string()))?;
-    let link = prog
-        .take_link(link_id)
-        .map_err(|e| attach_err(e.to_string()))?;
-    let fd_link: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
-    pin_link(fd_link, path)
+        .and_then(|id| prog.take_link(id));
+    pin_attached(ifname, link, path)
 }
-
 /// Pin `link` at `path`, replacing whatever is pinned there.
 fn pin_link(link: FdLink, path: &Path) -> Result<(), AttachError> {
     let pin_err = |detail: String| AttachError::PinLink {
@@ -215,24 +212,9 @@ fn attach_xdp_at(
 ) -> Result<(), AttachError> {
     use aya::programs::Xdp;
     use aya_obj::programs::XdpAttachType;
-    let prog_path = pin_dir.join(program_pin);
-    let mut prog =
-        Xdp::from_pin(&prog_path, XdpAttachType::Interface).map_err(|e| AttachError::Program {
-            path: prog_path.display().to_string(),
-            detail: e.to_string(),
-        })?;
-    let attach_err = |detail: String| AttachError::Attach {
-        ifname: ifname.to_string(),
-        detail,
-    };
-    let link_id = prog
-        .attach(ifname, mode)
-        .map_err(|e| attach_err(e.to_string()))?;
-    let link = prog
-        .take_link(link_id)
-        .map_err(|e| attach_err(e.to_string()))?;
-    let fd_link: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
-    pin_link(fd_link, link_path)
+    let mut prog = pinned_program(pin_dir, program_pin, |p| {
+        Xdp::from_pin(p, XdpAttachType::Interface)
+    })?;
+    let link = prog.attach(ifname, mode).and_then(|id| prog.take_link(id));
+    pin_attached(ifname, link, link_path)
 }

@@ -30,93 +30,9 @@ fn backend(ip: [u8; 4], port: u16) -> Backend {
     }
 }
 
-const WEB: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.0.10
-  ports:
-  - {name: http, port: 80, targetPort: web}
-  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abc
-  namespace: default
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-ports:
-- {name: http, port: 8080, protocol: TCP}
-- {name: dns, port: 5353, protocol: UDP}
-endpoints:
-- addresses: [10.244.1.11]
-  conditions: {ready: true}
-  nodeName: n1
-- addresses: [10.244.2.12]
-  conditions: {ready: true}
-  nodeName: n2
-- addresses: [10.244.1.13]
-  conditions: {ready: false}
-  nodeName: n1
----
-apiVersion: v1
-kind: Node
-metadata: {name: n1}
-spec: {podCIDR: 10.244.1.0/24}
-"#;
+const WEB: &str = include_str!("../../testdata/web.yaml");
 
-const EXTERNAL: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: n1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.77.11}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: lb, namespace: default}
-spec:
-  type: LoadBalancer
-  clusterIP: 10.96.0.30
-  externalTrafficPolicy: Local
-  healthCheckNodePort: 32000
-  externalIPs: [203.0.113.7]
-  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
-status:
-  loadBalancer:
-    ingress: [{ip: 198.51.100.10}, {ip: 198.51.100.11, ipMode: Proxy}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: np, namespace: default}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.31
-  internalTrafficPolicy: Local
-  ports:
-  - {name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}
-  - {name: bad, port: 81, protocol: TCP, targetPort: 8080, nodePort: 8081}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: lb-1, namespace: default, labels: {kubernetes.io/service-name: lb}}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-- {addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n1}
-- {addresses: [10.244.2.5], conditions: {ready: true}, nodeName: n2}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: np-1, namespace: default, labels: {kubernetes.io/service-name: np}}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}, {name: bad, port: 8080, protocol: TCP}]
-endpoints:
-- {addresses: [10.244.1.6], conditions: {ready: true}, nodeName: n1}
-- {addresses: [10.244.2.6], conditions: {ready: true}, nodeName: n2}
-"#;
+const EXTERNAL: &str = include_str!("../../testdata/external.yaml");
 
 fn external(addr: [u8; 4], port: u16) -> ServiceKey {
     ServiceKey {
@@ -216,35 +132,7 @@ fn nodeports_load_balancer_ips_and_external_ips_with_traffic_policies() {
 
 #[test]
 fn other_nodes_become_peers_by_pod_cidr_and_internal_ip() {
-    let yaml = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: n1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.77.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n2}
-spec: {podCIDRs: [10.244.2.0/24, "fd00::/64"]}
-status: {addresses: [{type: Hostname, address: n2}, {type: InternalIP, address: "fd00::2"}, {type: InternalIP, address: 192.168.77.12}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n3-no-address}
-spec: {podCIDR: 10.244.3.0/24}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n4-claims-ours}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.77.14}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n5-no-cidr-yet}
-status: {addresses: [{type: InternalIP, address: 192.168.77.15}]}
-"#;
+    let yaml = include_str!("../../testdata/peers.yaml");
     let (d, problems) = desired_state(&objects(yaml), "n1");
     assert_eq!(d.pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
     assert_eq!(d.peers.len(), 1, "{:?}", d.peers);
@@ -294,23 +182,7 @@ fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
 
 #[test]
 fn terminating_serving_endpoints_are_the_fallback_only() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: s, namespace: ns}
-spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}
-addressType: IPv4
-ports: [{port: 8080}]
-endpoints:
-- addresses: [10.0.0.1]
-  conditions: {ready: false, serving: true, terminating: true}
-- addresses: [10.0.0.2]
-  conditions: {ready: false, serving: false, terminating: true}
-"#;
+    let yaml = include_str!("../../testdata/terminating.yaml");
     let (d, _) = desired_state(&objects(yaml), "n1");
     let f = &d.frontends[&frontend([10, 96, 0, 1], 80, PROTO_TCP)];
     assert_eq!(f.backends, vec![backend([10, 0, 0, 1], 8080)]);
@@ -323,22 +195,7 @@ endpoints:
 
 #[test]
 fn headless_externalname_and_sctp_are_not_proxied() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: headless, namespace: default}
-spec: {clusterIP: None, ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: ext, namespace: default}
-spec: {type: ExternalName, externalName: example.org}
----
-apiVersion: v1
-kind: Service
-metadata: {name: sctp, namespace: default}
-spec: {clusterIP: 10.96.0.5, ports: [{port: 9, protocol: SCTP}]}
-"#;
+    let yaml = include_str!("../../testdata/not_proxied.yaml");
     let (d, problems) = desired_state(&objects(yaml), "n1");
     assert!(d.frontends.is_empty(), "{:?}", d.frontends);
     assert!(problems.is_empty(), "{problems:?}");
@@ -346,12 +203,7 @@ spec: {clusterIP: 10.96.0.5, ports: [{port: 9, protocol: SCTP}]}
 
 #[test]
 fn a_service_without_endpoints_is_a_frontend_with_no_backends() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: lonely, namespace: default}
-spec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}
-"#;
+    let yaml = include_str!("../../testdata/no_endpoints.yaml");
     let (d, _) = desired_state(&objects(yaml), "n1");
     assert_eq!(
         d.frontends[&frontend([10, 96, 0, 7], 80, PROTO_TCP)].backends,
@@ -361,30 +213,7 @@ spec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}
 
 #[test]
 fn invalid_fields_are_reported_and_the_rest_still_served() {
-    let yaml = WEB.to_string()
-        + r#"---
-apiVersion: v1
-kind: Service
-metadata: {name: broken, namespace: default}
-spec:
-  clusterIP: 10.96.0.300
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: badport, namespace: default}
-spec:
-  clusterIP: 10.96.0.11
-  ports: [{port: 70000}, {port: 81, protocol: ICMP}, {port: 82}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: badport-1, namespace: default, labels: {kubernetes.io/service-name: badport}}
-addressType: IPv4
-ports: [{port: 8082}]
-endpoints:
-- addresses: [not-an-ip, 10.0.0.9]
-"#;
+    let yaml = WEB.to_string() + include_str!("../../testdata/invalid_fields.yaml");
     let (d, problems) = desired_state(&objects(&yaml), "n1");
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(
@@ -418,33 +247,7 @@ endpoints:
 
 #[test]
 fn endpoints_in_several_slices_are_merged_without_duplicates() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: s, namespace: default}
-spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: s-1, namespace: default, labels: {kubernetes.io/service-name: s}}
-addressType: IPv4
-ports: [{port: 8080}]
-endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: s-2, namespace: default, labels: {kubernetes.io/service-name: s}}
-addressType: IPv4
-ports: [{port: 8080}]
-endpoints: [{addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: other-ns, namespace: other, labels: {kubernetes.io/service-name: s}}
-addressType: IPv4
-ports: [{port: 8080}]
-endpoints: [{addresses: [10.9.9.9]}]
-"#;
+    let yaml = include_str!("../../testdata/several_slices.yaml");
     let (d, _) = desired_state(&objects(yaml), "n1");
     let f = &d.frontends[&frontend([10, 96, 0, 1], 80, PROTO_TCP)];
     let addrs: Vec<_> = f.backends.iter().map(|b| b.addr[3]).collect();

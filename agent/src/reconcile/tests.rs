@@ -69,42 +69,7 @@ fn one_failing_frontend_does_not_stop_the_rest() {
     assert!(host.0.borrow().frontends.contains_key(&key(2)));
 }
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: n1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.77.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.77.12}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n3}
-spec: {podCIDR: 10.244.3.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.77.13}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  type: ClusterIP
-  clusterIP: 10.96.0.10
-  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-- {addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n1}
-- {addresses: [10.244.2.5], conditions: {ready: true}, nodeName: n2}
-"#;
+const CLUSTER: &str = include_str!("../../testdata/cluster.yaml");
 
 fn objects(yaml: &str) -> Objects {
     let (objects, problems) = crate::source::file::parse_manifest(yaml);
