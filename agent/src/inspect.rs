@@ -20,6 +20,14 @@ pub struct Table {
 }
 
 impl Table {
+    fn new(header: Vec<&'static str>) -> Self {
+        Self {
+            header,
+            rows: vec![],
+            json: vec![],
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
         for row in &self.rows {
@@ -62,11 +70,7 @@ fn scope_name(scope: u8, flags: u8) -> &'static str {
 
 pub fn services(pin_dir: &Path) -> Result<Table> {
     let table = ServiceTable::open(pin_dir)?;
-    let mut t = Table {
-        header: vec!["FRONTEND", "PROTO", "SCOPE", "NAME", "ID", "BACKENDS"],
-        rows: vec![],
-        json: vec![],
-    };
+    let mut t = Table::new(vec!["FRONTEND", "PROTO", "SCOPE", "NAME", "ID", "BACKENDS"]);
     for r in table.list()? {
         let fe = addr_port(r.frontend.addr, r.frontend.port);
         let proto = protocol_name(r.frontend.protocol);
@@ -98,11 +102,7 @@ pub fn services(pin_dir: &Path) -> Result<Table> {
 
 pub fn backends(pin_dir: &Path) -> Result<Table> {
     let table = ServiceTable::open(pin_dir)?;
-    let mut t = Table {
-        header: vec!["FRONTEND", "PROTO", "NAME", "SLOT", "BACKEND"],
-        rows: vec![],
-        json: vec![],
-    };
+    let mut t = Table::new(vec!["FRONTEND", "PROTO", "NAME", "SLOT", "BACKEND"]);
     for r in table.list()? {
         let fe = addr_port(r.frontend.addr, r.frontend.port);
         let proto = protocol_name(r.frontend.protocol);
@@ -137,20 +137,16 @@ pub fn conntrack(pin_dir: &Path) -> Result<Table> {
             k.dst_port,
         )
     });
-    let mut t = Table {
-        header: vec![
-            "PROTO",
-            "DIR",
-            "SOURCE",
-            "DESTINATION",
-            "NAT",
-            "STATE",
-            "EXPIRES",
-            "SERVICE",
-        ],
-        rows: vec![],
-        json: vec![],
-    };
+    let mut t = Table::new(vec![
+        "PROTO",
+        "DIR",
+        "SOURCE",
+        "DESTINATION",
+        "NAT",
+        "STATE",
+        "EXPIRES",
+        "SERVICE",
+    ]);
     for (k, e) in entries {
         let dir = match k.direction {
             CT_DIR_ORIGINAL => "orig",
@@ -216,11 +212,13 @@ fn ifname(ifindex: u32) -> String {
 
 pub fn endpoints(pin_dir: &Path) -> Result<Table> {
     let eps = Endpoints::open(pin_dir)?;
-    let mut t = Table {
-        header: vec!["POD IP", "IFINDEX", "HOST VETH", "POD MAC", "HOST MAC"],
-        rows: vec![],
-        json: vec![],
-    };
+    let mut t = Table::new(vec![
+        "POD IP",
+        "IFINDEX",
+        "HOST VETH",
+        "POD MAC",
+        "HOST MAC",
+    ]);
     for (ip, ep) in eps.list()? {
         let name = ifname(ep.ifindex);
         t.rows.push(vec![
@@ -240,11 +238,7 @@ pub fn endpoints(pin_dir: &Path) -> Result<Table> {
 
 pub fn counters(pin_dir: &Path) -> Result<Table> {
     let c = Counters::open(pin_dir)?.read()?;
-    let mut t = Table {
-        header: vec!["OUTCOME", "PACKETS", "BYTES"],
-        rows: vec![],
-        json: vec![],
-    };
+    let mut t = Table::new(vec!["OUTCOME", "PACKETS", "BYTES"]);
     for (i, v) in c.iter().enumerate() {
         t.rows.push(vec![
             outcome::NAMES[i].into(),

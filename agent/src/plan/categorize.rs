@@ -87,6 +87,11 @@ mod tests {
         }
     }
 
+    const EXTERNAL_LOCAL: TrafficPolicies = TrafficPolicies {
+        internal_local: false,
+        external_local: true,
+    };
+
     fn addrs(b: &[Backend]) -> Vec<u8> {
         b.iter().map(|b| b.addr[3]).collect()
     }
@@ -112,25 +117,13 @@ mod tests {
     #[test]
     fn terminating_endpoints_serve_only_when_none_is_ready_and_never_count_as_healthy() {
         let eps = [ep(1, false, true, true), ep(2, false, false, true)];
-        let c = categorize(
-            &eps,
-            TrafficPolicies {
-                internal_local: false,
-                external_local: true,
-            },
-        );
+        let c = categorize(&eps, EXTERNAL_LOCAL);
         assert_eq!(addrs(&c.external), vec![1]);
         assert_eq!(c.ready_local, 0);
         // A ready remote endpoint wins over the local terminating one for
         // cluster traffic, but eTP Local still falls back locally.
         let eps = [ep(1, false, true, true), ep(3, true, false, false)];
-        let c = categorize(
-            &eps,
-            TrafficPolicies {
-                internal_local: false,
-                external_local: true,
-            },
-        );
+        let c = categorize(&eps, EXTERNAL_LOCAL);
         assert_eq!((addrs(&c.cluster), addrs(&c.external)), (vec![3], vec![1]));
     }
 }

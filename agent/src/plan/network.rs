@@ -128,30 +128,38 @@ pub fn links(uplink: Option<&Uplink>) -> Links {
     links
 }
 
+/// One value per peer's pod CIDR; none without an uplink.
+fn per_peer<V>(
+    peers: &BTreeMap<Ipv4Net, PeerNode>,
+    uplink: Option<&Uplink>,
+    value: impl Fn(&PeerNode, &Uplink) -> V,
+) -> BTreeMap<Ipv4Net, V> {
+    let Some(uplink) = uplink else {
+        return BTreeMap::new();
+    };
+    peers
+        .iter()
+        .map(|(net, peer)| (*net, value(peer, uplink)))
+        .collect()
+}
+
 /// Route-map entries: each peer's pod CIDR -> the peer, through the uplink
 /// or the VXLAN device.
 pub fn peer_routes(
     peers: &BTreeMap<Ipv4Net, PeerNode>,
     uplink: Option<&Uplink>,
 ) -> BTreeMap<Ipv4Net, PeerRoute> {
-    let Some(uplink) = uplink else {
-        return BTreeMap::new();
-    };
-    let (device, vxlan_vni) = match uplink.overlay {
-        Overlay::Native { .. } => (uplink.interface.as_str(), None),
-        Overlay::Vxlan { vni, .. } => (VXLAN_DEVICE, Some(vni)),
-    };
-    peers
-        .iter()
-        .map(|(net, peer)| {
-            let route = PeerRoute {
-                node_addr: peer.addr,
-                device: device.to_string(),
-                vxlan_vni,
-            };
-            (*net, route)
-        })
-        .collect()
+    per_peer(peers, uplink, |peer, uplink| {
+        let (device, vxlan_vni) = match uplink.overlay {
+            Overlay::Native { .. } => (uplink.interface.clone(), None),
+            Overlay::Vxlan { vni, .. } => (VXLAN_DEVICE.to_string(), Some(vni)),
+        };
+        PeerRoute {
+            node_addr: peer.addr,
+            device,
+            vxlan_vni,
+        }
+    })
 }
 
 /// Kernel routes for the peers' pod CIDRs, so the node's own traffic
@@ -161,26 +169,17 @@ pub fn kernel_routes(
     peers: &BTreeMap<Ipv4Net, PeerNode>,
     uplink: Option<&Uplink>,
 ) -> BTreeMap<Ipv4Net, KernelRoute> {
-    let Some(uplink) = uplink else {
-        return BTreeMap::new();
-    };
-    peers
-        .iter()
-        .map(|(net, peer)| {
-            let route = match uplink.overlay {
-                Overlay::Native { .. } => KernelRoute::Via {
-                    gateway: peer.addr,
-                    device: uplink.interface.clone(),
-                },
-                Overlay::Vxlan { vni, .. } => KernelRoute::Vxlan {
-                    vni,
-                    remote: peer.addr,
-                    device: VXLAN_DEVICE.into(),
-                },
-            };
-            (*net, route)
-        })
-        .collect()
+    per_peer(peers, uplink, |peer, uplink| match uplink.overlay {
+        Overlay::Native { .. } => KernelRoute::Via {
+            gateway: peer.addr,
+            device: uplink.interface.clone(),
+        },
+        Overlay::Vxlan { vni, .. } => KernelRoute::Vxlan {
+            vni,
+            remote: peer.addr,
+            device: VXLAN_DEVICE.into(),
+        },
+    })
 }
 
 /// The conflist for this node's pod CIDR, when the agent writes one.

@@ -31,8 +31,9 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Host {
     pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
-    /// Frontends whose write fails, to test partial failure.
-    pub poisoned: Vec<ServiceKey>,
+    /// Keys (as `{:?}` prints them) whose write fails, to test partial
+    /// failure.
+    pub poisoned: Vec<String>,
     pub node: Option<NodeAddress>,
     pub routes: BTreeMap<Ipv4Net, Route>,
     pub kernel_routes: BTreeMap<Ipv4Net, KernelRoute>,
@@ -46,12 +47,6 @@ pub struct Host {
     pub reserved_ports: Vec<PortRange>,
     /// Every write, in order ("services upsert ...", "links detach ...").
     pub writes: Vec<String>,
-}
-
-impl Host {
-    fn write(&mut self, what: String) {
-        self.writes.push(what);
-    }
 }
 
 /// A handle on the shared host; it is every target at once.
@@ -71,15 +66,34 @@ impl MemoryHost {
 
     pub fn targets(&self) -> Targets {
         Targets {
-            services: Box::new(self.clone()),
+            services: self.table("services", |h| &mut h.frontends),
             node: Box::new(self.clone()),
             routes: Box::new(self.clone()),
-            kernel_routes: Box::new(self.clone()),
+            kernel_routes: self.table("kernel routes", |h| &mut h.kernel_routes),
             links: Box::new(self.clone()),
             files: Box::new(self.clone()),
             health: Box::new(self.clone()),
             ports: Box::new(self.clone()),
         }
+    }
+
+    fn table<K, V>(
+        &self,
+        name: &'static str,
+        table: fn(&mut Host) -> &mut BTreeMap<K, V>,
+    ) -> Box<dyn Table<K, V>>
+    where
+        MemoryTable<K, V>: Table<K, V> + 'static,
+    {
+        let host = self.clone();
+        Box::new(MemoryTable { host, name, table })
+    }
+
+    /// Record a write named `what` and make it.
+    fn record<R>(&self, what: String, change: impl FnOnce(&mut Host) -> R) -> R {
+        let mut host = self.0.borrow_mut();
+        host.writes.push(what);
+        change(&mut host)
     }
 
     /// Take the writes recorded so far.
@@ -88,35 +102,10 @@ impl MemoryHost {
     }
 }
 
-impl Table<ServiceKey, DesiredFrontend> for MemoryHost {
-    fn current(&self) -> TargetResult<BTreeMap<ServiceKey, DesiredFrontend>> {
-        Ok(self.0.borrow().frontends.clone())
-    }
-
-    fn upsert(&mut self, key: &ServiceKey, frontend: &DesiredFrontend) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        if host.poisoned.contains(key) {
-            return Err(TargetError::msg(format!("{} is poisoned", frontend.name)));
-        }
-        host.write(format!("services upsert {}", frontend.name));
-        host.frontends.insert(*key, frontend.clone());
-        Ok(())
-    }
-
-    fn remove(&mut self, key: &ServiceKey) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        host.write(format!("services remove {key:?}"));
-        host.frontends.remove(key);
-        Ok(())
-    }
-}
-
 impl NodeMapTarget for MemoryHost {
     fn set(&mut self, node: &NodeAddress) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        if host.node.as_ref() != Some(node) {
-            host.write(format!("node {node:?}"));
-            host.node = Some(*node);
+        if self.0.borrow().node.as_ref() != Some(node) {
+            self.record(format!("node {node:?}"), |h| h.node = Some(*node));
         }
         Ok(())
     }
@@ -124,40 +113,47 @@ impl NodeMapTarget for MemoryHost {
 
 impl RouteMap for MemoryHost {
     fn sync(&mut self, desired: &BTreeMap<Ipv4Net, Route>) -> TargetResult<RouteStats> {
-        let mut host = self.0.borrow_mut();
+        let routes = self.0.borrow().routes.clone();
         let upserted = desired
             .iter()
-            .filter(|(n, r)| host.routes.get(n) != Some(r))
+            .filter(|(n, r)| routes.get(n) != Some(r))
             .count();
-        let removed = host
-            .routes
-            .keys()
-            .filter(|n| !desired.contains_key(n))
-            .count();
+        let removed = routes.keys().filter(|n| !desired.contains_key(n)).count();
         if upserted + removed > 0 {
-            host.write(format!("route map {upserted} upserted {removed} removed"));
+            let what = format!("route map {upserted} upserted {removed} removed");
+            self.record(what, |h| h.routes = desired.clone());
         }
-        host.routes = desired.clone();
         Ok(RouteStats { upserted, removed })
     }
 }
 
-impl Table<Ipv4Net, KernelRoute> for MemoryHost {
-    fn current(&self) -> TargetResult<BTreeMap<Ipv4Net, KernelRoute>> {
-        Ok(self.0.borrow().kernel_routes.clone())
+/// One of the host's keyed tables.
+struct MemoryTable<K, V> {
+    host: MemoryHost,
+    name: &'static str,
+    table: fn(&mut Host) -> &mut BTreeMap<K, V>,
+}
+
+impl<K: Ord + Clone + std::fmt::Debug, V: Clone> Table<K, V> for MemoryTable<K, V> {
+    fn current(&self) -> TargetResult<BTreeMap<K, V>> {
+        Ok((self.table)(&mut self.host.0.borrow_mut()).clone())
     }
 
-    fn upsert(&mut self, net: &Ipv4Net, route: &KernelRoute) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        host.write(format!("kernel route replace {net}"));
-        host.kernel_routes.insert(*net, route.clone());
+    fn upsert(&mut self, key: &K, value: &V) -> TargetResult<()> {
+        let what = format!("{} upsert {key:?}", self.name);
+        if self.host.0.borrow().poisoned.contains(&format!("{key:?}")) {
+            return Err(TargetError::msg(format!("{what}: poisoned")));
+        }
+        let table = self.table;
+        self.host
+            .record(what, |h| table(h).insert(key.clone(), value.clone()));
         Ok(())
     }
 
-    fn remove(&mut self, net: &Ipv4Net) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        host.write(format!("kernel route del {net}"));
-        host.kernel_routes.remove(net);
+    fn remove(&mut self, key: &K) -> TargetResult<()> {
+        let table = self.table;
+        let what = format!("{} remove {key:?}", self.name);
+        self.host.record(what, |h| table(h).remove(key));
         Ok(())
     }
 }
@@ -168,13 +164,12 @@ impl LinkTarget for MemoryHost {
     }
 
     fn ensure_vxlan_device(&mut self, device: &VxlanDevice) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        if !host.interfaces.contains_key(&device.name) {
-            host.write(format!("device add {}", device.name));
-            let index = 100 + host.interfaces.len() as u32;
-            host.interfaces.insert(device.name.clone(), index);
-            host.vxlan_devices
-                .insert(device.name.clone(), device.clone());
+        if self.ifindex(&device.name).is_none() {
+            self.record(format!("device add {}", device.name), |h| {
+                let index = 100 + h.interfaces.len() as u32;
+                h.interfaces.insert(device.name.clone(), index);
+                h.vxlan_devices.insert(device.name.clone(), device.clone());
+            });
         }
         Ok(())
     }
@@ -184,16 +179,15 @@ impl LinkTarget for MemoryHost {
     }
 
     fn attach(&mut self, pin: &str, attachment: &Attachment) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        host.write(format!("links attach {pin}"));
-        host.links.insert(pin.to_string(), attachment.clone());
+        let what = format!("links attach {pin}");
+        self.record(what, |h| {
+            h.links.insert(pin.to_string(), attachment.clone())
+        });
         Ok(())
     }
 
     fn detach(&mut self, pin: &str) -> TargetResult<()> {
-        let mut host = self.0.borrow_mut();
-        host.write(format!("links detach {pin}"));
-        host.links.remove(pin);
+        self.record(format!("links detach {pin}"), |h| h.links.remove(pin));
         Ok(())
     }
 }
@@ -206,36 +200,36 @@ impl FileTarget for MemoryHost {
     fn write_conflist(&mut self, dir: &Path, content: &serde_json::Value) -> TargetResult<PathBuf> {
         let path = dir.join(crate::cni::CONFLIST_NAME);
         let bytes = serde_json::to_vec_pretty(content).map_err(TargetError::new)?;
-        let mut host = self.0.borrow_mut();
-        host.write(format!("file {}", path.display()));
-        host.files.insert(path.clone(), bytes);
+        let what = format!("file {}", path.display());
+        self.record(what, |h| h.files.insert(path.clone(), bytes));
         Ok(path)
     }
 }
 
 impl HealthServers for MemoryHost {
     fn serve(&mut self, checks: &BTreeMap<u16, HealthCheck>) {
-        let mut host = self.0.borrow_mut();
-        if &host.health_checks != checks {
-            host.write(format!("health checks {:?}", checks.keys()));
-            host.health_checks = checks.clone();
+        if &self.0.borrow().health_checks != checks {
+            let what = format!("health checks {:?}", checks.keys());
+            self.record(what, |h| h.health_checks = checks.clone());
         }
     }
 }
 
 impl PortReservations for MemoryHost {
     fn reserve(&mut self, ranges: &[PortRange]) -> TargetResult<Option<String>> {
-        let mut host = self.0.borrow_mut();
+        let reserved = self.0.borrow().reserved_ports.clone();
         let new: Vec<PortRange> = ranges
             .iter()
-            .filter(|r| !host.reserved_ports.contains(r))
+            .filter(|r| !reserved.contains(r))
             .copied()
             .collect();
         if new.is_empty() {
             return Ok(None);
         }
-        host.write(format!("reserve {new:?}"));
-        host.reserved_ports.extend(new);
-        Ok(Some(format!("{:?}", host.reserved_ports)))
+        let now = self.record(format!("reserve {new:?}"), |h| {
+            h.reserved_ports.extend(new);
+            format!("{:?}", h.reserved_ports)
+        });
+        Ok(Some(now))
     }
 }

@@ -36,13 +36,14 @@ fn fe(backends: &[u8]) -> DesiredFrontend {
 
 #[test]
 fn a_diff_applies_only_the_difference() {
-    let mut host = MemoryHost::default();
+    let host = MemoryHost::default();
+    let mut services = host.targets().services;
     let mut desired = BTreeMap::from([(key(1), fe(&[1, 2])), (key(2), fe(&[3]))]);
-    let s = apply_diff("services", &mut host, &desired);
+    let s = apply_diff("services", &mut *services, &desired);
     assert_eq!((s.upserted, s.removed, s.unchanged), (2, 0, 0));
     assert_eq!(host.0.borrow().frontends, desired);
 
-    let s = apply_diff("services", &mut host, &desired);
+    let s = apply_diff("services", &mut *services, &desired);
     assert_eq!(
         (s.upserted, s.removed, s.unchanged),
         (0, 0, 2),
@@ -53,7 +54,7 @@ fn a_diff_applies_only_the_difference() {
     desired.remove(&key(2));
     desired.insert(key(3), fe(&[]));
     host.take_writes();
-    let s = apply_diff("services", &mut host, &desired);
+    let s = apply_diff("services", &mut *services, &desired);
     assert_eq!((s.upserted, s.removed, s.unchanged), (2, 1, 0));
     assert_eq!(host.take_writes().len(), 3);
     assert_eq!(host.0.borrow().frontends, desired);
@@ -61,10 +62,11 @@ fn a_diff_applies_only_the_difference() {
 
 #[test]
 fn one_failing_frontend_does_not_stop_the_rest() {
-    let mut host = MemoryHost::default();
-    host.0.borrow_mut().poisoned = vec![key(1)];
+    let host = MemoryHost::default();
+    host.0.borrow_mut().poisoned = vec![format!("{:?}", key(1))];
+    let mut services = host.targets().services;
     let desired = BTreeMap::from([(key(1), fe(&[1])), (key(2), fe(&[2]))]);
-    let s = apply_diff("services", &mut host, &desired);
+    let s = apply_diff("services", &mut *services, &desired);
     assert_eq!((s.upserted, s.failed), (1, 1));
     assert!(host.0.borrow().frontends.contains_key(&key(2)));
 }
@@ -95,6 +97,16 @@ fn node_plan(yaml: &str, cfg: &PlanConfig) -> NodePlan {
     let (plan, problems) = plan(&objects(yaml), cfg);
     assert!(problems.is_empty(), "{problems:?}");
     plan
+}
+
+/// A host on which a reconciler has made the plan of CLUSTER with
+/// `overlay`; its writes so far are taken.
+fn reconciled(overlay: Overlay) -> (MemoryHost, Reconciler) {
+    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
+    let mut reconciler = Reconciler::new(host.targets());
+    reconciler.reconcile(&node_plan(CLUSTER, &config(overlay)));
+    host.take_writes();
+    (host, reconciler)
 }
 
 const NATIVE_XDP: Overlay = Overlay::Native {
@@ -152,7 +164,7 @@ fn a_first_reconcile_builds_everything_and_an_unchanged_restart_only_repoints_li
     assert!(
         writes
             .iter()
-            .all(|w| w.starts_with("links attach") || w.starts_with("kernel route replace")),
+            .all(|w| w.starts_with("links attach") || w.starts_with("kernel routes upsert")),
         "{writes:?}"
     );
     // And a resync of the same plan writes nothing at all.
@@ -162,9 +174,7 @@ fn a_first_reconcile_builds_everything_and_an_unchanged_restart_only_repoints_li
 
 #[test]
 fn an_overlay_change_from_native_to_vxlan_moves_links_routes_and_mtu() {
-    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
-    Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(NATIVE_XDP)));
-    host.take_writes();
+    let (host, _) = reconciled(NATIVE_XDP);
 
     let vxlan = Overlay::Vxlan { vni: 7, port: 4789 };
     let report = Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(vxlan)));
@@ -203,10 +213,7 @@ fn an_overlay_change_from_native_to_vxlan_moves_links_routes_and_mtu() {
 
 #[test]
 fn an_xdp_mode_change_replaces_the_link_and_xdp_off_removes_it() {
-    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
-    let mut reconciler = Reconciler::new(host.targets());
-    reconciler.reconcile(&node_plan(CLUSTER, &config(NATIVE_XDP)));
-    host.take_writes();
+    let (host, mut reconciler) = reconciled(NATIVE_XDP);
     let native = Overlay::Native {
         xdp: Some(XdpMode::Native),
     };
@@ -232,11 +239,8 @@ fn an_xdp_mode_change_replaces_the_link_and_xdp_off_removes_it() {
 
 #[test]
 fn a_node_leaving_takes_its_route_and_kernel_route_and_nothing_else() {
-    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
     let cfg = config(NATIVE_XDP);
-    let mut reconciler = Reconciler::new(host.targets());
-    reconciler.reconcile(&node_plan(CLUSTER, &cfg));
-    host.take_writes();
+    let (host, mut reconciler) = reconciled(NATIVE_XDP);
     let without_n3 = CLUSTER.replace(
         "---\napiVersion: v1\nkind: Node\nmetadata: {name: n3}\nspec: {podCIDR: 10.244.3.0/24}\nstatus: {addresses: [{type: InternalIP, address: 192.168.77.13}]}\n",
         "",
@@ -251,7 +255,7 @@ fn a_node_leaving_takes_its_route_and_kernel_route_and_nothing_else() {
         host.take_writes(),
         [
             "route map 0 upserted 1 removed",
-            "kernel route del 10.244.3.0/24"
+            "kernel routes remove Ipv4Net { addr: 10.244.3.0, prefix: 24 }"
         ]
     );
     let h = host.0.borrow();
@@ -261,13 +265,10 @@ fn a_node_leaving_takes_its_route_and_kernel_route_and_nothing_else() {
 
 #[test]
 fn a_service_changing_type_gains_and_loses_only_its_external_frontends() {
-    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
     let cfg = config(NATIVE_XDP);
-    let mut reconciler = Reconciler::new(host.targets());
-    reconciler.reconcile(&node_plan(CLUSTER, &cfg));
+    let (host, mut reconciler) = reconciled(NATIVE_XDP);
     let cluster_ip_only = host.0.borrow().frontends.clone();
     assert_eq!(cluster_ip_only.len(), 1);
-    host.take_writes();
 
     let node_port = CLUSTER.replace("type: ClusterIP", "type: NodePort");
     let report = reconciler.reconcile(&node_plan(&node_port, &cfg));
