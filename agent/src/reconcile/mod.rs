@@ -154,18 +154,21 @@ impl Reconciler {
     /// each wanted one. Idempotent and safe while traffic flows.
     pub fn reconcile_links(&mut self, links: &Links) -> Result<(), LinkError> {
         let target = &mut self.targets.links;
-        if let Some(device) = &links.vxlan_device {
+        // A wrong uplink is refused before anything is created.
+        let device = links.vxlan_device.as_ref();
+        for a in links.attachments.values() {
+            let ours = device.is_some_and(|d| d.name == a.interface);
+            if !ours && target.ifindex(&a.interface).is_none() {
+                return Err(LinkError::NoInterface(a.interface.clone()));
+            }
+        }
+        if let Some(device) = device {
             target
                 .ensure_vxlan_device(device)
                 .map_err(|source| LinkError::Vxlan {
                     device: device.name.clone(),
                     source,
                 })?;
-        }
-        for a in links.attachments.values() {
-            if target.ifindex(&a.interface).is_none() {
-                return Err(LinkError::NoInterface(a.interface.clone()));
-            }
         }
         for pin in target.pinned().map_err(LinkError::Pinned)? {
             if !links.attachments.contains_key(&pin)

@@ -307,4 +307,10 @@ fn a_missing_uplink_is_an_error_that_names_it() {
         .unwrap_err();
     assert!(err.to_string().contains("eth0 does not exist"), "{err}");
     assert!(host.0.borrow().links.is_empty());
+    // Nor is a VXLAN device made for it.
+    let vxlan = Overlay::Vxlan { vni: 1, port: 4789 };
+    let plan = node_plan(CLUSTER, &config(vxlan));
+    let mut reconciler = Reconciler::new(host.targets());
+    assert!(reconciler.reconcile_links(&plan.links).is_err());
+    assert_eq!(host.take_writes(), Vec::<String>::new());
 }
