@@ -174,6 +174,16 @@ impl LinkTarget for MemoryHost {
         Ok(())
     }
 
+    fn remove_device(&mut self, name: &str) -> TargetResult<()> {
+        if self.ifindex(name).is_some() {
+            self.record(format!("device del {name}"), |h| {
+                h.interfaces.remove(name);
+                h.vxlan_devices.remove(name)
+            });
+        }
+        Ok(())
+    }
+
     fn pinned(&self) -> TargetResult<BTreeSet<String>> {
         Ok(self.0.borrow().links.keys().cloned().collect())
     }

@@ -22,7 +22,7 @@ use crate::{
     net::Ipv4Net,
     plan::{
         DesiredFrontend, NodePlan,
-        network::{KernelRoute, Links, PeerRoute},
+        network::{KernelRoute, Links, PeerRoute, VXLAN_DEVICE},
     },
 };
 
@@ -176,6 +176,13 @@ impl Reconciler {
             {
                 tracing::warn!(pin, error = %e, "cannot detach a link no longer wanted");
             }
+        }
+        // A VXLAN device left from an earlier run in VXLAN mode.
+        if device.is_none()
+            && target.ifindex(VXLAN_DEVICE).is_some()
+            && let Err(e) = target.remove_device(VXLAN_DEVICE)
+        {
+            tracing::warn!(device = VXLAN_DEVICE, error = %e, "cannot remove the VXLAN device no longer used");
         }
         for (pin, a) in &links.attachments {
             target.attach(pin, a).map_err(|source| LinkError::Attach {

@@ -170,6 +170,13 @@ impl LinkTarget for SystemLinks {
         Ok(())
     }
 
+    fn remove_device(&mut self, name: &str) -> TargetResult<()> {
+        match ipcmd::ip(&["link", "del", name]) {
+            Err(e) if !e.is_missing() => Err(TargetError::new(e)),
+            _ => Ok(()),
+        }
+    }
+
     fn pinned(&self) -> TargetResult<BTreeSet<String>> {
         let dir = match std::fs::read_dir(self.links_dir()) {
             Ok(dir) => dir,

@@ -59,6 +59,8 @@ pub trait NodeMapTarget {
 pub trait LinkTarget {
     fn ifindex(&self, name: &str) -> Option<u32>;
     fn ensure_vxlan_device(&mut self, device: &VxlanDevice) -> TargetResult<()>;
+    /// Delete a device ferry made (when it exists).
+    fn remove_device(&mut self, name: &str) -> TargetResult<()>;
     /// The pin names of the network-side links that exist now.
     fn pinned(&self) -> TargetResult<BTreeSet<String>>;
     /// Attach (or point an existing pinned link at the loaded program).

@@ -238,6 +238,31 @@ fn an_xdp_mode_change_replaces_the_link_and_xdp_off_removes_it() {
 }
 
 #[test]
+fn a_move_back_to_native_routing_removes_the_vxlan_device_and_its_link() {
+    let vxlan = Overlay::Vxlan { vni: 7, port: 4789 };
+    let (host, _) = reconciled(vxlan);
+    assert!(host.0.borrow().interfaces.contains_key("ferry-vxlan"));
+    let report =
+        Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(NATIVE_XDP)));
+    assert_eq!(report.failures, 0);
+    let writes = host.take_writes();
+    for w in [
+        "links detach ferry-vxlan",
+        "device del ferry-vxlan",
+        "links attach xdp-generic-eth0",
+    ] {
+        assert!(writes.contains(&w.to_string()), "{w} in {writes:?}");
+    }
+    let h = host.0.borrow();
+    assert!(!h.interfaces.contains_key("ferry-vxlan"));
+    let route = h.routes[&"10.244.2.0/24".parse().unwrap()];
+    assert_eq!(
+        (route.mode, route.ifindex, route.vni),
+        (ROUTE_MODE_NATIVE, 2, 0)
+    );
+}
+
+#[test]
 fn a_node_leaving_takes_its_route_and_kernel_route_and_nothing_else() {
     let cfg = config(NATIVE_XDP);
     let (host, mut reconciler) = reconciled(NATIVE_XDP);
