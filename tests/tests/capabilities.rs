@@ -29,16 +29,10 @@ fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String, String
     .unwrap();
     let pins = format!("/sys/fs/bpf/ferry-test-caps-{}-{tag}", std::process::id());
     let bounding = format!("-all,{caps}");
-    let out = ns
-        .command("timeout")
-        .args([
-            "1.5",
-            "setpriv",
-            "--bounding-set",
-            &bounding,
-            "--inh-caps",
-            &bounding,
-        ])
+    let log_path = dir.join("agent.log");
+    let mut agent = ns
+        .command("setpriv")
+        .args(["--bounding-set", &bounding, "--inh-caps", &bounding])
         .args(["--ambient-caps", &bounding, "--"])
         .arg(&bins.agent)
         .args(["run", "--node", "n", "--pin-dir", &pins, "--uplink", "eth0"])
@@ -50,10 +44,29 @@ fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String, String
         })
         .arg(format!("--source=file:{}", manifest.display()))
         .arg(format!("--cni-conf-dir={}", dir.join("net.d").display()))
-        .output()
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    let synced = log.contains(" synced ") && dir.join("net.d/10-ferry.conflist").exists();
+    // Until the first sync, the agent exits, or a generous limit: loading
+    // the programs through the verifier takes well under a second, but
+    // much longer on a loaded 2-core machine.
+    let conflist = dir.join("net.d/10-ferry.conflist");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let synced = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains(" synced ") && conflist.exists() {
+            break true;
+        }
+        if agent.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // nsenter execs setpriv, which execs the agent: the child is the agent.
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let reserved = ns
         .exec(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"])
         .unwrap();
