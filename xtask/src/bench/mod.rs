@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use ferry_harness::{Binaries, Cluster, Fabric, Netns, Node, PlainNode, PlainPod, Pod, manifest};
+use ferry_harness::{
+    Binaries, Cluster, Fabric, Netns, Node, PlainNode, PlainPod, Pod, manifest,
+    packet::{Packet, TCP_ACK, TCP_SYN},
+};
 use serde_json::Value;
 
 const POD_CIDR: &str = "10.244.1.0/24";
@@ -777,41 +780,6 @@ fn nodeport_bench(bins: &Binaries, load: &Path, opts: &Opts, report: &mut String
     Ok(())
 }
 
-/// An Ethernet/IPv4/TCP frame without options, checksums computed.
-fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
-    use ferry_common::csum::internet_checksum;
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&src.1.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    let mut pseudo = [0u8; 32];
-    pseudo[0..4].copy_from_slice(&src.0.octets());
-    pseudo[4..8].copy_from_slice(&dst.0.octets());
-    pseudo[9] = 6;
-    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
-    pseudo[12..32].copy_from_slice(&tcp);
-    let c = internet_checksum(&pseudo, 32);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.0.octets());
-    ip[16..20].copy_from_slice(&dst.0.octets());
-    let c = internet_checksum(&ip, 20);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut frame = vec![2u8; 6];
-    frame.extend([4u8; 6]);
-    frame.extend([0x08, 0x00]);
-    frame.extend(ip);
-    frame.extend(tcp);
-    frame
-}
-
 /// Average nanoseconds of one run of the program pinned at `prog` on
 /// `frame` (BPF_PROG_TEST_RUN through bpftool, repeated), against the live
 /// maps of the node it belongs to.
@@ -1031,14 +999,18 @@ pub fn run(opts: &Opts) -> Result<()> {
     let client = (Ipv4Addr::new(10, 244, 1, 200), 45000);
     let vip = (large_vip, SERVICE_PORT);
     let cost = [
-        ("ClusterIP, flow's packets", tcp_frame(client, vip, 0x10)),
+        (
+            "ClusterIP, flow's packets",
+            Packet::tcp(client, vip, TCP_ACK, &[]).bytes(),
+        ),
         (
             "pod IP, no translation",
-            tcp_frame(client, (SERVER_IP, SERVER_PORT), 0x10),
+            Packet::tcp(client, (SERVER_IP, SERVER_PORT), TCP_ACK, &[]).bytes(),
         ),
     ];
     // The first run creates the flow; the repeats measure its packets.
-    let _ = program_ns(&prog, &tcp_frame(client, vip, 0x02), &scratch)?;
+    let syn = Packet::tcp(client, vip, TCP_SYN, &[]).bytes();
+    let _ = program_ns(&prog, &syn, &scratch)?;
     let mut costs = Vec::new();
     for (what, frame) in &cost {
         costs.push(format!(
