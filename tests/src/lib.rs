@@ -1,6 +1,6 @@
-//! Test support: packet construction, kernel fixtures, and a stand-in
-//! Kubernetes API server.
-pub mod apiserver;
+//! Test support: packet construction, kernel fixtures, captures and
+//! clients. The Kubernetes API server stand-in is its own crate
+//! (`ferry-apiserver-standin`), whose tests need no privileges.
 pub mod capture;
 pub mod client;
 pub mod fixture;
