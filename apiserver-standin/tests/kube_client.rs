@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{KUBE_PROXY_SELECTOR, service};
+use common::{KUBE_PROXY_SELECTOR, create_unproxied, service};
 use ferry_apiserver_standin::ApiServer;
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -87,20 +87,7 @@ async fn reflector_follows_changes_and_relists_after_restart() {
     server
         .create(service("default", "a", json!({"app": "a"})))
         .unwrap();
-    server
-        .create(service(
-            "default",
-            "elsewhere",
-            json!({"service.kubernetes.io/service-proxy-name": "x"}),
-        ))
-        .unwrap();
-    server
-        .create(service(
-            "kube-system",
-            "headless",
-            json!({"service.kubernetes.io/headless": ""}),
-        ))
-        .unwrap();
+    create_unproxied(&server, "elsewhere");
 
     let (reader, writer) = reflector::store::<Service>();
     let stream = reflector(

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{KUBE_PROXY_SELECTOR, service};
+use common::{KUBE_PROXY_SELECTOR, create_unproxied, service};
 use ferry_apiserver_standin::ApiServer;
 use serde_json::{Value, json};
 
@@ -222,20 +222,7 @@ fn selectors_filter_lists() {
     server
         .create(service("default", "plain", json!({"app": "web"})))
         .unwrap();
-    server
-        .create(service(
-            "default",
-            "other-proxy",
-            json!({"service.kubernetes.io/service-proxy-name": "x"}),
-        ))
-        .unwrap();
-    server
-        .create(service(
-            "kube-system",
-            "headless",
-            json!({"service.kubernetes.io/headless": ""}),
-        ))
-        .unwrap();
+    create_unproxied(&server, "other-proxy");
     server
         .create(service("kube-system", "dns", json!({"app": "dns"})))
         .unwrap();

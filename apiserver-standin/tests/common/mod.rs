@@ -1,4 +1,5 @@
 //! What both test files build their objects from.
+use ferry_apiserver_standin::ApiServer;
 use serde_json::{Value, json};
 
 /// The label selector kube-proxy (and ferry) watch Services with.
@@ -13,4 +14,23 @@ pub fn service(ns: &str, name: &str, labels: Value) -> Value {
         "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {"ports": [{"port": 80}]},
     })
+}
+
+/// Create the two Services kube-proxy's selector leaves out: `name` in
+/// "default", labelled for another proxy, and "kube-system/headless".
+pub fn create_unproxied(server: &ApiServer, name: &str) {
+    server
+        .create(service(
+            "default",
+            name,
+            json!({"service.kubernetes.io/service-proxy-name": "x"}),
+        ))
+        .unwrap();
+    server
+        .create(service(
+            "kube-system",
+            "headless",
+            json!({"service.kubernetes.io/headless": ""}),
+        ))
+        .unwrap();
 }

@@ -6,7 +6,7 @@
 //! rate, UDP request/response and one-way UDP packets per second, as
 //! ratios against kube-proxy with the same Services.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -19,7 +19,7 @@ use super::{
     programming::timed_load,
     report::{Cell, Report, Table, Target},
     service_set,
-    traffic::{first_error, load_json, median, num, tune_client, wait_reachable},
+    traffic::{concurrent, first_error, load_json, median, num, tune_client, wait_reachable},
 };
 
 pub const NAME: &str = "nodeport";
@@ -59,6 +59,7 @@ const KP_ENTRY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 21);
 const KP_BACKEND_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 22);
 const KP_ENTRY_LARGE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 23);
 const KP_SERVER: Ipv4Addr = Ipv4Addr::new(10, 245, 2, 3);
+const KP_BACKEND_POD_CIDR: &str = "10.245.2.0/24";
 
 /// External client -> NodePort on a node without the backend -> backend
 /// pod on another node: ferry (XDP), ferry (tc only) and kube-proxy's
@@ -75,6 +76,30 @@ struct NodePortSetup {
     iptables_ms: f64,
     ferry_sink: PathBuf,
     kp_sink: PathBuf,
+}
+
+/// A plain node on the fabric at `addr` that routes the kube-proxy backend
+/// node's pod CIDR to it natively and holds `rules` (iptables-restore
+/// input, kube-proxy's NodePort chains); how long loading them took.
+fn kube_proxy_entry(
+    run_id: &str,
+    fabric: &Fabric,
+    name: &str,
+    addr: Ipv4Addr,
+    rules: &str,
+) -> Result<(PlainNode, Duration)> {
+    let node = PlainNode::create(run_id, name)?;
+    fabric.connect(&node.netns, "eth0", addr, 24)?;
+    node.netns.exec(&[
+        "ip",
+        "route",
+        "add",
+        KP_BACKEND_POD_CIDR,
+        "via",
+        &KP_BACKEND_NODE.to_string(),
+    ])?;
+    let took = timed_load(&node.netns, "iptables-restore", &[], rules)?;
+    Ok((node, took))
 }
 
 /// The sink's (unix ms, datagrams so far).
@@ -160,18 +185,8 @@ spec:
 
         // kube-proxy's NodePort: an entry node with its rules, the backend
         // on another node, routed natively.
-        let mut kp_entry = PlainNode::create(&cluster.run_id, "kp-entry")?;
-        fabric.connect(&kp_entry.netns, "eth0", KP_ENTRY, 24)?;
         let mut kp_backend = PlainNode::create(&cluster.run_id, "kp-backend")?;
         fabric.connect(&kp_backend.netns, "eth0", KP_BACKEND_NODE, 24)?;
-        kp_entry.netns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "10.245.2.0/24",
-            "via",
-            &KP_BACKEND_NODE.to_string(),
-        ])?;
         let mut kp_server = kp_backend.add_pod("server", KP_SERVER)?;
         kp_server.spawn(load, &["serve", &SERVER_PORT.to_string(), SERVER_THREADS])?;
         let kp_sink = cluster.root.join("sink-kube-proxy");
@@ -206,21 +221,12 @@ spec:
                 target_port: SINK_PORT,
             },
         ];
-        let rules = kube_proxy::iptables_with_nodeports(small, &nodeports);
-        let iptables = timed_load(&kp_entry.netns, "iptables-restore", &[], &rules)?;
-        let kp_entry_large = PlainNode::create(&cluster.run_id, "kp-entry-large")?;
-        fabric.connect(&kp_entry_large.netns, "eth0", KP_ENTRY_LARGE, 24)?;
-        kp_entry_large.netns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "10.245.2.0/24",
-            "via",
-            &KP_BACKEND_NODE.to_string(),
-        ])?;
-        let rules = kube_proxy::iptables_with_nodeports(large, &nodeports);
-        timed_load(&kp_entry_large.netns, "iptables-restore", &[], &rules)?;
-        let _ = &mut kp_entry;
+        let entry = |name, addr, services| {
+            let rules = kube_proxy::iptables_with_nodeports(services, &nodeports);
+            kube_proxy_entry(&cluster.run_id, &fabric, name, addr, &rules)
+        };
+        let (kp_entry, iptables) = entry("kp-entry", KP_ENTRY, small)?;
+        let (kp_entry_large, _) = entry("kp-entry-large", KP_ENTRY_LARGE, large)?;
 
         let outside = Netns::create(&format!("fry-{}-outside", cluster.run_id))?;
         fabric.connect(&outside, "eth0", OUTSIDE_ADDR, 24)?;
@@ -268,6 +274,18 @@ struct EntryPath {
     pps: Vec<f64>,
 }
 
+impl EntryPath {
+    fn new(label: &'static str, entry: Ipv4Addr) -> Self {
+        Self {
+            label,
+            entry,
+            conn: vec![],
+            udp: vec![],
+            pps: vec![],
+        }
+    }
+}
+
 pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
     println!(
         "==> {NAME}: external client -> node without the backend -> backend on another node ({} services loaded)",
@@ -278,34 +296,16 @@ pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
     let (large, _) = service_set(opts.services);
     let setup = NodePortSetup::create(bins, load, &small, &large)?;
     let mut paths = [
-        EntryPath {
-            label: "ferry, XDP on the uplink (generic)",
-            entry: NODEPORT_FERRY_NODES[0].1,
-            conn: vec![],
-            udp: vec![],
-            pps: vec![],
-        },
-        EntryPath {
-            label: "ferry, tc only",
-            entry: NODEPORT_FERRY_NODES[2].1,
-            conn: vec![],
-            udp: vec![],
-            pps: vec![],
-        },
-        EntryPath {
-            label: "kube-proxy iptables, same Services as ferry",
-            entry: KP_ENTRY_LARGE,
-            conn: vec![],
-            udp: vec![],
-            pps: vec![],
-        },
-        EntryPath {
-            label: "kube-proxy iptables, 10 Services",
-            entry: KP_ENTRY,
-            conn: vec![],
-            udp: vec![],
-            pps: vec![],
-        },
+        EntryPath::new(
+            "ferry, XDP on the uplink (generic)",
+            NODEPORT_FERRY_NODES[0].1,
+        ),
+        EntryPath::new("ferry, tc only", NODEPORT_FERRY_NODES[2].1),
+        EntryPath::new(
+            "kube-proxy iptables, same Services as ferry",
+            KP_ENTRY_LARGE,
+        ),
+        EntryPath::new("kube-proxy iptables, 10 Services", KP_ENTRY),
     ];
     for s in &paths {
         wait_reachable(&setup.outside_path, load, (s.entry, NODEPORT_TCP).into())?;
@@ -315,25 +315,20 @@ pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
         for k in 0..count {
             let s = &mut paths[(k + round - 1) % count];
             let backlog_before = backlog_drops();
-            let crr = load_json(
-                &setup.outside_path,
+            let outside = &setup.outside_path;
+            let crr = concurrent(
+                outside,
                 load,
-                &[
-                    "crr".into(),
-                    format!("{}:{NODEPORT_TCP}", s.entry),
-                    opts.clients.to_string(),
-                    opts.seconds.to_string(),
-                ],
+                "crr",
+                SocketAddr::from((s.entry, NODEPORT_TCP)),
+                opts,
             )?;
-            let udp = load_json(
-                &setup.outside_path,
+            let udp = concurrent(
+                outside,
                 load,
-                &[
-                    "udp".into(),
-                    format!("{}:{NODEPORT_UDP}", s.entry),
-                    opts.clients.to_string(),
-                    opts.seconds.to_string(),
-                ],
+                "udp",
+                SocketAddr::from((s.entry, NODEPORT_UDP)),
+                opts,
             )?;
             let sink = if s.entry == KP_ENTRY || s.entry == KP_ENTRY_LARGE {
                 &setup.kp_sink

@@ -15,7 +15,7 @@ use super::{
     Opts, SERVER_IP, SERVER_PORT, SERVICE_PORT, datapath_drops,
     report::{Cell, Report, Table, Target},
     testbed::Testbed,
-    traffic::{first_error, load_json, median, num, wait_reachable},
+    traffic::{concurrent, first_error, load_json, median, num, wait_reachable},
 };
 
 pub const NAME: &str = "pod-to-service";
@@ -42,21 +42,15 @@ struct Sample {
 /// A round on one path: connections per second over `opts.clients`
 /// concurrent clients, then latency on one connection.
 fn measure(path: &ClientPath, load: &Path, opts: &Opts) -> Result<Sample> {
-    let target = path.target.to_string();
-    let crr = load_json(
-        &path.client_ns,
-        load,
-        &[
-            "crr".into(),
-            target.clone(),
-            opts.clients.to_string(),
-            opts.seconds.to_string(),
-        ],
-    )?;
+    let crr = concurrent(&path.client_ns, load, "crr", path.target, opts)?;
     let rr = load_json(
         &path.client_ns,
         load,
-        &["rr".into(), target, opts.seconds.to_string()],
+        &[
+            "rr".into(),
+            path.target.to_string(),
+            opts.seconds.to_string(),
+        ],
     )?;
     if let Some(e) = first_error(&crr) {
         eprintln!("    {}: first connection error: {e}", path.label);

@@ -10,6 +10,8 @@ use anyhow::{Result, bail};
 use ferry_harness::Netns;
 use serde_json::Value;
 
+use super::Opts;
+
 /// Run `ferry-load args` inside the namespace at `client_ns`; its JSON.
 pub fn load_json(client_ns: &Path, load: &Path, args: &[String]) -> Result<Value> {
     let out = Command::new("nsenter")
@@ -25,6 +27,27 @@ pub fn load_json(client_ns: &Path, load: &Path, args: &[String]) -> Result<Value
         );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `ferry-load MODE TARGET CLIENTS SECONDS` (crr, udp): `opts.clients`
+/// concurrent clients for `opts.seconds`.
+pub fn concurrent(
+    client_ns: &Path,
+    load: &Path,
+    mode: &str,
+    target: impl ToString,
+    opts: &Opts,
+) -> Result<Value> {
+    load_json(
+        client_ns,
+        load,
+        &[
+            mode.into(),
+            target.to_string(),
+            opts.clients.to_string(),
+            opts.seconds.to_string(),
+        ],
+    )
 }
 
 /// A number from ferry-load's JSON; NaN if it is missing, so a broken
