@@ -5,10 +5,14 @@
 //! share a [`Fabric`], a namespace with a bridge standing in for the L2
 //! network between them. Everything is named per run and removed on drop,
 //! also when a test fails; nothing is added to the root namespace.
+//!
+//! [`packet`] builds exact frames, for the kernel tests and the benchmark's
+//! per-packet cost alike.
 pub mod fabric;
 pub mod manifest;
 pub mod netns;
 pub mod node;
+pub mod packet;
 pub mod plain;
 
 pub use fabric::Fabric;

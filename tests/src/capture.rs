@@ -11,7 +11,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use crate::packet::checksum;
+use ferry_harness::packet::checksum;
 
 pub struct Capture {
     stop: Arc<AtomicBool>,

@@ -1,5 +1,5 @@
 //! The agent on the Kubernetes API, end to end: its real kube-rs watchers
-//! against the API stand-in (tests/src/apiserver.rs), which speaks the
+//! against the API stand-in (ferry-apiserver-standin), which speaks the
 //! list/watch protocol (resourceVersions, pagination, bookmarks, 410 on a
 //! too-old resourceVersion). Objects change through the API; traffic
 //! follows; an API restart with a new history makes the agent relist
@@ -16,11 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry_apiserver_standin::ApiServer;
 use ferry_harness::{Binaries, Cluster, Node, Pod, in_netns};
-use ferry_tests::{
-    apiserver::ApiServer,
-    client::{tcp_whoami, udp_whoami},
-};
+use ferry_tests::client::{tcp_whoami, udp_whoami};
 use serde_json::{Value, json};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

@@ -1,6 +1,7 @@
-//! Exact packet bytes for the kernel tests, with every checksum computed
-//! from scratch (independently of the datapath's incremental updates, so a
-//! wrong incremental update cannot hide behind the same arithmetic).
+//! Exact packet bytes for the kernel tests and the benchmark, with every
+//! checksum computed from scratch (independently of the datapath's
+//! incremental updates, so a wrong incremental update cannot hide behind the
+//! same arithmetic).
 use std::net::Ipv4Addr;
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
@@ -303,4 +304,72 @@ pub fn arp_request() -> Vec<u8> {
     f.extend_from_slice(&[0; 6]);
     f.extend_from_slice(&[10, 244, 1, 1]);
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 5), 40000);
+    const SERVICE: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 80);
+
+    /// The L4 checksum, summed with its pseudo-header, is all ones.
+    fn l4_verifies(frame: &[u8]) -> bool {
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let l4 = &frame[14 + ihl..];
+        let mut sum_over = frame[26..34].to_vec();
+        sum_over.extend_from_slice(&[0, frame[23]]);
+        sum_over.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        sum_over.extend_from_slice(l4);
+        checksum(&sum_over) == 0
+    }
+
+    #[test]
+    fn tcp_frame_layout_and_checksums() {
+        let frame = Packet::tcp(CLIENT, SERVICE, TCP_SYN, b"hi").bytes();
+        assert_eq!(frame.len(), 14 + 20 + 20 + 2);
+        assert_eq!(&frame[0..6], &HOST_MAC);
+        assert_eq!(&frame[6..12], &CLIENT_MAC);
+        assert_eq!(&frame[12..14], &[0x08, 0x00]);
+        assert_eq!(frame[14], 0x45);
+        assert_eq!(frame[23], 6);
+        assert_eq!(&frame[26..30], &CLIENT.0.octets());
+        assert_eq!(&frame[30..34], &SERVICE.0.octets());
+        assert_eq!(&frame[34..36], &CLIENT.1.to_be_bytes());
+        assert_eq!(&frame[36..38], &SERVICE.1.to_be_bytes());
+        assert_eq!(frame[47], TCP_SYN);
+        assert_eq!(checksum(&frame[14..34]), 0, "IPv4 header checksum");
+        assert!(l4_verifies(&frame), "TCP checksum");
+    }
+
+    #[test]
+    fn udp_checksum_verifies_or_is_zero() {
+        let p = Packet::udp(CLIENT, SERVICE, b"query");
+        assert!(l4_verifies(&p.bytes()));
+        let zero = p.zero_udp_checksum().bytes();
+        assert_eq!(&zero[40..42], &[0, 0]);
+    }
+
+    #[test]
+    fn options_lengthen_the_header() {
+        let mut p = Packet::tcp(CLIENT, SERVICE, TCP_ACK, &[]);
+        p.options = vec![1, 1, 1, 0];
+        let frame = p.bytes();
+        assert_eq!(frame[14], 0x46);
+        assert_eq!(checksum(&frame[14..38]), 0);
+        assert!(l4_verifies(&frame));
+    }
+
+    #[test]
+    fn port_unreachable_quotes_header_and_eight_bytes() {
+        let offending = Packet::udp(CLIENT, SERVICE, b"query");
+        let reply = port_unreachable_for(&offending);
+        let sent = offending.bytes();
+        assert_eq!(&reply[0..6], &CLIENT_MAC);
+        assert_eq!(&reply[26..30], &SERVICE.0.octets());
+        assert_eq!(&reply[30..34], &CLIENT.0.octets());
+        assert_eq!((reply[34], reply[35]), (3, 3));
+        assert_eq!(&reply[42..], &sent[14..14 + 20 + 8]);
+        assert_eq!(checksum(&reply[34..]), 0, "ICMP checksum");
+    }
 }

@@ -48,7 +48,7 @@ impl Requirement {
 pub(super) struct LabelSelector(Vec<Requirement>);
 
 impl LabelSelector {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         split_top_level(s)
             .into_iter()
             .map(str::trim)
@@ -58,7 +58,7 @@ impl LabelSelector {
             .map(Self)
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
         let labels = obj["metadata"]["labels"].as_object();
         self.0.iter().all(|r| r.matches(labels))
     }
@@ -156,7 +156,7 @@ pub(super) struct FieldSelector(Vec<(String, bool, String)>);
 impl FieldSelector {
     const FIELDS: [&'static str; 2] = ["metadata.name", "metadata.namespace"];
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         let mut terms = Vec::new();
         for t in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = t.split_once("!=") {
@@ -176,12 +176,12 @@ impl FieldSelector {
     }
 
     /// Also narrow to `name` (a watch on one object's URL).
-    pub fn with_name(mut self, name: &str) -> Self {
+    pub(crate) fn with_name(mut self, name: &str) -> Self {
         self.0.push(("metadata.name".into(), true, name.into()));
         self
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
             let actual = match field.as_str() {
                 "metadata.name" => obj["metadata"]["name"].as_str(),
@@ -197,13 +197,13 @@ impl FieldSelector {
 /// two selectors.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Filter {
-    pub namespace: Option<String>,
-    pub labels: LabelSelector,
-    pub fields: FieldSelector,
+    pub(crate) namespace: Option<String>,
+    pub(crate) labels: LabelSelector,
+    pub(crate) fields: FieldSelector,
 }
 
 impl Filter {
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
         let ns_ok = self
             .namespace
             .as_deref()

@@ -17,21 +17,21 @@ const MAX_HEAD: usize = 1 << 20;
 const MAX_BODY: usize = 64 << 20;
 
 pub(super) struct Request {
-    pub method: String,
+    pub(crate) method: String,
     /// The request target as sent ("/api/v1/services?limit=500").
-    pub target: String,
+    pub(crate) target: String,
     /// The path, percent-decoded.
-    pub path: String,
+    pub(crate) path: String,
     /// Query parameters, percent-decoded, in order.
-    pub query: Vec<(String, String)>,
+    pub(crate) query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
     http10: bool,
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Request {
     /// The first value of query parameter `name`.
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(k, _)| k == name)
@@ -40,18 +40,18 @@ impl Request {
 
     /// A boolean query parameter ("true" or "1", as the server's decoder
     /// accepts).
-    pub fn flag(&self, name: &str) -> bool {
+    pub(crate) fn flag(&self, name: &str) -> bool {
         matches!(self.param(name), Some("true" | "1"))
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn wants_close(&self) -> bool {
+    pub(crate) fn wants_close(&self) -> bool {
         let conn = self.header("connection").map(str::to_ascii_lowercase);
         match conn.as_deref() {
             Some(c) if c.contains("close") => true,
@@ -71,7 +71,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> io::Result<Self> {
+    pub(crate) fn new(stream: TcpStream) -> io::Result<Self> {
         // An accepted socket must block (with timeouts), whatever the
         // listener was.
         stream.set_nonblocking(false)?;
@@ -87,7 +87,7 @@ impl Conn {
 
     /// The next request, or None when the client closed the connection or
     /// the server is shutting down.
-    pub fn read_request(&mut self, shutdown: &AtomicBool) -> io::Result<Option<Request>> {
+    pub(crate) fn read_request(&mut self, shutdown: &AtomicBool) -> io::Result<Option<Request>> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i;
@@ -149,12 +149,12 @@ impl Conn {
     }
 
     /// A complete JSON response.
-    pub fn respond_json(&mut self, code: u16, body: &Value) -> io::Result<()> {
+    pub(crate) fn respond_json(&mut self, code: u16, body: &Value) -> io::Result<()> {
         let body = serde_json::to_vec(body).map_err(io::Error::other)?;
         self.respond(code, "application/json", &body)
     }
 
-    pub fn respond(&mut self, code: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
+    pub(crate) fn respond(&mut self, code: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
         let mut out = format!(
             "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nCache-Control: no-cache, private\r\n\
              Content-Length: {}\r\n",
@@ -171,7 +171,7 @@ impl Conn {
     }
 
     /// Start a watch stream: 200, chunked, one JSON document per line.
-    pub fn start_stream(&mut self) -> io::Result<()> {
+    pub(crate) fn start_stream(&mut self) -> io::Result<()> {
         let mut head = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\n\
              Transfer-Encoding: chunked\r\n",
@@ -184,7 +184,7 @@ impl Conn {
     }
 
     /// Send documents, each as one line in its own chunk.
-    pub fn send_lines(&mut self, docs: &[Value]) -> io::Result<()> {
+    pub(crate) fn send_lines(&mut self, docs: &[Value]) -> io::Result<()> {
         let mut out = Vec::new();
         for doc in docs {
             let mut line = serde_json::to_vec(doc).map_err(io::Error::other)?;
@@ -198,7 +198,7 @@ impl Conn {
 
     /// End a watch stream cleanly (the last chunk); the connection stays
     /// usable.
-    pub fn end_stream(&mut self) -> io::Result<()> {
+    pub(crate) fn end_stream(&mut self) -> io::Result<()> {
         self.stream.write_all(b"0\r\n\r\n")
     }
 }

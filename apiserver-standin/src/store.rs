@@ -8,7 +8,6 @@
 //! `compacted` is gone, as after an etcd compaction.
 use std::{
     collections::{BTreeMap, VecDeque},
-    fmt,
     hash::{BuildHasher, RandomState},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -27,24 +26,24 @@ const RESTART_RV_JUMP: u64 = 1000;
 
 /// The resources the stand-in serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
+pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Node,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    pub(crate) const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
 
     /// "Service", "services" or "service" (any case) and so on.
-    pub fn parse(s: &str) -> Result<Kind, ApiError> {
+    pub(crate) fn parse(s: &str) -> Result<Kind, ApiError> {
         Kind::ALL
             .into_iter()
             .find(|k| s.eq_ignore_ascii_case(k.kind()) || s.eq_ignore_ascii_case(k.plural()))
             .ok_or_else(|| ApiError::bad_request(format!("unknown kind {s:?}")))
     }
 
-    pub fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -52,7 +51,7 @@ impl Kind {
         }
     }
 
-    pub fn api_version(self) -> &'static str {
+    pub(crate) fn api_version(self) -> &'static str {
         match self {
             Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
@@ -60,14 +59,14 @@ impl Kind {
     }
 
     /// The API group ("" for core), for Status details.
-    pub fn group(self) -> &'static str {
+    pub(crate) fn group(self) -> &'static str {
         match self {
             Kind::Service | Kind::Node => "",
             Kind::EndpointSlice => "discovery.k8s.io",
         }
     }
 
-    pub fn plural(self) -> &'static str {
+    pub(crate) fn plural(self) -> &'static str {
         match self {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
@@ -75,11 +74,11 @@ impl Kind {
         }
     }
 
-    pub fn list_kind(self) -> String {
+    pub(crate) fn list_kind(self) -> String {
         format!("{}List", self.kind())
     }
 
-    pub fn namespaced(self) -> bool {
+    pub(crate) fn namespaced(self) -> bool {
         !matches!(self, Kind::Node)
     }
 
@@ -113,7 +112,8 @@ impl Kind {
 
 /// An error as the API server reports it: an HTTP code, a machine reason
 /// and a message; [`ApiError::status`] renders the `Status` object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
 pub struct ApiError {
     pub code: u16,
     pub reason: String,
@@ -121,14 +121,6 @@ pub struct ApiError {
     /// `details` of the Status: (name, kind) for errors about one object.
     details: Option<(String, Kind)>,
 }
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.code, self.reason, self.message)
-    }
-}
-
-impl std::error::Error for ApiError {}
 
 impl ApiError {
     pub(super) fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
@@ -205,7 +197,7 @@ impl ApiError {
     }
 
     /// The `Status` object a real server sends for this error.
-    pub fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
@@ -236,16 +228,16 @@ pub(super) enum EventType {
 
 /// One write in the history.
 pub(super) struct Event {
-    pub rv: u64,
-    pub kind: Kind,
+    pub(crate) rv: u64,
+    pub(crate) kind: Kind,
     /// The store key (see [`key`]).
-    pub key: String,
-    pub typ: EventType,
+    pub(crate) key: String,
+    pub(crate) typ: EventType,
     /// The object after the write; for a delete, the final object with the
     /// delete's resourceVersion.
-    pub object: Value,
+    pub(crate) object: Value,
     /// The object before the write (None for a create).
-    pub prev: Option<Value>,
+    pub(crate) prev: Option<Value>,
 }
 
 /// The store key of an object, as etcd orders them: "namespace/name" for
@@ -275,7 +267,7 @@ pub(super) struct Store {
 }
 
 impl Store {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             objects: BTreeMap::new(),
             rv: 1,
@@ -287,26 +279,31 @@ impl Store {
         }
     }
 
-    pub fn resource_version(&self) -> u64 {
+    pub(crate) fn resource_version(&self) -> u64 {
         self.rv
     }
 
-    pub fn compacted(&self) -> u64 {
+    pub(crate) fn compacted(&self) -> u64 {
         self.compacted
     }
 
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    pub fn restart_with_new_history(&mut self) {
+    pub(crate) fn restart_with_new_history(&mut self) {
         self.history.clear();
         self.rv += RESTART_RV_JUMP;
         self.compacted = self.rv;
         self.epoch += 1;
     }
 
-    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub(crate) fn get(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.objects
             .get(&(kind, key(kind, namespace, name)))
             .cloned()
@@ -314,7 +311,7 @@ impl Store {
     }
 
     /// The events after `rv`, oldest first.
-    pub fn events_after(&self, rv: u64) -> impl Iterator<Item = &Event> {
+    pub(crate) fn events_after(&self, rv: u64) -> impl Iterator<Item = &Event> {
         let start = self.history.partition_point(|e| e.rv <= rv);
         self.history.range(start..)
     }
@@ -322,7 +319,7 @@ impl Store {
     /// The objects of `kind` as they were at resourceVersion `at`, by key:
     /// the current ones with every later event undone. None if `at` is
     /// older than the history kept.
-    pub fn snapshot(&self, kind: Kind, at: u64) -> Option<BTreeMap<String, Value>> {
+    pub(crate) fn snapshot(&self, kind: Kind, at: u64) -> Option<BTreeMap<String, Value>> {
         if at < self.compacted {
             return None;
         }
@@ -344,7 +341,7 @@ impl Store {
 
     /// Create `obj`. `url_namespace` is the namespace from a POST's path;
     /// the object's own namespace must agree with it (or be empty).
-    pub fn create(
+    pub(crate) fn create(
         &mut self,
         mut obj: Value,
         url_namespace: Option<&str>,
@@ -363,7 +360,7 @@ impl Store {
     /// Replace the object named by `obj` (a PUT). `path` is the
     /// (namespace, name) of the URL, when there is one. A non-empty
     /// resourceVersion in `obj` must match the current one.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         mut obj: Value,
         path: Option<(Option<&str>, &str)>,
@@ -419,7 +416,7 @@ impl Store {
     }
 
     /// Create or replace unconditionally (the in-process `apply`).
-    pub fn apply(&mut self, obj: Value) -> Result<Value, ApiError> {
+    pub(crate) fn apply(&mut self, obj: Value) -> Result<Value, ApiError> {
         let kind = Kind::of_object(&obj)?;
         let (ns, name) = ns_name(&obj);
         let ns = ns.or_else(|| kind.namespaced().then(|| "default".to_string()));
@@ -434,7 +431,7 @@ impl Store {
         }
     }
 
-    pub fn delete(
+    pub(crate) fn delete(
         &mut self,
         kind: Kind,
         namespace: Option<&str>,
@@ -450,7 +447,7 @@ impl Store {
     }
 
     /// Apply a JSON merge patch (RFC 7386) to an object and store it.
-    pub fn merge_patch(
+    pub(crate) fn merge_patch(
         &mut self,
         kind: Kind,
         namespace: Option<&str>,

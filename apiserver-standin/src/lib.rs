@@ -7,18 +7,22 @@
 //! resourceVersion (with BOOKMARKs, `timeoutSeconds`, and the in-stream 410
 //! once that history is gone), label and field selectors that turn an object
 //! moving in or out of the selection into ADDED or DELETED, and the usual
-//! `Status` errors.
+//! `Status` errors. GET, POST, PUT, merge PATCH and DELETE work over HTTP
+//! too, as typed clients use them.
 //!
-//! The agent under test lives in network namespaces, so the server binds its
-//! sockets inside them ([`ApiServer::listen_in`]) and adds nothing to the
-//! root namespace. One [`ApiServer`] holds one store; it can listen in several
-//! namespaces at once. Everything stops when it is dropped.
+//! The public surface is what a test needs around those clients: listen
+//! (on loopback here, or inside a node's network namespace, so an agent
+//! under test reaches it without anything added to the root namespace),
+//! write a kubeconfig, and change the objects in process — create, apply,
+//! delete, and restart with a new history — plus the requests received, to
+//! check what a client asked for. One [`ApiServer`] holds one store; it can
+//! listen in several places at once. Everything stops when it is dropped.
 //!
-//! Layout: [`store`] keeps objects and history (and, in `store::defaults`,
-//! fills in what the real registries default), [`selector`] parses and
-//! matches selectors, [`http`] reads requests and writes responses,
-//! [`routes`] maps paths to handlers (get, list, create, replace, delete),
-//! [`watch`] streams events.
+//! Layout: `store` keeps objects and history (and, in `store::defaults`,
+//! fills in what the real registries default), `selector` parses and
+//! matches selectors, `http` reads requests and writes responses, `routes`
+//! maps paths to handlers (get, list, create, replace, patch, delete),
+//! `watch` streams events.
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
@@ -30,7 +34,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
 use serde_json::Value;
 
 mod http;
@@ -39,8 +42,31 @@ mod selector;
 mod store;
 mod watch;
 
-use store::Store;
-pub use store::{ApiError, Kind};
+pub use store::ApiError;
+use store::{Kind, Store};
+
+/// Why the server could not listen or write a kubeconfig.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thread that was to bind inside the namespace could not enter it
+    /// (the harness reports why as text).
+    #[error("entering the network namespace {netns}: {reason}")]
+    EnterNetns { netns: String, reason: String },
+    #[error("binding 127.0.0.1:0 in {netns}")]
+    Bind {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the server thread")]
+    Serve(#[source] std::io::Error),
+    #[error("writing {}", .path.display())]
+    WriteKubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// How long the accept loop sleeps when no connection is pending; it checks
 /// the shutdown flag in between, so dropping the server never waits on a
@@ -108,23 +134,33 @@ impl ApiServer {
     /// at `netns` (e.g. `/var/run/netns/NAME`). The socket is created on a
     /// thread that entered the namespace and stays there for its life; it is
     /// then served from ordinary threads.
-    pub fn listen_in(&self, netns: &Path) -> Result<SocketAddr> {
+    pub fn listen_in(&self, netns: &Path) -> Result<SocketAddr, Error> {
         let listener =
-            ferry_harness::in_netns(netns, || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?
-                .with_context(|| format!("binding 127.0.0.1:0 in {}", netns.display()))?;
+            ferry_harness::in_netns(netns, || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+                .map_err(|e| Error::EnterNetns {
+                    netns: netns.display().to_string(),
+                    reason: format!("{e:#}"),
+                })?
+                .map_err(|source| Error::Bind {
+                    netns: netns.display().to_string(),
+                    source,
+                })?;
         self.serve(listener)
     }
 
     /// Listen on 127.0.0.1 (an ephemeral port) in the current namespace.
-    pub fn listen_local(&self) -> Result<SocketAddr> {
+    pub fn listen_local(&self) -> Result<SocketAddr, Error> {
         let listener =
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| Error::Bind {
+                netns: "the current network namespace".into(),
+                source,
+            })?;
         self.serve(listener)
     }
 
     /// Write a kubeconfig whose current context points at `http://addr`
     /// with a user that has no credentials.
-    pub fn kubeconfig(&self, addr: SocketAddr, path: &Path) -> Result<()> {
+    pub fn kubeconfig(&self, addr: SocketAddr, path: &Path) -> Result<(), Error> {
         let text = format!(
             "apiVersion: v1
 kind: Config
@@ -145,7 +181,10 @@ current-context: ferry-standin
 preferences: {{}}
 "
         );
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+        std::fs::write(path, text).map_err(|source| Error::WriteKubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Create an object (its `kind` and `apiVersion` say which resource;
@@ -178,12 +217,6 @@ preferences: {{}}
         self.shared.mutate(|s| s.delete(kind, namespace, name))
     }
 
-    /// The current object, if any.
-    pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
-        let kind = Kind::parse(kind).ok()?;
-        self.shared.lock().get(kind, namespace, name).ok()
-    }
-
     /// The current (global) resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().resource_version()
@@ -210,14 +243,15 @@ preferences: {{}}
     }
 
     /// Serve `listener` on a background thread until drop.
-    fn serve(&self, listener: TcpListener) -> Result<SocketAddr> {
-        let addr = listener.local_addr()?;
+    fn serve(&self, listener: TcpListener) -> Result<SocketAddr, Error> {
+        let addr = listener.local_addr().map_err(Error::Serve)?;
         // Nonblocking so the accept loop can notice shutdown.
-        listener.set_nonblocking(true)?;
+        listener.set_nonblocking(true).map_err(Error::Serve)?;
         let shared = self.shared.clone();
         let handle = std::thread::Builder::new()
             .name(format!("apiserver-{addr}"))
-            .spawn(move || accept_loop(&shared, &listener))?;
+            .spawn(move || accept_loop(&shared, &listener))
+            .map_err(Error::Serve)?;
         self.listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())

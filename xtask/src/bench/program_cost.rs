@@ -1,0 +1,79 @@
+//! Scenario "program-cost": what ferry's own tc program costs per packet,
+//! run through BPF_PROG_TEST_RUN (bpftool) against the live maps of the
+//! large Service set — the part of a connection's time that is ferry's.
+use std::{net::Ipv4Addr, path::Path, process::Command};
+
+use anyhow::{Context, Result};
+use ferry_harness::packet::{Packet, TCP_ACK, TCP_SYN};
+
+use super::{SERVER_IP, SERVER_PORT, SERVICE_PORT, report::Report, testbed::FerryNode};
+
+pub const NAME: &str = "program-cost";
+
+/// Runs per measurement; bpftool reports their average.
+const REPEAT: u32 = 200_000;
+
+/// A client address on the node's pod CIDR that no pod holds, so its flow
+/// is the bench's own.
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 200), 45000);
+
+/// Per-packet cost of ferry's from-pod program on `node`, which holds the
+/// `services` Services, `vip` among them.
+pub fn run(node: &FerryNode, services: usize, vip: Ipv4Addr) -> Result<Report> {
+    let prog = node.node.pin_dir.join("prog_from_pod");
+    let scratch = node.cluster.root.join("frame.bin");
+    let vip = (vip, SERVICE_PORT);
+    let cost = [
+        (
+            "ClusterIP, flow's packets",
+            Packet::tcp(CLIENT, vip, TCP_ACK, &[]).bytes(),
+        ),
+        (
+            "pod IP, no translation",
+            Packet::tcp(CLIENT, (SERVER_IP, SERVER_PORT), TCP_ACK, &[]).bytes(),
+        ),
+    ];
+    // The first run creates the flow; the repeats measure its packets.
+    let syn = Packet::tcp(CLIENT, vip, TCP_SYN, &[]).bytes();
+    let _ = program_ns(&prog, &syn, &scratch)?;
+    let mut costs = Vec::new();
+    for (what, frame) in &cost {
+        costs.push(format!(
+            "{what} {:.0} ns",
+            program_ns(&prog, frame, &scratch)?
+        ));
+    }
+    let mut report = Report::default();
+    report.line(format!(
+        "ferry's tc program per packet (BPF_PROG_TEST_RUN x{REPEAT}, {services}-Service maps): {}",
+        costs.join(", ")
+    ));
+    Ok(report)
+}
+
+/// Average nanoseconds of one run of the program pinned at `prog` on
+/// `frame` (BPF_PROG_TEST_RUN through bpftool, repeated), against the live
+/// maps of the node it belongs to.
+fn program_ns(prog: &Path, frame: &[u8], scratch: &Path) -> Result<f64> {
+    std::fs::write(scratch, frame)?;
+    let out = Command::new("bpftool")
+        .args(["prog", "run", "pinned"])
+        .arg(prog)
+        .arg("data_in")
+        .arg(scratch)
+        .args(["repeat", &REPEAT.to_string()])
+        .output()
+        .context("running bpftool (cargo xtask setup installs it)")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    text.split("duration (average):")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .split("ns")
+                .next()
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no duration in bpftool's output: {text}"))
+}

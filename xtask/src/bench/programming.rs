@@ -1,0 +1,104 @@
+//! Scenario "programming": how long it takes to put the Service set in
+//! place — ferry-agent's full sync of every Service, its sync after one
+//! endpoint changed among them (what every rolling update costs), and
+//! kube-proxy's rule loads for the same set. It leaves the test bed's
+//! nodes programmed for the pod-to-Service scenario.
+use std::{
+    io::Write as _,
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use ferry_harness::Netns;
+
+use super::{ENDPOINTS_PER_SERVICE, ServiceSpec, kube_proxy, report::Report, testbed::Testbed};
+
+pub const NAME: &str = "programming";
+
+/// kube-proxy's nftables mode writes large rule sets in transactions of
+/// this many Services.
+const NFT_SERVICES_PER_TRANSACTION: usize = 500;
+
+/// Load `small` into ferry-10, then `large` (timed) into ferry-large, then
+/// change one endpoint (timed), then load kube-proxy's rules for the
+/// changed set into the iptables and nftables nodes (timed).
+pub fn run(bed: &Testbed, small: &[ServiceSpec], large: &[ServiceSpec]) -> Result<Report> {
+    let n = large.len();
+    bed.ferry_small.load_services(small)?;
+    let full = bed.ferry_large.load_services(large)?;
+    let mut changed = large.to_vec();
+    let last = changed.len() - 1;
+    changed[last].endpoints[0] = Ipv4Addr::new(10, 127, 255, 254);
+    let one = bed.ferry_large.load_services(&changed)?;
+    let ipt_input = kube_proxy::iptables(&changed);
+    let ipt_time = timed_load(
+        &bed.iptables.node.netns,
+        "iptables-restore",
+        &[],
+        &ipt_input,
+    )?;
+    let mut nft_time = Duration::ZERO;
+    for input in kube_proxy::nftables(&changed, NFT_SERVICES_PER_TRANSACTION) {
+        nft_time += timed_load(&bed.nftables.node.netns, "nft", &["-f", "-"], &input)?;
+    }
+
+    let mut report = Report::default();
+    report.line(format!(
+        "full sync of {n} services x {ENDPOINTS_PER_SERVICE} endpoints, ferry-agent: {:.0} ms (parse {:.0}, model {:.0}, maps {:.0})",
+        full.ms("elapsed_ms"),
+        full.ms("parse_ms"),
+        full.ms("model_ms"),
+        full.ms("maps_ms")
+    ));
+    report.line(format!(
+        "one endpoint changed among {n} services, ferry-agent: {:.0} ms (parse {:.0}, model {:.0}, maps {:.1})",
+        one.ms("elapsed_ms"),
+        one.ms("parse_ms"),
+        one.ms("model_ms"),
+        one.ms("maps_ms")
+    ));
+    report.line(format!(
+        "same rule set, kube-proxy style: iptables-restore {:.0} ms ({}), nft -f {:.0} ms in transactions of {NFT_SERVICES_PER_TRANSACTION} services ({})",
+        ipt_time.as_secs_f64() * 1e3,
+        tool_version("iptables-restore"),
+        nft_time.as_secs_f64() * 1e3,
+        tool_version("nft")
+    ));
+    Ok(report)
+}
+
+/// Feed `input` to `program args` inside `ns`; how long it took.
+pub fn timed_load(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<Duration> {
+    let start = Instant::now();
+    let mut child = ns
+        .command(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program} (cargo xtask setup installs it)"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(start.elapsed())
+}
+
+fn tool_version(program: &str) -> String {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| format!("{program} (version unknown)"))
+}

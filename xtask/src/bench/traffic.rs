@@ -1,0 +1,102 @@
+//! Driving `ferry-load` from a client namespace, and reducing its samples.
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use ferry_harness::Netns;
+use serde_json::Value;
+
+use super::Opts;
+
+/// Run `ferry-load args` inside the namespace at `client_ns`; its JSON.
+pub fn load_json(client_ns: &Path, load: &Path, args: &[String]) -> Result<Value> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", client_ns.display()))
+        .arg("--")
+        .arg(load)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "ferry-load {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `ferry-load MODE TARGET CLIENTS SECONDS` (crr, udp): `opts.clients`
+/// concurrent clients for `opts.seconds`.
+pub fn concurrent(
+    client_ns: &Path,
+    load: &Path,
+    mode: &str,
+    target: impl ToString,
+    opts: &Opts,
+) -> Result<Value> {
+    load_json(
+        client_ns,
+        load,
+        &[
+            mode.into(),
+            target.to_string(),
+            opts.clients.to_string(),
+            opts.seconds.to_string(),
+        ],
+    )
+}
+
+/// A number from ferry-load's JSON; NaN if it is missing, so a broken
+/// sample shows as NaN in the report rather than as zero.
+pub fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+/// ferry-load's first connection error, if any connection failed.
+pub fn first_error(v: &Value) -> Option<&str> {
+    v["first_error"].as_str().filter(|e| !e.is_empty())
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Wait until `target` answers from `client_ns` (rules and maps in place).
+pub fn wait_reachable(client_ns: &Path, load: &Path, target: SocketAddr) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let ok = load_json(
+            client_ns,
+            load,
+            &["rr".into(), target.to_string(), "0.05".into()],
+        );
+        if ok.is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "{target} never answered from {}: {ok:?}",
+                client_ns.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Client sockets close first and land in TIME_WAIT; let connect reuse
+/// them, and use the whole port range, so the rate measures the path
+/// rather than port exhaustion.
+pub fn tune_client(ns: &Netns) -> Result<()> {
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+    Ok(())
+}
