@@ -92,7 +92,8 @@ impl Decision<TcVerdict> {
         Self::new(outcome, TcVerdict::Drop)
     }
 
-    /// The node's own traffic on the network side.
+    /// The node's own traffic on the network side (never counted, so the
+    /// outcome is only a placeholder).
     #[inline(always)]
     pub fn not_ours() -> Self {
         Self::new(outcome::PASSED, TcVerdict::NotOurs)
@@ -100,6 +101,7 @@ impl Decision<TcVerdict> {
 }
 
 impl Decision<XdpVerdict> {
+    /// Left to tc (never counted here, so the outcome is a placeholder).
     #[inline(always)]
     pub fn hand_to_tc() -> Self {
         Self::new(outcome::PASSED, XdpVerdict::HandToTc)
