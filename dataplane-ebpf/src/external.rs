@@ -5,12 +5,11 @@
 //! the reply comes back here to be translated (see `new_flow`). Local keeps
 //! the client's address and uses this node's backends only.
 use aya_ebpf::programs::TcContext;
-use ferry_common::SCOPE_EXTERNAL;
+use ferry_common::{SCOPE_EXTERNAL, new_flow::Client};
 
 use crate::{
     balance,
     decision::{Decision, Delivery, TcVerdict},
-    new_flow::Client,
     parse::L4Packet,
     translate,
 };

@@ -1,12 +1,11 @@
 //! What the host side of a pod's veth does with a packet the pod sent.
 use aya_ebpf::programs::TcContext;
-use ferry_common::{SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, outcome};
+use ferry_common::{SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, new_flow::Client, outcome};
 
 use crate::{
     balance, conntrack,
     decision::{Decision, Delivery, TcVerdict},
     deliver,
-    new_flow::Client,
     parse::{L4Packet, Parsed, parse},
     translate,
 };

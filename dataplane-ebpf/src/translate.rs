@@ -2,13 +2,13 @@
 //! translated to the flow's backend (a new flow planned first), and a
 //! backend's reply translated back and sent to the client.
 use aya_ebpf::programs::TcContext;
-use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, ServiceValue, outcome};
+use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, ServiceValue, new_flow::Client, outcome};
 
 use crate::{
     conntrack,
     decision::{Decision, Delivery, TcVerdict},
     nat::{self, Way},
-    new_flow::{self, Client},
+    new_flow,
     parse::L4Packet,
 };
 

@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ferry_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, ROUTE_MODE_NATIVE, SCOPE_EXTERNAL, ServiceValue, outcome,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, ROUTE_MODE_NATIVE, SCOPE_EXTERNAL, ServiceValue,
+    new_flow::Client, outcome,
 };
 
 use crate::{
@@ -22,7 +23,7 @@ use crate::{
     forward,
     maps::CONNTRACK,
     nat::{self, Way},
-    new_flow::{self, Client, NewFlow},
+    new_flow::{self, NewFlow},
     parse::{Frame, L4Packet, Parsed, parse_frame},
 };
 
@@ -116,11 +117,11 @@ fn transmit(
 #[inline(always)]
 fn start(pkt: &L4Packet, service: &ServiceValue) -> Option<NatTarget> {
     match new_flow::plan(service, Client::External) {
-        NewFlow::SourceNat { backend, seed } => {
+        NewFlow::SourceNat((backend, seed)) => {
             native_route_to(backend.addr)?;
             conntrack::create_snat(pkt, service.service_id, backend.addr, backend.port, seed).ok()
         }
-        NewFlow::Direct(backend) => {
+        NewFlow::Direct((backend, _)) => {
             let _ = conntrack::create(pkt, service.service_id, backend.addr, backend.port, None);
             None
         }
