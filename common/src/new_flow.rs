@@ -119,29 +119,19 @@ mod tests {
 
     #[test]
     fn only_external_clients_of_remote_backends_are_source_natted() {
-        assert_eq!(
-            planned(service(2, 0), Client::Pod, false),
-            NewFlow::Direct(7)
-        );
-        assert_eq!(
-            planned(service(2, 0), Client::Pod, true),
-            NewFlow::Direct(7)
-        );
-        assert_eq!(
-            planned(service(2, 0), Client::External, true),
-            NewFlow::Direct(7)
-        );
-        assert_eq!(
-            planned(service(2, 0), Client::External, false),
-            NewFlow::SourceNat(7)
-        );
-        assert_eq!(
-            planned(service(2, LOCAL), Client::External, true),
-            NewFlow::LocalPolicy(7)
-        );
-        assert_eq!(
-            planned(service(2, LOCAL), Client::Pod, false),
-            NewFlow::Direct(7)
-        );
+        use Client::{External, Pod};
+        // (policy flags, client, backend is a pod here, plan)
+        let table = [
+            (0, Pod, false, NewFlow::Direct(7)),
+            (0, Pod, true, NewFlow::Direct(7)),
+            (0, External, true, NewFlow::Direct(7)),
+            (0, External, false, NewFlow::SourceNat(7)),
+            (LOCAL, External, true, NewFlow::LocalPolicy(7)),
+            (LOCAL, Pod, false, NewFlow::Direct(7)),
+        ];
+        for (flags, client, local, want) in table {
+            let got = planned(service(2, flags), client, local);
+            assert_eq!(got, want, "flags {flags} {client:?} local {local}");
+        }
     }
 }
