@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, MapType},
-    programs::{SchedClassifier, Xdp},
+    maps::{MapData, MapType, lpm_trie},
+    programs::{Program, ProgramError, SchedClassifier, Xdp},
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
@@ -64,7 +64,7 @@ pub enum LoadError {
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
-        source: aya::programs::ProgramError,
+        source: ProgramError,
     },
 }
 
@@ -80,73 +80,37 @@ struct MapShape {
     replaceable: bool,
 }
 
-fn expected_shapes() -> [MapShape; 8] {
+impl MapShape {
+    /// `name`, a `map_type` of `K` -> `V` with `max_entries`.
+    fn of<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> Self {
+        Self {
+            name,
+            map_type,
+            key_size: size_of::<K>(),
+            value_size: size_of::<V>(),
+            max_entries,
+            replaceable: false,
+        }
+    }
+}
+
+/// Every map of `PINNED_MAPS`, in its order, as the kernel object declares
+/// it (dataplane-ebpf/src/maps.rs).
+fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
+    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray};
+    let counters = MapShape::of::<u32, Counter>(MAP_COUNTERS, PerCpuArray, outcome::COUNTER_SLOTS);
     [
+        MapShape::of::<ServiceKey, ServiceValue>(MAP_SERVICES, Hash, SERVICES_MAX_ENTRIES),
+        MapShape::of::<BackendKey, Backend>(MAP_BACKENDS, Hash, BACKENDS_MAX_ENTRIES),
+        MapShape::of::<CtKey, CtEntry>(MAP_CONNTRACK, LruHash, CONNTRACK_MAX_ENTRIES),
         MapShape {
-            name: MAP_SERVICES,
-            map_type: MapType::Hash,
-            key_size: size_of::<ServiceKey>(),
-            value_size: size_of::<ServiceValue>(),
-            max_entries: SERVICES_MAX_ENTRIES,
-            replaceable: false,
-        },
-        MapShape {
-            name: MAP_BACKENDS,
-            map_type: MapType::Hash,
-            key_size: size_of::<BackendKey>(),
-            value_size: size_of::<Backend>(),
-            max_entries: BACKENDS_MAX_ENTRIES,
-            replaceable: false,
-        },
-        MapShape {
-            name: MAP_CONNTRACK,
-            map_type: MapType::LruHash,
-            key_size: size_of::<CtKey>(),
-            value_size: size_of::<CtEntry>(),
-            max_entries: CONNTRACK_MAX_ENTRIES,
-            replaceable: false,
-        },
-        MapShape {
-            name: MAP_COUNTERS,
-            map_type: MapType::PerCpuArray,
-            key_size: size_of::<u32>(),
-            value_size: size_of::<Counter>(),
-            max_entries: outcome::COUNTER_SLOTS,
             replaceable: true,
+            ..counters
         },
-        MapShape {
-            name: MAP_ENDPOINTS,
-            map_type: MapType::Hash,
-            key_size: size_of::<EndpointKey>(),
-            value_size: size_of::<Endpoint>(),
-            max_entries: ENDPOINTS_MAX_ENTRIES,
-            replaceable: false,
-        },
-        MapShape {
-            name: MAP_SERVICE_NAMES,
-            map_type: MapType::Hash,
-            key_size: size_of::<u32>(),
-            value_size: size_of::<ServiceName>(),
-            max_entries: SERVICES_MAX_ENTRIES,
-            replaceable: false,
-        },
-        MapShape {
-            name: MAP_ROUTES,
-            map_type: MapType::LpmTrie,
-            // prefix length (u32) + IPv4 address
-            key_size: 8,
-            value_size: size_of::<Route>(),
-            max_entries: ROUTES_MAX_ENTRIES,
-            replaceable: false,
-        },
-        MapShape {
-            name: MAP_NODE,
-            map_type: MapType::Array,
-            key_size: size_of::<u32>(),
-            value_size: size_of::<NodeConfig>(),
-            max_entries: 1,
-            replaceable: false,
-        },
+        MapShape::of::<EndpointKey, Endpoint>(MAP_ENDPOINTS, Hash, ENDPOINTS_MAX_ENTRIES),
+        MapShape::of::<u32, ServiceName>(MAP_SERVICE_NAMES, Hash, SERVICES_MAX_ENTRIES),
+        MapShape::of::<lpm_trie::Key<[u8; 4]>, Route>(MAP_ROUTES, LpmTrie, ROUTES_MAX_ENTRIES),
+        MapShape::of::<u32, NodeConfig>(MAP_NODE, Array, 1),
     ]
 }
 
@@ -225,9 +189,9 @@ impl Dataplane {
             source,
         })?;
         check_pinned(pin_dir)?;
-        let paths: Vec<(&'static str, PathBuf)> = PINNED_MAPS
+        let paths: Vec<(&'static str, PathBuf)> = expected_shapes()
             .iter()
-            .map(|name| (*name, pin_dir.join(name)))
+            .map(|shape| (shape.name, pin_dir.join(shape.name)))
             .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
@@ -235,26 +199,20 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(crate::DATAPLANE_OBJECT)?;
         for (name, _) in PROGRAMS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("the object defines every ferry program")
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| LoadError::Program { name, source })?;
+            let failed = |source| LoadError::Program { name, source };
+            typed::<SchedClassifier>(&mut ebpf, name)
+                .map_err(failed)?
+                .load()
+                .map_err(failed)?;
         }
-        let xdp: &mut Xdp = ebpf
-            .program_mut(PROG_XDP_UPLINK)
-            .expect("the object defines the XDP program")
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                name: PROG_XDP_UPLINK,
-                source,
-            })?;
-        xdp.load().map_err(|source| LoadError::Program {
+        let failed = |source| LoadError::Program {
             name: PROG_XDP_UPLINK,
             source,
-        })?;
+        };
+        typed::<Xdp>(&mut ebpf, PROG_XDP_UPLINK)
+            .map_err(failed)?
+            .load()
+            .map_err(failed)?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -284,45 +242,39 @@ impl Dataplane {
         }
         let path = self.pin_dir.join(PIN_PROG_XDP_UPLINK);
         let _ = std::fs::remove_file(&path);
-        let xdp: &mut Xdp = self
-            .ebpf
-            .program_mut(PROG_XDP_UPLINK)
-            .expect("the object defines the XDP program")
-            .try_into()
-            .expect("an XDP program");
-        xdp.pin(&path).map_err(|e| LoadError::PinProgram {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        self.xdp_program()
+            .pin(&path)
+            .map_err(|e| LoadError::PinProgram {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
         Ok(())
     }
 
     /// One of the object's tc programs, loaded.
     pub fn program(&mut self, name: &str) -> &mut SchedClassifier {
-        self.ebpf
-            .program_mut(name)
-            .expect("the object defines every ferry program")
-            .try_into()
-            .expect("ferry's programs are classifiers")
+        typed(&mut self.ebpf, name).expect("ferry's tc programs are classifiers")
     }
 
     /// The uplink's XDP program, loaded.
     pub fn xdp_program(&mut self) -> &mut Xdp {
-        self.ebpf
-            .program_mut(PROG_XDP_UPLINK)
-            .expect("the object defines the XDP program")
-            .try_into()
-            .expect("an XDP program")
+        typed(&mut self.ebpf, PROG_XDP_UPLINK).expect("an XDP program")
     }
 
     /// The from-pod tc program, loaded.
     pub fn from_pod_program(&mut self) -> &mut SchedClassifier {
-        self.ebpf
-            .program_mut(PROG_FROM_POD)
-            .expect("the object defines ferry_from_pod")
-            .try_into()
-            .expect("ferry_from_pod is a classifier")
+        self.program(PROG_FROM_POD)
     }
+}
+
+/// The object's program `name` as its program type `P`.
+fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, ProgramError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .expect("the object defines every ferry program")
+        .try_into()
 }
 
 /// Remove every map ferry pins from `pin_dir`, and the directory if it is
@@ -347,5 +299,16 @@ pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
             Err(e)
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shape_table_covers_every_pinned_map_in_order() {
+        let names: Vec<&str> = expected_shapes().iter().map(|s| s.name).collect();
+        assert_eq!(names, PINNED_MAPS);
     }
 }

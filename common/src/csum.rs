@@ -44,12 +44,15 @@ pub fn adjust<const N: usize>(csum: u16, old: [u8; N], new: [u8; N]) -> u16 {
 mod tests {
     use super::*;
 
+    /// An IPv4 header with its checksum field zeroed.
+    const SAMPLE_IPV4_HEADER: [u8; 20] = [
+        0x45, 0, 0, 0x3c, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 0xac, 0x10, 0x0a, 0x63, 0xac, 0x10,
+        0x0a, 0x0c,
+    ];
+
     #[test]
     fn incremental_update_matches_recomputing() {
-        let mut h = [
-            0x45, 0, 0, 0x3c, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 0xac, 0x10, 0x0a, 0x63, 0xac,
-            0x10, 0x0a, 0x0c,
-        ];
+        let mut h = SAMPLE_IPV4_HEADER;
         let before = internet_checksum(&h, 20);
         let old: [u8; 4] = h[16..20].try_into().unwrap();
         let new = [10, 244, 2, 5];
@@ -75,10 +78,7 @@ mod tests {
 
     #[test]
     fn ipv4_header_verifies_to_zero() {
-        let mut h = [
-            0x45, 0, 0, 0x3c, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 0xac, 0x10, 0x0a, 0x63, 0xac,
-            0x10, 0x0a, 0x0c,
-        ];
+        let mut h = SAMPLE_IPV4_HEADER;
         let c = internet_checksum(&h, 20);
         assert_eq!(c, 0xb1e6);
         h[10..12].copy_from_slice(&c.to_be_bytes());

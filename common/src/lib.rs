@@ -11,6 +11,7 @@
 pub mod conntrack;
 pub mod csum;
 pub mod maps;
+pub mod new_flow;
 pub mod outcome;
 
 pub use maps::*;

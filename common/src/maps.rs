@@ -6,27 +6,44 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Pinned map names. BPF object names are limited to 15 bytes.
-pub const MAP_SERVICES: &str = "ferry_services";
-pub const MAP_BACKENDS: &str = "ferry_backends";
-pub const MAP_CONNTRACK: &str = "ferry_conntrack";
-pub const MAP_COUNTERS: &str = "ferry_counters";
-pub const MAP_ENDPOINTS: &str = "ferry_endpoints";
-pub const MAP_SERVICE_NAMES: &str = "ferry_svc_names";
-pub const MAP_ROUTES: &str = "ferry_routes";
-pub const MAP_NODE: &str = "ferry_node";
+/// The one list of ferry's pinned maps: each constant with its pinned (and
+/// BPF object) name, at most 15 bytes. `with_map_names!(m)` calls `m!` with
+/// this list; the names are literal tokens because the kernel crate's
+/// `#[btf_map(name = ..)]` takes a literal only, so the kernel's map
+/// declarations, these constants and the loader's table all come from here.
+#[macro_export]
+macro_rules! with_map_names {
+    ($callback:ident) => {
+        $callback! {
+            MAP_SERVICES = "ferry_services",
+            MAP_BACKENDS = "ferry_backends",
+            MAP_CONNTRACK = "ferry_conntrack",
+            MAP_COUNTERS = "ferry_counters",
+            MAP_ENDPOINTS = "ferry_endpoints",
+            MAP_SERVICE_NAMES = "ferry_svc_names",
+            MAP_ROUTES = "ferry_routes",
+            MAP_NODE = "ferry_node",
+        }
+    };
+}
 
-/// Every map the agent pins, in a stable order.
-pub const PINNED_MAPS: [&str; 8] = [
-    MAP_SERVICES,
-    MAP_BACKENDS,
-    MAP_CONNTRACK,
-    MAP_COUNTERS,
-    MAP_ENDPOINTS,
-    MAP_SERVICE_NAMES,
-    MAP_ROUTES,
-    MAP_NODE,
-];
+macro_rules! map_name_constants {
+    ($($constant:ident = $name:tt,)*) => {
+        $(pub const $constant: &str = $name;)*
+        /// Every map the agent pins, in a stable order.
+        pub const PINNED_MAPS: [&str; [$($name),*].len()] = [$($constant),*];
+    };
+}
+with_map_names!(map_name_constants);
+
+const _: () = {
+    let mut i = 0;
+    while i < PINNED_MAPS.len() {
+        // BPF object names hold 15 bytes and a NUL.
+        assert!(PINNED_MAPS[i].len() <= 15);
+        i += 1;
+    }
+};
 
 /// Pin name of the from-pod program, which the CNI plugin attaches.
 pub const PIN_PROG_FROM_POD: &str = "prog_from_pod";

@@ -1,21 +1,61 @@
-//! Local delivery: a packet for a pod on this node goes straight into the
-//! pod's namespace with `bpf_redirect_peer`, skipping the host's routing
-//! and the host side of the destination veth.
+//! The tc hooks' finishing step: count the packet under the counting
+//! policy (`decision`) and carry its decision out. Local delivery puts a
+//! packet for a pod on this node straight into the pod's namespace with
+//! `bpf_redirect_peer`, skipping the host's routing and the host side of
+//! the destination veth.
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
 use ferry_common::EndpointKey;
 
-use crate::maps::ENDPOINTS;
+use crate::{
+    decision::{Decision, Delivery, TcVerdict, count},
+    forward,
+    maps::ENDPOINTS,
+};
 
 const PACKET_HOST: u32 = 0;
+
+/// Carry out `decision` for a packet of `len` bytes (as it arrived), and
+/// count it unless it turns out not to be ferry's.
+#[inline(always)]
+pub fn finish(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>) -> i32 {
+    let action = match decision.verdict {
+        TcVerdict::NotOurs => return TC_ACT_OK,
+        TcVerdict::Pass => TC_ACT_OK,
+        TcVerdict::Drop => TC_ACT_SHOT,
+        TcVerdict::Redirected => TC_ACT_REDIRECT,
+        TcVerdict::Deliver { dst, via } => match deliver(ctx, dst, via) {
+            Some(action) => action,
+            None => return TC_ACT_OK,
+        },
+    };
+    count(decision.outcome, len);
+    action
+}
+
+/// The tc action sending the packet on to `dst`; None when it is not
+/// ferry's to send (`Delivery::LocalPodOnly` and no local pod has `dst`).
+#[inline(always)]
+fn deliver(ctx: &TcContext, dst: [u8; 4], via: Delivery) -> Option<i32> {
+    if let Some(action) = to_local_pod(ctx, dst) {
+        return Some(action);
+    }
+    Some(match via {
+        Delivery::LocalPodOnly => return None,
+        Delivery::Onward => forward::to_remote_node(ctx, dst).unwrap_or(TC_ACT_OK),
+        Delivery::OnwardRewritten => {
+            forward::to_remote_node(ctx, dst).unwrap_or_else(|| forward::by_fib(ctx, dst))
+        }
+    })
+}
 
 /// Deliver to the local pod owning `dst`; None when no local pod has that
 /// address.
 #[inline(always)]
-pub fn to_local_pod(ctx: &TcContext, dst: [u8; 4]) -> Option<i32> {
+fn to_local_pod(ctx: &TcContext, dst: [u8; 4]) -> Option<i32> {
     // SAFETY: copied out at once.
     let ep = (unsafe { ENDPOINTS.get(EndpointKey { addr: dst }) }).copied()?;
     let mut macs = [0u8; 12];
@@ -30,29 +70,4 @@ pub fn to_local_pod(ctx: &TcContext, dst: [u8; 4]) -> Option<i32> {
     unsafe { bpf_skb_change_type(ctx.skb.skb as *mut _, PACKET_HOST) };
     // SAFETY: plain helper call.
     Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 })
-}
-
-/// Where a packet goes once translated: a local pod, another node's pod
-/// (by the route map), else the kernel's own routing.
-#[inline(always)]
-pub fn onward(ctx: &TcContext, dst: [u8; 4]) -> i32 {
-    if let Some(verdict) = to_local_pod(ctx, dst) {
-        return verdict;
-    }
-    crate::forward::to_remote_node(ctx, dst).unwrap_or(TC_ACT_OK)
-}
-
-/// Like `onward`, for a packet ferry rewrote: one for an address outside
-/// the cluster (an external client) is sent out by fib lookup rather than
-/// handed to the kernel, which would refuse a packet arriving from outside
-/// with this node's own address as its source.
-#[inline(always)]
-pub fn onward_translated(ctx: &TcContext, dst: [u8; 4]) -> i32 {
-    if let Some(verdict) = to_local_pod(ctx, dst) {
-        return verdict;
-    }
-    if let Some(verdict) = crate::forward::to_remote_node(ctx, dst) {
-        return verdict;
-    }
-    crate::forward::by_fib(ctx, dst)
 }

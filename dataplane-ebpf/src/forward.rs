@@ -1,42 +1,42 @@
-//! Sending a packet for a pod on another node: native routing (out of the
-//! uplink with the node as next hop) or VXLAN (through the node's
-//! collect-metadata VXLAN device, tunnel key set per destination node).
+//! Sending a packet on from tc: to a pod on another node, native routing
+//! (out of the uplink with the node as next hop) or VXLAN (through the
+//! node's collect-metadata VXLAN device, tunnel key set per destination
+//! node); or to any address by the node's routing table.
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup, bpf_redir_neigh, bpf_tunnel_key,
-    },
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh, bpf_tunnel_key},
     btf_maps::lpm_trie::Key,
-    helpers::generated::{
-        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_set_tunnel_key,
-    },
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use ferry_common::{ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN};
+use ferry_common::{ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route};
 
-use crate::maps::ROUTES;
+use crate::{
+    fib::{self, AF_INET, Fib},
+    maps::ROUTES,
+};
 
-const AF_INET: u8 = 2;
 /// BPF_F_ZERO_CSUM_TX: no UDP checksum on the outer header, as the kernel's
 /// own VXLAN does by default for IPv4.
 const BPF_F_ZERO_CSUM_TX: u64 = 1 << 1;
 const TUNNEL_TTL: u8 = 64;
 
+/// The route map's entry for the pod CIDR holding `dst`, if another node
+/// owns one.
+#[inline(always)]
+pub fn route_to(dst: [u8; 4]) -> Option<Route> {
+    ROUTES.get(&Key::new(32, dst)).copied()
+}
+
 /// Send the packet towards the node owning `dst`'s pod CIDR. None when no
 /// route covers `dst` (the kernel decides, as for any other address).
 #[inline(always)]
 pub fn to_remote_node(ctx: &TcContext, dst: [u8; 4]) -> Option<i32> {
-    let route = ROUTES.get(&Key::new(32, dst)).copied()?;
+    let route = route_to(dst)?;
     match route.mode {
-        ROUTE_MODE_NATIVE => Some(native(ctx, route.node_addr, route.ifindex)),
+        ROUTE_MODE_NATIVE => Some(fib_redirect(ctx, route.node_addr, route.ifindex)),
         ROUTE_MODE_VXLAN => Some(vxlan(ctx, route.node_addr, route.ifindex, route.vni)),
         _ => None,
     }
-}
-
-#[inline(always)]
-fn native(ctx: &TcContext, node_addr: [u8; 4], uplink: u32) -> i32 {
-    fib_redirect(ctx, node_addr, uplink)
 }
 
 /// Send the packet to `dst` the way the node's routing table says, from
@@ -52,52 +52,36 @@ pub fn by_fib(ctx: &TcContext, dst: [u8; 4]) -> i32 {
 /// from interface `ifindex`'s point of view and redirect.
 #[inline(always)]
 fn fib_redirect(ctx: &TcContext, nexthop_dst: [u8; 4], ifindex: u32) -> i32 {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid argument.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(nexthop_dst);
-    // SAFETY: params is a valid, fully initialised struct on our stack.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    } as u32;
-    if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&params.dmac);
-        macs[6..].copy_from_slice(&params.smac);
-        if ctx.store(0, &macs, 0).is_err() {
-            return TC_ACT_SHOT;
+    match fib::lookup(ctx.skb.skb.cast(), nexthop_dst, ifindex) {
+        Fib::Found(hop) => {
+            if ctx.store(0, &hop.macs, 0).is_err() {
+                return TC_ACT_SHOT;
+            }
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect(hop.ifindex, 0) as i32 }
         }
-        // SAFETY: plain helper call.
-        return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
+        Fib::NoNeighbour { ifindex, gateway } => {
+            // The next hop's MAC is not known yet: let the kernel resolve
+            // it (ARP) and send the packet once it is.
+            let mut nh = bpf_redir_neigh {
+                nh_family: u32::from(AF_INET),
+                __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+                    ipv4_nh: gateway,
+                },
+            };
+            // SAFETY: nh is valid for the call.
+            unsafe {
+                bpf_redirect_neigh(
+                    ifindex,
+                    &mut nh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                ) as i32
+            }
+        }
+        // No route: the kernel gets the packet and answers for itself.
+        Fib::NoRoute => TC_ACT_OK,
     }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
-        // The next hop's MAC is not known yet: let the kernel resolve it
-        // (ARP) and send the packet once it is.
-        let mut nh = bpf_redir_neigh {
-            nh_family: u32::from(AF_INET),
-            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-                // SAFETY: the lookup filled the IPv4 next hop.
-                ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
-            },
-        };
-        // SAFETY: nh is valid for the call.
-        return unsafe {
-            bpf_redirect_neigh(
-                params.ifindex,
-                &mut nh,
-                core::mem::size_of::<bpf_redir_neigh>() as i32,
-                0,
-            )
-        } as i32;
-    }
-    // No route: the kernel gets the packet and answers for itself.
-    TC_ACT_OK
 }
 
 #[inline(always)]

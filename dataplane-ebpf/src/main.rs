@@ -5,16 +5,19 @@
 
 mod balance;
 mod conntrack;
-mod counters;
+mod decision;
 mod deliver;
 mod external;
+mod fib;
 mod forward;
 mod from_network;
 mod from_pod;
 mod maps;
 mod nat;
+mod new_flow;
 mod parse;
 mod reject;
+mod translate;
 mod xdp_uplink;
 
 use aya_ebpf::{

@@ -138,36 +138,29 @@ pub fn parse_frame(frame: &Frame) -> Parsed {
         return Parsed::OtherIpv4(dst_addr);
     }
     let l4_off = ETH_HLEN + ihl_bytes;
-    let l4_len = total_len - ihl_bytes;
-    let mut pkt = L4Packet {
-        l4_off,
-        src_addr: [ip[12], ip[13], ip[14], ip[15]],
-        dst_addr,
-        src_port: 0,
-        dst_port: 0,
-        protocol,
-        tcp_flags: 0,
-        ihl_bytes,
-    };
-    if protocol == PROTO_TCP {
+    // The ports lead both headers; TCP's flags follow at byte 13.
+    let (header, header_len) = if protocol == PROTO_TCP {
         let Some(tcp) = frame.bytes_at::<20>(l4_off) else {
             return Parsed::TruncatedL4;
         };
-        if l4_len < 20 {
-            return Parsed::TruncatedL4;
-        }
-        pkt.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
-        pkt.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-        pkt.tcp_flags = tcp[13];
+        ([tcp[0], tcp[1], tcp[2], tcp[3], tcp[13]], 20)
     } else {
         let Some(udp) = frame.bytes_at::<8>(l4_off) else {
             return Parsed::TruncatedL4;
         };
-        if l4_len < 8 {
-            return Parsed::TruncatedL4;
-        }
-        pkt.src_port = u16::from_be_bytes([udp[0], udp[1]]);
-        pkt.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+        ([udp[0], udp[1], udp[2], udp[3], 0], 8)
+    };
+    if total_len - ihl_bytes < header_len {
+        return Parsed::TruncatedL4;
     }
-    Parsed::L4(pkt)
+    Parsed::L4(L4Packet {
+        l4_off,
+        src_addr: [ip[12], ip[13], ip[14], ip[15]],
+        dst_addr,
+        src_port: u16::from_be_bytes([header[0], header[1]]),
+        dst_port: u16::from_be_bytes([header[2], header[3]]),
+        protocol,
+        tcp_flags: header[4],
+        ihl_bytes,
+    })
 }

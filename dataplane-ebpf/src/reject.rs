@@ -4,9 +4,12 @@
 //! clients an error on their socket at once, instead of waiting for a
 //! timeout.
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::generated::bpf_redirect, programs::TcContext};
-use ferry_common::{PROTO_ICMP, csum::internet_checksum};
+use ferry_common::{PROTO_ICMP, csum::internet_checksum, outcome};
 
-use crate::parse::{ETH_HLEN, L4Packet};
+use crate::{
+    decision::{Decision, TcVerdict},
+    parse::{ETH_HLEN, L4Packet},
+};
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
@@ -16,9 +19,9 @@ const MAX_QUOTE: usize = 68;
 const MAX_REPLY_L3: usize = 28 + MAX_QUOTE;
 
 /// Rewrite the packet in place into the ICMP error and send it back out of
-/// the interface it came in on. Returns the tc verdict.
+/// the interface it came in on (`bpf_redirect`).
 #[inline(always)]
-pub fn port_unreachable(ctx: &TcContext, pkt: &L4Packet) -> Result<i32, i64> {
+fn port_unreachable(ctx: &TcContext, pkt: &L4Packet) -> Result<(), i64> {
     // Read through a volatile so LLVM cannot drop the bounds check below as
     // redundant: the verifier needs to see it to accept the variable length.
     // SAFETY: reading a local.
@@ -124,18 +127,14 @@ pub fn port_unreachable(ctx: &TcContext, pkt: &L4Packet) -> Result<i32, i64> {
     if verdict != i64::from(TC_ACT_REDIRECT) {
         return Err(verdict);
     }
-    Ok(TC_ACT_REDIRECT)
+    Ok(())
 }
 
-/// The answer to a new connection for a frontend without endpoints:
-/// (verdict, outcome).
+/// The answer to a new connection for a frontend without endpoints.
 #[inline(always)]
-pub fn no_endpoints(ctx: &TcContext, pkt: &L4Packet) -> (i32, u32) {
+pub fn no_endpoints(ctx: &TcContext, pkt: &L4Packet) -> Decision<TcVerdict> {
     match port_unreachable(ctx, pkt) {
-        Ok(verdict) => (verdict, ferry_common::outcome::REJECTED_NO_ENDPOINTS),
-        Err(_) => (
-            aya_ebpf::bindings::TC_ACT_SHOT,
-            ferry_common::outcome::DROP_REJECT_FAILED,
-        ),
+        Ok(()) => Decision::new(outcome::REJECTED_NO_ENDPOINTS, TcVerdict::Redirected),
+        Err(_) => Decision::drop(outcome::DROP_REJECT_FAILED),
     }
 }

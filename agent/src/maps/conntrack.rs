@@ -13,9 +13,7 @@ use ferry_common::{CtEntry, CtKey, MAP_CONNTRACK};
 
 use super::{OpenError, is_not_found, open_pinned};
 
-pub struct Conntrack {
-    map: HashMap<MapData, CtKey, CtEntry>,
-}
+pub struct Conntrack(HashMap<MapData, CtKey, CtEntry>);
 
 /// Should `(key, entry)` be removed at `now_ns`, given its partner's entry?
 pub fn is_dead(entry: &CtEntry, partner: Option<&CtEntry>, now_ns: u64) -> bool {
@@ -42,18 +40,13 @@ pub fn dead_keys(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
 
 impl Conntrack {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
-        let map = open_pinned(pin_dir, MAP_CONNTRACK)?;
-        let map = HashMap::try_from(map).map_err(|source| OpenError::Open {
-            path: pin_dir.join(MAP_CONNTRACK).display().to_string(),
-            source,
-        })?;
-        Ok(Self { map })
+        open_pinned(pin_dir, MAP_CONNTRACK).map(Self)
     }
 
     /// Every entry. Entries that vanish while iterating are skipped.
     pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
         let mut out = Vec::new();
-        for item in self.map.iter() {
+        for item in self.0.iter() {
             match item {
                 Ok(kv) => out.push(kv),
                 Err(e) if is_not_found(&e) => {}
@@ -64,7 +57,7 @@ impl Conntrack {
     }
 
     pub fn insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), MapError> {
-        self.map.insert(key, entry, 0)
+        self.0.insert(key, entry, 0)
     }
 
     /// Remove the flows whose entries have all expired at `now_ns`.
@@ -87,13 +80,13 @@ impl Conntrack {
             // flow, or a new connection reused its tuple and wrote fresh
             // entries under the same keys. Judge the entries as they are
             // now, so a live flow is never removed.
-            let current = match self.map.get(&key, 0) {
+            let current = match self.0.get(&key, 0) {
                 Ok(entry) => entry,
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(e),
             };
             let partner_k = partner_key(&key, &current);
-            let partner = match self.map.get(&partner_k, 0) {
+            let partner = match self.0.get(&partner_k, 0) {
                 Ok(p) if partner_key(&partner_k, &p) == key => Some(p),
                 Ok(_) => None,
                 Err(e) if is_not_found(&e) => None,
@@ -102,7 +95,7 @@ impl Conntrack {
             if !is_dead(&current, partner.as_ref(), now_ns) {
                 continue;
             }
-            match self.map.remove(&key) {
+            match self.0.remove(&key) {
                 Ok(()) => removed += 1,
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(e),

@@ -27,14 +27,19 @@ pub enum OpenError {
     Open { path: String, source: MapError },
 }
 
-pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, OpenError> {
+/// Open the map pinned as `name` under `pin_dir` as the typed map `T`
+/// (an aya `HashMap`, `Array`, ...), which checks its type and sizes.
+pub(crate) fn open_pinned<T>(pin_dir: &Path, name: &str) -> Result<T, OpenError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
     let path = pin_dir.join(name);
     let err = |source| OpenError::Open {
         path: path.display().to_string(),
         source,
     };
     let data = MapData::from_pin(&path).map_err(err)?;
-    Map::from_map_data(data).map_err(err)
+    T::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
 }
 
 /// A lookup or delete of a key that is not there. aya reports it as
@@ -44,6 +49,23 @@ pub(crate) fn is_not_found(e: &MapError) -> bool {
         MapError::KeyNotFound => true,
         MapError::SyscallError(s) => s.io_error.kind() == std::io::ErrorKind::NotFound,
         _ => false,
+    }
+}
+
+/// A lookup's value, None when the key is not there.
+pub(crate) fn found<T>(looked_up: Result<T, MapError>) -> Result<Option<T>, MapError> {
+    match looked_up {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A removal where a key already gone is fine.
+pub(crate) fn missing_is_fine(removed: Result<(), MapError>) -> Result<(), MapError> {
+    match removed {
+        Err(e) if is_not_found(&e) => Ok(()),
+        other => other,
     }
 }
 

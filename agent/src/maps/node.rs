@@ -6,22 +6,15 @@ use ferry_common::{MAP_NODE, NodeConfig, SNAT_PORT_MAX, SNAT_PORT_MIN};
 
 use super::{OpenError, open_pinned};
 
-pub struct NodeMap {
-    map: Array<MapData, NodeConfig>,
-}
+pub struct NodeMap(Array<MapData, NodeConfig>);
 
 impl NodeMap {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
-        let map = open_pinned(pin_dir, MAP_NODE)?;
-        let map = Array::try_from(map).map_err(|source| OpenError::Open {
-            path: pin_dir.join(MAP_NODE).display().to_string(),
-            source,
-        })?;
-        Ok(Self { map })
+        open_pinned(pin_dir, MAP_NODE).map(Self)
     }
 
     pub fn get(&self) -> Result<NodeConfig, MapError> {
-        self.map.get(&0, 0)
+        self.0.get(&0, 0)
     }
 
     /// Record this node's address (None: not known), with the default
@@ -38,7 +31,7 @@ impl NodeMap {
             snat_port_max: snat_ports.1,
         };
         if self.get()? != config {
-            self.map.set(0, config, 0)?;
+            self.0.set(0, config, 0)?;
         }
         Ok(())
     }

@@ -8,9 +8,7 @@ use ferry_common::{MAP_ROUTES, Route};
 use super::{OpenError, is_not_found, open_pinned};
 use crate::net::Ipv4Net;
 
-pub struct Routes {
-    map: LpmTrie<MapData, [u8; 4], Route>,
-}
+pub struct Routes(LpmTrie<MapData, [u8; 4], Route>);
 
 fn key(net: &Ipv4Net) -> Key<[u8; 4]> {
     Key::new(u32::from(net.prefix), net.network().octets())
@@ -25,18 +23,13 @@ pub struct RouteStats {
 
 impl Routes {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
-        let map = open_pinned(pin_dir, MAP_ROUTES)?;
-        let map = LpmTrie::try_from(map).map_err(|source| OpenError::Open {
-            path: pin_dir.join(MAP_ROUTES).display().to_string(),
-            source,
-        })?;
-        Ok(Self { map })
+        open_pinned(pin_dir, MAP_ROUTES).map(Self)
     }
 
     /// Every route, by pod CIDR.
     pub fn list(&self) -> Result<BTreeMap<Ipv4Net, Route>, MapError> {
         let mut out = BTreeMap::new();
-        for item in self.map.iter() {
+        for item in self.0.iter() {
             let (k, v) = item?;
             let (prefix, addr) = (k.prefix_len(), k.data());
             out.insert(
@@ -57,12 +50,12 @@ impl Routes {
         let mut stats = RouteStats::default();
         for (net, route) in desired {
             if current.get(net) != Some(route) {
-                self.map.insert(&key(net), *route, 0)?;
+                self.0.insert(&key(net), *route, 0)?;
                 stats.upserted += 1;
             }
         }
         for net in current.keys().filter(|n| !desired.contains_key(n)) {
-            match self.map.remove(&key(net)) {
+            match self.0.remove(&key(net)) {
                 Err(e) if !is_not_found(&e) => return Err(e),
                 _ => stats.removed += 1,
             }

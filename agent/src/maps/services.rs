@@ -11,13 +11,13 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError};
 use ferry_common::{
     Backend, BackendKey, MAP_BACKENDS, MAP_SERVICE_NAMES, MAP_SERVICES, MAX_BACKENDS_PER_SERVICE,
     ServiceKey, ServiceName, ServiceValue,
 };
 
-use super::{OpenError, is_not_found, open_pinned};
+use super::{OpenError, found, is_not_found, missing_is_fine, open_pinned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -66,27 +66,22 @@ fn display_frontend(k: &ServiceKey) -> String {
     )
 }
 
-fn hash_map<K: aya::Pod, V: aya::Pod>(
-    map: Map,
-    pin_dir: &Path,
-    name: &str,
-) -> Result<HashMap<MapData, K, V>, OpenError> {
-    HashMap::try_from(map).map_err(|source| OpenError::Open {
-        path: pin_dir.join(name).display().to_string(),
-        source,
-    })
+/// `map_err` for a failed write of `map`.
+fn write_failed(map: &'static str) -> impl Fn(MapError) -> SyncError {
+    move |source| SyncError::Write { map, source }
+}
+
+/// `map_err` for a failed read of `map`.
+fn read_failed(map: &'static str) -> impl Fn(MapError) -> SyncError {
+    move |source| SyncError::Read { map, source }
 }
 
 impl ServiceTable {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
         let services: HashMap<MapData, ServiceKey, ServiceValue> =
-            hash_map(open_pinned(pin_dir, MAP_SERVICES)?, pin_dir, MAP_SERVICES)?;
-        let backends = hash_map(open_pinned(pin_dir, MAP_BACKENDS)?, pin_dir, MAP_BACKENDS)?;
-        let names = hash_map(
-            open_pinned(pin_dir, MAP_SERVICE_NAMES)?,
-            pin_dir,
-            MAP_SERVICE_NAMES,
-        )?;
+            open_pinned(pin_dir, MAP_SERVICES)?;
+        let backends = open_pinned(pin_dir, MAP_BACKENDS)?;
+        let names = open_pinned(pin_dir, MAP_SERVICE_NAMES)?;
         let used_ids = services
             .iter()
             .filter_map(Result::ok)
@@ -114,14 +109,7 @@ impl ServiceTable {
     }
 
     pub fn get(&self, frontend: &ServiceKey) -> Result<Option<ServiceValue>, SyncError> {
-        match self.services.get(frontend, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(source) => Err(SyncError::Read {
-                map: MAP_SERVICES,
-                source,
-            }),
-        }
+        found(self.services.get(frontend, 0)).map_err(read_failed(MAP_SERVICES))
     }
 
     /// Create or replace `frontend`'s backend set. An empty set makes the
@@ -168,20 +156,14 @@ impl ServiceTable {
             };
             self.backends
                 .insert(key, backend, 0)
-                .map_err(|source| SyncError::Write {
-                    map: MAP_BACKENDS,
-                    source,
-                })?;
+                .map_err(write_failed(MAP_BACKENDS))?;
         }
         // Slots beyond the new count in this bank are leftovers of an older
         // set; nothing will read them once the count is written.
         self.remove_slots(service_id, bank, backends.len() as u16)?;
         self.names
             .insert(service_id, ServiceName::new(name), 0)
-            .map_err(|source| SyncError::Write {
-                map: MAP_SERVICE_NAMES,
-                source,
-            })?;
+            .map_err(write_failed(MAP_SERVICE_NAMES))?;
         let value = ServiceValue {
             service_id,
             backend_count: backends.len() as u16,
@@ -190,10 +172,7 @@ impl ServiceTable {
         };
         self.services
             .insert(frontend, value, 0)
-            .map_err(|source| SyncError::Write {
-                map: MAP_SERVICES,
-                source,
-            })?;
+            .map_err(write_failed(MAP_SERVICES))?;
         Ok(service_id)
     }
 
@@ -202,27 +181,11 @@ impl ServiceTable {
         let Some(value) = self.get(frontend)? else {
             return Ok(());
         };
-        match self.services.remove(frontend) {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(source) => {
-                return Err(SyncError::Write {
-                    map: MAP_SERVICES,
-                    source,
-                });
-            }
-        }
+        missing_is_fine(self.services.remove(frontend)).map_err(write_failed(MAP_SERVICES))?;
         self.remove_slots(value.service_id, 0, 0)?;
         self.remove_slots(value.service_id, 1, 0)?;
-        match self.names.remove(&value.service_id) {
-            Err(e) if !is_not_found(&e) => {
-                return Err(SyncError::Write {
-                    map: MAP_SERVICE_NAMES,
-                    source: e,
-                });
-            }
-            _ => {}
-        }
+        missing_is_fine(self.names.remove(&value.service_id))
+            .map_err(write_failed(MAP_SERVICE_NAMES))?;
         self.used_ids.remove(&value.service_id);
         Ok(())
     }
@@ -237,14 +200,8 @@ impl ServiceTable {
                 pad: 0,
             };
             match self.backends.remove(&key) {
-                Ok(()) => {}
                 Err(e) if is_not_found(&e) => break,
-                Err(source) => {
-                    return Err(SyncError::Write {
-                        map: MAP_BACKENDS,
-                        source,
-                    });
-                }
+                removed => removed.map_err(write_failed(MAP_BACKENDS))?,
             }
         }
         Ok(())
@@ -252,13 +209,9 @@ impl ServiceTable {
 
     /// Every frontend with its active backends, sorted by frontend.
     pub fn list(&self) -> Result<Vec<ServiceRecord>, SyncError> {
-        let read = |source| SyncError::Read {
-            map: MAP_SERVICES,
-            source,
-        };
         let mut frontends = BTreeMap::new();
         for item in self.services.iter() {
-            let (k, v) = item.map_err(read)?;
+            let (k, v) = item.map_err(read_failed(MAP_SERVICES))?;
             frontends.insert((k.addr, k.port, k.protocol, k.scope), (k, v));
         }
         let mut out = Vec::with_capacity(frontends.len());
@@ -271,16 +224,8 @@ impl ServiceTable {
                     bank: value.bank,
                     pad: 0,
                 };
-                match self.backends.get(&key, 0) {
-                    Ok(b) => backends.push(b),
-                    Err(e) if is_not_found(&e) => {}
-                    Err(source) => {
-                        return Err(SyncError::Read {
-                            map: MAP_BACKENDS,
-                            source,
-                        });
-                    }
-                }
+                let backend = found(self.backends.get(&key, 0));
+                backends.extend(backend.map_err(read_failed(MAP_BACKENDS))?);
             }
             let name = match self.names.get(&value.service_id, 0) {
                 Ok(n) => n.as_str().to_string(),

@@ -1,0 +1,122 @@
+//! What a hook does with one packet, decided once by the per-concern logic
+//! and carried out by the hook's one finishing step (`deliver::finish` for
+//! tc, `xdp_uplink::finish` for XDP), which is also the only place a packet
+//! is counted.
+//!
+//! Counting policy, the same for every hook: a packet is counted exactly
+//! once on its way through the node, under the outcome of the decision that
+//! settles it, by the hook that settles it. A hook settles a packet when it
+//! rewrites, drops, answers or delivers it itself, or passes it to the
+//! kernel as ferry's traffic (everything a pod sends is ferry's). A packet a
+//! hook hands on for someone else to settle is not counted there: XDP hands
+//! what it does not send itself to tc, which counts it; the uplink's tc
+//! hands the node's own traffic (anything that is not translated and not
+//! for a local pod) to the kernel uncounted.
+use ferry_common::outcome;
+
+use crate::maps::COUNTERS;
+
+/// Where a tc hook sends a packet that goes on towards `dst`.
+#[derive(Clone, Copy)]
+pub enum Delivery {
+    /// A pod on this node, else a pod on another node by the route map,
+    /// else the kernel's own routing.
+    Onward,
+    /// As `Onward`, but ferry sends what neither a pod here nor the route
+    /// map takes by fib lookup: the packet's source is now a node or
+    /// frontend address, which the kernel would refuse as a martian on a
+    /// packet arriving from outside.
+    OnwardRewritten,
+    /// A pod on this node only; anything else is the node's own traffic,
+    /// handed to the kernel untouched and uncounted.
+    LocalPodOnly,
+}
+
+/// What a tc hook does with the packet.
+#[derive(Clone, Copy)]
+pub enum TcVerdict {
+    /// To the kernel as it is (`TC_ACT_OK`).
+    Pass,
+    /// Not ferry's to settle (the node's own traffic on the network side):
+    /// to the kernel as it is, and not counted.
+    NotOurs,
+    /// `TC_ACT_SHOT`.
+    Drop,
+    /// The decision sent the packet already (the reject's ICMP answer, out
+    /// of the interface it came in on): `TC_ACT_REDIRECT`.
+    Redirected,
+    /// On towards `dst` (the destination after any translation).
+    Deliver { dst: [u8; 4], via: Delivery },
+}
+
+/// An egress interface and the MACs to write (destination, then source).
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    pub macs: [u8; 12],
+    pub ifindex: u32,
+}
+
+/// What the XDP hook does with the packet.
+#[derive(Clone, Copy)]
+pub enum XdpVerdict {
+    /// Rewritten already: send it out towards `NextHop` from here.
+    Transmit(NextHop),
+    /// Left to tc (`XDP_PASS`), which settles and counts it.
+    HandToTc,
+}
+
+/// One packet's decision: its outcome (an index of `ferry_counters`) and
+/// what the hook does with it.
+#[derive(Clone, Copy)]
+pub struct Decision<V> {
+    pub outcome: u32,
+    pub verdict: V,
+}
+
+impl<V> Decision<V> {
+    #[inline(always)]
+    pub fn new(outcome: u32, verdict: V) -> Self {
+        Self { outcome, verdict }
+    }
+}
+
+impl Decision<TcVerdict> {
+    /// On towards `dst` (the destination after any translation).
+    #[inline(always)]
+    pub fn deliver(outcome: u32, dst: [u8; 4], via: Delivery) -> Self {
+        Self::new(outcome, TcVerdict::Deliver { dst, via })
+    }
+
+    #[inline(always)]
+    pub fn drop(outcome: u32) -> Self {
+        Self::new(outcome, TcVerdict::Drop)
+    }
+
+    /// The node's own traffic on the network side (never counted, so the
+    /// outcome is only a placeholder).
+    #[inline(always)]
+    pub fn not_ours() -> Self {
+        Self::new(outcome::PASSED, TcVerdict::NotOurs)
+    }
+}
+
+impl Decision<XdpVerdict> {
+    /// Left to tc (never counted here, so the outcome is a placeholder).
+    #[inline(always)]
+    pub fn hand_to_tc() -> Self {
+        Self::new(outcome::PASSED, XdpVerdict::HandToTc)
+    }
+}
+
+/// Count one packet of `len` bytes under `outcome`; only the finishing
+/// steps call this.
+#[inline(always)]
+pub fn count(outcome: u32, len: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(outcome) {
+        // SAFETY: per-CPU slot; nothing else on this CPU runs concurrently.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
+        }
+    }
+}

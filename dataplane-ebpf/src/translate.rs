@@ -1,0 +1,66 @@
+//! The packets of Service flows on the tc path: a packet for a frontend
+//! translated to the flow's backend (a new flow planned first), and a
+//! backend's reply translated back and sent to the client.
+use aya_ebpf::programs::TcContext;
+use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, ServiceValue, new_flow::Client, outcome};
+
+use crate::{
+    conntrack,
+    decision::{Decision, Delivery, TcVerdict},
+    nat::{self, Way},
+    new_flow,
+    parse::L4Packet,
+};
+
+/// A packet from `client` for `service`'s frontend: its flow's backend
+/// (the flow started if there is none), then on `via`.
+#[inline(always)]
+pub fn to_frontend(
+    ctx: &TcContext,
+    pkt: &L4Packet,
+    service: &ServiceValue,
+    client: Client,
+    via: Delivery,
+) -> Decision<TcVerdict> {
+    let target = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
+        Some(target) => target,
+        None => match new_flow::start(ctx, pkt, service, client) {
+            Ok(target) => target,
+            Err(decision) => return decision,
+        },
+    };
+    match nat::translate(ctx, pkt, &target, Way::Original) {
+        Ok(()) => Decision::new(
+            outcome::TRANSLATED,
+            TcVerdict::Deliver {
+                dst: target.addr,
+                via,
+            },
+        ),
+        Err(_) => Decision::drop(outcome::DROP_REWRITE_FAILED),
+    }
+}
+
+/// A backend answering a flow this node translated (for one of its pods,
+/// or an external client): translated back and sent to the client — the
+/// source-NAT peer, if the flow has one, else the packet's destination.
+/// None when the packet is no tracked reply.
+#[inline(always)]
+pub fn reply(ctx: &TcContext, pkt: &L4Packet) -> Option<Decision<TcVerdict>> {
+    let target = conntrack::track(pkt, CT_DIR_REPLY)?;
+    if nat::translate(ctx, pkt, &target, Way::Reply).is_err() {
+        return Some(Decision::drop(outcome::DROP_REWRITE_FAILED));
+    }
+    let dst = if target.peer_addr == [0; 4] {
+        pkt.dst_addr
+    } else {
+        target.peer_addr
+    };
+    // Its source is a frontend (a node or load-balancer address for an
+    // external client) now: ferry sends it, not the kernel.
+    let via = Delivery::OnwardRewritten;
+    Some(Decision::new(
+        outcome::REVERSE_TRANSLATED,
+        TcVerdict::Deliver { dst, via },
+    ))
+}
