@@ -18,7 +18,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Endpoint {
     pub addr: Ipv4Addr,
     pub port: u16,
-    /// Ready and not terminating.
+    /// `conditions.ready` as given (nil: true). Usually false while
+    /// terminating, but a Service with `publishNotReadyAddresses` keeps it
+    /// true, and kube-proxy then still uses the endpoint.
     pub ready: bool,
     /// Terminating but still serving (KEP-1669's fallback).
     pub serving_terminating: bool,
@@ -94,9 +96,10 @@ pub fn endpoints_for_port(
             };
             for (ei, ep) in slice.endpoints.iter().enumerate() {
                 let cond = ep.conditions.as_ref();
-                // The API says a nil `ready` means ready.
+                // The API: a nil `ready` or `serving` means true, a nil
+                // `terminating` false.
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(true);
                 let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
                 let local = ep.node_name.as_deref() == Some(node_name);
                 for (ai, a) in ep.addresses.iter().enumerate() {
@@ -105,7 +108,7 @@ pub fn endpoints_for_port(
                             out.insert(Endpoint {
                                 addr,
                                 port: target,
-                                ready: ready && !terminating,
+                                ready,
                                 serving_terminating: serving && terminating,
                                 local,
                             });

@@ -247,3 +247,14 @@ fn endpoints_in_several_slices_are_merged_without_duplicates() {
     let addrs: Vec<_> = f.backends.iter().map(|b| b.addr[3]).collect();
     assert_eq!(addrs, vec![1, 2, 3]);
 }
+
+#[test]
+fn a_ready_endpoint_is_used_even_while_terminating_as_kube_proxy_does() {
+    // publishNotReadyAddresses: the EndpointSlice controller keeps `ready`
+    // true for a terminating pod.
+    let yaml = include_str!("../../testdata/terminating.yaml").to_string()
+        + "- addresses: [10.0.0.4]\n  conditions: {ready: true, serving: false, terminating: true}\n";
+    let (d, _) = desired_state(&objects(&yaml), "n1");
+    let f = &d.frontends[&frontend([10, 96, 0, 1], 80, PROTO_TCP)];
+    assert_eq!(f.backends, vec![backend([10, 0, 0, 4], 8080)]);
+}

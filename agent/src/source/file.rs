@@ -56,6 +56,8 @@ fn add_value(
     };
     match kind.as_str() {
         "Service" => match serde_yaml::from_value(value) {
+            // The same Services as the kube source's label selector.
+            Ok(s) if super::is_not_proxied(&s) => {}
             Ok(s) => objects.services.push(s),
             Err(e) => problems.push(problem(e.to_string())),
         },
@@ -142,5 +144,38 @@ impl Source for FileSource {
             }
             tokio::time::sleep(self.poll).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_another_proxy_serves_or_headless_ones_are_left_out_as_by_the_kube_source() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ours, namespace: default}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: theirs, namespace: default, labels: {service.kubernetes.io/service-proxy-name: other}}
+spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless-label, namespace: default, labels: {service.kubernetes.io/headless: ""}}
+spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
+"#;
+        let (objects, problems) = parse_manifest(yaml);
+        assert!(problems.is_empty(), "{problems:?}");
+        let names: Vec<_> = objects
+            .services
+            .iter()
+            .filter_map(|s| s.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["ours"]);
     }
 }

@@ -209,3 +209,15 @@ where
     });
     reader
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_selector_leaves_out_exactly_the_labels_the_file_source_skips() {
+        let labels: Vec<String> = super::super::NOT_PROXIED_LABELS
+            .iter()
+            .map(|l| format!("!{l}"))
+            .collect();
+        assert_eq!(super::SERVICE_SELECTOR, labels.join(","));
+    }
+}
