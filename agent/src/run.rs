@@ -86,6 +86,7 @@ impl Agent {
             upserted = services.upserted,
             removed = services.removed,
             unchanged = services.unchanged,
+            stale_udp_flows = r.stale_flows,
             failed = services.failed + r.routes.failed + r.kernel_routes.failed + r.failures,
             parse_ms = (parsed - snapshot.seen).as_secs_f64() * 1e3,
             model_ms = (planned - parsed).as_secs_f64() * 1e3,
@@ -142,6 +143,7 @@ fn system_targets(cfg: &RunConfig) -> anyhow::Result<Targets> {
         node: Box::new(NodeMap::open(pin_dir)?),
         routes: Box::new(Routes::open(pin_dir)?),
         kernel_routes: Box::new(KernelRoutes::default()),
+        flows: Box::new(Conntrack::open(pin_dir)?),
         links: Box::new(SystemLinks {
             pin_dir: pin_dir.clone(),
         }),

@@ -154,6 +154,62 @@ fn clusterip_over_tcp_and_udp_reaches_every_backend_and_follows_edits() {
 }
 
 #[test]
+fn a_udp_client_on_a_fixed_port_moves_to_a_new_backend_when_its_backend_leaves() {
+    // Kubernetes e2e "should be able to preserve UDP traffic when server pod
+    // cycles": a resolver keeps its source port, so its flow never expires
+    // while it keeps asking; the old backend (here still running) must stop
+    // getting it once it leaves the Service.
+    let c = cluster();
+    let (node, client, backends) = one_node(&c);
+    c.write_manifest(&web_manifest(&[&backends[0]])).unwrap();
+    wait_for_backends(&node, 1, Duration::from_secs(5));
+    let socket = client
+        .run(|| -> std::io::Result<std::net::UdpSocket> {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 5353))?;
+            s.connect((VIP, 53))?;
+            s.set_read_timeout(Some(Duration::from_millis(300)))?;
+            Ok(s)
+        })
+        .unwrap()
+        .unwrap();
+    let ask = || -> Option<String> {
+        socket.send(b"?").ok()?;
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    };
+    let start = Instant::now();
+    while ask().as_deref() != Some("b1") {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "b1 never answered"
+        );
+    }
+    c.write_manifest(&web_manifest(&[&backends[1]])).unwrap();
+    let moved = Instant::now();
+    let mut answers = Vec::new();
+    loop {
+        let answer = ask();
+        if answer.as_deref() == Some("b2") {
+            break;
+        }
+        answers.push(answer);
+        assert!(
+            moved.elapsed() < Duration::from_secs(3),
+            "the flow stayed on its old backend: {answers:?}\n{}",
+            node.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("moved to the new backend in {:?}", moved.elapsed());
+    assert!(
+        node.agent_log().contains("stale_udp_flows=1"),
+        "{}",
+        node.agent_log()
+    );
+}
+
+#[test]
 fn an_established_connection_survives_an_agent_restart() {
     let c = cluster();
     let (mut node, client, backends) = one_node(&c);

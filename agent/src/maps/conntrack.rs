@@ -38,6 +38,32 @@ pub fn dead_keys(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
         .collect()
 }
 
+/// The flows among `entries` that `stale` names: (original key, its reply
+/// key when that names it back).
+pub fn flows_to(
+    entries: &[(CtKey, CtEntry)],
+    stale: &[crate::reconcile::targets::StaleFlows],
+) -> Vec<(CtKey, Option<CtKey>)> {
+    let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+    entries
+        .iter()
+        .filter(|(key, entry)| {
+            key.direction == ferry_common::CT_DIR_ORIGINAL
+                && stale.iter().any(|s| {
+                    (key.dst_addr, key.dst_port, key.protocol) == (s.addr, s.port, s.protocol)
+                        && (entry.nat_addr, entry.nat_port) == (s.backend.addr, s.backend.port)
+                })
+        })
+        .map(|(key, entry)| {
+            let reply = partner_key(key, entry);
+            let names_back = by_key
+                .get(&reply)
+                .is_some_and(|r| partner_key(&reply, r) == *key);
+            (*key, names_back.then_some(reply))
+        })
+        .collect()
+}
+
 impl Conntrack {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
         open_pinned(pin_dir, MAP_CONNTRACK).map(Self)
@@ -58,6 +84,14 @@ impl Conntrack {
 
     pub fn insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), MapError> {
         self.0.insert(key, entry, 0)
+    }
+
+    /// Remove one entry; one already gone is fine.
+    pub fn remove(&mut self, key: &CtKey) -> Result<(), MapError> {
+        match self.0.remove(key) {
+            Err(e) if !is_not_found(&e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Remove the flows whose entries have all expired at `now_ns`.
@@ -186,5 +220,25 @@ mod tests {
         assert!(is_dead(&entry(100), None, 100));
         assert!(!is_dead(&entry(10), Some(&entry(100)), 50));
         assert!(is_dead(&entry(10), Some(&entry(20)), 50));
+    }
+
+    #[test]
+    fn the_flows_to_a_departed_backend_are_found_with_their_replies() {
+        let mut entries: Vec<(CtKey, CtEntry)> = flow(40000, 2).into();
+        entries.extend(flow(40001, 3));
+        let gone = |last: u8, port: u16| crate::reconcile::targets::StaleFlows {
+            addr: [10, 96, 0, 10],
+            port,
+            protocol: 17,
+            backend: ferry_common::Backend {
+                addr: [10, 0, 0, last],
+                port: 8080,
+                pad: [0; 2],
+            },
+        };
+        let found = flows_to(&entries, &[gone(2, 80)]);
+        assert_eq!(found, vec![(entries[0].0, Some(entries[1].0))]);
+        // Another frontend port, or a backend still serving: nothing.
+        assert!(flows_to(&entries, &[gone(2, 53), gone(9, 80)]).is_empty());
     }
 }

@@ -13,8 +13,8 @@ use ferry_common::{Route, ServiceKey};
 use super::{
     Targets,
     targets::{
-        FileTarget, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap, Table,
-        TargetError, TargetResult,
+        FileTarget, FlowTable, HealthServers, LinkTarget, NodeMapTarget, PortReservations,
+        RouteMap, Table, TargetError, TargetResult,
     },
 };
 use crate::{
@@ -44,6 +44,8 @@ pub struct Host {
     pub links: BTreeMap<String, Attachment>,
     pub files: BTreeMap<PathBuf, Vec<u8>>,
     pub health_checks: BTreeMap<u16, HealthCheck>,
+    /// Every flow removal asked for.
+    pub removed_flows: Vec<super::targets::StaleFlows>,
     pub reserved_ports: Vec<PortRange>,
     /// Every write, in order ("services upsert ...", "links detach ...").
     pub writes: Vec<String>,
@@ -70,6 +72,7 @@ impl MemoryHost {
             node: Box::new(self.clone()),
             routes: Box::new(self.clone()),
             kernel_routes: self.table("kernel routes", |h| &mut h.kernel_routes),
+            flows: Box::new(self.clone()),
             links: Box::new(self.clone()),
             files: Box::new(self.clone()),
             health: Box::new(self.clone()),
@@ -155,6 +158,14 @@ impl<K: Ord + Clone + std::fmt::Debug, V: Clone> Table<K, V> for MemoryTable<K, 
         let what = format!("{} remove {key:?}", self.name);
         self.host.record(what, |h| table(h).remove(key));
         Ok(())
+    }
+}
+
+impl FlowTable for MemoryHost {
+    fn remove_flows(&mut self, stale: &[super::targets::StaleFlows]) -> TargetResult<usize> {
+        let what = format!("flows remove {}", stale.len());
+        self.record(what, |h| h.removed_flows.extend_from_slice(stale));
+        Ok(stale.len())
     }
 }
 

@@ -5,7 +5,7 @@
 //! are still written, and the next sync retries it.
 use std::{collections::BTreeMap, fmt::Debug, path::PathBuf};
 
-use ferry_common::{ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, ServiceKey};
+use ferry_common::{PROTO_UDP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, ServiceKey};
 
 #[cfg(test)]
 pub mod memory;
@@ -13,8 +13,8 @@ pub mod system;
 pub mod targets;
 
 use targets::{
-    FileTarget, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap, Table,
-    TargetError,
+    FileTarget, FlowTable, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap,
+    StaleFlows, Table, TargetError,
 };
 
 use crate::{
@@ -50,15 +50,26 @@ pub fn apply_diff<K: Ord + Debug, V: PartialEq>(
     table: &mut dyn Table<K, V>,
     desired: &BTreeMap<K, V>,
 ) -> DiffStats {
-    let mut stats = DiffStats::default();
-    let current = match table.current() {
-        Ok(c) => c,
+    match table.current() {
+        Ok(current) => apply_diff_from(what, table, &current, desired),
         Err(e) => {
             tracing::error!(table = what, error = %e, "cannot read; retried at the next sync");
-            stats.failed = desired.len();
-            return stats;
+            DiffStats {
+                failed: desired.len(),
+                ..DiffStats::default()
+            }
         }
-    };
+    }
+}
+
+/// `apply_diff` from `current`, what the table held when read.
+pub fn apply_diff_from<K: Ord + Debug, V: PartialEq>(
+    what: &str,
+    table: &mut dyn Table<K, V>,
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> DiffStats {
+    let mut stats = DiffStats::default();
     for (key, want) in desired {
         if current.get(key) == Some(want) {
             stats.unchanged += 1;
@@ -90,6 +101,7 @@ pub struct Targets {
     pub node: Box<dyn NodeMapTarget>,
     pub routes: Box<dyn RouteMap>,
     pub kernel_routes: Box<dyn Table<Ipv4Net, KernelRoute>>,
+    pub flows: Box<dyn FlowTable>,
     pub links: Box<dyn LinkTarget>,
     pub files: Box<dyn FileTarget>,
     pub health: Box<dyn HealthServers>,
@@ -100,6 +112,8 @@ pub struct Targets {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
     pub services: DiffStats,
+    /// UDP flows removed because their backend left.
+    pub stale_flows: usize,
     pub routes: DiffStats,
     pub kernel_routes: DiffStats,
     /// Where the conflist was written, when it changed.
@@ -226,6 +240,35 @@ impl Reconciler {
         (entries, missing)
     }
 
+    /// The service maps, then the UDP flows whose backend left: kube-proxy
+    /// clears them too, or a client that keeps its source port (a DNS
+    /// resolver) would keep reaching the old backend for as long as it
+    /// keeps sending. Removed only after the new backend set is in place,
+    /// so the client's next packet draws from it. TCP flows are left alone
+    /// (below).
+    fn reconcile_services(
+        &mut self,
+        desired: &BTreeMap<ServiceKey, DesiredFrontend>,
+        stale_flows: &mut usize,
+    ) -> DiffStats {
+        let services = &mut *self.targets.services;
+        let current = match services.current() {
+            Ok(current) => current,
+            Err(_) => return apply_diff("services", services, desired),
+        };
+        let stats = apply_diff_from("services", services, &current, desired);
+        let stale = stale_udp_flows(&current, desired);
+        if !stale.is_empty() {
+            match self.targets.flows.remove_flows(&stale) {
+                Ok(n) => *stale_flows = n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove the UDP flows of departed backends; they end when they expire")
+                }
+            }
+        }
+        stats
+    }
+
     /// Bring everything to `plan`.
     pub fn reconcile(&mut self, plan: &NodePlan) -> Report {
         let mut report = Report::default();
@@ -244,7 +287,7 @@ impl Reconciler {
                 &e,
             );
         }
-        report.services = apply_diff("services", &mut *self.targets.services, &plan.frontends);
+        report.services = self.reconcile_services(&plan.frontends, &mut report.stale_flows);
         let (routes, missing) = self.route_entries(&plan.routes);
         match self.targets.routes.sync(&routes) {
             Ok(s) => {
@@ -292,6 +335,36 @@ impl Reconciler {
         }
         report
     }
+}
+
+/// The UDP frontends' backends in `current` that `desired` no longer has
+/// (all of them for a frontend that is gone). A TCP connection is left to
+/// its endpoints: a terminating pod still finishes it, and one that is gone
+/// resets or times it out, so the client reconnects to a current backend.
+pub fn stale_udp_flows(
+    current: &BTreeMap<ServiceKey, DesiredFrontend>,
+    desired: &BTreeMap<ServiceKey, DesiredFrontend>,
+) -> Vec<StaleFlows> {
+    let mut stale: Vec<StaleFlows> = current
+        .iter()
+        .filter(|(key, _)| key.protocol == PROTO_UDP)
+        .flat_map(|(key, had)| {
+            let kept = desired.get(key).map_or(&[][..], |d| &d.backends[..]);
+            had.backends
+                .iter()
+                .filter(|b| !kept.contains(b))
+                .map(|backend| StaleFlows {
+                    addr: key.addr,
+                    port: key.port,
+                    protocol: key.protocol,
+                    backend: *backend,
+                })
+        })
+        .collect();
+    // The same address and port in two scopes is one set of flows.
+    stale.sort();
+    stale.dedup();
+    stale
 }
 
 #[cfg(test)]

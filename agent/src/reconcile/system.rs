@@ -9,14 +9,14 @@ use std::{
 use ferry_common::{Route, ServiceKey};
 
 use super::targets::{
-    FileTarget, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap, Table,
-    TargetError, TargetResult,
+    FileTarget, FlowTable, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap,
+    Table, TargetError, TargetResult,
 };
 use crate::{
     config::PortRange,
     healthcheck::HealthChecks,
     ipcmd,
-    maps::{NodeMap, Routes, ServiceTable, routes::RouteStats},
+    maps::{Conntrack, NodeMap, Routes, ServiceTable, routes::RouteStats},
     net::Ipv4Net,
     plan::{
         DesiredFrontend, HealthCheck, NodeAddress,
@@ -66,6 +66,21 @@ impl NodeMapTarget for NodeMap {
     fn set(&mut self, node: &NodeAddress) -> TargetResult<()> {
         let ports = (node.snat_ports.first, node.snat_ports.last);
         NodeMap::set(self, node.addr, ports).map_err(TargetError::new)
+    }
+}
+
+impl FlowTable for Conntrack {
+    fn remove_flows(&mut self, stale: &[super::targets::StaleFlows]) -> TargetResult<usize> {
+        let entries = self.entries().map_err(TargetError::new)?;
+        let doomed = crate::maps::conntrack::flows_to(&entries, stale);
+        let flows = doomed.len();
+        for (original, reply) in doomed {
+            self.remove(&original).map_err(TargetError::new)?;
+            if let Some(reply) = reply {
+                self.remove(&reply).map_err(TargetError::new)?;
+            }
+        }
+        Ok(flows)
     }
 }
 

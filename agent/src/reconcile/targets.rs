@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ferry_common::Route;
+use ferry_common::{Backend, Route};
 
 use crate::{
     config::PortRange,
@@ -42,6 +42,24 @@ pub trait Table<K, V> {
     fn current(&self) -> TargetResult<BTreeMap<K, V>>;
     fn upsert(&mut self, key: &K, value: &V) -> TargetResult<()>;
     fn remove(&mut self, key: &K) -> TargetResult<()>;
+}
+
+/// A flow to remove: tracked connections of `protocol` to the frontend
+/// `addr:port` that were sent to `backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StaleFlows {
+    /// Network order.
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub protocol: u8,
+    pub backend: Backend,
+}
+
+/// Ferry's conntrack, as far as the reconciler changes it.
+pub trait FlowTable {
+    /// Remove both entries of every flow `stale` names; returns how many
+    /// flows went.
+    fn remove_flows(&mut self, stale: &[StaleFlows]) -> TargetResult<usize>;
 }
 
 /// The route map, written whole (its own diff keeps a moved CIDR routed

@@ -339,3 +339,42 @@ fn a_missing_uplink_is_an_error_that_names_it() {
     assert!(reconciler.reconcile_links(&plan.links).is_err());
     assert_eq!(host.take_writes(), Vec::<String>::new());
 }
+
+#[test]
+fn udp_flows_of_a_departed_backend_are_removed_after_the_new_set_is_written() {
+    let udp_key = |port| ServiceKey {
+        protocol: ferry_common::PROTO_UDP,
+        port,
+        ..key(1)
+    };
+    let host = MemoryHost::default();
+    let mut targets = host.targets();
+    let before = BTreeMap::from([
+        (udp_key(53), fe(&[1, 2])),
+        (udp_key(54), fe(&[3])),
+        (key(1), fe(&[1, 2])),
+    ]);
+    apply_diff("services", &mut *targets.services, &before);
+    let mut reconciler = Reconciler::new(targets);
+    let mut plan = node_plan("", &PlanConfig::for_node("n1"));
+    // Backend 1 leaves port 53 (and the TCP frontend); port 54 goes.
+    plan.frontends = BTreeMap::from([(udp_key(53), fe(&[2, 4])), (key(1), fe(&[2]))]);
+    host.take_writes();
+    let report = reconciler.reconcile(&plan);
+    assert_eq!(report.stale_flows, 2);
+    let gone: Vec<(u16, u8)> = host
+        .0
+        .borrow()
+        .removed_flows
+        .iter()
+        .map(|f| (f.port, f.backend.addr[3]))
+        .collect();
+    assert_eq!(gone, [(53, 1), (54, 3)], "UDP only; TCP flows are kept");
+    let writes = host.take_writes();
+    let last_service_write = writes
+        .iter()
+        .rposition(|w| w.starts_with("services"))
+        .unwrap();
+    let flows = writes.iter().position(|w| w.starts_with("flows")).unwrap();
+    assert!(last_service_write < flows, "{writes:?}");
+}
