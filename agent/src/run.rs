@@ -53,8 +53,9 @@ struct Agent {
 }
 
 impl Agent {
-    /// Make the node match `snapshot`.
-    fn apply(&mut self, snapshot: &Snapshot, source: &str) {
+    /// Make the node match `snapshot`. `resync`: the objects did not change
+    /// (logged as "resynced", so " synced " lines mark changes only).
+    fn apply(&mut self, snapshot: &Snapshot, source: &str, resync: bool) {
         let parsed = Instant::now();
         report(&snapshot.problems);
         let (plan, problems) = plan::plan(&snapshot.objects, &self.cfg.plan);
@@ -77,8 +78,8 @@ impl Agent {
                 "routes synced"
             );
         }
-        if let Some(path) = &r.conflist {
-            tracing::info!(path = %path.display(), pod_cidr = ?plan.pod_cidr, "CNI config written");
+        if let (Some(path), Some(cidr)) = (&r.conflist, plan.pod_cidr) {
+            tracing::info!(path = %path.display(), pod_cidr = %cidr, "CNI config written");
         }
         tracing::info!(
             source,
@@ -92,7 +93,8 @@ impl Agent {
             model_ms = (planned - parsed).as_secs_f64() * 1e3,
             maps_ms = planned.elapsed().as_secs_f64() * 1e3,
             elapsed_ms = snapshot.seen.elapsed().as_secs_f64() * 1e3,
-            "synced"
+            "{}",
+            if resync { "resynced" } else { "synced" }
         );
     }
 
@@ -117,14 +119,14 @@ impl Agent {
         loop {
             tokio::select! {
                 snapshot = source.next() => {
-                    self.apply(&snapshot, &name);
+                    self.apply(&snapshot, &name, false);
                     last = Some(snapshot);
                 }
                 _ = resync.tick() => {
                     if let Some(snapshot) = &mut last {
                         snapshot.seen = Instant::now();
                         snapshot.problems.clear();
-                        self.apply(snapshot, &name);
+                        self.apply(snapshot, &name, true);
                     }
                 }
                 _ = gc.tick() => self.collect_garbage(),
@@ -160,12 +162,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     dataplane.pin_programs()?;
     update_pod_links(&pin_dir);
     let mut reconciler = Reconciler::new(system_targets(&cfg)?);
-    // Links follow the configuration alone: make them before any object
-    // arrives, and stop here if the uplink is wrong.
+    // Links and reserved ports follow the configuration alone: make them
+    // before any object arrives (the API may be down), and stop here if the
+    // uplink is wrong.
     let (empty_plan, _) = plan::plan(&Objects::default(), &cfg.plan);
     reconciler
         .reconcile_links(&empty_plan.links)
         .context("setting up cross-node routing")?;
+    reconciler.reserve_ports(&empty_plan.reserved_ports);
     if let Some(uplink) = &cfg.plan.uplink {
         tracing::info!(overlay = ?uplink.overlay, uplink = %uplink.interface, "cross-node routing attached");
     }

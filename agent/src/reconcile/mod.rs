@@ -209,6 +209,24 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Keep the node's own sockets off `ranges` (once per change of them).
+    /// Not fatal: forwarding works without it; only a node socket that
+    /// happens to pick one of those ports would suffer.
+    pub fn reserve_ports(&mut self, ranges: &[PortRange]) {
+        if self.applied_reserved.as_deref() == Some(ranges) {
+            return;
+        }
+        match self.targets.ports.reserve(ranges) {
+            Ok(Some(now)) => tracing::info!(
+                ip_local_reserved_ports = %now,
+                "reserved the source-NAT and NodePort ranges from the node's automatic port choice"
+            ),
+            Ok(None) => tracing::debug!("source-NAT and NodePort ranges already reserved"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+        self.applied_reserved = Some(ranges.to_vec());
+    }
+
     /// Route-map entries with each device's ifindex; a route whose device
     /// is missing is left out (and counted).
     fn route_entries(
@@ -276,7 +294,14 @@ impl Reconciler {
             tracing::warn!(target_name = what, error = %e, "writing failed; retried at the next change or resync");
             report.failures += 1;
         };
-        if self.applied_links.as_ref() != Some(&plan.links)
+        // Links follow the configuration; they are redone when it changes,
+        // or when the VXLAN device went away (someone deleted it).
+        let device_gone = plan
+            .links
+            .vxlan_device
+            .as_ref()
+            .is_some_and(|d| self.targets.links.ifindex(&d.name).is_none());
+        if (device_gone || self.applied_links.as_ref() != Some(&plan.links))
             && let Err(e) = self.reconcile_links(&plan.links)
         {
             failed("links", &e);
@@ -320,19 +345,7 @@ impl Reconciler {
                 }
             }
         }
-        if self.applied_reserved.as_ref() != Some(&plan.reserved_ports) {
-            match self.targets.ports.reserve(&plan.reserved_ports) {
-                Ok(Some(now)) => tracing::info!(
-                    ip_local_reserved_ports = %now,
-                    "reserved the source-NAT and NodePort ranges from the node's automatic port choice"
-                ),
-                Ok(None) => tracing::debug!("source-NAT and NodePort ranges already reserved"),
-                // Not fatal: forwarding works without it; only a node socket
-                // that happens to pick one of those ports would suffer.
-                Err(e) => tracing::warn!("{e}"),
-            }
-            self.applied_reserved = Some(plan.reserved_ports.clone());
-        }
+        self.reserve_ports(&plan.reserved_ports);
         report
     }
 }

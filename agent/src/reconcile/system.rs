@@ -85,16 +85,43 @@ impl FlowTable for Conntrack {
 }
 
 /// The node's routes to other nodes' pod CIDRs, through iproute2. What an
-/// earlier sync of this process installed is what is observed: routes of
-/// nodes that left while no agent ran stay until the node reboots.
+/// earlier sync of this process installed (and the kernel still has) is what
+/// is observed: routes of nodes that left while no agent ran stay until the
+/// node reboots.
 #[derive(Default)]
 pub struct KernelRoutes {
     installed: BTreeMap<Ipv4Net, KernelRoute>,
 }
 
+/// The destinations of the kernel's IPv4 main-table routes, as "a.b.c.d/n".
+fn kernel_route_destinations() -> TargetResult<BTreeSet<String>> {
+    let json = ipcmd::ip(&["-j", "-4", "route", "show"]).map_err(TargetError::new)?;
+    let routes: Vec<serde_json::Value> = serde_json::from_str(&json).map_err(TargetError::new)?;
+    Ok(routes
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .map(|d| match d.contains('/') {
+            true => d.to_string(),
+            false => format!("{d}/32"),
+        })
+        .collect())
+}
+
 impl Table<Ipv4Net, KernelRoute> for KernelRoutes {
+    /// What this process installed and the kernel still has: a route
+    /// something else removed (a link flap, a DHCP renew) is put back at
+    /// the next sync or resync.
     fn current(&self) -> TargetResult<BTreeMap<Ipv4Net, KernelRoute>> {
-        Ok(self.installed.clone())
+        if self.installed.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let present = kernel_route_destinations()?;
+        Ok(self
+            .installed
+            .iter()
+            .filter(|(net, _)| present.contains(&format!("{}/{}", net.network(), net.prefix)))
+            .map(|(net, route)| (*net, route.clone()))
+            .collect())
     }
 
     fn upsert(&mut self, net: &Ipv4Net, route: &KernelRoute) -> TargetResult<()> {

@@ -109,6 +109,14 @@ fn reconciled(overlay: Overlay) -> (MemoryHost, Reconciler) {
     (host, reconciler)
 }
 
+const VXLAN: Overlay = Overlay::Vxlan { vni: 7, port: 4789 };
+
+fn assert_wrote(writes: &[String], expected: &[&str]) {
+    for w in expected {
+        assert!(writes.iter().any(|x| x == w), "{w} in {writes:?}");
+    }
+}
+
 const NATIVE_XDP: Overlay = Overlay::Native {
     xdp: Some(XdpMode::Generic),
 };
@@ -176,8 +184,7 @@ fn a_first_reconcile_builds_everything_and_an_unchanged_restart_only_repoints_li
 fn an_overlay_change_from_native_to_vxlan_moves_links_routes_and_mtu() {
     let (host, _) = reconciled(NATIVE_XDP);
 
-    let vxlan = Overlay::Vxlan { vni: 7, port: 4789 };
-    let report = Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(vxlan)));
+    let report = Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(VXLAN)));
     assert_eq!(report.failures, 0);
     let writes = host.take_writes();
     let position = |w: &str| {
@@ -219,13 +226,12 @@ fn an_xdp_mode_change_replaces_the_link_and_xdp_off_removes_it() {
     };
     reconciler.reconcile(&node_plan(CLUSTER, &config(native)));
     let writes = host.take_writes();
-    assert!(
-        writes.contains(&"links detach xdp-generic-eth0".to_string()),
-        "{writes:?}"
-    );
-    assert!(
-        writes.contains(&"links attach xdp-native-eth0".to_string()),
-        "{writes:?}"
+    assert_wrote(
+        &writes,
+        &[
+            "links detach xdp-generic-eth0",
+            "links attach xdp-native-eth0",
+        ],
     );
     assert_eq!(
         host.0.borrow().links["xdp-native-eth0"].hook,
@@ -239,20 +245,20 @@ fn an_xdp_mode_change_replaces_the_link_and_xdp_off_removes_it() {
 
 #[test]
 fn a_move_back_to_native_routing_removes_the_vxlan_device_and_its_link() {
-    let vxlan = Overlay::Vxlan { vni: 7, port: 4789 };
-    let (host, _) = reconciled(vxlan);
+    let (host, _) = reconciled(VXLAN);
     assert!(host.0.borrow().interfaces.contains_key("ferry-vxlan"));
     let report =
         Reconciler::new(host.targets()).reconcile(&node_plan(CLUSTER, &config(NATIVE_XDP)));
     assert_eq!(report.failures, 0);
     let writes = host.take_writes();
-    for w in [
-        "links detach ferry-vxlan",
-        "device del ferry-vxlan",
-        "links attach xdp-generic-eth0",
-    ] {
-        assert!(writes.contains(&w.to_string()), "{w} in {writes:?}");
-    }
+    assert_wrote(
+        &writes,
+        &[
+            "links detach ferry-vxlan",
+            "device del ferry-vxlan",
+            "links attach xdp-generic-eth0",
+        ],
+    );
     let h = host.0.borrow();
     assert!(!h.interfaces.contains_key("ferry-vxlan"));
     let route = h.routes[&"10.244.2.0/24".parse().unwrap()];
@@ -333,8 +339,7 @@ fn a_missing_uplink_is_an_error_that_names_it() {
     assert!(err.to_string().contains("eth0 does not exist"), "{err}");
     assert!(host.0.borrow().links.is_empty());
     // Nor is a VXLAN device made for it.
-    let vxlan = Overlay::Vxlan { vni: 1, port: 4789 };
-    let plan = node_plan(CLUSTER, &config(vxlan));
+    let plan = node_plan(CLUSTER, &config(VXLAN));
     let mut reconciler = Reconciler::new(host.targets());
     assert!(reconciler.reconcile_links(&plan.links).is_err());
     assert_eq!(host.take_writes(), Vec::<String>::new());
@@ -377,4 +382,20 @@ fn udp_flows_of_a_departed_backend_are_removed_after_the_new_set_is_written() {
         .unwrap();
     let flows = writes.iter().position(|w| w.starts_with("flows")).unwrap();
     assert!(last_service_write < flows, "{writes:?}");
+}
+
+#[test]
+fn a_deleted_vxlan_device_is_made_again_at_the_next_sync() {
+    let (host, mut reconciler) = reconciled(VXLAN);
+    host.0.borrow_mut().interfaces.remove("ferry-vxlan");
+    let report = reconciler.reconcile(&node_plan(CLUSTER, &config(VXLAN)));
+    assert_eq!(report.failures, 0);
+    let writes = host.take_writes();
+    assert_wrote(
+        &writes,
+        &["device add ferry-vxlan", "links attach ferry-vxlan"],
+    );
+    let h = host.0.borrow();
+    let route = h.routes[&"10.244.2.0/24".parse().unwrap()];
+    assert_eq!(route.ifindex, h.interfaces["ferry-vxlan"]);
 }

@@ -82,6 +82,9 @@ pub struct KubeSource {
 impl KubeSource {
     /// Start the watches (on the current tokio runtime).
     pub fn start(client: Client) -> Self {
+        tracing::info!(
+            "watching Services, EndpointSlices and Nodes; the first sync waits for all three lists"
+        );
         let changed = Arc::new(Notify::new());
         let services = spawn_reflector(
             Api::<Service>::all(client.clone()),
@@ -151,9 +154,6 @@ impl Source for KubeSource {
 
     async fn next(&mut self) -> Snapshot {
         if !self.ready {
-            tracing::info!(
-                "watching Services, EndpointSlices and Nodes; the first sync waits for all three lists"
-            );
             self.wait_ready().await;
             self.ready = true;
             self.drain_changes();
