@@ -17,7 +17,7 @@ use crate::{
     loader::Dataplane,
     maps::{Conntrack, NodeMap, Routes, ServiceTable, monotonic_now_ns},
     metrics::Metrics,
-    plan::{self, Objects, Problem},
+    plan::{self, Objects, problem::ProblemLog},
     reconcile::{
         Reconciler, Targets,
         system::{KernelRoutes, ProcSys, SystemFiles, SystemLinks},
@@ -50,6 +50,8 @@ struct Agent {
     reconciler: Reconciler,
     conntrack: Conntrack,
     metrics: Arc<Metrics>,
+    /// Problems with the objects, each logged once.
+    problems: ProblemLog,
 }
 
 impl Agent {
@@ -57,9 +59,11 @@ impl Agent {
     /// (logged as "resynced", so " synced " lines mark changes only).
     fn apply(&mut self, snapshot: &Snapshot, source: &str, resync: bool) {
         let parsed = Instant::now();
-        report(&snapshot.problems);
-        let (plan, problems) = plan::plan(&snapshot.objects, &self.cfg.plan);
-        report(&problems);
+        let (plan, mut problems) = plan::plan(&snapshot.objects, &self.cfg.plan);
+        problems.extend(snapshot.problems.iter().cloned());
+        for p in self.problems.new_ones(&problems) {
+            tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
+        }
         let planned = Instant::now();
         let r = self.reconciler.reconcile(&plan);
         let done = Instant::now();
@@ -125,7 +129,6 @@ impl Agent {
                 _ = resync.tick() => {
                     if let Some(snapshot) = &mut last {
                         snapshot.seen = Instant::now();
-                        snapshot.problems.clear();
                         self.apply(snapshot, &name, true);
                     }
                 }
@@ -185,6 +188,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         reconciler,
         conntrack: Conntrack::open(&pin_dir)?,
         metrics,
+        problems: ProblemLog::default(),
         cfg,
     };
     tracing::info!(node = %agent.cfg.plan.node_name, pin_dir = %pin_dir.display(), "dataplane loaded");
@@ -198,10 +202,4 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     tracing::info!("stopping; the dataplane keeps forwarding from the pinned maps");
     drop(dataplane);
     Ok(())
-}
-
-fn report(problems: &[Problem]) {
-    for p in problems {
-        tracing::warn!(object = %p.object, field = %p.field, "skipped: {}", p.message);
-    }
 }

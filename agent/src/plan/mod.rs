@@ -25,6 +25,7 @@ pub mod network;
 pub mod nodes;
 pub mod problem;
 pub mod services;
+pub mod unsupported;
 
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontends::DesiredFrontend;
@@ -122,6 +123,9 @@ fn service_frontends(
     BTreeMap<ServiceKey, DesiredFrontend>,
     BTreeMap<u16, HealthCheck>,
 ) {
+    for slice in &objects.slices {
+        unsupported::slice_fields(slice, problems);
+    }
     let slices = endpoints::SliceIndex::new(&objects.slices);
     let mut frontends = BTreeMap::new();
     let mut health_checks = BTreeMap::new();

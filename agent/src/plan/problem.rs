@@ -2,8 +2,9 @@
 //! reported with its path, never dropped silently.
 use std::fmt;
 
-/// An object (or part of one) that was skipped, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An object (or part of one) that was skipped or is not fully served, and
+/// why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
     /// "Service default/web", "EndpointSlice default/web-abc", "Node n1".
     pub object: String,
@@ -39,5 +40,41 @@ impl ObjectProblems<'_> {
             field: field.into(),
             message: message.into(),
         });
+    }
+}
+
+/// The problems already logged: each is logged once, when it appears, not
+/// at every sync; one that went away and comes back is logged again.
+#[derive(Debug, Default)]
+pub struct ProblemLog {
+    logged: std::collections::BTreeSet<Problem>,
+}
+
+impl ProblemLog {
+    /// The problems of `now` not logged yet; remembers `now` as logged.
+    pub fn new_ones<'a>(&mut self, now: &'a [Problem]) -> Vec<&'a Problem> {
+        let fresh = now.iter().filter(|p| !self.logged.contains(p)).collect();
+        self.logged = now.iter().cloned().collect();
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_is_logged_once_and_again_only_after_it_went_away() {
+        let p = |field: &str| Problem {
+            object: "Service default/web".into(),
+            field: field.into(),
+            message: "not implemented".into(),
+        };
+        let mut log = ProblemLog::default();
+        assert_eq!(log.new_ones(&[p("a")]).len(), 1);
+        assert!(log.new_ones(&[p("a")]).is_empty());
+        assert_eq!(log.new_ones(&[p("a"), p("b")]), [&p("b")]);
+        assert!(log.new_ones(&[]).is_empty());
+        assert_eq!(log.new_ones(&[p("a")]).len(), 1);
     }
 }

@@ -1,6 +1,6 @@
 //! Service objects, parsed once into what the frontends are built from.
-//! Headless and ExternalName Services are not proxied; SCTP ports are
-//! skipped; IPv6 addresses are not served yet (skipped without a problem).
+//! Headless and ExternalName Services are not proxied (as kube-proxy); SCTP
+//! ports and IPv6 addresses are not served yet (reported, then skipped).
 use std::net::Ipv4Addr;
 
 use ferry_common::{PROTO_TCP, PROTO_UDP};
@@ -71,7 +71,11 @@ fn ipv4_list<'a>(
     let mut out = Vec::new();
     for (i, ip) in items.enumerate() {
         if ip.contains(':') {
-            continue; // IPv6: not served yet
+            problems.push(
+                format!("{field}[{i}]"),
+                format!("{ip}: IPv6 is not served yet (IPv4 only)"),
+            );
+            continue;
         }
         match ip.parse() {
             Ok(a) => out.push(a),
@@ -103,6 +107,7 @@ pub fn parse_service(
     if kind == "ExternalName" {
         return None;
     }
+    super::unsupported::service_fields(svc, &mut problems);
     let mut ips: Vec<&str> = spec
         .cluster_ips
         .iter()
@@ -183,7 +188,11 @@ fn parse_port(
     problems: &mut ObjectProblems,
 ) -> Option<ServicePort> {
     let protocol = match protocol_number(port.protocol.as_deref()) {
-        Ok(p) => p?,
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            problems.push(format!("{field}.protocol"), "SCTP is not served");
+            return None;
+        }
         Err(message) => {
             problems.push(format!("{field}.protocol"), message);
             return None;

@@ -200,7 +200,13 @@ fn headless_externalname_and_sctp_are_not_proxied() {
     let yaml = include_str!("../../testdata/not_proxied.yaml");
     let (d, problems) = desired_state(&objects(yaml), "n1");
     assert!(d.frontends.is_empty(), "{:?}", d.frontends);
-    assert!(problems.is_empty(), "{problems:?}");
+    // Headless and ExternalName are not proxied by design (as kube-proxy);
+    // SCTP is a gap, and said so.
+    let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        said,
+        ["Service default/sctp spec.ports[0].protocol: SCTP is not served"]
+    );
 }
 
 #[test]
@@ -257,4 +263,36 @@ fn a_ready_endpoint_is_used_even_while_terminating_as_kube_proxy_does() {
     let (d, _) = desired_state(&objects(&yaml), "n1");
     let f = &d.frontends[&frontend([10, 96, 0, 1], 80, PROTO_TCP)];
     assert_eq!(f.backends, vec![backend([10, 0, 0, 4], 8080)]);
+}
+
+#[test]
+fn fields_ferry_does_not_implement_are_reported_with_their_path_and_the_rest_served() {
+    let (d, problems) = desired_state(
+        &objects(include_str!("../../testdata/unsupported.yaml")),
+        "n1",
+    );
+    let fields: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|p| (p.object.as_str(), p.field.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("EndpointSlice default/web-v4", "endpoints[0].hints"),
+            ("EndpointSlice default/web-v6", "addressType"),
+            ("Service default/web", "spec.sessionAffinity"),
+            ("Service default/web", "spec.loadBalancerSourceRanges"),
+            ("Service default/web", "spec.trafficDistribution"),
+            (
+                "Service default/web",
+                "metadata.annotations[service.kubernetes.io/topology-mode]"
+            ),
+            ("Service default/web", "spec.clusterIPs[1]"),
+        ],
+        "{problems:#?}"
+    );
+    assert_eq!(
+        d.frontends[&frontend([10, 96, 0, 10], 80, PROTO_TCP)].backends,
+        vec![backend([10, 244, 1, 5], 8080)]
+    );
 }

@@ -1,0 +1,79 @@
+//! Fields kube-proxy acts on that ferry does not implement yet: each is
+//! reported with its field path (and logged once per object), never
+//! ignored without a word. The README's Service fields table lists them.
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::problem::{ObjectProblems, Problem, object_name};
+
+const EVERY_ENDPOINT: &str = "not implemented: every node uses every endpoint";
+
+/// Topology annotations kube-proxy reads.
+const TOPOLOGY_ANNOTATIONS: [&str; 2] = [
+    "service.kubernetes.io/topology-mode",
+    "service.kubernetes.io/topology-aware-hints",
+];
+
+/// A Service's fields ferry does not act on.
+pub fn service_fields(svc: &Service, problems: &mut ObjectProblems) {
+    let Some(spec) = &svc.spec else { return };
+    if spec.session_affinity.as_deref() == Some("ClientIP") {
+        problems.push(
+            "spec.sessionAffinity",
+            "ClientIP is not implemented: each connection picks its backend on its own",
+        );
+    }
+    let lb = spec.type_.as_deref() == Some("LoadBalancer");
+    if lb
+        && spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .next()
+            .is_some()
+    {
+        problems.push(
+            "spec.loadBalancerSourceRanges",
+            "not enforced: every client reaches the load-balancer IPs",
+        );
+    }
+    if let Some(distribution) = &spec.traffic_distribution {
+        problems.push(
+            "spec.trafficDistribution",
+            format!("{distribution}: {EVERY_ENDPOINT}"),
+        );
+    }
+    let annotations = svc.metadata.annotations.iter().flatten();
+    for (key, value) in annotations.filter(|(k, _)| TOPOLOGY_ANNOTATIONS.contains(&k.as_str())) {
+        problems.push(
+            format!("metadata.annotations[{key}]"),
+            format!("{value}: {EVERY_ENDPOINT}"),
+        );
+    }
+}
+
+/// An EndpointSlice's fields ferry does not act on.
+pub fn slice_fields(slice: &EndpointSlice, problems: &mut Vec<Problem>) {
+    let meta = &slice.metadata;
+    let mut problems = ObjectProblems {
+        object: object_name(
+            "EndpointSlice",
+            meta.namespace.as_deref(),
+            meta.name.as_deref(),
+        ),
+        sink: problems,
+    };
+    if slice.address_type != "IPv4" {
+        let message = format!(
+            "{} endpoints are not served (IPv4 only)",
+            slice.address_type
+        );
+        problems.push("addressType", message);
+        return;
+    }
+    if let Some(i) = slice.endpoints.iter().position(|e| e.hints.is_some()) {
+        problems.push(
+            format!("endpoints[{i}].hints"),
+            format!("topology hints are {EVERY_ENDPOINT}"),
+        );
+    }
+}
