@@ -58,6 +58,19 @@ impl<'a> SliceIndex<'a> {
     }
 }
 
+/// Problems of `slice`.
+pub fn slice_problems<'a>(slice: &EndpointSlice, sink: &'a mut Vec<Problem>) -> ObjectProblems<'a> {
+    let meta = &slice.metadata;
+    ObjectProblems {
+        object: object_name(
+            "EndpointSlice",
+            meta.namespace.as_deref(),
+            meta.name.as_deref(),
+        ),
+        sink,
+    }
+}
+
 /// The endpoints of one Service port across its slices (matched by port
 /// name and protocol; the slice carries the resolved target port), sorted
 /// and without exact repeats. Bad fields become problems.
@@ -69,15 +82,7 @@ pub fn endpoints_for_port(
 ) -> Vec<Endpoint> {
     let mut out = BTreeSet::new();
     for slice in slices {
-        let meta = &slice.metadata;
-        let mut problems = ObjectProblems {
-            object: object_name(
-                "EndpointSlice",
-                meta.namespace.as_deref(),
-                meta.name.as_deref(),
-            ),
-            sink: problems,
-        };
+        let mut problems = slice_problems(slice, problems);
         for (pi, sp) in slice.ports.iter().flatten().enumerate() {
             if sp.name.as_deref().unwrap_or("") != port.name
                 || protocol_number(sp.protocol.as_deref()) != Ok(Some(port.protocol))

@@ -3,7 +3,7 @@
 //! ignored without a word. The README's Service fields table lists them.
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::problem::{ObjectProblems, Problem, object_name};
+use super::problem::{ObjectProblems, Problem};
 
 const EVERY_ENDPOINT: &str = "not implemented: every node uses every endpoint";
 
@@ -53,15 +53,7 @@ pub fn service_fields(svc: &Service, problems: &mut ObjectProblems) {
 
 /// An EndpointSlice's fields ferry does not act on.
 pub fn slice_fields(slice: &EndpointSlice, problems: &mut Vec<Problem>) {
-    let meta = &slice.metadata;
-    let mut problems = ObjectProblems {
-        object: object_name(
-            "EndpointSlice",
-            meta.namespace.as_deref(),
-            meta.name.as_deref(),
-        ),
-        sink: problems,
-    };
+    let mut problems = super::endpoints::slice_problems(slice, problems);
     if slice.address_type != "IPv4" {
         let message = format!(
             "{} endpoints are not served (IPv4 only)",
