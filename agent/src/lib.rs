@@ -9,6 +9,7 @@ pub mod config;
 pub mod healthcheck;
 pub mod inspect;
 pub mod ipcmd;
+pub mod latency;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -74,20 +74,20 @@ impl Metrics {
         }
     }
 
-    /// A sync was written: `sync_seconds` from objects to maps, and, when it
-    /// changed the dataplane, `programming_seconds` from the change being
-    /// seen to the maps holding it. The first one makes the agent ready.
-    pub fn record_sync(&self, sync_seconds: f64, programming_seconds: f64, changed: bool) {
+    /// A sync was written: `sync_seconds` from objects to maps, and
+    /// `programming_seconds`, one per change it carried, from the change
+    /// (its trigger time, or the agent seeing it) to the maps holding it. The
+    /// first one makes the agent ready.
+    pub fn record_sync(&self, sync_seconds: f64, programming_seconds: &[f64]) {
         self.sync_duration
             .lock()
             .expect("metrics lock")
             .observe(sync_seconds);
-        if changed {
-            self.programming
-                .lock()
-                .expect("metrics lock")
-                .observe(programming_seconds);
+        let mut programming = self.programming.lock().expect("metrics lock");
+        for seconds in programming_seconds {
+            programming.observe(*seconds);
         }
+        drop(programming);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
     }
@@ -262,8 +262,8 @@ mod tests {
     fn histograms_are_cumulative_and_ready_follows_the_first_sync() {
         let m = Metrics::new(Path::new("/nonexistent"));
         assert!(!m.is_ready());
-        m.record_sync(0.002, 0.003, true);
-        m.record_sync(0.2, 0.0, false);
+        m.record_sync(0.002, &[0.003]);
+        m.record_sync(0.2, &[]);
         assert!(m.is_ready());
         let text = m.render();
         assert!(text.contains("ferry_syncs_total 2"), "{text}");

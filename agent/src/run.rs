@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::{RunConfig, SourceConfig},
     healthcheck::HealthChecks,
+    latency::TriggerTimes,
     loader::Dataplane,
     maps::{Conntrack, NodeMap, Routes, ServiceTable, monotonic_now_ns},
     metrics::Metrics,
@@ -52,6 +53,8 @@ struct Agent {
     metrics: Arc<Metrics>,
     /// Problems with the objects, each logged once.
     problems: ProblemLog,
+    /// EndpointSlice trigger times seen, for the programming latency.
+    triggers: TriggerTimes,
 }
 
 impl Agent {
@@ -59,6 +62,7 @@ impl Agent {
     /// (logged as "resynced", so " synced " lines mark changes only).
     fn apply(&mut self, snapshot: &Snapshot, source: &str, resync: bool) {
         let parsed = Instant::now();
+        let triggers = self.triggers.new_triggers(&snapshot.objects.slices);
         let (plan, mut problems) = plan::plan(&snapshot.objects, &self.cfg.plan);
         problems.extend(snapshot.problems.iter().cloned());
         for p in self.problems.new_ones(&problems) {
@@ -68,11 +72,18 @@ impl Agent {
         let r = self.reconciler.reconcile(&plan);
         let done = Instant::now();
         let services = r.services;
-        self.metrics.record_sync(
-            (done - parsed).as_secs_f64(),
-            (done - snapshot.seen).as_secs_f64(),
-            services.changed() > 0,
-        );
+        // Only a sync that changed the maps programmed anything.
+        let programming: Vec<f64> = match (services.changed(), triggers.is_empty()) {
+            (0, _) => Vec::new(),
+            (_, true) => vec![(done - snapshot.seen).as_secs_f64()],
+            (_, false) => {
+                let now = std::time::SystemTime::now();
+                let since = |t| now.duration_since(t).unwrap_or_default().as_secs_f64();
+                triggers.into_iter().map(since).collect()
+            }
+        };
+        self.metrics
+            .record_sync((done - parsed).as_secs_f64(), &programming);
         if r.routes.changed() + r.kernel_routes.changed() > 0 {
             tracing::info!(
                 nodes = plan.peers.len(),
@@ -189,6 +200,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         conntrack: Conntrack::open(&pin_dir)?,
         metrics,
         problems: ProblemLog::default(),
+        triggers: TriggerTimes::default(),
         cfg,
     };
     tracing::info!(node = %agent.cfg.plan.node_name, pin_dir = %pin_dir.display(), "dataplane loaded");

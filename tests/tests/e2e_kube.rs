@@ -203,8 +203,15 @@ fn services_follow_the_api_through_scale_delete_relist_and_proxy_name() {
                 > lists_before
         },
     );
-    // After the relist it still follows changes: back to b1 only.
-    api.apply(slice(&[&backends[0]])).unwrap();
+    // After the relist it still follows changes: back to b1 only. The
+    // EndpointSlice controller stamps when the change began; the
+    // programming latency is measured from there (5 s ago), as kube-proxy's.
+    let mut scaled_down = slice(&[&backends[0]]);
+    let began =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(5);
+    scaled_down["metadata"]["annotations"] =
+        json!({"endpoints.kubernetes.io/last-change-trigger-time": began.to_string()});
+    api.apply(scaled_down).unwrap();
     eventually(
         "scaled down to b1 after the relist",
         &node,
@@ -254,6 +261,15 @@ fn services_follow_the_api_through_scale_delete_relist_and_proxy_name() {
     assert!(
         count >= 5,
         "programming latencies recorded: {count}\n{metrics}"
+    );
+    let sum = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_network_programming_duration_seconds_sum"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        (5.0..20.0).contains(&sum),
+        "the scale-down counted from its trigger time 5 s earlier: sum {sum}\n{metrics}"
     );
     assert!(metrics.contains("ferry_datapath_packets_total{outcome=\"translated\"}"));
     drop(backends);

@@ -1,0 +1,94 @@
+//! When a change to the objects began, for the network-programming latency:
+//! as kube-proxy measures it, from the EndpointSlice's
+//! `endpoints.kubernetes.io/last-change-trigger-time` annotation (set by the
+//! EndpointSlice controller when a pod or Service change started the
+//! update), so the metric covers the whole path from the change to the
+//! maps, not only ferry's part.
+use std::{collections::BTreeMap, time::SystemTime};
+
+use k8s_openapi::{api::discovery::v1::EndpointSlice, jiff::Timestamp};
+
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The trigger-time annotations seen so far, by slice.
+#[derive(Debug, Default)]
+pub struct TriggerTimes {
+    /// None until the first call: what exists at startup is no change.
+    seen: Option<BTreeMap<(String, String), String>>,
+}
+
+fn trigger(slice: &EndpointSlice) -> Option<(&str, SystemTime)> {
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    let at = value.parse::<Timestamp>().ok()?;
+    Some((value.as_str(), SystemTime::from(at)))
+}
+
+impl TriggerTimes {
+    /// The trigger times of slices whose annotation changed since the last
+    /// call (a new slice's included); none at the first call.
+    pub fn new_triggers(&mut self, slices: &[EndpointSlice]) -> Vec<SystemTime> {
+        let mut now = BTreeMap::new();
+        let mut fresh = Vec::new();
+        for slice in slices {
+            let Some((value, at)) = trigger(slice) else {
+                continue;
+            };
+            let meta = &slice.metadata;
+            let key = (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            );
+            let before = self.seen.as_ref().map(|seen| seen.get(&key));
+            if matches!(before, Some(b) if b.map(String::as_str) != Some(value)) {
+                fresh.push(at);
+            }
+            now.insert(key, value.to_string());
+        }
+        self.seen = Some(now);
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, at: Option<&str>) -> EndpointSlice {
+        let mut s = EndpointSlice {
+            address_type: "IPv4".into(),
+            ..Default::default()
+        };
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some("default".into());
+        s.metadata.annotations =
+            at.map(|a| [(TRIGGER_TIME_ANNOTATION.to_string(), a.to_string())].into());
+        s
+    }
+
+    #[test]
+    fn only_changed_trigger_times_after_startup_count() {
+        let mut t = TriggerTimes::default();
+        let a = slice("a", Some("2026-11-30T05:00:00Z"));
+        assert!(
+            t.new_triggers(std::slice::from_ref(&a)).is_empty(),
+            "startup"
+        );
+        assert!(
+            t.new_triggers(std::slice::from_ref(&a)).is_empty(),
+            "unchanged"
+        );
+        let a2 = slice("a", Some("2026-11-30T05:00:01.5Z"));
+        let b = slice("b", Some("2026-11-30T05:00:02Z"));
+        let plain = slice("c", None);
+        let got = t.new_triggers(&[a2, b, plain]);
+        let expected: Vec<SystemTime> = ["2026-11-30T05:00:01.5Z", "2026-11-30T05:00:02Z"]
+            .iter()
+            .map(|s| SystemTime::from(s.parse::<Timestamp>().unwrap()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+}
