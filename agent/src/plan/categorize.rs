@@ -1,11 +1,55 @@
 //! Which endpoints serve which traffic, decided once per Service port, as
-//! kube-proxy's pkg/proxy/topology.go `CategorizeEndpoints` does. Topology
-//! hints and session affinity belong here too.
+//! kube-proxy's pkg/proxy/topology.go `CategorizeEndpoints` does: readiness
+//! with the serving-terminating fallback, topology hints, and the traffic
+//! policies. Session affinity belongs here too.
 use std::collections::BTreeSet;
 
 use ferry_common::Backend;
 
-use super::{endpoints::Endpoint, services::TrafficPolicies};
+use super::{
+    endpoints::{Endpoint, Hint},
+    services::TrafficPolicies,
+};
+
+/// Which hints narrow cluster-wide traffic on this node (kube-proxy's
+/// `topologyModeFromHints`). The EndpointSlice controller writes hints for
+/// `trafficDistribution` (PreferClose, PreferSameZone: zones;
+/// PreferSameNode: nodes) and the `topology-mode` annotation; hints are used
+/// only when every ready endpoint carries them and some name this node (or
+/// its zone), so traffic never goes to no endpoint at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// Every endpoint.
+    Any,
+    /// Endpoints hinted for this node.
+    SameNode,
+    /// Endpoints hinted for this node's zone.
+    SameZone,
+}
+
+pub fn topology(endpoints: &[Endpoint]) -> Topology {
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    let usable = |hint: fn(&Endpoint) -> Hint| {
+        ready.iter().all(|e| hint(e) != Hint::Absent) && ready.iter().any(|e| hint(e) == Hint::Here)
+    };
+    if usable(|e| e.node_hint) {
+        Topology::SameNode
+    } else if usable(|e| e.zone_hint) {
+        Topology::SameZone
+    } else {
+        Topology::Any
+    }
+}
+
+impl Topology {
+    fn admits(self, e: &Endpoint) -> bool {
+        match self {
+            Topology::Any => true,
+            Topology::SameNode => e.node_hint == Hint::Here,
+            Topology::SameZone => e.zone_hint == Hint::Here,
+        }
+    }
+}
 
 /// The backends of one Service port for each kind of traffic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,11 +91,14 @@ fn usable<'a>(eligible: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<Backe
     out
 }
 
-/// Decide, once, which of a port's endpoints serve which traffic.
+/// Decide, once, which of a port's endpoints serve which traffic. Topology
+/// narrows cluster-wide traffic only: a Local traffic policy wins (as
+/// kube-proxy).
 pub fn categorize(endpoints: &[Endpoint], policies: TrafficPolicies) -> Categorized {
-    let all = endpoints.iter();
+    let topology = topology(endpoints);
+    let all = endpoints.iter().filter(|e| topology.admits(e));
     let local = endpoints.iter().filter(|e| e.local);
-    let any = usable(all.clone());
+    let any = usable(all);
     let local_usable = usable(local.clone());
     Categorized {
         cluster: if policies.internal_local {
@@ -84,6 +131,15 @@ mod tests {
             ready,
             serving_terminating,
             local,
+            zone_hint: Hint::Absent,
+            node_hint: Hint::Absent,
+        }
+    }
+
+    fn zoned(last: u8, zone_hint: Hint) -> Endpoint {
+        Endpoint {
+            zone_hint,
+            ..ep(last, true, false, false)
         }
     }
 
@@ -125,5 +181,54 @@ mod tests {
         let eps = [ep(1, false, true, true), ep(3, true, false, false)];
         let c = categorize(&eps, EXTERNAL_LOCAL);
         assert_eq!((addrs(&c.cluster), addrs(&c.external)), (vec![3], vec![1]));
+    }
+
+    #[test]
+    fn zone_hints_narrow_cluster_traffic_only_when_every_ready_endpoint_has_one_and_some_are_here()
+    {
+        use Hint::{Absent, Elsewhere, Here};
+        let hinted = [zoned(1, Here), zoned(2, Elsewhere), zoned(3, Here)];
+        let c = categorize(&hinted, TrafficPolicies::default());
+        assert_eq!(topology(&hinted), Topology::SameZone);
+        assert_eq!(
+            (addrs(&c.cluster), addrs(&c.external), addrs(&c.any)),
+            (vec![1, 3], vec![1, 3], vec![1, 3])
+        );
+        // One ready endpoint without hints: all of them.
+        let partly = [zoned(1, Here), zoned(2, Absent)];
+        assert_eq!(
+            addrs(&categorize(&partly, TrafficPolicies::default()).cluster),
+            vec![1, 2]
+        );
+        // A not-ready endpoint without hints does not count.
+        let not_ready = [zoned(1, Here), ep(2, false, true, false)];
+        assert_eq!(topology(&not_ready), Topology::SameZone);
+        // None for this zone: all of them, never none.
+        let elsewhere = [zoned(1, Elsewhere), zoned(2, Elsewhere)];
+        assert_eq!(
+            addrs(&categorize(&elsewhere, TrafficPolicies::default()).cluster),
+            vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn node_hints_come_before_zone_hints_and_a_local_policy_wins_over_both() {
+        let mut eps = [zoned(1, Hint::Here), zoned(2, Hint::Here)];
+        eps[0].node_hint = Hint::Elsewhere;
+        eps[1].node_hint = Hint::Here;
+        assert_eq!(topology(&eps), Topology::SameNode);
+        assert_eq!(
+            addrs(&categorize(&eps, TrafficPolicies::default()).cluster),
+            vec![2]
+        );
+        // Endpoint 1 is on this node: iTP Local sends ClusterIP traffic
+        // there although its hints point elsewhere.
+        eps[0].local = true;
+        let local = TrafficPolicies {
+            internal_local: true,
+            external_local: false,
+        };
+        let c = categorize(&eps, local);
+        assert_eq!((addrs(&c.cluster), addrs(&c.external)), (vec![1], vec![2]));
     }
 }

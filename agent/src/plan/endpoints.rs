@@ -12,6 +12,41 @@ use super::{
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Where this node stands, for locality and topology hints.
+#[derive(Debug, Clone, Copy)]
+pub struct Locality<'a> {
+    pub node_name: &'a str,
+    /// The node's `topology.kubernetes.io/zone` label.
+    pub zone: Option<&'a str>,
+}
+
+/// An endpoint's topology hints of one kind (zones, or nodes) as seen from
+/// this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hint {
+    /// The endpoint carries no hints of this kind.
+    Absent,
+    /// Its hints name other zones (nodes) only.
+    Elsewhere,
+    /// Its hints name this node's zone (this node).
+    Here,
+}
+
+impl Hint {
+    fn of<'a>(hinted: Option<impl Iterator<Item = &'a str>>, here: Option<&str>) -> Self {
+        let Some(mut names) = hinted.map(|n| n.peekable()) else {
+            return Hint::Absent;
+        };
+        if names.peek().is_none() {
+            return Hint::Absent;
+        }
+        match here {
+            Some(here) if names.any(|n| n == here) => Hint::Here,
+            _ => Hint::Elsewhere,
+        }
+    }
+}
+
 /// An endpoint address with the port of one slice port, and its
 /// conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +61,10 @@ pub struct Endpoint {
     pub serving_terminating: bool,
     /// On the node this plan is for.
     pub local: bool,
+    /// `hints.forZones` against this node's zone.
+    pub zone_hint: Hint,
+    /// `hints.forNodes` against this node.
+    pub node_hint: Hint,
 }
 
 /// IPv4 slices by (namespace, Service name).
@@ -77,7 +116,7 @@ pub fn slice_problems<'a>(slice: &EndpointSlice, sink: &'a mut Vec<Problem>) -> 
 pub fn endpoints_for_port(
     slices: &[&EndpointSlice],
     port: &ServicePort,
-    node_name: &str,
+    here: Locality,
     problems: &mut Vec<Problem>,
 ) -> Vec<Endpoint> {
     let mut out = BTreeSet::new();
@@ -106,7 +145,16 @@ pub fn endpoints_for_port(
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);
                 let serving = cond.and_then(|c| c.serving).unwrap_or(true);
                 let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-                let local = ep.node_name.as_deref() == Some(node_name);
+                let local = ep.node_name.as_deref() == Some(here.node_name);
+                let hints = ep.hints.as_ref();
+                let zones = hints.and_then(|h| h.for_zones.as_ref());
+                let nodes = hints.and_then(|h| h.for_nodes.as_ref());
+                let zone_hint =
+                    Hint::of(zones.map(|z| z.iter().map(|z| z.name.as_str())), here.zone);
+                let node_hint = Hint::of(
+                    nodes.map(|n| n.iter().map(|n| n.name.as_str())),
+                    Some(here.node_name),
+                );
                 for (ai, a) in ep.addresses.iter().enumerate() {
                     match a.parse::<Ipv4Addr>() {
                         Ok(addr) => {
@@ -116,6 +164,8 @@ pub fn endpoints_for_port(
                                 ready,
                                 serving_terminating: serving && terminating,
                                 local,
+                                zone_hint,
+                                node_hint,
                             });
                         }
                         Err(_) => problems.push(

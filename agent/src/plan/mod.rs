@@ -118,6 +118,7 @@ fn service_frontends(
     objects: &Objects,
     cfg: &PlanConfig,
     nodeport_addresses: &[Ipv4Addr],
+    zone: Option<&str>,
     problems: &mut Vec<Problem>,
 ) -> (
     BTreeMap<ServiceKey, DesiredFrontend>,
@@ -135,8 +136,11 @@ fn service_frontends(
         };
         let svc_slices = slices.for_service(&svc.namespace, &svc.name);
         for port in &svc.ports {
-            let endpoints =
-                endpoints::endpoints_for_port(svc_slices, port, &cfg.node_name, problems);
+            let here = endpoints::Locality {
+                node_name: &cfg.node_name,
+                zone,
+            };
+            let endpoints = endpoints::endpoints_for_port(svc_slices, port, here, problems);
             let backends = categorize::categorize(&endpoints, svc.policies);
             frontends.extend(frontends::cluster_ip_frontends(&svc, port, &backends));
             let external = frontends::external_addresses(&svc, port, nodeport_addresses);
@@ -160,8 +164,13 @@ pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
         .nodeport_addresses
         .clone()
         .unwrap_or_else(|| nodes.own_ips.clone());
-    let (frontends, health_checks) =
-        service_frontends(objects, cfg, &nodeport_addresses, &mut problems);
+    let (frontends, health_checks) = service_frontends(
+        objects,
+        cfg,
+        &nodeport_addresses,
+        nodes.zone.as_deref(),
+        &mut problems,
+    );
     let uplink = cfg.uplink.as_ref();
     let conflist = network::conflist(cfg, nodes.pod_cidr);
     if cfg.cni.is_some() && conflist.is_none() {

@@ -7,6 +7,9 @@ use k8s_openapi::api::core::v1::Node;
 use super::problem::{ObjectProblems, Problem, object_name};
 use crate::net::Ipv4Net;
 
+/// The label topology hints are matched against.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// Another node, as far as routing to its pods goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerNode {
@@ -22,6 +25,8 @@ pub struct Nodes {
     pub own_ips: Vec<Ipv4Addr>,
     /// This node's pod CIDR.
     pub pod_cidr: Option<Ipv4Net>,
+    /// This node's `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
     /// Other nodes by pod CIDR: where their pods are reached.
     pub peers: BTreeMap<Ipv4Net, PeerNode>,
 }
@@ -67,6 +72,12 @@ pub fn nodes(objects: &[Node], node_name: &str, problems: &mut Vec<Problem>) -> 
             out.own_ips = ipv4_internal_ips(node)
                 .filter_map(|a| a.parse().ok())
                 .collect();
+            out.zone = node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL))
+                .cloned();
         }
         let cidr = match ipv4_pod_cidr(node).map(str::parse::<Ipv4Net>) {
             Some(Ok(net)) => net,

@@ -278,15 +278,9 @@ fn fields_ferry_does_not_implement_are_reported_with_their_path_and_the_rest_ser
     assert_eq!(
         fields,
         [
-            ("EndpointSlice default/web-v4", "endpoints[0].hints"),
             ("EndpointSlice default/web-v6", "addressType"),
             ("Service default/web", "spec.sessionAffinity"),
             ("Service default/web", "spec.loadBalancerSourceRanges"),
-            ("Service default/web", "spec.trafficDistribution"),
-            (
-                "Service default/web",
-                "metadata.annotations[service.kubernetes.io/topology-mode]"
-            ),
             ("Service default/web", "spec.clusterIPs[1]"),
         ],
         "{problems:#?}"
@@ -295,4 +289,18 @@ fn fields_ferry_does_not_implement_are_reported_with_their_path_and_the_rest_ser
         d.frontends[&frontend([10, 96, 0, 10], 80, PROTO_TCP)].backends,
         vec![backend([10, 244, 1, 5], 8080)]
     );
+}
+
+#[test]
+fn zone_hints_are_matched_against_this_nodes_zone_label() {
+    let yaml = include_str!("../../testdata/zones.yaml");
+    let cluster_ip = |node: &str| {
+        let (d, problems) = desired_state(&objects(yaml), node);
+        assert!(problems.is_empty(), "{problems:?}");
+        let fe = &d.frontends[&frontend([10, 96, 0, 10], 80, PROTO_TCP)];
+        fe.backends.iter().map(|b| b.addr[3]).collect::<Vec<_>>()
+    };
+    assert_eq!(cluster_ip("n1"), [1], "zone-a");
+    assert_eq!(cluster_ip("n2"), [2, 3], "zone-b");
+    assert_eq!(cluster_ip("n3"), [1, 2, 3], "no zone label: every endpoint");
 }

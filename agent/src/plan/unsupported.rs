@@ -5,14 +5,6 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::problem::{ObjectProblems, Problem};
 
-const EVERY_ENDPOINT: &str = "not implemented: every node uses every endpoint";
-
-/// Topology annotations kube-proxy reads.
-const TOPOLOGY_ANNOTATIONS: [&str; 2] = [
-    "service.kubernetes.io/topology-mode",
-    "service.kubernetes.io/topology-aware-hints",
-];
-
 /// A Service's fields ferry does not act on.
 pub fn service_fields(svc: &Service, problems: &mut ObjectProblems) {
     let Some(spec) = &svc.spec else { return };
@@ -36,19 +28,6 @@ pub fn service_fields(svc: &Service, problems: &mut ObjectProblems) {
             "not enforced: every client reaches the load-balancer IPs",
         );
     }
-    if let Some(distribution) = &spec.traffic_distribution {
-        problems.push(
-            "spec.trafficDistribution",
-            format!("{distribution}: {EVERY_ENDPOINT}"),
-        );
-    }
-    let annotations = svc.metadata.annotations.iter().flatten();
-    for (key, value) in annotations.filter(|(k, _)| TOPOLOGY_ANNOTATIONS.contains(&k.as_str())) {
-        problems.push(
-            format!("metadata.annotations[{key}]"),
-            format!("{value}: {EVERY_ENDPOINT}"),
-        );
-    }
 }
 
 /// An EndpointSlice's fields ferry does not act on.
@@ -60,12 +39,5 @@ pub fn slice_fields(slice: &EndpointSlice, problems: &mut Vec<Problem>) {
             slice.address_type
         );
         problems.push("addressType", message);
-        return;
-    }
-    if let Some(i) = slice.endpoints.iter().position(|e| e.hints.is_some()) {
-        problems.push(
-            format!("endpoints[{i}].hints"),
-            format!("topology hints are {EVERY_ENDPOINT}"),
-        );
     }
 }
