@@ -30,6 +30,27 @@ pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[(&str, u16, &str, u16)
     s
 }
 
+/// A Service of `type_` (NodePort, LoadBalancer) with (name, port,
+/// protocol, target port, nodePort) ports; `spec_extra`: more `spec:`
+/// lines, each indented by two spaces and ending in a newline.
+pub fn node_port_service(
+    name: &str,
+    type_: &str,
+    cluster_ip: Ipv4Addr,
+    spec_extra: &str,
+    ports: &[(&str, u16, &str, u16, u16)],
+) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: {type_}\n  clusterIP: {cluster_ip}\n{spec_extra}  ports:\n"
+    );
+    for (pname, port, proto, target, node_port) in ports {
+        s += &format!(
+            "  - {{name: {pname}, port: {port}, protocol: {proto}, targetPort: {target}, nodePort: {node_port}}}\n"
+        );
+    }
+    s
+}
+
 /// An EndpointSlice for `service` with ready endpoints on `node`.
 pub fn endpoint_slice(
     service: &str,

@@ -37,40 +37,30 @@ fn objects(b2: Ipv4Addr, b3: Ipv4Addr) -> String {
         .iter()
         .map(|(name, addr, cidr)| manifest::node_with_address(name, cidr, *addr))
         .collect();
-    docs.push(format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.10
-  externalIPs: [{EXTERNAL_IP}]
-  ports:
-  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {WEB_NODEPORT}}}
-  - {{name: dns, port: 53, protocol: UDP, targetPort: 8080, nodePort: {WEB_UDP_NODEPORT}}}
-"
+    docs.push(manifest::node_port_service(
+        "web",
+        "NodePort",
+        Ipv4Addr::new(10, 96, 0, 10),
+        &format!("  externalIPs: [{EXTERNAL_IP}]\n"),
+        &[
+            ("http", 80, "TCP", 8080, WEB_NODEPORT),
+            ("dns", 53, "UDP", 8080, WEB_UDP_NODEPORT),
+        ],
     ));
     docs.push(manifest::endpoint_slice_on_nodes(
         "web",
         &[(b2, "n2"), (b3, "n3")],
         &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
     ));
-    docs.push(format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: local, namespace: default}}
-spec:
-  type: LoadBalancer
-  clusterIP: 10.96.0.20
-  externalTrafficPolicy: Local
-  healthCheckNodePort: {HEALTH_PORT}
-  ports:
-  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {LOCAL_NODEPORT}}}
-status:
-  loadBalancer:
-    ingress: [{{ip: {LB_IP}}}]
-"
-    ));
+    docs.push(
+        manifest::node_port_service(
+            "local",
+            "LoadBalancer",
+            Ipv4Addr::new(10, 96, 0, 20),
+            &format!("  externalTrafficPolicy: Local\n  healthCheckNodePort: {HEALTH_PORT}\n"),
+            &[("http", 80, "TCP", 8080, LOCAL_NODEPORT)],
+        ) + &format!("status:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n"),
+    );
     docs.push(
         manifest::endpoint_slice_on_nodes("local", &[(b2, "n2")], &[("http", 8080, "TCP")])
             .replace("name: local-slice", "name: local-slice-1"),

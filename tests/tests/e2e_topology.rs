@@ -41,16 +41,12 @@ fn objects(b1: Ipv4Addr, b2: Ipv4Addr, hints: bool) -> String {
             )
         })
         .collect();
-    docs.push(format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  type: NodePort
-  clusterIP: {VIP}
-  trafficDistribution: PreferClose
-  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {NODEPORT}}}]
-"
+    docs.push(manifest::node_port_service(
+        "web",
+        "NodePort",
+        VIP,
+        "  trafficDistribution: PreferClose\n",
+        &[("http", 80, "TCP", 8080, NODEPORT)],
     ));
     let mut slice = manifest::endpoint_slice_on_nodes(
         "web",

@@ -70,6 +70,36 @@ pub struct ServiceSpec {
     pub endpoints: Vec<Ipv4Addr>,
 }
 
+impl ServiceSpec {
+    /// The Service and its EndpointSlice, every endpoint on `node`.
+    pub fn docs(&self, node: &str) -> [String; 2] {
+        let endpoints: Vec<(Ipv4Addr, &str)> = self.endpoints.iter().map(|a| (*a, node)).collect();
+        let ports = [("http", self.port, "TCP", self.target_port)];
+        [
+            ferry_harness::manifest::service(&self.name, self.vip, &ports),
+            ferry_harness::manifest::endpoint_slice_on_nodes(
+                &self.name,
+                &endpoints,
+                &[("http", self.target_port, "TCP")],
+            ),
+        ]
+    }
+}
+
+/// `ferry-load serve` on the bench's server port.
+fn serve_args() -> [String; 3] {
+    [
+        "serve".into(),
+        SERVER_PORT.to_string(),
+        SERVER_THREADS.into(),
+    ]
+}
+
+/// `args` as the harness's spawn takes them.
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// `count` Services of ENDPOINTS_PER_SERVICE endpoints each on addresses
 /// nothing answers, except the measured one, in the middle of the list (as
 /// an average Service sits in kube-proxy's KUBE-SERVICES chain), whose one

@@ -15,10 +15,10 @@ use anyhow::{Context, Result, bail};
 use ferry_harness::{Binaries, Cluster, Fabric, Netns, Node, PlainNode, PlainPod, Pod, manifest};
 
 use super::{
-    Opts, SERVER_PORT, SERVER_THREADS, ServiceSpec, datapath_drops, kube_proxy,
+    Opts, SERVER_PORT, ServiceSpec, as_strs, datapath_drops, kube_proxy,
     programming::timed_load,
     report::{Cell, Report, Table, Target},
-    service_set,
+    serve_args, service_set,
     traffic::{concurrent, first_error, load_json, median, num, tune_client, wait_reachable},
 };
 
@@ -33,6 +33,15 @@ const NODEPORT_UDP: u16 = 30053;
 /// One-way UDP for packets per second: to the backends' sink port.
 const NODEPORT_BLAST: u16 = 30054;
 const SINK_PORT: u16 = 9090;
+
+/// `ferry-load sink` on SINK_PORT, counting into `file`.
+fn sink_args(file: &std::path::Path) -> [String; 3] {
+    [
+        "sink".into(),
+        SINK_PORT.to_string(),
+        file.display().to_string(),
+    ]
+}
 const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
 /// (name, fabric address, pod CIDR, agent arguments)
 const NODEPORT_FERRY_NODES: [(&str, Ipv4Addr, &str, &[&str]); 3] = [
@@ -132,20 +141,18 @@ impl NodePortSetup {
             nodes.push(cluster.node_on_fabric_with(name, &fabric, addr, "native", extra)?);
         }
         let mut server = nodes[1].add_pod("server")?;
-        server.spawn(load, &["serve", &SERVER_PORT.to_string(), SERVER_THREADS])?;
+        server.spawn(load, &as_strs(&serve_args()))?;
         let mut docs = node_docs;
-        docs.push(format!(
-            "apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.10
-  ports:
-  - {{name: http, port: 80, protocol: TCP, targetPort: {SERVER_PORT}, nodePort: {NODEPORT_TCP}}}
-  - {{name: dns, port: 53, protocol: UDP, targetPort: {SERVER_PORT}, nodePort: {NODEPORT_UDP}}}
-  - {{name: blast, port: 54, protocol: UDP, targetPort: {SINK_PORT}, nodePort: {NODEPORT_BLAST}}}
-"
+        docs.push(manifest::node_port_service(
+            "web",
+            "NodePort",
+            Ipv4Addr::new(10, 96, 0, 10),
+            "",
+            &[
+                ("http", 80, "TCP", SERVER_PORT, NODEPORT_TCP),
+                ("dns", 53, "UDP", SERVER_PORT, NODEPORT_UDP),
+                ("blast", 54, "UDP", SINK_PORT, NODEPORT_BLAST),
+            ],
         ));
         docs.push(manifest::endpoint_slice_on_nodes(
             "web",
@@ -157,29 +164,10 @@ spec:
             ],
         ));
         let ferry_sink = cluster.root.join("sink-ferry");
-        server.spawn(
-            load,
-            &[
-                "sink",
-                &SINK_PORT.to_string(),
-                &ferry_sink.display().to_string(),
-            ],
-        )?;
+        server.spawn(load, &as_strs(&sink_args(&ferry_sink)))?;
         // ferry holds as many Services as the larger kube-proxy rule set.
         for svc in large {
-            docs.push(manifest::service(
-                &svc.name,
-                svc.vip,
-                &[("http", svc.port, "TCP", svc.target_port)],
-            ));
-            docs.push(manifest::endpoint_slice_on_nodes(
-                &svc.name,
-                &svc.endpoints
-                    .iter()
-                    .map(|a| (*a, NODEPORT_FERRY_NODES[1].0))
-                    .collect::<Vec<_>>(),
-                &[("http", svc.target_port, "TCP")],
-            ));
+            docs.extend(svc.docs(NODEPORT_FERRY_NODES[1].0));
         }
         cluster.write_manifest(&manifest::join(&docs))?;
 
@@ -188,16 +176,9 @@ spec:
         let mut kp_backend = PlainNode::create(&cluster.run_id, "kp-backend")?;
         fabric.connect(&kp_backend.netns, "eth0", KP_BACKEND_NODE, 24)?;
         let mut kp_server = kp_backend.add_pod("server", KP_SERVER)?;
-        kp_server.spawn(load, &["serve", &SERVER_PORT.to_string(), SERVER_THREADS])?;
+        kp_server.spawn(load, &as_strs(&serve_args()))?;
         let kp_sink = cluster.root.join("sink-kube-proxy");
-        kp_server.spawn(
-            load,
-            &[
-                "sink",
-                &SINK_PORT.to_string(),
-                &kp_sink.display().to_string(),
-            ],
-        )?;
+        kp_server.spawn(load, &as_strs(&sink_args(&kp_sink)))?;
         let nodeports = [
             kube_proxy::NodePortSpec {
                 name: "web",
@@ -316,20 +297,11 @@ pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
             let s = &mut paths[(k + round - 1) % count];
             let backlog_before = backlog_drops();
             let outside = &setup.outside_path;
-            let crr = concurrent(
-                outside,
-                load,
-                "crr",
-                SocketAddr::from((s.entry, NODEPORT_TCP)),
-                opts,
-            )?;
-            let udp = concurrent(
-                outside,
-                load,
-                "udp",
-                SocketAddr::from((s.entry, NODEPORT_UDP)),
-                opts,
-            )?;
+            let run = |mode, port| {
+                concurrent(outside, load, mode, SocketAddr::from((s.entry, port)), opts)
+            };
+            let crr = run("crr", NODEPORT_TCP)?;
+            let udp = run("udp", NODEPORT_UDP)?;
             let sink = if s.entry == KP_ENTRY || s.entry == KP_ENTRY_LARGE {
                 &setup.kp_sink
             } else {

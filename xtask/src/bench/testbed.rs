@@ -8,9 +8,9 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use ferry_harness::{Binaries, Cluster, Node, PlainNode, PlainPod, Pod, manifest};
+use ferry_harness::{Binaries, Cluster, Netns, Node, PlainNode, PlainPod, Pod, manifest};
 
-use super::{CLIENT_IP, SERVER_IP, SERVER_PORT, SERVER_THREADS, ServiceSpec, traffic::tune_client};
+use super::{CLIENT_IP, SERVER_IP, ServiceSpec, as_strs, serve_args, traffic::tune_client};
 
 const POD_CIDR: &str = "10.244.1.0/24";
 
@@ -72,8 +72,7 @@ impl FerryNode {
                 server.ip
             );
         }
-        server.spawn(load, &["serve", &SERVER_PORT.to_string(), SERVER_THREADS])?;
-        tune_client(&client.netns)?;
+        serve_to(|args| server.spawn(load, args), &client.netns)?;
         Ok(Self {
             client,
             _server: server,
@@ -105,21 +104,15 @@ impl FerryNode {
     }
 }
 
+/// Start `ferry-load serve` through `spawn` and tune the client for it.
+fn serve_to(spawn: impl FnOnce(&[&str]) -> Result<()>, client_ns: &Netns) -> Result<()> {
+    spawn(&as_strs(&serve_args()))?;
+    tune_client(client_ns)
+}
+
 fn ferry_manifest(node: &str, services: &[ServiceSpec]) -> String {
     let mut docs = vec![manifest::node(node, POD_CIDR)];
-    for s in services {
-        docs.push(manifest::service(
-            &s.name,
-            s.vip,
-            &[("http", s.port, "TCP", s.target_port)],
-        ));
-        docs.push(manifest::endpoint_slice(
-            &s.name,
-            node,
-            &s.endpoints,
-            &[("http", s.target_port, "TCP")],
-        ));
-    }
+    docs.extend(services.iter().flat_map(|s| s.docs(node)));
     manifest::join(&docs)
 }
 
@@ -165,8 +158,7 @@ impl PlainSetup {
         let mut node = PlainNode::create(run_id, name)?;
         let client = node.add_pod("client", CLIENT_IP)?;
         let mut server = node.add_pod("server", SERVER_IP)?;
-        server.spawn(load, &["serve", &SERVER_PORT.to_string(), SERVER_THREADS])?;
-        tune_client(&client.netns)?;
+        serve_to(|args| server.spawn(load, args), &client.netns)?;
         Ok(Self {
             client,
             _server: server,
