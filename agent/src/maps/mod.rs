@@ -10,6 +10,7 @@ pub mod counters;
 pub mod endpoints;
 pub mod node;
 pub mod routes;
+pub mod service_ranges;
 pub mod services;
 
 pub use conntrack::Conntrack;
@@ -17,6 +18,7 @@ pub use counters::Counters;
 pub use endpoints::Endpoints;
 pub use node::NodeMap;
 pub use routes::Routes;
+pub use service_ranges::ServiceRanges;
 pub use services::{ServiceTable, SyncError};
 
 #[derive(Debug, thiserror::Error)]
