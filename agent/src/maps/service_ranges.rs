@@ -1,19 +1,15 @@
 //! `ferry_svc_cidrs`: the service CIDRs and the allocated ClusterIPs (/32),
 //! which the datapath consults for a pod's packet that no frontend took.
 //! Written by the agent from `--service-cidr` and the Services.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::{MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{MapData, MapError, lpm_trie::LpmTrie};
 use ferry_common::{MAP_SERVICE_RANGES, ServiceRange};
 
-use super::{OpenError, missing_is_fine, open_pinned};
+use super::{OpenError, lpm_entries, lpm_key as key, missing_is_fine, open_pinned};
 use crate::net::Ipv4Net;
 
 pub struct ServiceRanges(LpmTrie<MapData, [u8; 4], ServiceRange>);
-
-fn key(net: &Ipv4Net) -> Key<[u8; 4]> {
-    Key::new(u32::from(net.prefix), net.network().octets())
-}
 
 impl ServiceRanges {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
@@ -22,16 +18,7 @@ impl ServiceRanges {
 
     /// Every entry, by prefix.
     pub fn list(&self) -> Result<BTreeMap<Ipv4Net, ServiceRange>, MapError> {
-        let mut out = BTreeMap::new();
-        for item in self.0.iter() {
-            let (k, v) = item?;
-            let net = Ipv4Net {
-                addr: Ipv4Addr::from(k.data()),
-                prefix: k.prefix_len() as u8,
-            };
-            out.insert(net, v);
-        }
-        Ok(out)
+        lpm_entries(&self.0)
     }
 
     pub fn insert(&mut self, net: &Ipv4Net, range: ServiceRange) -> Result<(), MapError> {
