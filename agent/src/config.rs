@@ -287,8 +287,14 @@ impl TryFrom<RunArgs> for RunConfig {
     }
 }
 
-/// `--service-cidr`: IPv4 prefixes without host bits, at most 64.
+/// `--service-cidr`: IPv4 prefixes without host bits, at most 64; empty
+/// items are skipped (`--service-cidr=` from an empty ConfigMap key).
 fn parse_service_cidrs(values: &[String]) -> Result<Vec<Ipv4Net>, ConfigError> {
+    let values: Vec<&str> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect();
     if values.len() > 64 {
         return Err(ConfigError::ServiceCidr(format!(
             "gives {} ranges; at most 64",
@@ -299,7 +305,6 @@ fn parse_service_cidrs(values: &[String]) -> Result<Vec<Ipv4Net>, ConfigError> {
         .iter()
         .map(|v| {
             let net: Ipv4Net = v
-                .trim()
                 .parse()
                 .map_err(|e: crate::net::NetParseError| ConfigError::ServiceCidr(e.to_string()))?;
             if net.addr != net.network() {
@@ -469,6 +474,8 @@ mod tests {
     #[test]
     fn service_cidrs_are_networks_checked_once() {
         assert_eq!(config(&[]).unwrap().plan.service_cidrs, vec![]);
+        let empty = config(&["--service-cidr="]).unwrap();
+        assert_eq!(empty.plan.service_cidrs, vec![]);
         let cfg = config(&["--service-cidr", "10.96.0.0/12,10.200.0.0/16"]).unwrap();
         let want: Vec<Ipv4Net> = vec![
             "10.96.0.0/12".parse().unwrap(),
