@@ -373,6 +373,15 @@ fn with_service_cidrs_an_unserved_port_is_refused_and_an_unallocated_address_nev
         .unwrap();
     wait_for_backends(&node, 3, Duration::from_secs(5));
     wait_until_serving(&client);
+    let ranges = node.inspect("service-cidrs").unwrap();
+    for want in [
+        "10.96.0.0/16",
+        "service-cidr",
+        "10.96.0.10/32",
+        "cluster-ip",
+    ] {
+        assert!(ranges.contains(want), "{want} in:\n{ranges}");
+    }
     // A way off the node: a default route out of a veth whose frames are
     // captured (the node namespace has no uplink of its own here).
     let ns = &node.netns;
