@@ -5,7 +5,7 @@
 //! that makes no sense (VXLAN with XDP, a VNI in native mode).
 use std::{fmt, net::Ipv4Addr, net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::plan::PlanConfig;
+use crate::{net::Ipv4Net, plan::PlanConfig};
 
 /// An inclusive range of ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,6 +216,13 @@ pub struct RunArgs {
     /// --service-node-port-range (FROM-TO).
     #[arg(long, default_value = "30000-32767")]
     pub nodeport_range: String,
+    /// The cluster's service CIDRs, comma-separated (the apiserver's
+    /// --service-cluster-ip-range). From pods, a ClusterIP's port the
+    /// Service does not serve is rejected and an address in them that no
+    /// Service holds is dropped, instead of being routed off the node.
+    /// Default: none (such packets pass as any other).
+    #[arg(long, value_delimiter = ',')]
+    pub service_cidr: Vec<String>,
     /// The node's /proc/sys, for net.ipv4.ip_local_reserved_ports: the
     /// agent reserves --snat-ports and --nodeport-range there so that
     /// the node's own sockets never pick those ports.
@@ -265,6 +272,8 @@ pub enum ConfigError {
         "no --source: not in a cluster and no --kubeconfig; use --source kube --kubeconfig PATH, or --source file:PATH"
     )]
     NoSource,
+    #[error("--service-cidr {0}")]
+    ServiceCidr(String),
     #[error("--metrics-address {value:?} is not an address like 0.0.0.0:9402 (or off): {why}")]
     MetricsAddress { value: String, why: String },
 }
@@ -276,6 +285,38 @@ impl TryFrom<RunArgs> for RunConfig {
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         args.into_config(in_cluster)
     }
+}
+
+/// `--service-cidr`: IPv4 prefixes without host bits, at most 64; empty
+/// items are skipped (`--service-cidr=` from an empty ConfigMap key).
+fn parse_service_cidrs(values: &[String]) -> Result<Vec<Ipv4Net>, ConfigError> {
+    let values: Vec<&str> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if values.len() > 64 {
+        return Err(ConfigError::ServiceCidr(format!(
+            "gives {} ranges; at most 64",
+            values.len()
+        )));
+    }
+    values
+        .iter()
+        .map(|v| {
+            let net: Ipv4Net = v
+                .parse()
+                .map_err(|e: crate::net::NetParseError| ConfigError::ServiceCidr(e.to_string()))?;
+            if net.addr != net.network() {
+                return Err(ConfigError::ServiceCidr(format!(
+                    "{v:?} has host bits set; give the network, {}/{}",
+                    net.network(),
+                    net.prefix
+                )));
+            }
+            Ok(net)
+        })
+        .collect()
 }
 
 impl RunArgs {
@@ -293,6 +334,7 @@ impl RunArgs {
                 snat: snat_ports,
             });
         }
+        let service_cidrs = parse_service_cidrs(&self.service_cidr)?;
         let overlay = match (self.routing, self.xdp) {
             (RoutingMode::Native, xdp) => Overlay::Native {
                 xdp: match xdp {
@@ -344,6 +386,7 @@ impl RunArgs {
                 }),
                 pin_dir: self.pin_dir,
                 mtu: self.mtu,
+                service_cidrs,
             },
             gc_interval: Duration::from_secs(self.gc_interval_secs.max(1)),
             proc_sys: self.proc_sys,
@@ -426,6 +469,28 @@ mod tests {
                 .metrics_address,
             None
         );
+    }
+
+    #[test]
+    fn service_cidrs_are_networks_checked_once() {
+        assert_eq!(config(&[]).unwrap().plan.service_cidrs, vec![]);
+        let empty = config(&["--service-cidr="]).unwrap();
+        assert_eq!(empty.plan.service_cidrs, vec![]);
+        let cfg = config(&["--service-cidr", "10.96.0.0/12,10.200.0.0/16"]).unwrap();
+        let want: Vec<Ipv4Net> = vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "10.200.0.0/16".parse().unwrap(),
+        ];
+        assert_eq!(cfg.plan.service_cidrs, want);
+        let host_bits = config(&["--service-cidr", "10.96.0.1/12"]).unwrap_err();
+        assert!(
+            host_bits.to_string().contains("10.96.0.0/12"),
+            "{host_bits}"
+        );
+        assert!(matches!(
+            config(&["--service-cidr", "10.96.0.0"]),
+            Err(ConfigError::ServiceCidr(_))
+        ));
     }
 
     #[test]

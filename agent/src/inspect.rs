@@ -8,7 +8,7 @@ use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, conntrack::state_label, outcom
 use serde_json::{Value, json};
 
 use crate::{
-    maps::{Conntrack, Counters, Endpoints, ServiceTable, monotonic_now_ns},
+    maps::{Conntrack, Counters, Endpoints, ServiceRanges, ServiceTable, monotonic_now_ns},
     net::format_mac,
 };
 
@@ -232,6 +232,22 @@ pub fn endpoints(pin_dir: &Path) -> Result<Table> {
             "pod_ip": ip.to_string(), "ifindex": ep.ifindex, "host_veth": name,
             "pod_mac": format_mac(&ep.pod_mac), "host_mac": format_mac(&ep.host_mac),
         }));
+    }
+    Ok(t)
+}
+
+/// `ferry_svc_cidrs`: the service CIDRs and the allocated ClusterIPs.
+pub fn service_cidrs(pin_dir: &Path) -> Result<Table> {
+    let mut t = Table::new(vec!["PREFIX", "KIND"]);
+    for (net, range) in ServiceRanges::open(pin_dir)?.list()? {
+        let kind = match range.kind {
+            ferry_common::SERVICE_RANGE_UNALLOCATED => "service-cidr",
+            ferry_common::SERVICE_RANGE_ALLOCATED => "cluster-ip",
+            _ => "?",
+        };
+        t.rows.push(vec![net.to_string(), kind.into()]);
+        t.json
+            .push(json!({"prefix": net.to_string(), "kind": kind}));
     }
     Ok(t)
 }

@@ -13,9 +13,10 @@ use aya::{
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
-    MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICES, NodeConfig,
-    PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS, ROUTES_MAX_ENTRIES,
-    Route, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome,
+    MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICE_RANGES, MAP_SERVICES,
+    NodeConfig, PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS,
+    ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, ServiceKey,
+    ServiceName, ServiceRange, ServiceValue, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
@@ -111,6 +112,11 @@ fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
         MapShape::of::<u32, ServiceName>(MAP_SERVICE_NAMES, Hash, SERVICES_MAX_ENTRIES),
         MapShape::of::<lpm_trie::Key<[u8; 4]>, Route>(MAP_ROUTES, LpmTrie, ROUTES_MAX_ENTRIES),
         MapShape::of::<u32, NodeConfig>(MAP_NODE, Array, 1),
+        MapShape::of::<lpm_trie::Key<[u8; 4]>, ServiceRange>(
+            MAP_SERVICE_RANGES,
+            LpmTrie,
+            SERVICE_RANGES_MAX_ENTRIES,
+        ),
     ]
 }
 

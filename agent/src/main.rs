@@ -25,6 +25,7 @@ enum What {
     Conntrack,
     Endpoints,
     Counters,
+    ServiceCidrs,
 }
 
 // Parsed once at startup; boxing the big variant would buy nothing.
@@ -92,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                 What::Conntrack => inspect::conntrack(&pin_dir),
                 What::Endpoints => inspect::endpoints(&pin_dir),
                 What::Counters => inspect::counters(&pin_dir),
+                What::ServiceCidrs => inspect::service_cidrs(&pin_dir),
             }?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&table.json)?);

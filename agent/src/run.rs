@@ -16,7 +16,7 @@ use crate::{
     healthcheck::HealthChecks,
     latency::TriggerTimes,
     loader::Dataplane,
-    maps::{Conntrack, NodeMap, Routes, ServiceTable, monotonic_now_ns},
+    maps::{Conntrack, NodeMap, Routes, ServiceRanges, ServiceTable, monotonic_now_ns},
     metrics::Metrics,
     plan::{self, Objects, problem::ProblemLog},
     reconcile::{
@@ -103,7 +103,12 @@ impl Agent {
             removed = services.removed,
             unchanged = services.unchanged,
             stale_udp_flows = r.stale_flows,
-            failed = services.failed + r.routes.failed + r.kernel_routes.failed + r.failures,
+            service_ranges_changed = r.service_ranges.changed(),
+            failed = services.failed
+                + r.service_ranges.failed
+                + r.routes.failed
+                + r.kernel_routes.failed
+                + r.failures,
             parse_ms = (parsed - snapshot.seen).as_secs_f64() * 1e3,
             model_ms = (planned - parsed).as_secs_f64() * 1e3,
             maps_ms = planned.elapsed().as_secs_f64() * 1e3,
@@ -156,6 +161,7 @@ fn system_targets(cfg: &RunConfig) -> anyhow::Result<Targets> {
     let pin_dir = &cfg.plan.pin_dir;
     Ok(Targets {
         services: Box::new(ServiceTable::open(pin_dir)?),
+        service_ranges: Box::new(ServiceRanges::open(pin_dir)?),
         node: Box::new(NodeMap::open(pin_dir)?),
         routes: Box::new(Routes::open(pin_dir)?),
         kernel_routes: Box::new(KernelRoutes::default()),

@@ -23,6 +23,7 @@ macro_rules! with_map_names {
             MAP_SERVICE_NAMES = "ferry_svc_names",
             MAP_ROUTES = "ferry_routes",
             MAP_NODE = "ferry_node",
+            MAP_SERVICE_RANGES = "ferry_svc_cidrs",
         }
     };
 }
@@ -65,6 +66,9 @@ pub const CONNTRACK_MAX_ENTRIES: u32 = 524_288;
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 /// Capacity of the route map (one entry per other node's pod CIDR).
 pub const ROUTES_MAX_ENTRIES: u32 = 16_384;
+/// Capacity of the service-range map: every allocated ClusterIP (at most
+/// one per frontend) and the service CIDRs.
+pub const SERVICE_RANGES_MAX_ENTRIES: u32 = SERVICES_MAX_ENTRIES + 64;
 /// Most backends one service frontend can have (slots 0..MAX).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
@@ -312,6 +316,25 @@ pub struct NodeConfig {
     pub snat_port_max: u16,
 }
 
+/// `ServiceRange::kind`: the longest prefix of `ferry_svc_cidrs` matching
+/// a destination says what it is.
+/// Inside a service CIDR, held by no Service: dropped.
+pub const SERVICE_RANGE_UNALLOCATED: u32 = 1;
+/// A /32: a Service's ClusterIP. A port or protocol it does not serve is
+/// rejected (ICMP port unreachable).
+pub const SERVICE_RANGE_ALLOCATED: u32 = 2;
+
+/// Value of `ferry_svc_cidrs`, an LPM trie keyed by (prefix length,
+/// address in network order): the service CIDRs (`--service-cidr`) and,
+/// as /32 entries, every allocated ClusterIP. Consulted only for packets
+/// from pods that match no frontend and no tracked flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct ServiceRange {
+    /// `SERVICE_RANGE_*`; host order.
+    pub kind: u32,
+}
+
 /// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -333,8 +356,10 @@ const _: () = {
     assert!(size_of::<ServiceName>() == 128);
     assert!(size_of::<Route>() == 16);
     assert!(size_of::<NodeConfig>() == 8);
+    assert!(size_of::<ServiceRange>() == 4);
     // The LPM trie stores the value right after the 4-byte address.
     assert!(align_of::<Route>() <= 4);
+    assert!(align_of::<ServiceRange>() <= 4);
 };
 
 #[cfg(feature = "user")]
@@ -355,6 +380,7 @@ mod user {
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for ServiceRange {}
 }
 
 /// Protocol name for tools.

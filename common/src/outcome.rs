@@ -45,8 +45,19 @@ pub const REVERSE_TRANSLATED_XDP: u32 = 14;
 /// TIME_WAIT. Widen `--snat-ports`.
 pub const DROP_SNAT_PORTS_EXHAUSTED: u32 = 15;
 
+/// A ClusterIP (`--service-cidr` given) on a port or protocol its Service
+/// does not serve, TCP or UDP: answered with ICMP port unreachable, as
+/// kube-proxy rejects it, never sent off the node.
+pub const REJECTED_UNSERVED_PORT: u32 = 16;
+/// An address inside a service CIDR that no Service holds: dropped, as
+/// kube-proxy does, never sent off the node.
+pub const DROP_UNALLOCATED_SERVICE_IP: u32 = 17;
+/// Neither TCP nor UDP (a ping, an ICMP error) to an address inside a
+/// service CIDR or a ClusterIP: dropped, never sent off the node.
+pub const DROP_SERVICE_IP_OTHER_PROTOCOL: u32 = 18;
+
 /// Number of outcomes.
-pub const COUNT: u32 = 16;
+pub const COUNT: u32 = 19;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -70,4 +81,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "translated_xdp",
     "reverse_translated_xdp",
     "drop_snat_ports_exhausted",
+    "rejected_unserved_port",
+    "drop_unallocated_service_ip",
+    "drop_service_ip_other_protocol",
 ];

@@ -7,7 +7,7 @@ use crate::{
     decision::{Decision, Delivery, TcVerdict},
     deliver,
     parse::{L4Packet, Parsed, parse},
-    translate,
+    service_range, translate,
 };
 
 #[inline(always)]
@@ -16,7 +16,8 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let decision = match parse(ctx) {
         Parsed::L4(pkt) => decide(ctx, &pkt),
         Parsed::NotIpv4 => Decision::new(outcome::PASSED_NOT_IPV4, TcVerdict::Pass),
-        Parsed::OtherIpv4(dst) => Decision::deliver(outcome::PASSED, dst, Delivery::Onward),
+        Parsed::OtherIpv4(dst) => service_range::other_protocol(dst)
+            .unwrap_or_else(|| Decision::deliver(outcome::PASSED, dst, Delivery::Onward)),
         Parsed::Fragment(dst) => Decision::deliver(outcome::PASSED_FRAGMENT, dst, Delivery::Onward),
         Parsed::MalformedIpv4 => Decision::drop(outcome::DROP_MALFORMED_IPV4),
         Parsed::TruncatedL4 => Decision::drop(outcome::DROP_TRUNCATED_L4),
@@ -35,9 +36,13 @@ fn decide(ctx: &TcContext, pkt: &L4Packet) -> Decision<TcVerdict> {
         // no pod: host routing and netfilter, as for any other traffic.
         return translate::to_frontend(ctx, pkt, &service, Client::Pod, Delivery::Onward);
     }
-    // Not for a frontend: maybe a backend answering a translated flow.
-    translate::reply(ctx, pkt).unwrap_or_else(|| {
-        conntrack::clear_clashing_reply(pkt);
-        Decision::deliver(outcome::PASSED, pkt.dst_addr, Delivery::Onward)
-    })
+    // Not for a frontend: maybe a backend answering a translated flow, else
+    // the service range (an unserved port, an unallocated address), else
+    // traffic ferry does not translate.
+    translate::reply(ctx, pkt)
+        .or_else(|| service_range::unmatched(ctx, pkt))
+        .unwrap_or_else(|| {
+            conntrack::clear_clashing_reply(pkt);
+            Decision::deliver(outcome::PASSED, pkt.dst_addr, Delivery::Onward)
+        })
 }

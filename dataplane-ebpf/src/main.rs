@@ -17,6 +17,7 @@ mod nat;
 mod new_flow;
 mod parse;
 mod reject;
+mod service_range;
 mod translate;
 mod xdp_uplink;
 

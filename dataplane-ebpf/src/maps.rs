@@ -9,7 +9,8 @@ use aya_ebpf::{
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, NodeConfig, ROUTES_MAX_ENTRIES, Route,
-    SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceValue, outcome, with_map_names,
+    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceRange,
+    ServiceValue, outcome, with_map_names,
 };
 
 macro_rules! declare_maps {
@@ -22,6 +23,7 @@ macro_rules! declare_maps {
         MAP_SERVICE_NAMES = $service_names:tt,
         MAP_ROUTES = $routes:tt,
         MAP_NODE = $node:tt,
+        MAP_SERVICE_RANGES = $service_ranges:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -61,6 +63,15 @@ macro_rules! declare_maps {
         /// This node's own facts (key 0).
         #[btf_map(name = $node)]
         pub static NODE: Array<NodeConfig, 1> = Array::new();
+
+        /// Service CIDRs and allocated ClusterIPs (/32): what a pod's
+        /// packet that matches no frontend is.
+        #[btf_map(name = $service_ranges)]
+        pub static SERVICE_RANGES: LpmTrie<
+            [u8; 4],
+            ServiceRange,
+            { SERVICE_RANGES_MAX_ENTRIES as usize },
+        > = LpmTrie::new();
     };
 }
 

@@ -1,4 +1,5 @@
-//! Answer a packet for a Service frontend without endpoints with ICMP
+//! Answer a packet for a Service frontend without endpoints (or for a
+//! ClusterIP's unserved port) with ICMP
 //! destination unreachable / port unreachable, from the frontend address, as
 //! kube-proxy's REJECT rule does. TCP clients see ECONNREFUSED and UDP
 //! clients an error on their socket at once, instead of waiting for a
@@ -133,8 +134,21 @@ fn port_unreachable(ctx: &TcContext, pkt: &L4Packet) -> Result<(), i64> {
 /// The answer to a new connection for a frontend without endpoints.
 #[inline(always)]
 pub fn no_endpoints(ctx: &TcContext, pkt: &L4Packet) -> Decision<TcVerdict> {
+    answer(ctx, pkt, outcome::REJECTED_NO_ENDPOINTS)
+}
+
+/// The answer to a packet for a ClusterIP on a port or protocol its Service
+/// does not serve.
+#[inline(always)]
+pub fn unserved_port(ctx: &TcContext, pkt: &L4Packet) -> Decision<TcVerdict> {
+    answer(ctx, pkt, outcome::REJECTED_UNSERVED_PORT)
+}
+
+/// Port unreachable, counted under `rejected`.
+#[inline(always)]
+fn answer(ctx: &TcContext, pkt: &L4Packet, rejected: u32) -> Decision<TcVerdict> {
     match port_unreachable(ctx, pkt) {
-        Ok(()) => Decision::new(outcome::REJECTED_NO_ENDPOINTS, TcVerdict::Redirected),
+        Ok(()) => Decision::new(rejected, TcVerdict::Redirected),
         Err(_) => Decision::drop(outcome::DROP_REJECT_FAILED),
     }
 }

@@ -102,7 +102,13 @@ impl Cluster {
 
     /// A node namespace with its agent running and its CNI config written.
     pub fn node(&self, name: &str) -> Result<Node> {
-        self.start_node(name, |_| Ok(()), Vec::new(), None)
+        self.node_with(name, &[])
+    }
+
+    /// `node` with extra agent arguments (`--service-cidr`, ...).
+    pub fn node_with(&self, name: &str, extra: &[&str]) -> Result<Node> {
+        let args = extra.iter().map(|a| a.to_string()).collect();
+        self.start_node(name, |_| Ok(()), args, None)
     }
 
     /// A node attached to `fabric` as `eth0` with `addr/24` (before its

@@ -9,7 +9,10 @@ use std::{
 };
 
 use ferry_harness::{Binaries, Cluster, Node, Pod, manifest};
-use ferry_tests::client::{tcp_connect_error, tcp_whoami, udp_whoami};
+use ferry_tests::{
+    capture::Capture,
+    client::{tcp_connect_error, tcp_whoami, udp_whoami},
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -334,4 +337,100 @@ fn cni_check_and_del_leave_no_trace() {
     pod.cni_del().expect("DEL is idempotent");
     assert!(pod.cni_check().is_err(), "CHECK fails once the pod is gone");
     assert!(Path::new(&node.pin_dir).exists());
+}
+
+/// `inspect counters`: the packets counted under `outcome`.
+fn counted(node: &Node, outcome: &str) -> u64 {
+    let out = node.inspect("counters").unwrap();
+    out.lines()
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some(outcome)).then(|| cols.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {outcome} in:\n{out}"))
+}
+
+/// Whether any captured IPv4 or ARP frame is about `addr` (its IPv4
+/// destination, or the address an ARP request asks for).
+fn mentions(frames: &[Vec<u8>], addr: Ipv4Addr) -> bool {
+    let a = addr.octets();
+    frames.iter().any(|f| match f.get(12..14) {
+        Some([0x08, 0x00]) => f.get(30..34) == Some(&a[..]),
+        Some([0x08, 0x06]) => f.get(38..42) == Some(&a[..]),
+        _ => false,
+    })
+}
+
+#[test]
+fn with_service_cidrs_an_unserved_port_is_refused_and_an_unallocated_address_never_leaves() {
+    let c = cluster();
+    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
+    let node = c
+        .node_with("n1", &["--service-cidr", "10.96.0.0/16"])
+        .unwrap();
+    let (client, backends) = ferry_tests::fixture::client_and_three_backends(&node);
+    c.write_manifest(&web_manifest(&backends.iter().collect::<Vec<_>>()))
+        .unwrap();
+    wait_for_backends(&node, 3, Duration::from_secs(5));
+    wait_until_serving(&client);
+    let ranges = node.inspect("service-cidrs").unwrap();
+    for want in [
+        "10.96.0.0/16",
+        "service-cidr",
+        "10.96.0.10/32",
+        "cluster-ip",
+    ] {
+        assert!(ranges.contains(want), "{want} in:\n{ranges}");
+    }
+    // A way off the node: a default route out of a veth whose frames are
+    // captured (the node namespace has no uplink of its own here).
+    let ns = &node.netns;
+    ns.exec(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+    ])
+    .unwrap();
+    ns.exec(&["ip", "link", "set", "up1", "up"]).unwrap();
+    ns.exec(&["ip", "link", "set", "up0", "up"]).unwrap();
+    ns.exec(&["ip", "route", "add", "default", "dev", "up0"])
+        .unwrap();
+
+    // The ClusterIP on a port its Service does not have: refused at once.
+    let start = Instant::now();
+    let err = tcp_connect_error(&client, VIP, 81).unwrap();
+    assert_eq!(err, Some(std::io::ErrorKind::ConnectionRefused));
+    let udp_err = udp_whoami(&client, VIP, 54).unwrap_err();
+    assert!(
+        format!("{udp_err:#}").contains("refused"),
+        "UDP to an unserved port: {udp_err:#}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "refused, not timed out"
+    );
+    assert!(counted(&node, "rejected_unserved_port") >= 2);
+
+    // An address in the range that no Service holds: dropped on the node.
+    let unallocated = Ipv4Addr::new(10, 96, 0, 99);
+    let outside = Ipv4Addr::new(10, 97, 0, 99);
+    let capture = Capture::start(&ns.path(), "up0").unwrap();
+    let err = tcp_connect_error(&client, unallocated, 80).unwrap();
+    assert_eq!(err, Some(std::io::ErrorKind::TimedOut));
+    // Outside the range the same connect leaves by the default route, as
+    // before: the capture sees what does leave.
+    let _ = tcp_connect_error(&client, outside, 80).unwrap();
+    let frames = capture.finish();
+    assert!(
+        !mentions(&frames, unallocated),
+        "an unallocated service address left the node"
+    );
+    assert!(
+        mentions(&frames, outside),
+        "the capture saw nothing leave: {} frames",
+        frames.len()
+    );
+    assert!(counted(&node, "drop_unallocated_service_ip") >= 1);
+    // The served ports still work.
+    assert!(!tcp_whoami(&client, VIP, 80).unwrap().is_empty());
+    drop(backends);
+    drop(client);
 }

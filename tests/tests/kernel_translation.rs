@@ -221,7 +221,7 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
                 outcome: outcome::PASSED,
             },
             Case {
-                description: "a ClusterIP on a port that is not a service port",
+                description: "a ClusterIP on a port that is not a service port (no service CIDRs)",
                 input: Packet::tcp((CLIENT, 40000), (WEB_VIP, 81), TCP_SYN, b"").bytes(),
                 verdict: TC_ACT_OK,
                 expect: Expect::Unchanged,
@@ -235,7 +235,7 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
                 outcome: outcome::PASSED,
             },
             Case {
-                description: "ICMP echo to a ClusterIP (kube-proxy does not answer it either)",
+                description: "ICMP echo to a ClusterIP, no service CIDRs (kube-proxy does not answer it either)",
                 input: Packet::icmp_echo(CLIENT, WEB_VIP).bytes(),
                 verdict: TC_ACT_OK,
                 expect: Expect::Unchanged,

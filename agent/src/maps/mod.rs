@@ -3,13 +3,18 @@
 //! and the tests share one code path.
 use std::path::Path;
 
-use aya::maps::{Map, MapData, MapError};
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::{Map, MapData, MapError, lpm_trie};
+
+use crate::net::Ipv4Net;
 
 pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
 pub mod node;
 pub mod routes;
+pub mod service_ranges;
 pub mod services;
 
 pub use conntrack::Conntrack;
@@ -17,6 +22,7 @@ pub use counters::Counters;
 pub use endpoints::Endpoints;
 pub use node::NodeMap;
 pub use routes::Routes;
+pub use service_ranges::ServiceRanges;
 pub use services::{ServiceTable, SyncError};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +46,27 @@ where
     };
     let data = MapData::from_pin(&path).map_err(err)?;
     T::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
+}
+
+/// The LPM trie key of `net` (its network address).
+pub(crate) fn lpm_key(net: &Ipv4Net) -> lpm_trie::Key<[u8; 4]> {
+    lpm_trie::Key::new(u32::from(net.prefix), net.network().octets())
+}
+
+/// Every entry of an LPM trie keyed by IPv4 prefix.
+pub(crate) fn lpm_entries<V: aya::Pod>(
+    trie: &lpm_trie::LpmTrie<MapData, [u8; 4], V>,
+) -> Result<BTreeMap<Ipv4Net, V>, MapError> {
+    let mut out = BTreeMap::new();
+    for item in trie.iter() {
+        let (k, v) = item?;
+        let net = Ipv4Net {
+            addr: Ipv4Addr::from(k.data()),
+            prefix: k.prefix_len() as u8,
+        };
+        out.insert(net, v);
+    }
+    Ok(out)
 }
 
 /// A lookup or delete of a key that is not there. aya reports it as

@@ -1,18 +1,14 @@
 //! Where other nodes' pods live: pod CIDR -> node address and how to get
 //! there. Written by the agent from Node objects.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::{MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{MapData, MapError, lpm_trie::LpmTrie};
 use ferry_common::{MAP_ROUTES, Route};
 
-use super::{OpenError, is_not_found, open_pinned};
+use super::{OpenError, is_not_found, lpm_entries, lpm_key as key, open_pinned};
 use crate::net::Ipv4Net;
 
 pub struct Routes(LpmTrie<MapData, [u8; 4], Route>);
-
-fn key(net: &Ipv4Net) -> Key<[u8; 4]> {
-    Key::new(u32::from(net.prefix), net.network().octets())
-}
 
 /// What a sync of the route map changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,19 +24,7 @@ impl Routes {
 
     /// Every route, by pod CIDR.
     pub fn list(&self) -> Result<BTreeMap<Ipv4Net, Route>, MapError> {
-        let mut out = BTreeMap::new();
-        for item in self.0.iter() {
-            let (k, v) = item?;
-            let (prefix, addr) = (k.prefix_len(), k.data());
-            out.insert(
-                Ipv4Net {
-                    addr: Ipv4Addr::from(addr),
-                    prefix: prefix as u8,
-                },
-                v,
-            );
-        }
-        Ok(out)
+        lpm_entries(&self.0)
     }
 
     /// Make the map hold exactly `desired`: upsert what differs, then remove

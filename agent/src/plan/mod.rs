@@ -9,9 +9,13 @@
 //! what the maps and the health-check servers hold. `nodes` reads this node
 //! and its peers; `network` turns them and the configuration into links,
 //! routes and the CNI conflist.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
 
-use ferry_common::ServiceKey;
+use ferry_common::{SERVICE_RANGE_ALLOCATED, SERVICE_RANGE_UNALLOCATED, ServiceKey, ServiceRange};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -69,6 +73,10 @@ pub struct PlanConfig {
     pub pin_dir: PathBuf,
     /// The uplink's MTU.
     pub mtu: u32,
+    /// The cluster's service CIDRs (`--service-cidr`): inside them, an
+    /// address no Service holds is dropped and a ClusterIP's unserved port
+    /// rejected. Empty: such packets pass as any other.
+    pub service_cidrs: Vec<Ipv4Net>,
 }
 
 impl PlanConfig {
@@ -83,6 +91,7 @@ impl PlanConfig {
             cni: None,
             pin_dir: crate::DEFAULT_PIN_DIR.into(),
             mtu: 1500,
+            service_cidrs: Vec::new(),
         }
     }
 }
@@ -99,6 +108,9 @@ pub struct NodeAddress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePlan {
     pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
+    /// `ferry_svc_cidrs`: the service CIDRs, and each allocated ClusterIP
+    /// as a /32 (empty without service CIDRs).
+    pub service_ranges: BTreeMap<Ipv4Net, ServiceRange>,
     /// healthCheckNodePorts to answer, by port.
     pub health_checks: BTreeMap<u16, HealthCheck>,
     pub node: NodeAddress,
@@ -113,27 +125,64 @@ pub struct NodePlan {
     pub reserved_ports: Vec<PortRange>,
 }
 
-/// The frontends and health checks of every Service.
-fn service_frontends(
+/// What the Services make: frontends, health checks and the allocated
+/// ClusterIPs.
+struct ServiceParts {
+    frontends: BTreeMap<ServiceKey, DesiredFrontend>,
+    health_checks: BTreeMap<u16, HealthCheck>,
+    cluster_ips: BTreeSet<Ipv4Addr>,
+}
+
+/// The service CIDRs and, as /32 entries, every ClusterIP of a proxied
+/// Service whatever its ports (kube-proxy's cluster-IP set); nothing
+/// without service CIDRs, so such packets pass as before.
+fn service_ranges(
+    cidrs: &[Ipv4Net],
+    cluster_ips: &BTreeSet<Ipv4Addr>,
+) -> BTreeMap<Ipv4Net, ServiceRange> {
+    if cidrs.is_empty() {
+        return BTreeMap::new();
+    }
+    let range = |kind| ServiceRange { kind };
+    let nets = cidrs.iter().map(|net| {
+        let net = Ipv4Net {
+            addr: net.network(),
+            prefix: net.prefix,
+        };
+        (net, range(SERVICE_RANGE_UNALLOCATED))
+    });
+    let ips = cluster_ips.iter().map(|ip| {
+        (
+            Ipv4Net {
+                addr: *ip,
+                prefix: 32,
+            },
+            range(SERVICE_RANGE_ALLOCATED),
+        )
+    });
+    nets.chain(ips).collect()
+}
+
+/// The frontends, health checks and ClusterIPs of every Service.
+fn service_parts(
     objects: &Objects,
     cfg: &PlanConfig,
     nodeport_addresses: &[Ipv4Addr],
     zone: Option<&str>,
     problems: &mut Vec<Problem>,
-) -> (
-    BTreeMap<ServiceKey, DesiredFrontend>,
-    BTreeMap<u16, HealthCheck>,
-) {
+) -> ServiceParts {
     for slice in &objects.slices {
         unsupported::slice_fields(slice, problems);
     }
     let slices = endpoints::SliceIndex::new(&objects.slices);
     let mut frontends = BTreeMap::new();
     let mut health_checks = BTreeMap::new();
+    let mut cluster_ips = BTreeSet::new();
     for svc in &objects.services {
         let Some(svc) = services::parse_service(svc, cfg.nodeport_range, problems) else {
             continue;
         };
+        cluster_ips.extend(svc.cluster_ips.iter().copied());
         let svc_slices = slices.for_service(&svc.namespace, &svc.name);
         for port in &svc.ports {
             let here = endpoints::Locality {
@@ -153,7 +202,11 @@ fn service_frontends(
             health::add_health_check(&mut health_checks, &svc, &backends);
         }
     }
-    (frontends, health_checks)
+    ServiceParts {
+        frontends,
+        health_checks,
+        cluster_ips,
+    }
 }
 
 /// This node's plan, and what in the objects could not be used.
@@ -164,7 +217,7 @@ pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
         .nodeport_addresses
         .clone()
         .unwrap_or_else(|| nodes.own_ips.clone());
-    let (frontends, health_checks) = service_frontends(
+    let services = service_parts(
         objects,
         cfg,
         &nodeport_addresses,
@@ -182,8 +235,9 @@ pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
         });
     }
     let plan = NodePlan {
-        frontends,
-        health_checks,
+        service_ranges: service_ranges(&cfg.service_cidrs, &services.cluster_ips),
+        frontends: services.frontends,
+        health_checks: services.health_checks,
         node: NodeAddress {
             addr: nodes.own_addr(),
             snat_ports: cfg.snat_ports,

@@ -304,3 +304,37 @@ fn zone_hints_are_matched_against_this_nodes_zone_label() {
     assert_eq!(cluster_ip("n2"), [2, 3], "zone-b");
     assert_eq!(cluster_ip("n3"), [1, 2, 3], "no zone label: every endpoint");
 }
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+#[test]
+fn service_ranges_are_the_cidrs_and_every_cluster_ip_whatever_its_ports() {
+    let yaml = format!(
+        "{WEB}\n---\n{}",
+        include_str!("../../testdata/not_proxied.yaml")
+    );
+    let objects = objects(&yaml);
+    // Without --service-cidr: nothing, so such packets pass as before.
+    let (d, _) = desired_state(&objects, "n1");
+    assert!(d.service_ranges.is_empty());
+
+    let cfg = PlanConfig {
+        service_cidrs: vec![net("10.96.0.0/12"), net("10.200.0.0/16")],
+        ..PlanConfig::for_node("n1")
+    };
+    let (d, _) = plan(&objects, &cfg);
+    let kinds: Vec<(Ipv4Net, u32)> = d.service_ranges.iter().map(|(n, r)| (*n, r.kind)).collect();
+    // web's ClusterIP, and the SCTP-only Service's (its ports are not
+    // served, its address is still allocated); not headless/ExternalName.
+    assert_eq!(
+        kinds,
+        vec![
+            (net("10.96.0.0/12"), SERVICE_RANGE_UNALLOCATED),
+            (net("10.96.0.5/32"), SERVICE_RANGE_ALLOCATED),
+            (net("10.96.0.10/32"), SERVICE_RANGE_ALLOCATED),
+            (net("10.200.0.0/16"), SERVICE_RANGE_UNALLOCATED),
+        ]
+    );
+}

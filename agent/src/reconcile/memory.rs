@@ -8,7 +8,7 @@ use std::{
     rc::Rc,
 };
 
-use ferry_common::{Route, ServiceKey};
+use ferry_common::{Route, ServiceKey, ServiceRange};
 
 use super::{
     Targets,
@@ -35,6 +35,7 @@ pub struct Host {
     /// failure.
     pub poisoned: Vec<String>,
     pub node: Option<NodeAddress>,
+    pub service_ranges: BTreeMap<Ipv4Net, ServiceRange>,
     pub routes: BTreeMap<Ipv4Net, Route>,
     pub kernel_routes: BTreeMap<Ipv4Net, KernelRoute>,
     /// Interfaces by name -> ifindex.
@@ -69,6 +70,7 @@ impl MemoryHost {
     pub fn targets(&self) -> Targets {
         Targets {
             services: self.table("services", |h| &mut h.frontends),
+            service_ranges: self.table("service ranges", |h| &mut h.service_ranges),
             node: Box::new(self.clone()),
             routes: Box::new(self.clone()),
             kernel_routes: self.table("kernel routes", |h| &mut h.kernel_routes),

@@ -5,7 +5,9 @@
 //! are still written, and the next sync retries it.
 use std::{collections::BTreeMap, fmt::Debug, path::PathBuf};
 
-use ferry_common::{PROTO_UDP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, ServiceKey};
+use ferry_common::{
+    PROTO_UDP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, ServiceKey, ServiceRange,
+};
 
 #[cfg(test)]
 pub mod memory;
@@ -98,6 +100,8 @@ pub fn apply_diff_from<K: Ord + Debug, V: PartialEq>(
 /// What the reconciler writes to.
 pub struct Targets {
     pub services: Box<dyn Table<ServiceKey, DesiredFrontend>>,
+    /// Service CIDRs and allocated ClusterIPs (`ferry_svc_cidrs`).
+    pub service_ranges: Box<dyn Table<Ipv4Net, ServiceRange>>,
     pub node: Box<dyn NodeMapTarget>,
     pub routes: Box<dyn RouteMap>,
     pub kernel_routes: Box<dyn Table<Ipv4Net, KernelRoute>>,
@@ -114,6 +118,7 @@ pub struct Report {
     pub services: DiffStats,
     /// UDP flows removed because their backend left.
     pub stale_flows: usize,
+    pub service_ranges: DiffStats,
     pub routes: DiffStats,
     pub kernel_routes: DiffStats,
     /// Where the conflist was written, when it changed.
@@ -313,6 +318,13 @@ impl Reconciler {
             );
         }
         report.services = self.reconcile_services(&plan.frontends, &mut report.stale_flows);
+        // After the frontends: a new Service's ClusterIP is served before it
+        // stops being an unallocated address.
+        report.service_ranges = apply_diff(
+            "service ranges",
+            &mut *self.targets.service_ranges,
+            &plan.service_ranges,
+        );
         let (routes, missing) = self.route_entries(&plan.routes);
         match self.targets.routes.sync(&routes) {
             Ok(s) => {

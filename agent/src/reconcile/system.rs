@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ferry_common::{Route, ServiceKey};
+use ferry_common::{Route, ServiceKey, ServiceRange};
 
 use super::targets::{
     FileTarget, FlowTable, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap,
@@ -16,7 +16,7 @@ use crate::{
     config::PortRange,
     healthcheck::HealthChecks,
     ipcmd,
-    maps::{Conntrack, NodeMap, Routes, ServiceTable, routes::RouteStats},
+    maps::{Conntrack, NodeMap, Routes, ServiceRanges, ServiceTable, routes::RouteStats},
     net::Ipv4Net,
     plan::{
         DesiredFrontend, HealthCheck, NodeAddress,
@@ -53,6 +53,20 @@ impl Table<ServiceKey, DesiredFrontend> for ServiceTable {
 
     fn remove(&mut self, key: &ServiceKey) -> TargetResult<()> {
         ServiceTable::remove(self, key).map_err(TargetError::new)
+    }
+}
+
+impl Table<Ipv4Net, ServiceRange> for ServiceRanges {
+    fn current(&self) -> TargetResult<BTreeMap<Ipv4Net, ServiceRange>> {
+        self.list().map_err(TargetError::new)
+    }
+
+    fn upsert(&mut self, net: &Ipv4Net, range: &ServiceRange) -> TargetResult<()> {
+        self.insert(net, *range).map_err(TargetError::new)
+    }
+
+    fn remove(&mut self, net: &Ipv4Net) -> TargetResult<()> {
+        ServiceRanges::remove(self, net).map_err(TargetError::new)
     }
 }
 

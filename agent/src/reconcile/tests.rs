@@ -399,3 +399,65 @@ fn a_deleted_vxlan_device_is_made_again_at_the_next_sync() {
     let route = h.routes[&"10.244.2.0/24".parse().unwrap()];
     assert_eq!(route.ifindex, h.interfaces["ferry-vxlan"]);
 }
+
+#[test]
+fn service_ranges_follow_the_cidrs_and_the_cluster_ips_by_diff() {
+    use ferry_common::{SERVICE_RANGE_ALLOCATED, SERVICE_RANGE_UNALLOCATED};
+    let cfg = PlanConfig {
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        ..config(NATIVE_XDP)
+    };
+    let host = MemoryHost::with_interfaces(&[("eth0", 2)]);
+    let mut reconciler = Reconciler::new(host.targets());
+    let report = reconciler.reconcile(&node_plan(CLUSTER, &cfg));
+    assert_eq!(report.service_ranges.upserted, 2);
+    let kinds = |host: &MemoryHost| -> Vec<(String, u32)> {
+        let h = host.0.borrow();
+        h.service_ranges
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.kind))
+            .collect()
+    };
+    assert_eq!(
+        kinds(&host),
+        vec![
+            ("10.96.0.0/12".to_string(), SERVICE_RANGE_UNALLOCATED),
+            ("10.96.0.10/32".to_string(), SERVICE_RANGE_ALLOCATED),
+        ]
+    );
+    host.take_writes();
+    // Unchanged: nothing written.
+    let report = reconciler.reconcile(&node_plan(CLUSTER, &cfg));
+    assert_eq!(report.service_ranges.changed(), 0);
+    assert!(
+        !host
+            .take_writes()
+            .iter()
+            .any(|w| w.starts_with("service ranges")),
+    );
+    // The Service's ClusterIP moves: the old /32 goes after the new one
+    // is written; the CIDR stays.
+    let moved = CLUSTER.replace("10.96.0.10", "10.96.0.11");
+    let report = reconciler.reconcile(&node_plan(&moved, &cfg));
+    assert_eq!(
+        (
+            report.service_ranges.upserted,
+            report.service_ranges.removed
+        ),
+        (1, 1)
+    );
+    let writes: Vec<String> = host
+        .take_writes()
+        .into_iter()
+        .filter(|w| w.starts_with("service ranges"))
+        .collect();
+    assert!(writes[0].starts_with("service ranges upsert"), "{writes:?}");
+    assert_eq!(
+        kinds(&host)[1],
+        ("10.96.0.11/32".to_string(), SERVICE_RANGE_ALLOCATED)
+    );
+    // --service-cidr dropped: the map is emptied.
+    let report = reconciler.reconcile(&node_plan(&moved, &config(NATIVE_XDP)));
+    assert_eq!(report.service_ranges.removed, 2);
+    assert!(kinds(&host).is_empty());
+}
