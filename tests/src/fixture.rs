@@ -10,7 +10,26 @@ use ferry_agent::{
     loader::{Dataplane, unpin_all},
     maps::{Conntrack, Counters, ServiceTable},
 };
-use ferry_common::Counter;
+use ferry_common::{Backend, Counter, SCOPE_CLUSTER_IP, ServiceKey};
+
+/// The ClusterIP frontend `addr:port` over `protocol`.
+pub fn frontend(addr: std::net::Ipv4Addr, port: u16, protocol: u8) -> ServiceKey {
+    ServiceKey {
+        addr: addr.octets(),
+        port,
+        protocol,
+        scope: SCOPE_CLUSTER_IP,
+    }
+}
+
+/// The backend `addr:port`.
+pub fn backend(addr: std::net::Ipv4Addr, port: u16) -> Backend {
+    Backend {
+        addr: addr.octets(),
+        port,
+        pad: [0; 2],
+    }
+}
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;

@@ -75,6 +75,27 @@ fn wait_for_backends(node: &Node, n: usize, within: Duration) -> Duration {
     }
 }
 
+/// TCP to `addr:tcp` and UDP to `addr:udp` are both refused, within a
+/// second (not timed out).
+fn assert_refused_at_once(client: &Pod, addr: Ipv4Addr, (tcp, udp): (u16, u16), what: &str) {
+    let start = Instant::now();
+    let err = tcp_connect_error(client, addr, tcp).unwrap();
+    assert_eq!(
+        err,
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "TCP to {what}"
+    );
+    let udp_err = udp_whoami(client, addr, udp).unwrap_err();
+    assert!(
+        format!("{udp_err:#}").contains("refused"),
+        "UDP to {what}: {udp_err:#}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "refused, not timed out"
+    );
+}
+
 fn names_seen(tries: usize, mut ask: impl FnMut() -> String) -> BTreeSet<String> {
     (0..tries).map(|_| ask()).collect()
 }
@@ -131,18 +152,7 @@ fn clusterip_over_tcp_and_udp_reaches_every_backend_and_follows_edits() {
     assert!(seen.contains("b4"), "b4 never reached: {seen:?}");
 
     // A Service with no endpoints refuses at once, TCP and UDP.
-    let start = Instant::now();
-    let err = tcp_connect_error(&client, EMPTY_VIP, 80).unwrap();
-    assert_eq!(err, Some(std::io::ErrorKind::ConnectionRefused));
-    let udp_err = udp_whoami(&client, EMPTY_VIP, 53).unwrap_err();
-    assert!(
-        format!("{udp_err:#}").contains("refused"),
-        "UDP to a Service without endpoints: {udp_err:#}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "refused, not timed out"
-    );
+    assert_refused_at_once(&client, EMPTY_VIP, (80, 53), "a Service without endpoints");
 
     // Delete the Service: its frontends disappear within 1 s.
     c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
@@ -395,18 +405,7 @@ fn with_service_cidrs_an_unserved_port_is_refused_and_an_unallocated_address_nev
         .unwrap();
 
     // The ClusterIP on a port its Service does not have: refused at once.
-    let start = Instant::now();
-    let err = tcp_connect_error(&client, VIP, 81).unwrap();
-    assert_eq!(err, Some(std::io::ErrorKind::ConnectionRefused));
-    let udp_err = udp_whoami(&client, VIP, 54).unwrap_err();
-    assert!(
-        format!("{udp_err:#}").contains("refused"),
-        "UDP to an unserved port: {udp_err:#}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "refused, not timed out"
-    );
+    assert_refused_at_once(&client, VIP, (81, 54), "an unserved port");
     assert!(counted(&node, "rejected_unserved_port") >= 2);
 
     // An address in the range that no Service holds: dropped on the node.

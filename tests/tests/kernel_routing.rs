@@ -5,11 +5,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ferry_agent::maps::{Endpoints, Routes};
-use ferry_common::{
-    Backend, Endpoint, PROTO_TCP, ROUTE_MODE_VXLAN, Route, SCOPE_CLUSTER_IP, ServiceKey, outcome,
-};
+use ferry_common::{Endpoint, PROTO_TCP, ROUTE_MODE_VXLAN, Route, outcome};
 use ferry_tests::{
-    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT},
+    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, backend, frontend},
     packet::{Packet, TCP_ACK, TCP_SYN, arp_request},
 };
 
@@ -39,18 +37,10 @@ fn with_local_client(k: &Kernel) {
 fn reply_from_a_backend_on_another_node_is_translated_back_and_delivered() {
     let mut k = Kernel::load();
     with_local_client(&k);
-    let key = ServiceKey {
-        addr: VIP.octets(),
-        port: 80,
-        protocol: PROTO_TCP,
-        scope: SCOPE_CLUSTER_IP,
-    };
-    let backend = Backend {
-        addr: REMOTE_POD.octets(),
-        port: 8080,
-        pad: [0; 2],
-    };
-    k.services.upsert(key, &[backend]).unwrap();
+    let key = frontend(VIP, 80, PROTO_TCP);
+    k.services
+        .upsert(key, &[backend(REMOTE_POD, 8080)])
+        .unwrap();
 
     let syn = Packet::tcp((CLIENT, 40000), (VIP, 80), TCP_SYN, b"");
     let (verdict, out) = k.run(&syn.bytes());

@@ -6,11 +6,10 @@ use std::net::Ipv4Addr;
 
 use ferry_agent::maps::ServiceRanges;
 use ferry_common::{
-    Backend, PROTO_TCP, SCOPE_CLUSTER_IP, SERVICE_RANGE_ALLOCATED, SERVICE_RANGE_UNALLOCATED,
-    ServiceKey, ServiceRange, outcome,
+    PROTO_TCP, SERVICE_RANGE_ALLOCATED, SERVICE_RANGE_UNALLOCATED, ServiceRange, outcome,
 };
 use ferry_tests::{
-    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, backend, frontend},
     packet::{self, Packet, TCP_ACK, TCP_SYN},
 };
 
@@ -24,18 +23,8 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 10);
 /// ClusterIP allocated, written as the agent writes them.
 fn kernel() -> Kernel {
     let mut k = Kernel::load();
-    let web = ServiceKey {
-        addr: WEB_VIP.octets(),
-        port: 80,
-        protocol: PROTO_TCP,
-        scope: SCOPE_CLUSTER_IP,
-    };
-    let pod = Backend {
-        addr: WEB_POD.octets(),
-        port: 8080,
-        pad: [0; 2],
-    };
-    k.services.upsert(web, &[pod]).unwrap();
+    let web = frontend(WEB_VIP, 80, PROTO_TCP);
+    k.services.upsert(web, &[backend(WEB_POD, 8080)]).unwrap();
     let mut ranges = ServiceRanges::open(k.pin_dir()).unwrap();
     let kind = |kind| ServiceRange { kind };
     ranges

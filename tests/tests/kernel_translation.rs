@@ -4,9 +4,9 @@
 //! outcome counter.
 use std::net::Ipv4Addr;
 
-use ferry_common::{Backend, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, ServiceKey, outcome};
+use ferry_common::{PROTO_TCP, PROTO_UDP, outcome};
 use ferry_tests::{
-    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, backend, frontend},
     packet::{self, Packet, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 
@@ -16,23 +16,6 @@ const WEB_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const DNS_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
-
-pub fn frontend(addr: Ipv4Addr, port: u16, protocol: u8) -> ServiceKey {
-    ServiceKey {
-        addr: addr.octets(),
-        port,
-        protocol,
-        scope: SCOPE_CLUSTER_IP,
-    }
-}
-
-pub fn backend(addr: Ipv4Addr, port: u16) -> Backend {
-    Backend {
-        addr: addr.octets(),
-        port,
-        pad: [0; 2],
-    }
-}
 
 enum Expect {
     /// The packet leaves exactly as given.
