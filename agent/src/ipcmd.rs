@@ -19,10 +19,13 @@ pub enum IpError {
 }
 
 impl IpError {
-    /// The object is already gone (deleting twice is fine).
+    /// The object is already gone (deleting twice is fine). A route that is
+    /// gone answers "No such process" (ESRCH).
     pub fn is_missing(&self) -> bool {
         matches!(self, IpError::Failed { stderr, .. }
-            if stderr.contains("Cannot find device") || stderr.contains("does not exist"))
+            if stderr.contains("Cannot find device")
+                || stderr.contains("does not exist")
+                || stderr.contains("No such process"))
     }
 }
 

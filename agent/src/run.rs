@@ -18,7 +18,7 @@ use crate::{
     loader::Dataplane,
     maps::{Conntrack, NodeMap, Routes, ServiceRanges, ServiceTable, monotonic_now_ns},
     metrics::Metrics,
-    plan::{self, Objects, problem::ProblemLog},
+    plan::{self, problem::ProblemLog},
     reconcile::{
         Reconciler, Targets,
         system::{KernelRoutes, ProcSys, SystemFiles, SystemLinks},
@@ -49,7 +49,6 @@ fn update_pod_links(pin_dir: &std::path::Path) {
 struct Agent {
     cfg: RunConfig,
     reconciler: Reconciler,
-    conntrack: Conntrack,
     metrics: Arc<Metrics>,
     /// Problems with the objects, each logged once.
     problems: ProblemLog,
@@ -118,14 +117,6 @@ impl Agent {
         );
     }
 
-    fn collect_garbage(&mut self) {
-        match self.conntrack.collect_garbage(monotonic_now_ns()) {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "conntrack garbage collected"),
-            Err(e) => tracing::warn!(error = %e, "conntrack garbage collection failed"),
-        }
-    }
-
     /// Apply every snapshot `source` yields, collect conntrack garbage and
     /// resync, until SIGTERM or SIGINT.
     async fn serve(&mut self, mut source: impl Source) -> anyhow::Result<()> {
@@ -148,7 +139,7 @@ impl Agent {
                         self.apply(snapshot, &name, true);
                     }
                 }
-                _ = gc.tick() => self.collect_garbage(),
+                _ = gc.tick() => self.reconciler.collect_garbage(monotonic_now_ns()),
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
             }
@@ -185,11 +176,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // Links and reserved ports follow the configuration alone: make them
     // before any object arrives (the API may be down), and stop here if the
     // uplink is wrong.
-    let (empty_plan, _) = plan::plan(&Objects::default(), &cfg.plan);
     reconciler
-        .reconcile_links(&empty_plan.links)
+        .reconcile_links(&cfg.plan.links())
         .context("setting up cross-node routing")?;
-    reconciler.reserve_ports(&empty_plan.reserved_ports);
+    reconciler.reserve_ports(&cfg.plan.reserved_ports());
     if let Some(uplink) = &cfg.plan.uplink {
         tracing::info!(overlay = ?uplink.overlay, uplink = %uplink.interface, "cross-node routing attached");
     }
@@ -203,7 +193,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
     let mut agent = Agent {
         reconciler,
-        conntrack: Conntrack::open(&pin_dir)?,
         metrics,
         problems: ProblemLog::default(),
         triggers: TriggerTimes::default(),

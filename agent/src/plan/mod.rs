@@ -31,7 +31,6 @@ pub mod problem;
 pub mod services;
 pub mod unsupported;
 
-pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontends::DesiredFrontend;
 pub use health::HealthCheck;
 pub use nodes::PeerNode;
@@ -80,6 +79,16 @@ pub struct PlanConfig {
 }
 
 impl PlanConfig {
+    /// The network-side links: they follow the configuration alone.
+    pub fn links(&self) -> network::Links {
+        network::links(self.uplink.as_ref())
+    }
+
+    /// The ranges kept from the node's own automatic port choice.
+    pub fn reserved_ports(&self) -> Vec<PortRange> {
+        vec![self.snat_ports, self.nodeport_range]
+    }
+
     /// A single node with default ranges and no uplink.
     pub fn for_node(node_name: &str) -> Self {
         Self {
@@ -144,13 +153,10 @@ fn service_ranges(
         return BTreeMap::new();
     }
     let range = |kind| ServiceRange { kind };
-    let nets = cidrs.iter().map(|net| {
-        let net = Ipv4Net {
-            addr: net.network(),
-            prefix: net.prefix,
-        };
-        (net, range(SERVICE_RANGE_UNALLOCATED))
-    });
+    // The configuration already refused CIDRs with host bits set.
+    let nets = cidrs
+        .iter()
+        .map(|net| (*net, range(SERVICE_RANGE_UNALLOCATED)));
     let ips = cluster_ips.iter().map(|ip| {
         (
             Ipv4Net {
@@ -242,11 +248,11 @@ pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
             addr: nodes.own_addr(),
             snat_ports: cfg.snat_ports,
         },
-        links: network::links(uplink),
+        links: cfg.links(),
         routes: network::peer_routes(&nodes.peers, uplink),
         kernel_routes: network::kernel_routes(&nodes.peers, uplink),
         conflist,
-        reserved_ports: vec![cfg.snat_ports, cfg.nodeport_range],
+        reserved_ports: cfg.reserved_ports(),
         pod_cidr: nodes.pod_cidr,
         peers: nodes.peers,
     };

@@ -169,6 +169,10 @@ impl FlowTable for MemoryHost {
         self.record(what, |h| h.removed_flows.extend_from_slice(stale));
         Ok(stale.len())
     }
+
+    fn collect_garbage(&mut self, _now_ns: u64) -> TargetResult<usize> {
+        Ok(0)
+    }
 }
 
 impl LinkTarget for MemoryHost {

@@ -54,13 +54,16 @@ pub fn apply_diff<K: Ord + Debug, V: PartialEq>(
 ) -> DiffStats {
     match table.current() {
         Ok(current) => apply_diff_from(what, table, &current, desired),
-        Err(e) => {
-            tracing::error!(table = what, error = %e, "cannot read; retried at the next sync");
-            DiffStats {
-                failed: desired.len(),
-                ..DiffStats::default()
-            }
-        }
+        Err(e) => unreadable(what, &e, desired.len()),
+    }
+}
+
+/// A table that could not be read: nothing of `wanted` entries written.
+fn unreadable(what: &str, e: &TargetError, wanted: usize) -> DiffStats {
+    tracing::error!(table = what, error = %e, "cannot read; retried at the next sync");
+    DiffStats {
+        failed: wanted,
+        ..DiffStats::default()
     }
 }
 
@@ -163,8 +166,13 @@ impl Reconciler {
         }
     }
 
-    pub fn targets(&self) -> &Targets {
-        &self.targets
+    /// Remove expired flows (the agent's periodic garbage collection).
+    pub fn collect_garbage(&mut self, now_ns: u64) {
+        match self.targets.flows.collect_garbage(now_ns) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "conntrack garbage collected"),
+            Err(e) => tracing::warn!(error = %e, "conntrack garbage collection failed"),
+        }
     }
 
     /// Make the network-side devices and links exactly `links`: create the
@@ -239,10 +247,16 @@ impl Reconciler {
         routes: &BTreeMap<Ipv4Net, PeerRoute>,
     ) -> (BTreeMap<Ipv4Net, Route>, usize) {
         let mut missing = 0;
+        // Every route goes through one device (the uplink or the VXLAN
+        // device): look each up once, not once per peer.
+        let mut ifindexes: BTreeMap<&str, Option<u32>> = BTreeMap::new();
         let entries = routes
             .iter()
             .filter_map(|(net, r)| {
-                let Some(ifindex) = self.targets.links.ifindex(&r.device) else {
+                let ifindex = *ifindexes
+                    .entry(r.device.as_str())
+                    .or_insert_with(|| self.targets.links.ifindex(&r.device));
+                let Some(ifindex) = ifindex else {
                     tracing::warn!(cidr = %net, device = r.device, "device missing; route left out");
                     missing += 1;
                     return None;
@@ -277,7 +291,7 @@ impl Reconciler {
         let services = &mut *self.targets.services;
         let current = match services.current() {
             Ok(current) => current,
-            Err(_) => return apply_diff("services", services, desired),
+            Err(e) => return unreadable("services", &e, desired.len()),
         };
         let stats = apply_diff_from("services", services, &current, desired);
         let stale = stale_udp_flows(&current, desired);

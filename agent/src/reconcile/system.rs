@@ -96,6 +96,10 @@ impl FlowTable for Conntrack {
         }
         Ok(flows)
     }
+
+    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<usize> {
+        Conntrack::collect_garbage(self, now_ns).map_err(TargetError::new)
+    }
 }
 
 /// The node's routes to other nodes' pod CIDRs, through iproute2. What an
@@ -105,6 +109,11 @@ impl FlowTable for Conntrack {
 #[derive(Default)]
 pub struct KernelRoutes {
     installed: BTreeMap<Ipv4Net, KernelRoute>,
+}
+
+/// `net` as iproute2 prints a route's destination.
+fn cidr(net: &Ipv4Net) -> String {
+    format!("{}/{}", net.network(), net.prefix)
 }
 
 /// The destinations of the kernel's IPv4 main-table routes, as "a.b.c.d/n".
@@ -133,13 +142,13 @@ impl Table<Ipv4Net, KernelRoute> for KernelRoutes {
         Ok(self
             .installed
             .iter()
-            .filter(|(net, _)| present.contains(&format!("{}/{}", net.network(), net.prefix)))
+            .filter(|(net, _)| present.contains(&cidr(net)))
             .map(|(net, route)| (*net, route.clone()))
             .collect())
     }
 
     fn upsert(&mut self, net: &Ipv4Net, route: &KernelRoute) -> TargetResult<()> {
-        let cidr = format!("{}/{}", net.network(), net.prefix);
+        let cidr = cidr(net);
         let result = match route {
             KernelRoute::Via { gateway, device } => ipcmd::ip(&[
                 "route",
@@ -174,11 +183,8 @@ impl Table<Ipv4Net, KernelRoute> for KernelRoutes {
     }
 
     fn remove(&mut self, net: &Ipv4Net) -> TargetResult<()> {
-        let cidr = format!("{}/{}", net.network(), net.prefix);
-        match ipcmd::ip(&["route", "del", &cidr]) {
-            Err(e) if !e.is_missing() && !e.to_string().contains("No such process") => {
-                Err(TargetError::new(e))
-            }
+        match ipcmd::ip(&["route", "del", &cidr(net)]) {
+            Err(e) if !e.is_missing() => Err(TargetError::new(e)),
             _ => {
                 self.installed.remove(net);
                 Ok(())
@@ -198,7 +204,7 @@ impl SystemLinks {
     }
 }
 
-pub fn ifindex(name: &str) -> Option<u32> {
+fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: c is a valid C string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };

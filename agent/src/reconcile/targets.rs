@@ -60,6 +60,9 @@ pub trait FlowTable {
     /// Remove both entries of every flow `stale` names; returns how many
     /// flows went.
     fn remove_flows(&mut self, stale: &[StaleFlows]) -> TargetResult<usize>;
+    /// Remove the flows that have expired by `now_ns`; returns how many
+    /// entries went.
+    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<usize>;
 }
 
 /// The route map, written whole (its own diff keeps a moved CIDR routed

@@ -115,14 +115,14 @@ impl KubeSource {
     }
 
     /// Resolves once every store holds a complete first list.
-    pub async fn wait_ready(&self) {
+    async fn wait_ready(&self) {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
     }
 
     /// The objects as the stores hold them now.
-    pub fn objects(&self) -> Objects {
+    fn objects(&self) -> Objects {
         Objects {
             services: self
                 .services
@@ -136,13 +136,13 @@ impl KubeSource {
     }
 
     /// Resolves when a store changed since the last call.
-    pub async fn changed(&self) {
+    async fn changed(&self) {
         self.changed.notified().await;
     }
 
     /// Forget a pending change signal (the caller is about to read the
     /// stores anyway).
-    pub fn drain_changes(&self) {
+    fn drain_changes(&self) {
         let _ = futures::FutureExt::now_or_never(self.changed.notified());
     }
 }
