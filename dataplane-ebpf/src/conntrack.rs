@@ -16,7 +16,8 @@ use crate::{maps::CONNTRACK, parse::L4Packet};
 
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
-const NO_ADDR: [u8; 4] = [0; 4];
+/// "No address": a flow without source NAT, a node address not known yet.
+pub const NO_ADDR: [u8; 4] = [0; 4];
 
 /// What to write into a packet of a tracked flow.
 pub struct NatTarget {

@@ -43,13 +43,13 @@ fn deliver(ctx: &TcContext, dst: [u8; 4], via: Delivery) -> Option<i32> {
     if let Some(action) = to_local_pod(ctx, dst) {
         return Some(action);
     }
-    Some(match via {
-        Delivery::LocalPodOnly => return None,
-        Delivery::Onward => forward::to_remote_node(ctx, dst).unwrap_or(TC_ACT_OK),
+    match via {
+        Delivery::LocalPodOnly => None,
+        Delivery::Onward => Some(forward::to_remote_node(ctx, dst).unwrap_or(TC_ACT_OK)),
         Delivery::OnwardRewritten => {
-            forward::to_remote_node(ctx, dst).unwrap_or_else(|| forward::by_fib(ctx, dst))
+            Some(forward::to_remote_node(ctx, dst).unwrap_or_else(|| forward::by_fib(ctx, dst)))
         }
-    })
+    }
 }
 
 /// Deliver to the local pod owning `dst`; None when no local pod has that

@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use ferry_common::{PROTO_UDP, csum::adjust};
 
 use crate::{
-    conntrack::NatTarget,
+    conntrack::{NO_ADDR, NatTarget},
     parse::{ETH_HLEN, Frame, L4Packet},
 };
 
@@ -16,7 +16,6 @@ const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
-const NO_ADDR: [u8; 4] = [0; 4];
 
 /// Which way a packet of a tracked flow travels. Original (client ->
 /// frontend): the target replaces the destination (frontend -> backend),

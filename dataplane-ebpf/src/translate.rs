@@ -30,13 +30,7 @@ pub fn to_frontend(
         },
     };
     match nat::translate(ctx, pkt, &target, Way::Original) {
-        Ok(()) => Decision::new(
-            outcome::TRANSLATED,
-            TcVerdict::Deliver {
-                dst: target.addr,
-                via,
-            },
-        ),
+        Ok(()) => Decision::deliver(outcome::TRANSLATED, target.addr, via),
         Err(_) => Decision::drop(outcome::DROP_REWRITE_FAILED),
     }
 }
@@ -51,16 +45,16 @@ pub fn reply(ctx: &TcContext, pkt: &L4Packet) -> Option<Decision<TcVerdict>> {
     if nat::translate(ctx, pkt, &target, Way::Reply).is_err() {
         return Some(Decision::drop(outcome::DROP_REWRITE_FAILED));
     }
-    let dst = if target.peer_addr == [0; 4] {
+    let dst = if target.peer_addr == conntrack::NO_ADDR {
         pkt.dst_addr
     } else {
         target.peer_addr
     };
     // Its source is a frontend (a node or load-balancer address for an
     // external client) now: ferry sends it, not the kernel.
-    let via = Delivery::OnwardRewritten;
-    Some(Decision::new(
+    Some(Decision::deliver(
         outcome::REVERSE_TRANSLATED,
-        TcVerdict::Deliver { dst, via },
+        dst,
+        Delivery::OnwardRewritten,
     ))
 }

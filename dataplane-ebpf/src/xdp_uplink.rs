@@ -17,7 +17,7 @@ use ferry_common::{
 
 use crate::{
     balance,
-    conntrack::{self, NatTarget},
+    conntrack::{self, NO_ADDR, NatTarget},
     decision::{Decision, NextHop, XdpVerdict, count},
     fib::{self, Fib},
     forward,
@@ -26,8 +26,6 @@ use crate::{
     new_flow::{self, NewFlow},
     parse::{Frame, L4Packet, Parsed, parse_frame},
 };
-
-const NO_ADDR: [u8; 4] = [0; 4];
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
