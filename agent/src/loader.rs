@@ -11,6 +11,8 @@ use aya::{
     programs::{Program, ProgramError, SchedClassifier, Xdp},
 };
 use ferry_common::{
+    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, MAP_AFFINITY, MAP_SERVICE_OPTIONS,
+    MAP_SOURCE_RANGES, SOURCE_RANGES_MAX_ENTRIES, ServiceOptions, SourceRangeKey,
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
     ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
     MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICE_RANGES, MAP_SERVICES,
@@ -116,6 +118,13 @@ fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
             MAP_SERVICE_RANGES,
             LpmTrie,
             SERVICE_RANGES_MAX_ENTRIES,
+        ),
+        MapShape::of::<AffinityKey, AffinityEntry>(MAP_AFFINITY, LruHash, AFFINITY_MAX_ENTRIES),
+        MapShape::of::<u32, ServiceOptions>(MAP_SERVICE_OPTIONS, Hash, SERVICES_MAX_ENTRIES),
+        MapShape::of::<lpm_trie::Key<SourceRangeKey>, u32>(
+            MAP_SOURCE_RANGES,
+            LpmTrie,
+            SOURCE_RANGES_MAX_ENTRIES,
         ),
     ]
 }

@@ -8,6 +8,7 @@
 //! uninitialised padding byte would make two equal keys different.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod affinity;
 pub mod conntrack;
 pub mod csum;
 pub mod maps;

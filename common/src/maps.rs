@@ -24,6 +24,9 @@ macro_rules! with_map_names {
             MAP_ROUTES = "ferry_routes",
             MAP_NODE = "ferry_node",
             MAP_SERVICE_RANGES = "ferry_svc_cidrs",
+            MAP_AFFINITY = "ferry_affinity",
+            MAP_SERVICE_OPTIONS = "ferry_svc_opts",
+            MAP_SOURCE_RANGES = "ferry_lb_ranges",
         }
     };
 }
@@ -69,6 +72,11 @@ pub const ROUTES_MAX_ENTRIES: u32 = 16_384;
 /// Capacity of the service-range map: every allocated ClusterIP (at most
 /// one per frontend) and the service CIDRs.
 pub const SERVICE_RANGES_MAX_ENTRIES: u32 = SERVICES_MAX_ENTRIES + 64;
+/// Capacity of the session-affinity LRU: one entry per (frontend with
+/// `sessionAffinity: ClientIP`, client address) in use.
+pub const AFFINITY_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of the load-balancer source-range trie (all frontends' ranges).
+pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 65_536;
 /// Most backends one service frontend can have (slots 0..MAX).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
@@ -92,6 +100,15 @@ pub const SCOPE_EXTERNAL_FROM_PODS: u8 = 2;
 /// client's address is kept (no source NAT), and without a local backend
 /// the packet is dropped.
 pub const SERVICE_FLAG_LOCAL_ONLY: u8 = 1;
+/// `sessionAffinity: ClientIP`: a new flow from a client address goes to
+/// the backend that client's last flow went to, while that backend is still
+/// in the set and the client came back within the timeout
+/// (`ferry_svc_opts`). See `ferry_affinity`.
+pub const SERVICE_FLAG_AFFINITY: u8 = 2;
+/// `loadBalancerSourceRanges` (load-balancer ingress IPs only): a new flow
+/// is admitted only from a client address inside one of the frontend's
+/// ranges in `ferry_lb_ranges`, else dropped.
+pub const SERVICE_FLAG_SOURCE_RANGES: u8 = 4;
 
 /// Default source ports for NodePort/LoadBalancer flows sent to another
 /// node (`NodeConfig` carries the ones in use). Above the NodePort range, so
@@ -335,6 +352,61 @@ pub struct ServiceRange {
     pub kind: u32,
 }
 
+/// Value of `ferry_svc_opts` (key: service id, host order): a frontend's
+/// settings that do not fit in `ServiceValue`. Present only for frontends
+/// whose flags need it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceOptions {
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds`; host order.
+    pub affinity_timeout_s: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// Key of `ferry_affinity`: one client of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct AffinityKey {
+    /// `ServiceValue::service_id`; host order.
+    pub service_id: u32,
+    /// The client's address as it reached the frontend; network order.
+    pub client_addr: [u8; 4],
+}
+
+/// Value of `ferry_affinity`: where the client's flows go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityEntry {
+    /// CLOCK_MONOTONIC nanoseconds of the client's last new flow; host
+    /// order.
+    pub last_used_ns: u64,
+    /// The backend's address, network order.
+    pub backend_addr: [u8; 4],
+    /// The backend's port, host order.
+    pub backend_port: u16,
+    /// The backend's slot in the frontend's active bank; host order. The
+    /// datapath trusts the entry only while that slot still holds this
+    /// backend (the agent renumbers entries when the set changes and removes
+    /// those of backends that left).
+    pub slot: u16,
+}
+
+/// Data of a `ferry_lb_ranges` key (an LPM trie: prefix length = 32 +
+/// the range's prefix, so the service id always matches whole).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct SourceRangeKey {
+    /// `ServiceValue::service_id`, network order (the trie matches bytes
+    /// from the first, so the id must come whole and first).
+    pub service_id: [u8; 4],
+    /// The client prefix's address, network order.
+    pub addr: [u8; 4],
+}
+
+/// Value of `ferry_lb_ranges`: the range admits its clients.
+pub const SOURCE_RANGE_ALLOWED: u32 = 1;
+
 /// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -357,6 +429,10 @@ const _: () = {
     assert!(size_of::<Route>() == 16);
     assert!(size_of::<NodeConfig>() == 8);
     assert!(size_of::<ServiceRange>() == 4);
+    assert!(size_of::<ServiceOptions>() == 8);
+    assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityEntry>() == 16);
+    assert!(size_of::<SourceRangeKey>() == 8);
     // The LPM trie stores the value right after the 4-byte address.
     assert!(align_of::<Route>() <= 4);
     assert!(align_of::<ServiceRange>() <= 4);
@@ -381,6 +457,10 @@ mod user {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceRange {}
+    unsafe impl aya::Pod for ServiceOptions {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }
 
 /// Protocol name for tools.

@@ -2,7 +2,7 @@
 //! pure so the host tests cover it. The kernel's one planner (tc and XDP
 //! alike) calls it with the real draw of a backend and the real lookup of
 //! where that backend lives.
-use crate::{SERVICE_FLAG_LOCAL_ONLY, ServiceValue, outcome};
+use crate::{SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_SOURCE_RANGES, ServiceValue, outcome};
 
 /// Who opens the flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,16 +34,23 @@ pub enum NewFlow<B> {
     SourceNat(B),
 }
 
-/// Plan a new flow from `client` to `service`: `draw` picks a backend
-/// (None: its slot is missing), `is_local` says whether it is a pod of this
-/// node. Neither is called when the frontend has no backends.
+/// Plan a new flow from `client` to `service`: `in_source_ranges` says
+/// whether the client's address is inside the frontend's
+/// loadBalancerSourceRanges (asked only when it has some), `draw` picks a
+/// backend (None: its slot is missing), `is_local` says whether it is a pod
+/// of this node. Neither is called when the frontend has no backends.
 #[inline(always)]
 pub fn plan<B>(
     service: &ServiceValue,
     client: Client,
+    in_source_ranges: impl FnOnce() -> bool,
     draw: impl FnOnce() -> Option<B>,
     is_local: impl FnOnce(&B) -> bool,
 ) -> NewFlow<B> {
+    // kube-proxy's firewall comes before everything, endpoints or not.
+    if service.flags & SERVICE_FLAG_SOURCE_RANGES != 0 && !in_source_ranges() {
+        return NewFlow::Drop(outcome::DROP_SOURCE_RANGE);
+    }
     let local_policy = client == Client::External && service.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
     if service.backend_count == 0 {
         return if local_policy {
@@ -81,7 +88,7 @@ mod tests {
 
     /// The plan for a backend that is (`local`) or is not a pod here.
     fn planned(service: ServiceValue, client: Client, local: bool) -> NewFlow<u8> {
-        plan(&service, client, || Some(7), |_| local)
+        plan(&service, client, || true, || Some(7), |_| local)
     }
 
     #[test]
@@ -105,6 +112,7 @@ mod tests {
         let drawn = plan(
             &service(0, 0),
             Client::External,
+            || true,
             || -> Option<u8> { panic!() },
             |_| panic!(),
         );
@@ -113,7 +121,7 @@ mod tests {
 
     #[test]
     fn a_missing_slot_drops() {
-        let plan = plan(&service(2, 0), Client::Pod, || None::<u8>, |_| true);
+        let plan = plan(&service(2, 0), Client::Pod, || true, || None::<u8>, |_| true);
         assert_eq!(plan, NewFlow::Drop(outcome::DROP_NO_BACKEND_SLOT));
     }
 
@@ -133,5 +141,31 @@ mod tests {
             let got = planned(service(2, flags), client, local);
             assert_eq!(got, want, "flags {flags} {client:?} local {local}");
         }
+    }
+
+    #[test]
+    fn source_ranges_are_asked_only_of_frontends_that_have_them() {
+        let open = plan(
+            &service(2, 0),
+            Client::External,
+            || panic!("no ranges to check"),
+            || Some(7),
+            |_| true,
+        );
+        assert_eq!(open, NewFlow::Direct(7));
+        let fenced = service(2, SERVICE_FLAG_SOURCE_RANGES);
+        let inside = plan(&fenced, Client::External, || true, || Some(7), |_| true);
+        assert_eq!(inside, NewFlow::Direct(7));
+        for client in [Client::External, Client::Pod] {
+            let outside = plan(&fenced, client, || false, || Some(7), |_| true);
+            assert_eq!(outside, NewFlow::Drop(outcome::DROP_SOURCE_RANGE));
+        }
+    }
+
+    #[test]
+    fn a_client_outside_the_ranges_is_dropped_even_without_endpoints() {
+        let fenced = service(0, SERVICE_FLAG_SOURCE_RANGES);
+        let outside = plan(&fenced, Client::External, || false, || Some(7), |_| true);
+        assert_eq!(outside, NewFlow::Drop(outcome::DROP_SOURCE_RANGE));
     }
 }

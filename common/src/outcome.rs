@@ -56,8 +56,12 @@ pub const DROP_UNALLOCATED_SERVICE_IP: u32 = 17;
 /// service CIDR or a ClusterIP: dropped, never sent off the node.
 pub const DROP_SERVICE_IP_OTHER_PROTOCOL: u32 = 18;
 
+/// A new flow to a load-balancer ingress IP from a client outside the
+/// Service's `loadBalancerSourceRanges`: dropped (kube-proxy's firewall).
+pub const DROP_SOURCE_RANGE: u32 = 19;
+
 /// Number of outcomes.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = 20;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -84,4 +88,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "rejected_unserved_port",
     "drop_unallocated_service_ip",
     "drop_service_ip_other_protocol",
+    "drop_source_range",
 ];

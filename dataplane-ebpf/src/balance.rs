@@ -1,13 +1,22 @@
 //! Service frontends and load balancing: the frontend a packet is
-//! addressed to, and a new flow's backend, drawn uniformly from the active
-//! bank of its frontend.
-use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
-use ferry_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+//! addressed to, whether a new flow's client may reach it
+//! (loadBalancerSourceRanges), and its backend: the client's affine backend
+//! (sessionAffinity ClientIP), else one drawn uniformly from the active bank
+//! of its frontend.
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_get_prandom_u32};
+use ferry_common::{
+    AffinityEntry, AffinityKey, Backend, BackendKey, SERVICE_FLAG_AFFINITY, ServiceKey,
+    ServiceValue, SourceRangeKey, affinity,
+};
 
 use crate::{
-    maps::{BACKENDS, SERVICES},
+    conntrack::now_ns,
+    maps::{AFFINITY, BACKENDS, SERVICE_OPTIONS, SERVICES, SOURCE_RANGES},
     parse::L4Packet,
 };
+
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 
 /// The frontend of `scope` (`SCOPE_*`) the packet is addressed to.
 #[inline(always)]
@@ -22,23 +31,100 @@ pub fn frontend(pkt: &L4Packet, scope: u8) -> Option<ServiceValue> {
     (unsafe { SERVICES.get(key) }).copied()
 }
 
-/// A backend of `service` at random, and the random number drawn (a seed
-/// for later choices of the same flow). None when the slot is missing (an
-/// update raced the packet) or the service has no backends.
+/// Is `client` inside one of `service`'s loadBalancerSourceRanges?
 #[inline(always)]
-pub fn pick_backend(service: &ServiceValue) -> Option<(Backend, u32)> {
+pub fn in_source_ranges(service: &ServiceValue, client: [u8; 4]) -> bool {
+    let key = SourceRangeKey {
+        service_id: service.service_id.to_be_bytes(),
+        addr: client,
+    };
+    SOURCE_RANGES.get(&Key::new(64, key)).is_some()
+}
+
+/// The backend in `slot` of `service`'s active bank, if the slot is in the
+/// set and present.
+#[inline(always)]
+fn at_slot(service: &ServiceValue, slot: u16) -> Option<Backend> {
+    if slot >= service.backend_count {
+        return None;
+    }
+    let key = BackendKey {
+        service_id: service.service_id,
+        slot,
+        bank: service.bank,
+        pad: 0,
+    };
+    // SAFETY: copied out at once.
+    (unsafe { BACKENDS.get(key) }).copied()
+}
+
+/// A backend of `service` for a new flow from `client`, and a random number
+/// (a seed for later choices of the same flow). None when the slot is
+/// missing (an update raced the packet) or the service has no backends.
+#[inline(always)]
+pub fn pick_backend(service: &ServiceValue, client: [u8; 4]) -> Option<(Backend, u32)> {
     if service.backend_count == 0 {
         return None;
     }
     // SAFETY: helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() };
-    let key = BackendKey {
+    if service.flags & SERVICE_FLAG_AFFINITY != 0 {
+        return affine_backend(service, client, random).map(|b| (b, random));
+    }
+    let slot = (random % u32::from(service.backend_count)) as u16;
+    at_slot(service, slot).map(|b| (b, random))
+}
+
+/// sessionAffinity ClientIP: the client's recorded backend while it holds
+/// (`ferry_common::affinity::holds`), refreshed; else a fresh draw,
+/// recorded.
+#[inline(always)]
+fn affine_backend(service: &ServiceValue, client: [u8; 4], random: u32) -> Option<Backend> {
+    let key = AffinityKey {
         service_id: service.service_id,
-        slot: (random % u32::from(service.backend_count)) as u16,
-        bank: service.bank,
-        pad: 0,
+        client_addr: client,
     };
-    // SAFETY: copied out at once.
-    let backend = (unsafe { BACKENDS.get(key) }).copied()?;
-    Some((backend, random))
+    // SAFETY: read at once.
+    let timeout_s = match unsafe { SERVICE_OPTIONS.get(service.service_id) } {
+        Some(options) => options.affinity_timeout_s,
+        None => affinity::DEFAULT_TIMEOUT_S,
+    };
+    let now = now_ns();
+    let recorded = AFFINITY.get_ptr_mut(key);
+    if let Some(entry) = recorded {
+        // SAFETY: pointer from a successful lookup; a concurrent writer on
+        // another CPU races only on these plain fields.
+        let entry = unsafe { &mut *entry };
+        let current = at_slot(service, entry.slot);
+        if affinity::holds(entry, current.as_ref(), now, timeout_s) {
+            entry.last_used_ns = now;
+            return current;
+        }
+    }
+    let slot = (random % u32::from(service.backend_count)) as u16;
+    let backend = at_slot(service, slot)?;
+    let fresh = AffinityEntry {
+        last_used_ns: now,
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        slot,
+    };
+    // Two first flows of one client on two CPUs: the second adopts the
+    // first's backend, so the client never has two.
+    let flags = if recorded.is_some() {
+        BPF_ANY
+    } else {
+        BPF_NOEXIST
+    };
+    if AFFINITY.insert(key, fresh, flags).is_err()
+        && let Some(entry) = AFFINITY.get_ptr(key)
+    {
+        // SAFETY: as above, read at once.
+        let entry = unsafe { &*entry };
+        let current = at_slot(service, entry.slot);
+        if affinity::holds(entry, current.as_ref(), now, timeout_s) {
+            return current;
+        }
+    }
+    Some(backend)
 }

@@ -7,10 +7,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use ferry_common::{
-    BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, NodeConfig, ROUTES_MAX_ENTRIES, Route,
-    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceRange,
-    ServiceValue, outcome, with_map_names,
+    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
+    CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
+    NodeConfig, ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions, ServiceRange, ServiceValue,
+    SourceRangeKey, outcome, with_map_names,
 };
 
 macro_rules! declare_maps {
@@ -24,6 +25,9 @@ macro_rules! declare_maps {
         MAP_ROUTES = $routes:tt,
         MAP_NODE = $node:tt,
         MAP_SERVICE_RANGES = $service_ranges:tt,
+        MAP_AFFINITY = $affinity:tt,
+        MAP_SERVICE_OPTIONS = $service_options:tt,
+        MAP_SOURCE_RANGES = $source_ranges:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -71,6 +75,32 @@ macro_rules! declare_maps {
             [u8; 4],
             ServiceRange,
             { SERVICE_RANGES_MAX_ENTRIES as usize },
+        > = LpmTrie::new();
+
+        /// (frontend, client address) -> the backend of the client's last
+        /// new flow (sessionAffinity ClientIP).
+        #[btf_map(name = $affinity)]
+        pub static AFFINITY: LruHashMap<
+            AffinityKey,
+            AffinityEntry,
+            { AFFINITY_MAX_ENTRIES as usize },
+        > = LruHashMap::new();
+
+        /// Service id -> the settings that do not fit in `ServiceValue`.
+        #[btf_map(name = $service_options)]
+        pub static SERVICE_OPTIONS: HashMap<
+            u32,
+            ServiceOptions,
+            { SERVICES_MAX_ENTRIES as usize },
+            { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
+        > = HashMap::new();
+
+        /// (service id, client prefix) -> admitted: loadBalancerSourceRanges.
+        #[btf_map(name = $source_ranges)]
+        pub static SOURCE_RANGES: LpmTrie<
+            SourceRangeKey,
+            u32,
+            { SOURCE_RANGES_MAX_ENTRIES as usize },
         > = LpmTrie::new();
     };
 }

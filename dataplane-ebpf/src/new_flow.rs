@@ -21,12 +21,14 @@ use crate::{
 pub type Drawn = (Backend, u32);
 pub type NewFlow = ferry_common::new_flow::NewFlow<Drawn>;
 
+/// The plan for the flow `pkt` starts.
 #[inline(always)]
-pub fn plan(service: &ServiceValue, client: Client) -> NewFlow {
+pub fn plan(pkt: &L4Packet, service: &ServiceValue, client: Client) -> NewFlow {
     ferry_common::new_flow::plan(
         service,
         client,
-        || balance::pick_backend(service),
+        || balance::in_source_ranges(service, pkt.src_addr),
+        || balance::pick_backend(service, pkt.src_addr),
         |(backend, _)| is_local_pod(backend.addr),
     )
 }
@@ -47,7 +49,7 @@ pub fn start(
     service: &ServiceValue,
     client: Client,
 ) -> Result<NatTarget, Decision<TcVerdict>> {
-    match plan(service, client) {
+    match plan(pkt, service, client) {
         NewFlow::Reject => Err(reject::no_endpoints(ctx, pkt)),
         NewFlow::Drop(outcome) => Err(Decision::drop(outcome)),
         NewFlow::LocalPolicy((backend, _)) | NewFlow::Direct((backend, _)) => {

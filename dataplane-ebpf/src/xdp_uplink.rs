@@ -114,7 +114,7 @@ fn transmit(
 /// source-NAT port too: tc tries again and counts the drop.
 #[inline(always)]
 fn start(pkt: &L4Packet, service: &ServiceValue) -> Option<NatTarget> {
-    match new_flow::plan(service, Client::External) {
+    match new_flow::plan(pkt, service, Client::External) {
         NewFlow::SourceNat((backend, seed)) => {
             native_route_to(backend.addr)?;
             conntrack::create_snat(pkt, service.service_id, backend.addr, backend.port, seed).ok()

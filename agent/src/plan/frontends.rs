@@ -12,14 +12,32 @@ use super::{
     categorize::Categorized,
     services::{ParsedService, ServicePort},
 };
+pub use crate::maps::services::FrontendOptions;
 
 /// One frontend's desired backends and its name for the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredFrontend {
     pub backends: Vec<Backend>,
     pub name: String,
-    /// `SERVICE_FLAG_*` bits.
+    /// `SERVICE_FLAG_LOCAL_ONLY` (the options' flags come from them).
     pub flags: u8,
+    /// Session affinity and source ranges.
+    pub options: FrontendOptions,
+}
+
+/// The options of a frontend of `svc`; `load_balancer_ip`: it is one of
+/// the Service's load-balancer IPs, which alone are fenced by
+/// loadBalancerSourceRanges (as kube-proxy: NodePorts and ClusterIPs are
+/// not).
+fn options(svc: &ParsedService, load_balancer_ip: bool) -> FrontendOptions {
+    FrontendOptions {
+        affinity_timeout_s: svc.affinity_timeout_s.unwrap_or(0),
+        source_ranges: svc
+            .source_ranges
+            .as_ref()
+            .filter(|_| load_balancer_ip)
+            .map(|r| r.iter().copied().collect()),
+    }
 }
 
 fn frontend(
@@ -28,7 +46,7 @@ fn frontend(
     scope: u8,
     svc_port: &ServicePort,
     backends: &[Backend],
-    flags: u8,
+    (flags, options): (u8, FrontendOptions),
 ) -> (ServiceKey, DesiredFrontend) {
     let key = ServiceKey {
         addr: addr.octets(),
@@ -40,6 +58,7 @@ fn frontend(
         backends: backends.to_vec(),
         name: svc_port.display.clone(),
         flags,
+        options,
     };
     (key, frontend)
 }
@@ -52,7 +71,10 @@ pub fn cluster_ip_frontends(
 ) -> Vec<(ServiceKey, DesiredFrontend)> {
     svc.cluster_ips
         .iter()
-        .map(|ip| frontend(*ip, port.port, SCOPE_CLUSTER_IP, port, &backends.cluster, 0))
+        .map(|ip| {
+            let settings = (0, options(svc, false));
+            frontend(*ip, port.port, SCOPE_CLUSTER_IP, port, &backends.cluster, settings)
+        })
         .collect()
 }
 
@@ -94,9 +116,12 @@ pub fn external_frontends(
     addresses
         .iter()
         .flat_map(|(addr, p)| {
+            let fenced = svc.load_balancer_ips.contains(addr) && *p == port.port;
+            let from_outside = (flags, options(svc, fenced));
+            let from_pods = (0, options(svc, fenced));
             [
-                frontend(*addr, *p, SCOPE_EXTERNAL, port, &backends.external, flags),
-                frontend(*addr, *p, SCOPE_EXTERNAL_FROM_PODS, port, &backends.any, 0),
+                frontend(*addr, *p, SCOPE_EXTERNAL, port, &backends.external, from_outside),
+                frontend(*addr, *p, SCOPE_EXTERNAL_FROM_PODS, port, &backends.any, from_pods),
             ]
         })
         .collect()

@@ -7,7 +7,11 @@ use ferry_common::{PROTO_TCP, PROTO_UDP};
 use k8s_openapi::api::core::v1::Service;
 
 use super::problem::{ObjectProblems, Problem, object_name};
-use crate::config::PortRange;
+use crate::{config::PortRange, net::Ipv4Net};
+
+/// The annotation kube-proxy falls back on when
+/// `spec.loadBalancerSourceRanges` is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// How a Service's traffic policies narrow its endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,6 +40,12 @@ pub struct ParsedService {
     /// Local only).
     pub health_check_node_port: Option<u16>,
     pub ports: Vec<ServicePort>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds; None without
+    /// affinity.
+    pub affinity_timeout_s: Option<u32>,
+    /// `loadBalancerSourceRanges` (or its annotation), LoadBalancer only:
+    /// the clients admitted to the load-balancer IPs (None: all).
+    pub source_ranges: Option<Vec<Ipv4Net>>,
 }
 
 /// One TCP or UDP port of a Service.
@@ -107,7 +117,6 @@ pub fn parse_service(
     if kind == "ExternalName" {
         return None;
     }
-    super::unsupported::service_fields(svc, &mut problems);
     let mut ips: Vec<&str> = spec
         .cluster_ips
         .iter()
@@ -148,6 +157,10 @@ pub fn parse_service(
         .health_check_node_port
         .filter(|_| is_load_balancer && policies.external_local)
         .and_then(|p| u16::try_from(p).ok());
+    let affinity_timeout_s = session_affinity(spec, &mut problems);
+    let source_ranges = is_load_balancer
+        .then(|| source_ranges(svc, &mut problems))
+        .flatten();
     let ports = spec
         .ports
         .iter()
@@ -174,9 +187,102 @@ pub fn parse_service(
         policies,
         health_check_node_port,
         ports,
+        affinity_timeout_s,
+        source_ranges,
         namespace,
         name,
     })
+}
+
+/// `spec.sessionAffinity` and its timeout (default 10800 s); an invalid
+/// timeout is reported and the default used, as the API server would not
+/// have accepted it.
+fn session_affinity(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    problems: &mut ObjectProblems,
+) -> Option<u32> {
+    use ferry_common::affinity::{DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S};
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => return None,
+        Some("ClientIP") => {}
+        Some(other) => {
+            problems.push(
+                "spec.sessionAffinity",
+                format!("unknown value {other:?}: no affinity"),
+            );
+            return None;
+        }
+    }
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    Some(match timeout {
+        None => DEFAULT_TIMEOUT_S,
+        Some(t) if (1..=i64::from(MAX_TIMEOUT_S)).contains(&i64::from(t)) => t as u32,
+        Some(t) => {
+            problems.push(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                format!("{t} is outside 1..={MAX_TIMEOUT_S}; the default {DEFAULT_TIMEOUT_S} is used"),
+            );
+            DEFAULT_TIMEOUT_S
+        }
+    })
+}
+
+/// `spec.loadBalancerSourceRanges`, else the annotation kube-proxy also
+/// reads (a comma-separated list); None when neither lists a range. A range
+/// that does not parse is reported and left out; if none is left of a
+/// non-empty list (or only IPv6 ones), the Service admits no IPv4 client
+/// rather than every client: a firewall that fails open is worse.
+fn source_ranges(svc: &Service, problems: &mut ObjectProblems) -> Option<Vec<Ipv4Net>> {
+    let from_spec: Vec<&str> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.load_balancer_source_ranges.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let (field, listed): (String, Vec<&str>) = if from_spec.is_empty() {
+        let annotation = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
+        let listed = annotation
+            .map(|a| a.split(',').map(str::trim).filter(|r| !r.is_empty()).collect())
+            .unwrap_or_default();
+        (
+            format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"),
+            listed,
+        )
+    } else {
+        ("spec.loadBalancerSourceRanges".to_string(), from_spec)
+    };
+    if listed.is_empty() {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    for (i, range) in listed.iter().enumerate() {
+        let range = range.trim();
+        if range.contains(':') {
+            // An IPv6 range admits no IPv4 client; ferry serves IPv4 only.
+            continue;
+        }
+        match range.parse::<Ipv4Net>() {
+            Ok(net) => ranges.push(Ipv4Net {
+                addr: net.network(),
+                prefix: net.prefix,
+            }),
+            Err(e) => problems.push(
+                format!("{field}[{i}]"),
+                format!("{range:?}: {e}; left out"),
+            ),
+        }
+    }
+    ranges.sort();
+    ranges.dedup();
+    Some(ranges)
 }
 
 /// One port; `nodeport_range`: Some when the Service type has NodePorts.

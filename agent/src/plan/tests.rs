@@ -279,8 +279,6 @@ fn fields_ferry_does_not_implement_are_reported_with_their_path_and_the_rest_ser
         fields,
         [
             ("EndpointSlice default/web-v6", "addressType"),
-            ("Service default/web", "spec.sessionAffinity"),
-            ("Service default/web", "spec.loadBalancerSourceRanges"),
             ("Service default/web", "spec.clusterIPs[1]"),
         ],
         "{problems:#?}"
@@ -336,5 +334,82 @@ fn service_ranges_are_the_cidrs_and_every_cluster_ip_whatever_its_ports() {
             (net("10.96.0.10/32"), SERVICE_RANGE_ALLOCATED),
             (net("10.200.0.0/16"), SERVICE_RANGE_UNALLOCATED),
         ]
+    );
+}
+
+const AFFINITY_RANGES: &str = include_str!("../../testdata/affinity_ranges.yaml");
+
+fn key(addr: [u8; 4], port: u16, scope: u8) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port,
+        protocol: PROTO_TCP,
+        scope,
+    }
+}
+
+fn nets(list: &[&str]) -> Option<std::collections::BTreeSet<crate::net::Ipv4Net>> {
+    Some(list.iter().map(|n| n.parse().unwrap()).collect())
+}
+
+#[test]
+fn client_ip_affinity_applies_to_every_frontend_of_the_port_with_its_timeout() {
+    let (d, _) = desired_state(&objects(AFFINITY_RANGES), "n1");
+    for scope in [SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS] {
+        for addr in [[192, 168, 77, 11], [203, 0, 113, 7]] {
+            let port = if addr[0] == 192 { 30080 } else { 80 };
+            let fe = &d.frontends[&key(addr, port, scope)];
+            assert_eq!(fe.options.affinity_timeout_s, 10_800, "{addr:?} {scope}");
+        }
+    }
+    let cluster = &d.frontends[&key([10, 96, 0, 30], 80, SCOPE_CLUSTER_IP)];
+    assert_eq!(cluster.options.affinity_timeout_s, 10_800);
+    let timed = &d.frontends[&key([10, 96, 0, 31], 80, SCOPE_CLUSTER_IP)];
+    assert_eq!(timed.options.affinity_timeout_s, 30);
+    let none = &d.frontends[&key([10, 96, 0, 33], 80, SCOPE_CLUSTER_IP)];
+    assert_eq!(none.options, frontends::FrontendOptions::default());
+}
+
+#[test]
+fn source_ranges_fence_load_balancer_ips_only() {
+    let (d, problems) = desired_state(&objects(AFFINITY_RANGES), "n1");
+    // The malformed range is reported with its path; the IPv6 one quietly
+    // admits no IPv4 client; 10.1.2.3/16 is taken as its network.
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["spec.loadBalancerSourceRanges[3]"], "{problems:#?}");
+    for scope in [SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS] {
+        let lb = &d.frontends[&key([198, 51, 100, 10], 80, scope)];
+        assert_eq!(lb.options.source_ranges, nets(&["10.1.0.0/16", "192.0.2.0/24"]));
+        let annotated = &d.frontends[&key([198, 51, 100, 20], 80, scope)];
+        assert_eq!(
+            annotated.options.source_ranges,
+            nets(&["192.0.2.7/32", "198.18.0.0/15"])
+        );
+        let v6only = &d.frontends[&key([198, 51, 100, 30], 80, scope)];
+        assert_eq!(v6only.options.source_ranges, nets(&[]));
+        // The same Service's NodePort and externalIP are open to all.
+        for (addr, port) in [([192, 168, 77, 11], 30080), ([203, 0, 113, 7], 80)] {
+            let open = &d.frontends[&key(addr, port, scope)];
+            assert_eq!(open.options.source_ranges, None, "{addr:?}");
+        }
+    }
+    for (addr, port) in [([10, 96, 0, 30], 80), ([192, 168, 77, 11], 30083)] {
+        let scope = if port == 80 { SCOPE_CLUSTER_IP } else { SCOPE_EXTERNAL };
+        let open = &d.frontends[&key(addr, port, scope)];
+        assert_eq!(open.options.source_ranges, None, "{addr:?}");
+    }
+}
+
+#[test]
+fn an_affinity_timeout_out_of_range_is_reported_and_the_default_used() {
+    let yaml = AFFINITY_RANGES.replace("timeoutSeconds: 30", "timeoutSeconds: 90000");
+    let (d, problems) = desired_state(&objects(&yaml), "n1");
+    let timed = &d.frontends[&key([10, 96, 0, 31], 80, SCOPE_CLUSTER_IP)];
+    assert_eq!(timed.options.affinity_timeout_s, 10_800);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+        "{problems:#?}"
     );
 }

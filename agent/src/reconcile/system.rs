@@ -35,10 +35,12 @@ impl Table<ServiceKey, DesiredFrontend> for ServiceTable {
         Ok(records
             .into_iter()
             .map(|r| {
+                // The options' own flags are read back as the options.
                 let frontend = DesiredFrontend {
                     backends: r.backends,
                     name: r.name,
-                    flags: r.value.flags,
+                    flags: r.value.flags & !r.options.flags(),
+                    options: r.options,
                 };
                 (r.frontend, frontend)
             })
@@ -46,7 +48,8 @@ impl Table<ServiceKey, DesiredFrontend> for ServiceTable {
     }
 
     fn upsert(&mut self, key: &ServiceKey, frontend: &DesiredFrontend) -> TargetResult<()> {
-        self.upsert_frontend(*key, &frontend.backends, &frontend.name, frontend.flags)
+        let (backends, name) = (&frontend.backends, &frontend.name);
+        self.upsert_with_options(*key, backends, name, frontend.flags, &frontend.options)
             .map(|_| ())
             .map_err(TargetError::new)
     }

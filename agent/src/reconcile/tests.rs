@@ -30,6 +30,7 @@ fn fe(backends: &[u8]) -> DesiredFrontend {
             })
             .collect(),
         name: "ns/s".into(),
+        options: Default::default(),
         flags: 0,
     }
 }
