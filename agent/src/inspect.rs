@@ -8,7 +8,10 @@ use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, conntrack::state_label, outcom
 use serde_json::{Value, json};
 
 use crate::{
-    maps::{Conntrack, Counters, Endpoints, ServiceRanges, ServiceTable, monotonic_now_ns},
+    maps::{
+        AffinityTable, Conntrack, Counters, Endpoints, ServiceRanges, ServiceTable,
+        monotonic_now_ns,
+    },
     net::format_mac,
 };
 
@@ -70,8 +73,19 @@ fn scope_name(scope: u8, flags: u8) -> &'static str {
 
 pub fn services(pin_dir: &Path) -> Result<Table> {
     let table = ServiceTable::open(pin_dir)?;
-    let mut t = Table::new(vec!["FRONTEND", "PROTO", "SCOPE", "NAME", "ID", "BACKENDS"]);
+    let mut t = Table::new(vec![
+        "FRONTEND", "PROTO", "SCOPE", "NAME", "ID", "BACKENDS", "AFFINITY", "SOURCES",
+    ]);
     for r in table.list()? {
+        let affinity = match r.options.affinity_timeout_s {
+            0 => "-".to_string(),
+            s => format!("ClientIP {s}s"),
+        };
+        let sources: Option<Vec<String>> = r
+            .options
+            .source_ranges
+            .as_ref()
+            .map(|set| set.iter().map(ToString::to_string).collect());
         let fe = addr_port(r.frontend.addr, r.frontend.port);
         let proto = protocol_name(r.frontend.protocol);
         let backends: Vec<String> = r
@@ -91,10 +105,18 @@ pub fn services(pin_dir: &Path) -> Result<Table> {
             } else {
                 backends.len().to_string()
             },
+            affinity,
+            match &sources {
+                None => "any".into(),
+                Some(list) if list.is_empty() => "(none)".into(),
+                Some(list) => list.join(","),
+            },
         ]);
         t.json.push(json!({
             "frontend": fe, "protocol": proto, "scope": scope, "name": r.name,
             "service_id": r.value.service_id, "backends": backends,
+            "affinity_timeout_seconds": r.options.affinity_timeout_s,
+            "source_ranges": sources,
         }));
     }
     Ok(t)
@@ -280,4 +302,29 @@ mod tests {
         };
         assert_eq!(t.render(), "A          LONG HEADER\nwide cell  x\n");
     }
+}
+
+/// `ferry_affinity`: each client's backend, and how long ago its last new
+/// flow was.
+pub fn affinity(pin_dir: &Path) -> Result<Table> {
+    let table = AffinityTable::open(pin_dir)?;
+    let now = monotonic_now_ns();
+    let mut t = Table::new(vec!["SERVICE_ID", "CLIENT", "BACKEND", "SLOT", "LAST_USED"]);
+    for (k, e) in table.entries()? {
+        let client = Ipv4Addr::from(k.client_addr).to_string();
+        let backend = addr_port(e.backend_addr, e.backend_port);
+        let ago_s = now.saturating_sub(e.last_used_ns) / 1_000_000_000;
+        t.rows.push(vec![
+            k.service_id.to_string(),
+            client.clone(),
+            backend.clone(),
+            e.slot.to_string(),
+            format!("{ago_s}s ago"),
+        ]);
+        t.json.push(json!({
+            "service_id": k.service_id, "client": client, "backend": backend,
+            "slot": e.slot, "last_used_seconds_ago": ago_s,
+        }));
+    }
+    Ok(t)
 }

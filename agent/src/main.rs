@@ -26,6 +26,7 @@ enum What {
     Endpoints,
     Counters,
     ServiceCidrs,
+    Affinity,
 }
 
 // Parsed once at startup; boxing the big variant would buy nothing.
@@ -94,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 What::Endpoints => inspect::endpoints(&pin_dir),
                 What::Counters => inspect::counters(&pin_dir),
                 What::ServiceCidrs => inspect::service_cidrs(&pin_dir),
+                What::Affinity => inspect::affinity(&pin_dir),
             }?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&table.json)?);

@@ -27,7 +27,11 @@ pub fn plan(pkt: &L4Packet, service: &ServiceValue, client: Client) -> NewFlow {
     ferry_common::new_flow::plan(
         service,
         client,
+        // Inlined: an outlined closure's frame would sit on top of the
+        // hook's, over the verifier's 512 bytes.
+        #[inline(always)]
         || balance::in_source_ranges(service, pkt.src_addr),
+        #[inline(always)]
         || balance::pick_backend(service, pkt.src_addr),
         |(backend, _)| is_local_pod(backend.addr),
     )

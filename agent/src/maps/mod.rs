@@ -9,6 +9,7 @@ use aya::maps::{Map, MapData, MapError, lpm_trie};
 
 use crate::net::Ipv4Net;
 
+pub mod affinity;
 pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
@@ -17,6 +18,7 @@ pub mod routes;
 pub mod service_ranges;
 pub mod services;
 
+pub use affinity::AffinityTable;
 pub use conntrack::Conntrack;
 pub use counters::Counters;
 pub use endpoints::Endpoints;
