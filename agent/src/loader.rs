@@ -11,14 +11,14 @@ use aya::{
     programs::{Program, ProgramError, SchedClassifier, Xdp},
 };
 use ferry_common::{
-    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, MAP_AFFINITY, MAP_SERVICE_OPTIONS,
-    MAP_SOURCE_RANGES, SOURCE_RANGES_MAX_ENTRIES, ServiceOptions, SourceRangeKey,
-    BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
-    MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICE_RANGES, MAP_SERVICES,
+    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
+    CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES,
+    MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICE_RANGES, MAP_SERVICES, MAP_SOURCE_RANGES,
     NodeConfig, PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS,
-    ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, ServiceKey,
-    ServiceName, ServiceRange, ServiceValue, outcome,
+    ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions, ServiceRange, ServiceValue,
+    SourceRangeKey, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};

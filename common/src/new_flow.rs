@@ -121,7 +121,13 @@ mod tests {
 
     #[test]
     fn a_missing_slot_drops() {
-        let plan = plan(&service(2, 0), Client::Pod, || true, || None::<u8>, |_| true);
+        let plan = plan(
+            &service(2, 0),
+            Client::Pod,
+            || true,
+            || None::<u8>,
+            |_| true,
+        );
         assert_eq!(plan, NewFlow::Drop(outcome::DROP_NO_BACKEND_SLOT));
     }
 

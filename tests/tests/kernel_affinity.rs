@@ -113,7 +113,10 @@ fn a_clients_new_flows_keep_one_backend_and_clients_spread() {
         let to = *went.iter().next().unwrap();
         let e = entry_of(&k, id, client(i)).expect("the client's affinity is recorded");
         assert_eq!((e.backend_addr, e.backend_port), (to.octets(), 8080));
-        assert_eq!(PODS[e.slot as usize], to, "the entry names the backend's slot");
+        assert_eq!(
+            PODS[e.slot as usize], to,
+            "the entry names the backend's slot"
+        );
         chosen.insert(to);
     }
     // Each client drew on its own: 16 clients on one backend is 3^-15.
@@ -201,7 +204,10 @@ fn a_new_backend_set_keeps_clients_of_remaining_backends_and_frees_the_others() 
     }
     // The second pod leaves; the others change slots (third first).
     let remaining = [PODS[2], PODS[0]];
-    assert_eq!(cluster_ip(&mut k, &remaining, &affinity(DEFAULT_TIMEOUT_S)), id);
+    assert_eq!(
+        cluster_ip(&mut k, &remaining, &affinity(DEFAULT_TIMEOUT_S)),
+        id
+    );
     for (c, had) in &by_client {
         match entry_of(&k, id, *c) {
             Some(e) => {
@@ -210,7 +216,10 @@ fn a_new_backend_set_keeps_clients_of_remaining_backends_and_frees_the_others() 
                 assert_eq!(connect(&mut k, *c, 41_000), *had, "kept");
             }
             None => {
-                assert_eq!(*had, PODS[1], "only the departed backend's clients are freed");
+                assert_eq!(
+                    *had, PODS[1],
+                    "only the departed backend's clients are freed"
+                );
                 assert!(remaining.contains(&connect(&mut k, *c, 41_000)));
             }
         }

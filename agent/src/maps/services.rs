@@ -13,10 +13,10 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError, lpm_trie};
 use ferry_common::{
-    AffinityEntry, AffinityKey, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICES, MAP_SOURCE_RANGES,
-    MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
-    SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
+    AffinityEntry, AffinityKey, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICE_NAMES,
+    MAP_SERVICE_OPTIONS, MAP_SERVICES, MAP_SOURCE_RANGES, MAX_BACKENDS_PER_SERVICE,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES, SOURCE_RANGE_ALLOWED, ServiceKey,
+    ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
 };
 
 use super::{OpenError, found, is_not_found, missing_is_fine, open_pinned};
@@ -261,9 +261,9 @@ impl ServiceTable {
         let had_ranges = self.ranges_by_id.remove(&service_id).unwrap_or_default();
         let ranges = options.source_ranges.clone().unwrap_or_default();
         for net in ranges.difference(&had_ranges) {
-            let written = self
-                .source_ranges
-                .insert(&range_key(service_id, net), SOURCE_RANGE_ALLOWED, 0);
+            let written =
+                self.source_ranges
+                    .insert(&range_key(service_id, net), SOURCE_RANGE_ALLOWED, 0);
             if let Err(e) = written {
                 // Keep what is known to be there, so the next sync retries.
                 let partial = had_ranges.union(&ranges).copied();
@@ -306,7 +306,11 @@ impl ServiceTable {
     /// An entry whose backend left is removed (the client draws again, as
     /// kube-proxy ends the affinity of a removed endpoint), one whose
     /// backend moved slot is renumbered, so the datapath keeps trusting it.
-    fn settle_affinity(&mut self, service_id: u32, kept: Option<&[Backend]>) -> Result<(), SyncError> {
+    fn settle_affinity(
+        &mut self,
+        service_id: u32,
+        kept: Option<&[Backend]>,
+    ) -> Result<(), SyncError> {
         let mut entries = Vec::new();
         for item in self.affinity.iter() {
             let (key, entry) = item.map_err(read_failed(MAP_AFFINITY))?;
@@ -358,8 +362,11 @@ impl ServiceTable {
             .remove(&value.service_id)
             .unwrap_or_default()
         {
-            missing_is_fine(self.source_ranges.remove(&range_key(value.service_id, &net)))
-                .map_err(write_failed(MAP_SOURCE_RANGES))?;
+            missing_is_fine(
+                self.source_ranges
+                    .remove(&range_key(value.service_id, &net)),
+            )
+            .map_err(write_failed(MAP_SOURCE_RANGES))?;
         }
         if value.flags & SERVICE_FLAG_AFFINITY != 0 {
             self.settle_affinity(value.service_id, None)?;
@@ -420,12 +427,7 @@ impl ServiceTable {
             };
             let source_ranges = match value.flags & SERVICE_FLAG_SOURCE_RANGES {
                 0 => None,
-                _ => Some(
-                    ranges
-                        .get(&value.service_id)
-                        .cloned()
-                        .unwrap_or_default(),
-                ),
+                _ => Some(ranges.get(&value.service_id).cloned().unwrap_or_default()),
             };
             out.push(ServiceRecord {
                 frontend,

@@ -73,7 +73,14 @@ pub fn cluster_ip_frontends(
         .iter()
         .map(|ip| {
             let settings = (0, options(svc, false));
-            frontend(*ip, port.port, SCOPE_CLUSTER_IP, port, &backends.cluster, settings)
+            frontend(
+                *ip,
+                port.port,
+                SCOPE_CLUSTER_IP,
+                port,
+                &backends.cluster,
+                settings,
+            )
         })
         .collect()
 }
@@ -120,8 +127,22 @@ pub fn external_frontends(
             let from_outside = (flags, options(svc, fenced));
             let from_pods = (0, options(svc, fenced));
             [
-                frontend(*addr, *p, SCOPE_EXTERNAL, port, &backends.external, from_outside),
-                frontend(*addr, *p, SCOPE_EXTERNAL_FROM_PODS, port, &backends.any, from_pods),
+                frontend(
+                    *addr,
+                    *p,
+                    SCOPE_EXTERNAL,
+                    port,
+                    &backends.external,
+                    from_outside,
+                ),
+                frontend(
+                    *addr,
+                    *p,
+                    SCOPE_EXTERNAL_FROM_PODS,
+                    port,
+                    &backends.any,
+                    from_pods,
+                ),
             ]
         })
         .collect()

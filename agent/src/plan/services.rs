@@ -224,7 +224,9 @@ fn session_affinity(
         Some(t) => {
             problems.push(
                 "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                format!("{t} is outside 1..={MAX_TIMEOUT_S}; the default {DEFAULT_TIMEOUT_S} is used"),
+                format!(
+                    "{t} is outside 1..={MAX_TIMEOUT_S}; the default {DEFAULT_TIMEOUT_S} is used"
+                ),
             );
             DEFAULT_TIMEOUT_S
         }
@@ -250,7 +252,12 @@ fn source_ranges(svc: &Service, problems: &mut ObjectProblems) -> Option<Vec<Ipv
             .as_ref()
             .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
         let listed = annotation
-            .map(|a| a.split(',').map(str::trim).filter(|r| !r.is_empty()).collect())
+            .map(|a| {
+                a.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         (
             format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"),
@@ -274,10 +281,7 @@ fn source_ranges(svc: &Service, problems: &mut ObjectProblems) -> Option<Vec<Ipv
                 addr: net.network(),
                 prefix: net.prefix,
             }),
-            Err(e) => problems.push(
-                format!("{field}[{i}]"),
-                format!("{range:?}: {e}; left out"),
-            ),
+            Err(e) => problems.push(format!("{field}[{i}]"), format!("{range:?}: {e}; left out")),
         }
     }
     ranges.sort();

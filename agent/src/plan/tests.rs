@@ -376,10 +376,17 @@ fn source_ranges_fence_load_balancer_ips_only() {
     // The malformed range is reported with its path; the IPv6 one quietly
     // admits no IPv4 client; 10.1.2.3/16 is taken as its network.
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, ["spec.loadBalancerSourceRanges[3]"], "{problems:#?}");
+    assert_eq!(
+        fields,
+        ["spec.loadBalancerSourceRanges[3]"],
+        "{problems:#?}"
+    );
     for scope in [SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS] {
         let lb = &d.frontends[&key([198, 51, 100, 10], 80, scope)];
-        assert_eq!(lb.options.source_ranges, nets(&["10.1.0.0/16", "192.0.2.0/24"]));
+        assert_eq!(
+            lb.options.source_ranges,
+            nets(&["10.1.0.0/16", "192.0.2.0/24"])
+        );
         let annotated = &d.frontends[&key([198, 51, 100, 20], 80, scope)];
         assert_eq!(
             annotated.options.source_ranges,
@@ -394,7 +401,11 @@ fn source_ranges_fence_load_balancer_ips_only() {
         }
     }
     for (addr, port) in [([10, 96, 0, 30], 80), ([192, 168, 77, 11], 30083)] {
-        let scope = if port == 80 { SCOPE_CLUSTER_IP } else { SCOPE_EXTERNAL };
+        let scope = if port == 80 {
+            SCOPE_CLUSTER_IP
+        } else {
+            SCOPE_EXTERNAL
+        };
         let open = &d.frontends[&key(addr, port, scope)];
         assert_eq!(open.options.source_ranges, None, "{addr:?}");
     }
