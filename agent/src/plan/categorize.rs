@@ -66,6 +66,9 @@ pub struct Categorized {
     /// healthCheckNodePort reports (terminating ones do not count, so a
     /// draining node fails its check).
     pub ready_local: usize,
+    /// Terminating endpoints: whether or not they still take new flows,
+    /// the flows they have are kept (connection-preserving drain).
+    pub draining: Vec<Backend>,
 }
 
 /// Ready endpoints among `eligible`; when none is ready, the serving and
@@ -117,6 +120,15 @@ pub fn categorize(endpoints: &[Endpoint], policies: TrafficPolicies) -> Categori
             .map(|e| e.addr)
             .collect::<BTreeSet<_>>()
             .len(),
+        draining: endpoints
+            .iter()
+            .filter(|e| e.terminating)
+            .map(|e| Backend {
+                addr: e.addr.octets(),
+                port: e.port,
+                pad: [0; 2],
+            })
+            .collect(),
     }
 }
 
@@ -130,6 +142,7 @@ mod tests {
             port: 8080,
             ready,
             serving_terminating,
+            terminating: serving_terminating,
             local,
             zone_hint: Hint::Absent,
             node_hint: Hint::Absent,

@@ -59,6 +59,9 @@ pub struct Endpoint {
     pub ready: bool,
     /// Terminating but still serving (KEP-1669's fallback).
     pub serving_terminating: bool,
+    /// `conditions.terminating`: its pod is going away. It gets no new
+    /// flows (unless it is the fallback), but keeps the ones it has.
+    pub terminating: bool,
     /// On the node this plan is for.
     pub local: bool,
     /// `hints.forZones` against this node's zone.
@@ -163,6 +166,7 @@ pub fn endpoints_for_port(
                                 port: target,
                                 ready,
                                 serving_terminating: serving && terminating,
+                                terminating,
                                 local,
                                 zone_hint,
                                 node_hint,

@@ -15,7 +15,9 @@ use std::{
     path::PathBuf,
 };
 
-use ferry_common::{SERVICE_RANGE_ALLOCATED, SERVICE_RANGE_UNALLOCATED, ServiceKey, ServiceRange};
+use ferry_common::{
+    Backend, SERVICE_RANGE_ALLOCATED, SERVICE_RANGE_UNALLOCATED, ServiceKey, ServiceRange,
+};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -132,6 +134,9 @@ pub struct NodePlan {
     pub conflist: Option<network::Conflist>,
     /// Kept from the node's own automatic port choice.
     pub reserved_ports: Vec<PortRange>,
+    /// Terminating endpoints: no new flows, but their established ones
+    /// (UDP too) are not removed while the endpoint is listed.
+    pub draining: BTreeSet<Backend>,
 }
 
 /// What the Services make: frontends, health checks and the allocated
@@ -140,6 +145,7 @@ struct ServiceParts {
     frontends: BTreeMap<ServiceKey, DesiredFrontend>,
     health_checks: BTreeMap<u16, HealthCheck>,
     cluster_ips: BTreeSet<Ipv4Addr>,
+    draining: BTreeSet<Backend>,
 }
 
 /// The service CIDRs and, as /32 entries, every ClusterIP of a proxied
@@ -184,6 +190,7 @@ fn service_parts(
     let mut frontends = BTreeMap::new();
     let mut health_checks = BTreeMap::new();
     let mut cluster_ips = BTreeSet::new();
+    let mut draining = BTreeSet::new();
     for svc in &objects.services {
         let Some(svc) = services::parse_service(svc, cfg.nodeport_range, problems) else {
             continue;
@@ -197,6 +204,7 @@ fn service_parts(
             };
             let endpoints = endpoints::endpoints_for_port(svc_slices, port, here, problems);
             let backends = categorize::categorize(&endpoints, svc.policies);
+            draining.extend(backends.draining.iter().copied());
             frontends.extend(frontends::cluster_ip_frontends(&svc, port, &backends));
             let external = frontends::external_addresses(&svc, port, nodeport_addresses);
             if external.is_empty() {
@@ -212,6 +220,7 @@ fn service_parts(
         frontends,
         health_checks,
         cluster_ips,
+        draining,
     }
 }
 
@@ -253,6 +262,7 @@ pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
         kernel_routes: network::kernel_routes(&nodes.peers, uplink),
         conflist,
         reserved_ports: cfg.reserved_ports(),
+        draining: services.draining,
         pod_cidr: nodes.pod_cidr,
         peers: nodes.peers,
     };

@@ -424,3 +424,14 @@ fn an_affinity_timeout_out_of_range_is_reported_and_the_default_used() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn terminating_endpoints_drain_whether_or_not_they_still_serve() {
+    let yaml = include_str!("../../testdata/terminating.yaml").to_string()
+        + "- addresses: [10.0.0.4]\n  conditions: {ready: false, serving: false, terminating: true}\n"
+        + "- addresses: [10.0.0.5]\n  conditions: {ready: false, serving: false, terminating: false}\n";
+    let (d, _) = desired_state(&objects(&yaml), "n1");
+    let draining: Vec<[u8; 4]> = d.draining.iter().map(|b| b.addr).collect();
+    assert!(draining.contains(&[10, 0, 0, 4]), "{draining:?}");
+    assert!(!draining.contains(&[10, 0, 0, 5]), "not ready is not draining");
+}

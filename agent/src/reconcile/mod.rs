@@ -3,10 +3,14 @@
 //! writes nothing; an edit touches only what it changes. One target that
 //! fails (a full map, a missing device) is logged and counted, the others
 //! are still written, and the next sync retries it.
-use std::{collections::BTreeMap, fmt::Debug, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    path::PathBuf,
+};
 
 use ferry_common::{
-    PROTO_UDP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, ServiceKey, ServiceRange,
+    Backend, PROTO_UDP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, ServiceKey, ServiceRange,
 };
 
 #[cfg(test)]
@@ -155,7 +159,14 @@ pub struct Reconciler {
     applied_links: Option<Links>,
     /// Reserved port ranges already added.
     applied_reserved: Option<Vec<PortRange>>,
+    /// UDP backends that left a frontend's set while terminating: their
+    /// flows drain, and go once the endpoint leaves the slice.
+    draining_flows: DrainingFlows,
 }
+
+/// Per UDP frontend, the backends no longer in its set whose flows are kept
+/// while they terminate.
+pub type DrainingFlows = BTreeMap<ServiceKey, BTreeSet<Backend>>;
 
 impl Reconciler {
     pub fn new(targets: Targets) -> Self {
@@ -163,6 +174,7 @@ impl Reconciler {
             targets,
             applied_links: None,
             applied_reserved: None,
+            draining_flows: DrainingFlows::new(),
         }
     }
 
@@ -286,6 +298,7 @@ impl Reconciler {
     fn reconcile_services(
         &mut self,
         desired: &BTreeMap<ServiceKey, DesiredFrontend>,
+        draining: &BTreeSet<Backend>,
         stale_flows: &mut usize,
     ) -> DiffStats {
         let services = &mut *self.targets.services;
@@ -294,7 +307,9 @@ impl Reconciler {
             Err(e) => return unreadable("services", &e, desired.len()),
         };
         let stats = apply_diff_from("services", services, &current, desired);
-        let stale = stale_udp_flows(&current, desired);
+        let (stale, still_draining) =
+            stale_udp_flows(&current, desired, draining, &self.draining_flows);
+        self.draining_flows = still_draining;
         if !stale.is_empty() {
             match self.targets.flows.remove_flows(&stale) {
                 Ok(n) => *stale_flows = n,
@@ -331,7 +346,8 @@ impl Reconciler {
                 &e,
             );
         }
-        report.services = self.reconcile_services(&plan.frontends, &mut report.stale_flows);
+        report.services =
+            self.reconcile_services(&plan.frontends, &plan.draining, &mut report.stale_flows);
         // After the frontends: a new Service's ClusterIP is served before it
         // stops being an unallocated address.
         report.service_ranges = apply_diff(
@@ -376,34 +392,47 @@ impl Reconciler {
     }
 }
 
-/// The UDP frontends' backends in `current` that `desired` no longer has
-/// (all of them for a frontend that is gone). A TCP connection is left to
-/// its endpoints: a terminating pod still finishes it, and one that is gone
-/// resets or times it out, so the client reconnects to a current backend.
+/// The UDP frontends' backends in `current` (or still draining from an
+/// earlier sync, `held`) that `desired` no longer has (all of them for a
+/// frontend that is gone), except those `draining`: a terminating endpoint
+/// keeps its flows until it leaves the EndpointSlice (connection-preserving
+/// drain). Returns the stale flows and what drains now. A TCP connection is
+/// left to its endpoints: a terminating pod still finishes it, and one that
+/// is gone resets or times it out, so the client reconnects to a current
+/// backend.
 pub fn stale_udp_flows(
     current: &BTreeMap<ServiceKey, DesiredFrontend>,
     desired: &BTreeMap<ServiceKey, DesiredFrontend>,
-) -> Vec<StaleFlows> {
-    let mut stale: Vec<StaleFlows> = current
-        .iter()
-        .filter(|(key, _)| key.protocol == PROTO_UDP)
-        .flat_map(|(key, had)| {
-            let kept = desired.get(key).map_or(&[][..], |d| &d.backends[..]);
-            had.backends
-                .iter()
-                .filter(|b| !kept.contains(b))
-                .map(|backend| StaleFlows {
+    draining: &BTreeSet<Backend>,
+    held: &DrainingFlows,
+) -> (Vec<StaleFlows>, DrainingFlows) {
+    let mut had: DrainingFlows = held.clone();
+    for (key, frontend) in current.iter().filter(|(k, _)| k.protocol == PROTO_UDP) {
+        had.entry(*key)
+            .or_default()
+            .extend(frontend.backends.iter().copied());
+    }
+    let mut stale = Vec::new();
+    let mut still_draining = DrainingFlows::new();
+    for (key, backends) in had {
+        let kept = desired.get(&key).map_or(&[][..], |d| &d.backends[..]);
+        for backend in backends.into_iter().filter(|b| !kept.contains(b)) {
+            if draining.contains(&backend) {
+                still_draining.entry(key).or_default().insert(backend);
+            } else {
+                stale.push(StaleFlows {
                     addr: key.addr,
                     port: key.port,
                     protocol: key.protocol,
-                    backend: *backend,
-                })
-        })
-        .collect();
+                    backend,
+                });
+            }
+        }
+    }
     // The same address and port in two scopes is one set of flows.
     stale.sort();
     stale.dedup();
-    stale
+    (stale, still_draining)
 }
 
 #[cfg(test)]

@@ -386,6 +386,37 @@ fn udp_flows_of_a_departed_backend_are_removed_after_the_new_set_is_written() {
 }
 
 #[test]
+fn udp_flows_of_a_terminating_backend_are_kept_until_it_leaves_the_slice() {
+    let udp = ServiceKey {
+        protocol: ferry_common::PROTO_UDP,
+        port: 53,
+        ..key(1)
+    };
+    let host = MemoryHost::default();
+    let mut targets = host.targets();
+    apply_diff("services", &mut *targets.services, &BTreeMap::from([(udp, fe(&[1, 2]))]));
+    let mut reconciler = Reconciler::new(targets);
+    let mut plan = node_plan("", &PlanConfig::for_node("n1"));
+    // Backend 1 is terminating: out of the set, its flows drain.
+    plan.frontends = BTreeMap::from([(udp, fe(&[2]))]);
+    plan.draining = fe(&[1]).backends.into_iter().collect();
+    assert_eq!(reconciler.reconcile(&plan).stale_flows, 0);
+    assert!(host.0.borrow().removed_flows.is_empty());
+    // Gone from the slice: its flows go.
+    plan.draining.clear();
+    plan.frontends = BTreeMap::from([(udp, fe(&[2, 3]))]);
+    reconciler.reconcile(&plan);
+    let gone: Vec<u8> = host
+        .0
+        .borrow()
+        .removed_flows
+        .iter()
+        .map(|f| f.backend.addr[3])
+        .collect();
+    assert_eq!(gone, [1]);
+}
+
+#[test]
 fn a_deleted_vxlan_device_is_made_again_at_the_next_sync() {
     let (host, mut reconciler) = reconciled(VXLAN);
     host.0.borrow_mut().interfaces.remove("ferry-vxlan");
