@@ -289,21 +289,6 @@ pub fn counters(pin_dir: &Path) -> Result<Table> {
     Ok(t)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn columns_align() {
-        let t = Table {
-            header: vec!["A", "LONG HEADER"],
-            rows: vec![vec!["wide cell".into(), "x".into()]],
-            json: vec![],
-        };
-        assert_eq!(t.render(), "A          LONG HEADER\nwide cell  x\n");
-    }
-}
-
 /// `ferry_affinity`: each client's backend, and how long ago its last new
 /// flow was.
 pub fn affinity(pin_dir: &Path) -> Result<Table> {
@@ -327,4 +312,19 @@ pub fn affinity(pin_dir: &Path) -> Result<Table> {
         }));
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align() {
+        let t = Table {
+            header: vec!["A", "LONG HEADER"],
+            rows: vec![vec!["wide cell".into(), "x".into()]],
+            json: vec![],
+        };
+        assert_eq!(t.render(), "A          LONG HEADER\nwide cell  x\n");
+    }
 }

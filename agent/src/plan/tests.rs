@@ -433,5 +433,8 @@ fn terminating_endpoints_drain_whether_or_not_they_still_serve() {
     let (d, _) = desired_state(&objects(&yaml), "n1");
     let draining: Vec<[u8; 4]> = d.draining.iter().map(|b| b.addr).collect();
     assert!(draining.contains(&[10, 0, 0, 4]), "{draining:?}");
-    assert!(!draining.contains(&[10, 0, 0, 5]), "not ready is not draining");
+    assert!(
+        !draining.contains(&[10, 0, 0, 5]),
+        "not ready is not draining"
+    );
 }

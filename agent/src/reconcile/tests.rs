@@ -394,7 +394,11 @@ fn udp_flows_of_a_terminating_backend_are_kept_until_it_leaves_the_slice() {
     };
     let host = MemoryHost::default();
     let mut targets = host.targets();
-    apply_diff("services", &mut *targets.services, &BTreeMap::from([(udp, fe(&[1, 2]))]));
+    apply_diff(
+        "services",
+        &mut *targets.services,
+        &BTreeMap::from([(udp, fe(&[1, 2]))]),
+    );
     let mut reconciler = Reconciler::new(targets);
     let mut plan = node_plan("", &PlanConfig::for_node("n1"));
     // Backend 1 is terminating: out of the set, its flows drain.
