@@ -18,7 +18,7 @@ use std::{
 
 use ferry_apiserver_standin::ApiServer;
 use ferry_harness::{Binaries, Cluster, Node, Pod, in_netns};
-use ferry_tests::client::{tcp_whoami, udp_whoami};
+use ferry_tests::client::{tcp_ask_in, tcp_whoami, udp_whoami};
 use serde_json::{Value, json};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -295,4 +295,50 @@ fn objects_that_exist_before_the_agent_starts_are_served_and_it_reports_healthy(
     assert_eq!(agent_http(&node, "/readyz").0, 200);
     assert_eq!(agent_http(&node, "/healthz").0, 200);
     drop(node);
+}
+
+#[test]
+fn session_affinity_and_source_ranges_come_from_the_api() {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    let api = ApiServer::new();
+    api.create(node_object()).unwrap();
+    let node = node_fed_by(&c, &api);
+    let (client, backends) = ferry_tests::fixture::client_and_three_backends(&node);
+    let lb_ip = Ipv4Addr::new(198, 51, 100, 10);
+    // A LoadBalancer Service with ClientIP affinity and source ranges that
+    // leave the client pod out.
+    let with = |affinity: &str, ranges: &[String]| {
+        let mut svc = service(json!({}));
+        svc["spec"]["type"] = json!("LoadBalancer");
+        svc["spec"]["sessionAffinity"] = json!(affinity);
+        svc["spec"]["loadBalancerSourceRanges"] = json!(ranges);
+        svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+        svc["spec"]["ports"][1]["nodePort"] = json!(30053);
+        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": lb_ip.to_string()}]}});
+        svc
+    };
+    api.create(with("ClientIP", &["192.0.2.0/24".to_string()]))
+        .unwrap();
+    api.create(slice(&backends.iter().collect::<Vec<_>>()))
+        .unwrap();
+    eventually("affinity programmed", &node, Duration::from_secs(5), || {
+        node.inspect("services")
+            .unwrap()
+            .contains("ClientIP 10800s")
+    });
+    let sticky = names(&client, 12);
+    assert_eq!(sticky.len(), 1, "{sticky:?}");
+    let refused = tcp_ask_in(&client.netns.path(), lb_ip, 80, b"?");
+    assert!(refused.is_err(), "outside the ranges, got {refused:?}");
+
+    // Through the API again: affinity off, the client's /32 admitted.
+    let own = format!("{}/32", client.ip);
+    api.apply(with("None", &[own.clone()])).unwrap();
+    eventually("ranges programmed", &node, Duration::from_secs(5), || {
+        node.inspect("services").unwrap().contains(&own)
+    });
+    assert!(!node.inspect("services").unwrap().contains("ClientIP"));
+    assert!(names(&client, 12).len() > 1, "affinity still applied");
+    tcp_ask_in(&client.netns.path(), lb_ip, 80, b"?").expect("admitted to the LB IP");
 }
