@@ -1,7 +1,7 @@
 //! Which endpoints serve which traffic, decided once per Service port, as
 //! kube-proxy's pkg/proxy/topology.go `CategorizeEndpoints` does: readiness
 //! with the serving-terminating fallback, topology hints, and the traffic
-//! policies. Session affinity belongs here too.
+//! policies. Terminating endpoints drain (`draining`).
 use std::collections::BTreeSet;
 
 use ferry_common::Backend;
