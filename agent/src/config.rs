@@ -5,7 +5,10 @@
 //! that makes no sense (VXLAN with XDP, a VNI in native mode).
 use std::{fmt, net::Ipv4Addr, net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::{net::Ipv4Net, plan::PlanConfig};
+use crate::{
+    net::Ipv4Net,
+    plan::{PlanConfig, service_cidrs::MAX_SERVICE_CIDRS},
+};
 
 /// An inclusive range of ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -287,7 +290,8 @@ impl TryFrom<RunArgs> for RunConfig {
     }
 }
 
-/// `--service-cidr`: IPv4 prefixes without host bits, at most 64; empty
+/// `--service-cidr`: IPv4 prefixes without host bits, at most
+/// `MAX_SERVICE_CIDRS` (what `ferry_svc_cidrs` has room for); empty
 /// items are skipped (`--service-cidr=` from an empty ConfigMap key).
 fn parse_service_cidrs(values: &[String]) -> Result<Vec<Ipv4Net>, ConfigError> {
     let values: Vec<&str> = values
@@ -295,9 +299,9 @@ fn parse_service_cidrs(values: &[String]) -> Result<Vec<Ipv4Net>, ConfigError> {
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
         .collect();
-    if values.len() > 64 {
+    if values.len() > MAX_SERVICE_CIDRS {
         return Err(ConfigError::ServiceCidr(format!(
-            "gives {} ranges; at most 64",
+            "gives {} ranges; at most {MAX_SERVICE_CIDRS}",
             values.len()
         )));
     }

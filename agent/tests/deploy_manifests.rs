@@ -118,7 +118,7 @@ fn every_manifest_parses_and_the_objects_refer_to_each_other() {
 }
 
 #[test]
-fn rbac_grants_read_access_to_services_endpointslices_and_nodes_only() {
+fn rbac_grants_read_access_to_what_the_kube_source_watches_only() {
     let m = load();
     let mut granted = BTreeMap::new();
     for rule in &m.cluster_roles[0].rules.clone().unwrap() {
@@ -133,10 +133,10 @@ fn rbac_grants_read_access_to_services_endpointslices_and_nodes_only() {
         }
     }
     let granted: Vec<&String> = granted.keys().collect();
-    assert_eq!(
-        granted,
-        ["/nodes", "/services", "discovery.k8s.io/endpointslices"]
-    );
+    let mut watched = ferry_agent::source::kube::watched_resources();
+    watched.sort();
+    assert_eq!(granted, watched.iter().collect::<Vec<_>>());
+    assert!(watched.contains(&"networking.k8s.io/servicecidrs".to_string()));
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! A stand-in for the Kubernetes API server, for tests only.
 //!
-//! It serves Services, EndpointSlices and Nodes over plain HTTP with the
-//! semantics a client such as kube-rs's `watcher` relies on: a global
-//! resourceVersion counter, paginated LISTs whose `continue` tokens read a
+//! It serves Services, EndpointSlices, Nodes and ServiceCIDRs over plain
+//! HTTP with the semantics a client such as kube-rs's `watcher` relies on:
+//! a global resourceVersion counter, paginated LISTs whose `continue` tokens read a
 //! consistent snapshot, WATCH streams that replay history from a
 //! resourceVersion (with BOOKMARKs, `timeoutSeconds`, and the in-stream 410
 //! once that history is gone), label and field selectors that turn an object
@@ -83,6 +83,8 @@ struct Shared {
     /// Every request line received ("GET /api/v1/services?limit=500"), for
     /// tests to see what a client asked for.
     requests: Mutex<Vec<String>>,
+    /// Kinds answered with 404, as by an older server.
+    not_served: Vec<Kind>,
 }
 
 impl Shared {
@@ -119,12 +121,27 @@ impl Default for ApiServer {
 impl ApiServer {
     /// An empty store, listening nowhere yet.
     pub fn new() -> Self {
+        Self::serving_all_but(Vec::new())
+    }
+
+    /// Like [`ApiServer::new`], but `kinds` ("ServiceCIDR", or the plural)
+    /// are answered with 404 over HTTP, as a server older than them does.
+    pub fn without(kinds: &[&str]) -> Result<Self, ApiError> {
+        let kinds = kinds
+            .iter()
+            .map(|k| Kind::parse(k))
+            .collect::<Result<_, _>>()?;
+        Ok(Self::serving_all_but(kinds))
+    }
+
+    fn serving_all_but(not_served: Vec<Kind>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::new()),
                 changed: Condvar::new(),
                 shutdown: AtomicBool::new(false),
                 requests: Mutex::new(Vec::new()),
+                not_served,
             }),
             listeners: Mutex::new(Vec::new()),
         }
@@ -205,8 +222,8 @@ preferences: {{}}
         self.shared.mutate(|s| s.apply(obj))
     }
 
-    /// Delete an object; `kind` is "Service", "EndpointSlice" or "Node" (or
-    /// the plural resource name). Returns the deleted object.
+    /// Delete an object; `kind` is "Service", "EndpointSlice", "Node" or
+    /// "ServiceCIDR" (or the plural resource name). Returns the deleted object.
     pub fn delete(
         &self,
         kind: &str,

@@ -45,6 +45,7 @@ fn route(path: &str) -> Option<(Target, bool)> {
         ["version"] => return Some((Target::Version, false)),
         ["api", "v1", rest @ ..] => ("v1", rest),
         ["apis", "discovery.k8s.io", "v1", rest @ ..] => ("discovery.k8s.io/v1", rest),
+        ["apis", "networking.k8s.io", "v1", rest @ ..] => ("networking.k8s.io/v1", rest),
         _ => return None,
     };
     let (watch, rest) = match rest {
@@ -88,6 +89,13 @@ pub(super) fn handle(shared: &Shared, conn: &mut Conn, req: &Request) -> io::Res
     let Some((target, watch_prefix)) = route(&req.path) else {
         return respond_error(conn, &not_found());
     };
+    // A resource the server was told not to serve is missing as on an
+    // older server: the same 404 as an unknown path.
+    if let Target::Collection { kind, .. } | Target::Object { kind, .. } = &target
+        && shared.not_served.contains(kind)
+    {
+        return respond_error(conn, &not_found());
+    }
     let watching = req.method == "GET" && (watch_prefix || req.flag("watch"));
     match target {
         Target::Text(text) => conn.respond(200, "text/plain; charset=utf-8", text.as_bytes()),
@@ -481,6 +489,20 @@ mod tests {
         assert_eq!(route("/api/v1/services/x"), None);
         assert_eq!(route("/apis/discovery.k8s.io/v1/services"), None);
         assert_eq!(route("/api/v1/endpointslices"), None);
+        assert_eq!(
+            route("/apis/networking.k8s.io/v1/watch/servicecidrs"),
+            Some((
+                Target::Collection {
+                    kind: Kind::ServiceCIDR,
+                    ns: None
+                },
+                true
+            ))
+        );
+        assert_eq!(
+            route("/apis/networking.k8s.io/v1/namespaces/a/servicecidrs"),
+            None
+        );
     }
 
     #[test]

@@ -30,10 +30,16 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Node,
+    ServiceCIDR,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    pub(crate) const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::ServiceCIDR,
+    ];
 
     /// "Service", "services" or "service" (any case) and so on.
     pub(crate) fn parse(s: &str) -> Result<Kind, ApiError> {
@@ -48,6 +54,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::ServiceCIDR => "ServiceCIDR",
         }
     }
 
@@ -55,6 +62,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ServiceCIDR => "networking.k8s.io/v1",
         }
     }
 
@@ -63,6 +71,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::ServiceCIDR => "networking.k8s.io",
         }
     }
 
@@ -71,6 +80,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Node => "nodes",
+            Kind::ServiceCIDR => "servicecidrs",
         }
     }
 
@@ -79,12 +89,11 @@ impl Kind {
     }
 
     pub(crate) fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node)
+        !matches!(self, Kind::Node | Kind::ServiceCIDR)
     }
 
     /// Whether PUT to a missing object creates it. Services allow it
-    /// (their registry strategy says so); EndpointSlices and Nodes answer
-    /// 404.
+    /// (their registry strategy says so); the other kinds answer 404.
     fn allow_create_on_update(self) -> bool {
         matches!(self, Kind::Service)
     }

@@ -17,6 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use kube::{
     Api, Client, Config,
@@ -354,4 +355,107 @@ async fn paged_reflectors_on_slices_and_nodes() {
         "two more pages each: {:#?}",
         server.requests()
     );
+}
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> serde_json::Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name},
+        "spec": {"cidrs": cidrs},
+    })
+}
+
+/// ServiceCIDRs (cluster-scoped, `networking.k8s.io/v1`) through a
+/// reflector and the typed API, with the real validation's immutable
+/// ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_cidrs_are_listed_watched_and_their_ranges_immutable() {
+    let server = ApiServer::new();
+    let client = client(&server, "servicecidrs").await;
+    server
+        .create(service_cidr("kubernetes", &["10.96.0.0/16"]))
+        .unwrap();
+    let (store, writer) = reflector::store::<ServiceCIDR>();
+    let task = tokio::spawn(
+        reflector(
+            writer,
+            watcher(
+                Api::<ServiceCIDR>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .for_each(|_| async {}),
+    );
+    let cidrs = |store: &reflector::Store<ServiceCIDR>| -> BTreeSet<String> {
+        store
+            .state()
+            .iter()
+            .flat_map(|c| {
+                c.spec
+                    .as_ref()
+                    .and_then(|s| s.cidrs.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    eventually("listed", || cidrs(&store) == set(&["10.96.0.0/16"])).await;
+    server
+        .create(service_cidr("extra", &["10.97.0.0/16", "fd00::/108"]))
+        .unwrap();
+    eventually("the new one watched", || {
+        cidrs(&store) == set(&["10.96.0.0/16", "10.97.0.0/16", "fd00::/108"])
+    })
+    .await;
+
+    let api = Api::<ServiceCIDR>::all(client);
+    let mut changed: ServiceCIDR = api.get("extra").await.unwrap();
+    changed.spec.as_mut().unwrap().cidrs = Some(vec!["10.98.0.0/16".into()]);
+    let err = api
+        .replace("extra", &PostParams::default(), &changed)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("immutable")),
+        "{err:?}"
+    );
+    let err = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "empty"}, "spec": {}})).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+
+    api.delete("kubernetes", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the delete watched", || {
+        cidrs(&store) == set(&["10.97.0.0/16", "fd00::/108"])
+    })
+    .await;
+    task.abort();
+}
+
+/// A server told not to serve ServiceCIDRs answers 404 as one older than
+/// Kubernetes 1.33 does, and still serves everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_left_out_answers_404() {
+    let server = ApiServer::without(&["ServiceCIDR"]).unwrap();
+    let client = client(&server, "without").await;
+    let err = Api::<ServiceCIDR>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 404),
+        "{err:?}"
+    );
+    let nodes = Api::<Node>::all(client).list(&ListParams::default()).await;
+    assert!(nodes.is_ok(), "{nodes:?}");
+    assert!(ApiServer::without(&["Pod"]).is_err());
 }

@@ -161,15 +161,28 @@ impl Cluster {
         name: &str,
         api: impl FnOnce(&Netns) -> Result<PathBuf>,
     ) -> Result<Node> {
+        self.node_with_kube_api_and(name, &[], api)
+    }
+
+    /// `node_with_kube_api` with extra agent arguments (`--service-cidr`,
+    /// ...).
+    pub fn node_with_kube_api_and(
+        &self,
+        name: &str,
+        extra: &[&str],
+        api: impl FnOnce(&Netns) -> Result<PathBuf>,
+    ) -> Result<Node> {
         self.start_node_with(
             name,
             |_| Ok(()),
             |ns| {
                 let kubeconfig = api(ns)?;
-                Ok(vec![
+                let mut args = vec![
                     "--source=kube".to_string(),
                     format!("--kubeconfig={}", kubeconfig.display()),
-                ])
+                ];
+                args.extend(extra.iter().map(|a| a.to_string()));
+                Ok(args)
             },
         )
     }

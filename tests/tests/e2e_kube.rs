@@ -4,7 +4,8 @@
 //! too-old resourceVersion). Objects change through the API; traffic
 //! follows; an API restart with a new history makes the agent relist
 //! without the datapath flapping; a Service labelled for another proxy is
-//! no longer served.
+//! no longer served; the service CIDRs follow the ServiceCIDR objects, and
+//! an API server without them leaves `--service-cidr` alone in charge.
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
@@ -18,7 +19,10 @@ use std::{
 
 use ferry_apiserver_standin::ApiServer;
 use ferry_harness::{Binaries, Cluster, Node, Pod, in_netns};
-use ferry_tests::client::{tcp_ask_in, tcp_whoami, udp_whoami};
+use ferry_tests::{
+    client::{tcp_ask_in, tcp_whoami, udp_whoami},
+    service_cidrs::{assert_refused_at_once, counted, leaves_the_node, route_off_node},
+};
 use serde_json::{Value, json};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -121,8 +125,13 @@ fn agent_http(node: &Node, path: &'static str) -> (u16, String) {
 /// Node n1 whose agent reads the objects from `api` (served inside the
 /// node's namespace) through a kubeconfig.
 fn node_fed_by(c: &Cluster, api: &ApiServer) -> Node {
+    node_fed_by_with(c, api, &[])
+}
+
+/// `node_fed_by` with extra agent arguments.
+fn node_fed_by_with(c: &Cluster, api: &ApiServer, extra: &[&str]) -> Node {
     let kubeconfig = c.root.join("kubeconfig");
-    c.node_with_kube_api("n1", |ns| {
+    c.node_with_kube_api_and("n1", extra, |ns| {
         let addr = api.listen_in(&ns.path())?;
         api.kubeconfig(addr, &kubeconfig)?;
         Ok(kubeconfig.clone())
@@ -297,6 +306,118 @@ fn objects_that_exist_before_the_agent_starts_are_served_and_it_reports_healthy(
     drop(node);
 }
 
+fn service_cidr(name: &str, cidr: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name},
+        "spec": {"cidrs": [cidr]},
+    })
+}
+
+/// Wait until `inspect service-cidrs` does (or does not) list `net`.
+fn wait_for_range(node: &Node, net: &str, listed: bool) {
+    eventually(
+        &format!("{net} listed: {listed}"),
+        node,
+        Duration::from_secs(2),
+        || node.inspect("service-cidrs").unwrap().contains(net) == listed,
+    );
+}
+
+#[test]
+fn service_cidr_objects_alone_set_the_ranges_and_the_datapath_follows_them() {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    let api = ApiServer::new();
+    api.create(node_object()).unwrap();
+    // As the API server creates it from --service-cluster-ip-range; the
+    // agent has no --service-cidr.
+    api.create(service_cidr("kubernetes", "10.96.0.0/16"))
+        .unwrap();
+    api.create(service(json!({}))).unwrap();
+    let node = node_fed_by(&c, &api);
+    let (client, backends) = ferry_tests::fixture::client_and_three_backends(&node);
+    api.create(slice(&backends.iter().collect::<Vec<_>>()))
+        .unwrap();
+    eventually(
+        "the ClusterIP answers",
+        &node,
+        Duration::from_secs(5),
+        || tcp_whoami(&client, VIP, 80).is_ok(),
+    );
+    wait_for_range(&node, "10.96.0.0/16", true);
+    wait_for_range(&node, "10.96.0.10/32", true);
+    route_off_node(&node);
+
+    // The ClusterIP's unserved port is refused; an unallocated address in
+    // the object's range is dropped and counted, and never leaves.
+    assert_refused_at_once(&client, VIP, (81, 54), "an unserved port");
+    assert!(counted(&node, "rejected_unserved_port") >= 2);
+    let in_first = Ipv4Addr::new(10, 96, 0, 99);
+    let in_second = Ipv4Addr::new(10, 97, 0, 99);
+    let dropped = counted(&node, "drop_unallocated_service_ip");
+    assert!(!leaves_the_node(&node, &client, in_first));
+    assert!(counted(&node, "drop_unallocated_service_ip") > dropped);
+    assert!(leaves_the_node(&node, &client, in_second));
+
+    // A second ServiceCIDR extends the ranges (spec.cidrs is immutable:
+    // ranges are added and removed as objects).
+    api.create(service_cidr("extra", "10.97.0.0/16")).unwrap();
+    wait_for_range(&node, "10.97.0.0/16", true);
+    assert!(!leaves_the_node(&node, &client, in_second));
+
+    // The first one deleted: its range is an ordinary address again.
+    api.delete("ServiceCIDR", None, "kubernetes").unwrap();
+    wait_for_range(&node, "10.96.0.0/16", false);
+    assert!(leaves_the_node(&node, &client, in_first));
+    assert!(!leaves_the_node(&node, &client, in_second));
+
+    // None left: no ranges and no ClusterIP entries, as without any.
+    api.delete("ServiceCIDR", None, "extra").unwrap();
+    wait_for_range(&node, "10.96.0.10/32", false);
+    wait_for_range(&node, "10.97.0.0/16", false);
+    assert!(leaves_the_node(&node, &client, in_second));
+    assert!(!tcp_whoami(&client, VIP, 80).unwrap().is_empty());
+    drop(backends);
+    drop(client);
+}
+
+#[test]
+fn an_api_server_without_service_cidrs_leaves_the_flag_in_charge_and_is_told_once() {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    // As an API server before Kubernetes 1.33: 404 for ServiceCIDRs.
+    let api = ApiServer::without(&["ServiceCIDR"]).unwrap();
+    api.create(node_object()).unwrap();
+    api.create(service(json!({}))).unwrap();
+    let node = node_fed_by_with(&c, &api, &["--service-cidr", "10.96.0.0/16"]);
+    eventually(
+        "the Service is programmed",
+        &node,
+        Duration::from_secs(5),
+        || node.inspect("services").unwrap().contains(&VIP.to_string()),
+    );
+    assert_eq!(agent_http(&node, "/readyz").0, 200);
+    wait_for_range(&node, "10.96.0.0/16", true);
+    wait_for_range(&node, "10.96.0.10/32", true);
+    // Still following changes, and not asking for ServiceCIDRs again.
+    api.delete("Service", Some("default"), "web").unwrap();
+    wait_for_range(&node, "10.96.0.10/32", false);
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = api
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/servicecidrs"))
+        .count();
+    assert_eq!(asked, 1, "{:#?}", api.requests());
+    let log = node.agent_log();
+    let said = log
+        .matches("does not serve networking.k8s.io/v1 ServiceCIDRs")
+        .count();
+    assert_eq!(said, 1, "said once:\n{log}");
+    drop(node);
+}
+
 #[test]
 fn session_affinity_and_source_ranges_come_from_the_api() {
     ferry_tests::fixture::require_root();
@@ -334,7 +455,7 @@ fn session_affinity_and_source_ranges_come_from_the_api() {
 
     // Through the API again: affinity off, the client's /32 admitted.
     let own = format!("{}/32", client.ip);
-    api.apply(with("None", &[own.clone()])).unwrap();
+    api.apply(with("None", std::slice::from_ref(&own))).unwrap();
     eventually("ranges programmed", &node, Duration::from_secs(5), || {
         node.inspect("services").unwrap().contains(&own)
     });

@@ -10,8 +10,8 @@ use std::{
 
 use ferry_harness::{Binaries, Cluster, Node, Pod, manifest};
 use ferry_tests::{
-    capture::Capture,
-    client::{tcp_connect_error, tcp_whoami, udp_whoami},
+    client::{tcp_whoami, udp_whoami},
+    service_cidrs::{assert_refused_at_once, counted, leaves_the_node, route_off_node},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -73,27 +73,6 @@ fn wait_for_backends(node: &Node, n: usize, within: Duration) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// TCP to `addr:tcp` and UDP to `addr:udp` are both refused, within a
-/// second (not timed out).
-fn assert_refused_at_once(client: &Pod, addr: Ipv4Addr, (tcp, udp): (u16, u16), what: &str) {
-    let start = Instant::now();
-    let err = tcp_connect_error(client, addr, tcp).unwrap();
-    assert_eq!(
-        err,
-        Some(std::io::ErrorKind::ConnectionRefused),
-        "TCP to {what}"
-    );
-    let udp_err = udp_whoami(client, addr, udp).unwrap_err();
-    assert!(
-        format!("{udp_err:#}").contains("refused"),
-        "UDP to {what}: {udp_err:#}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "refused, not timed out"
-    );
 }
 
 fn names_seen(tries: usize, mut ask: impl FnMut() -> String) -> BTreeSet<String> {
@@ -349,28 +328,6 @@ fn cni_check_and_del_leave_no_trace() {
     assert!(Path::new(&node.pin_dir).exists());
 }
 
-/// `inspect counters`: the packets counted under `outcome`.
-fn counted(node: &Node, outcome: &str) -> u64 {
-    let out = node.inspect("counters").unwrap();
-    out.lines()
-        .find_map(|l| {
-            let mut cols = l.split_whitespace();
-            (cols.next() == Some(outcome)).then(|| cols.next().unwrap().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no {outcome} in:\n{out}"))
-}
-
-/// Whether any captured IPv4 or ARP frame is about `addr` (its IPv4
-/// destination, or the address an ARP request asks for).
-fn mentions(frames: &[Vec<u8>], addr: Ipv4Addr) -> bool {
-    let a = addr.octets();
-    frames.iter().any(|f| match f.get(12..14) {
-        Some([0x08, 0x00]) => f.get(30..34) == Some(&a[..]),
-        Some([0x08, 0x06]) => f.get(38..42) == Some(&a[..]),
-        _ => false,
-    })
-}
-
 #[test]
 fn with_service_cidrs_an_unserved_port_is_refused_and_an_unallocated_address_never_leaves() {
     let c = cluster();
@@ -392,41 +349,24 @@ fn with_service_cidrs_an_unserved_port_is_refused_and_an_unallocated_address_nev
     ] {
         assert!(ranges.contains(want), "{want} in:\n{ranges}");
     }
-    // A way off the node: a default route out of a veth whose frames are
-    // captured (the node namespace has no uplink of its own here).
-    let ns = &node.netns;
-    ns.exec(&[
-        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
-    ])
-    .unwrap();
-    ns.exec(&["ip", "link", "set", "up1", "up"]).unwrap();
-    ns.exec(&["ip", "link", "set", "up0", "up"]).unwrap();
-    ns.exec(&["ip", "route", "add", "default", "dev", "up0"])
-        .unwrap();
+    route_off_node(&node);
 
     // The ClusterIP on a port its Service does not have: refused at once.
     assert_refused_at_once(&client, VIP, (81, 54), "an unserved port");
     assert!(counted(&node, "rejected_unserved_port") >= 2);
 
-    // An address in the range that no Service holds: dropped on the node.
-    let unallocated = Ipv4Addr::new(10, 96, 0, 99);
-    let outside = Ipv4Addr::new(10, 97, 0, 99);
-    let capture = Capture::start(&ns.path(), "up0").unwrap();
-    let err = tcp_connect_error(&client, unallocated, 80).unwrap();
-    assert_eq!(err, Some(std::io::ErrorKind::TimedOut));
-    // Outside the range the same connect leaves by the default route, as
-    // before: the capture sees what does leave.
-    let _ = tcp_connect_error(&client, outside, 80).unwrap();
-    let frames = capture.finish();
+    // An address in the range that no Service holds: dropped on the node;
+    // outside the range the same connect leaves by the default route, as
+    // before (so the capture does see what leaves).
     assert!(
-        !mentions(&frames, unallocated),
+        !leaves_the_node(&node, &client, Ipv4Addr::new(10, 96, 0, 99)),
         "an unallocated service address left the node"
     );
-    assert!(
-        mentions(&frames, outside),
-        "the capture saw nothing leave: {} frames",
-        frames.len()
-    );
+    assert!(leaves_the_node(
+        &node,
+        &client,
+        Ipv4Addr::new(10, 97, 0, 99)
+    ));
     assert!(counted(&node, "drop_unallocated_service_ip") >= 1);
     // The served ports still work.
     assert!(!tcp_whoami(&client, VIP, 80).unwrap().is_empty());

@@ -21,6 +21,7 @@ use ferry_common::{
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 
 pub mod categorize;
@@ -30,6 +31,7 @@ pub mod health;
 pub mod network;
 pub mod nodes;
 pub mod problem;
+pub mod service_cidrs;
 pub mod services;
 pub mod unsupported;
 
@@ -49,6 +51,9 @@ pub struct Objects {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
     pub nodes: Vec<Node>,
+    /// `networking.k8s.io/v1` ServiceCIDRs (none from an API server that
+    /// does not serve them).
+    pub service_cidrs: Vec<ServiceCIDR>,
 }
 
 pub const DEFAULT_NODEPORT_RANGE: PortRange = PortRange::new(30000, 32767);
@@ -74,9 +79,10 @@ pub struct PlanConfig {
     pub pin_dir: PathBuf,
     /// The uplink's MTU.
     pub mtu: u32,
-    /// The cluster's service CIDRs (`--service-cidr`): inside them, an
-    /// address no Service holds is dropped and a ClusterIP's unserved port
-    /// rejected. Empty: such packets pass as any other.
+    /// `--service-cidr`: with the ServiceCIDR objects' ranges, the
+    /// cluster's service CIDRs. Inside them, an address no Service holds is
+    /// dropped and a ClusterIP's unserved port rejected; with none at all,
+    /// such packets pass as any other.
     pub service_cidrs: Vec<Ipv4Net>,
 }
 
@@ -152,14 +158,15 @@ struct ServiceParts {
 /// Service whatever its ports (kube-proxy's cluster-IP set); nothing
 /// without service CIDRs, so such packets pass as before.
 fn service_ranges(
-    cidrs: &[Ipv4Net],
+    cidrs: &BTreeSet<Ipv4Net>,
     cluster_ips: &BTreeSet<Ipv4Addr>,
 ) -> BTreeMap<Ipv4Net, ServiceRange> {
     if cidrs.is_empty() {
         return BTreeMap::new();
     }
     let range = |kind| ServiceRange { kind };
-    // The configuration already refused CIDRs with host bits set.
+    // `service_cidrs::service_cidrs` already refused CIDRs with host bits
+    // set: the trie's diff must see each range under one key.
     let nets = cidrs
         .iter()
         .map(|net| (*net, range(SERVICE_RANGE_UNALLOCATED)));
@@ -249,8 +256,10 @@ pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
                 .into(),
         });
     }
+    let cidrs =
+        service_cidrs::service_cidrs(&cfg.service_cidrs, &objects.service_cidrs, &mut problems);
     let plan = NodePlan {
-        service_ranges: service_ranges(&cfg.service_cidrs, &services.cluster_ips),
+        service_ranges: service_ranges(&cidrs, &services.cluster_ips),
         frontends: services.frontends,
         health_checks: services.health_checks,
         node: NodeAddress {

@@ -337,6 +337,109 @@ fn service_ranges_are_the_cidrs_and_every_cluster_ip_whatever_its_ports() {
     );
 }
 
+const SERVICE_CIDRS: &str = include_str!("../../testdata/service_cidrs.yaml");
+
+fn ranges(d: &NodePlan) -> Vec<(Ipv4Net, u32)> {
+    d.service_ranges.iter().map(|(n, r)| (*n, r.kind)).collect()
+}
+
+#[test]
+fn service_cidr_objects_add_their_ipv4_ranges_to_the_flag_and_say_what_they_skip() {
+    let objects = objects(&format!("{WEB}\n---\n{SERVICE_CIDRS}"));
+    assert_eq!(objects.service_cidrs.len(), 4);
+    // Without --service-cidr: the objects alone are the ranges. The one
+    // being deleted still counts (kube-proxy uses every ServiceCIDR: its
+    // ClusterIPs stay allocated until the finalizer lets it go).
+    let (d, problems) = desired_state(&objects, "n1");
+    assert_eq!(
+        ranges(&d),
+        vec![
+            (net("10.96.0.0/16"), SERVICE_RANGE_UNALLOCATED),
+            (net("10.96.0.10/32"), SERVICE_RANGE_ALLOCATED),
+            (net("10.200.0.0/24"), SERVICE_RANGE_UNALLOCATED),
+            (net("10.201.0.0/24"), SERVICE_RANGE_UNALLOCATED),
+            (net("10.203.0.0/24"), SERVICE_RANGE_UNALLOCATED),
+        ]
+    );
+    let about: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|p| (p.object.as_str(), p.field.as_str()))
+        .collect();
+    assert_eq!(
+        about,
+        [
+            ("ServiceCIDR broken", "spec.cidrs[0]"),
+            ("ServiceCIDR broken", "spec.cidrs[1]"),
+            ("ServiceCIDR dual", "spec.cidrs[1]"),
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("host bits"), "{}", problems[0]);
+    assert!(
+        problems[1].message.contains("not a CIDR"),
+        "{}",
+        problems[1]
+    );
+    assert!(problems[2].message.contains("IPv6"), "{}", problems[2]);
+
+    // With --service-cidr: the union; a range both give is one entry.
+    let cfg = PlanConfig {
+        service_cidrs: vec![net("10.96.0.0/16"), net("10.100.0.0/16")],
+        ..PlanConfig::for_node("n1")
+    };
+    let (d, _) = plan(&objects, &cfg);
+    let nets: Vec<Ipv4Net> = ranges(&d)
+        .into_iter()
+        .filter(|(_, kind)| *kind == SERVICE_RANGE_UNALLOCATED)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        nets,
+        [
+            net("10.96.0.0/16"),
+            net("10.100.0.0/16"),
+            net("10.200.0.0/24"),
+            net("10.201.0.0/24"),
+            net("10.203.0.0/24"),
+        ]
+    );
+}
+
+#[test]
+fn service_cidrs_beyond_what_the_map_holds_are_reported_not_written() {
+    let flag: Vec<Ipv4Net> = (0..service_cidrs::MAX_SERVICE_CIDRS - 1)
+        .map(|i| net(&format!("10.{}.0.0/16", 100 + i)))
+        .collect();
+    // Listed out of order: the first by name gets the last slot.
+    let yaml = "
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: b}
+spec: {cidrs: [10.1.0.0/16]}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: a}
+spec: {cidrs: [10.0.0.0/16, 10.100.0.0/16]}
+";
+    let cfg = PlanConfig {
+        service_cidrs: flag.clone(),
+        ..PlanConfig::for_node("n1")
+    };
+    let (d, problems) = plan(&objects(yaml), &cfg);
+    assert_eq!(d.service_ranges.len(), service_cidrs::MAX_SERVICE_CIDRS);
+    assert!(d.service_ranges.contains_key(&net("10.0.0.0/16")));
+    assert!(!d.service_ranges.contains_key(&net("10.1.0.0/16")));
+    // Already there from the flag: not a new slot, not a problem.
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].object, "ServiceCIDR b");
+    assert!(
+        problems[0].message.contains("more than 64"),
+        "{}",
+        problems[0]
+    );
+}
+
 const AFFINITY_RANGES: &str = include_str!("../../testdata/affinity_ranges.yaml");
 
 fn key(addr: [u8; 4], port: u16, scope: u8) -> ServiceKey {

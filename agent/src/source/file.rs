@@ -1,4 +1,4 @@
-//! The file source: Service, EndpointSlice and Node objects as a
+//! The file source: Service, EndpointSlice, Node and ServiceCIDR objects as a
 //! multi-document YAML manifest (what `kubectl get -o yaml` prints, or a
 //! hand-written file), re-read whenever it changes. For standalone use,
 //! demos and tests.
@@ -67,6 +67,10 @@ fn add_value(
         },
         "Node" => match serde_yaml::from_value(value) {
             Ok(n) => objects.nodes.push(n),
+            Err(e) => problems.push(problem(e.to_string())),
+        },
+        "ServiceCIDR" => match serde_yaml::from_value(value) {
+            Ok(c) => objects.service_cidrs.push(c),
             Err(e) => problems.push(problem(e.to_string())),
         },
         "List" => {

@@ -1,9 +1,12 @@
-//! `--source kube`: Services, EndpointSlices and Nodes from the Kubernetes
-//! API, through kube-rs reflectors (list, then watch from the list's
-//! resourceVersion, relist on 410). A reflector swaps its store only once a
-//! relist is complete, and watch errors are retried with backoff while the
-//! stores keep their last state: the dataplane is never flushed by an API
-//! outage, it just stops following changes until the API is back.
+//! `--source kube`: Services, EndpointSlices, Nodes and ServiceCIDRs from
+//! the Kubernetes API, through kube-rs reflectors (list, then watch from the
+//! list's resourceVersion, relist on 410). A reflector swaps its store only
+//! once a relist is complete, and watch errors are retried with backoff
+//! while the stores keep their last state: the dataplane is never flushed
+//! by an API outage, it just stops following changes until the API is
+//! back. An API server older than 1.33 does not serve ServiceCIDRs
+//! (`networking.k8s.io/v1`): that is said once, and the agent goes on
+//! without them.
 use std::{
     path::Path,
     sync::Arc,
@@ -14,6 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use kube::{
     Api, Client, Config,
@@ -24,7 +28,7 @@ use kube::{
         watcher,
     },
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::{Snapshot, Source};
 use crate::plan::Objects;
@@ -67,13 +71,31 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
     Client::try_from(config).map_err(KubeError::Client)
 }
 
-/// The three reflectors and a signal that any of them changed.
+/// "group/plural" of every resource the source lists and watches (the
+/// core group is ""): what the agent's ClusterRole must grant.
+pub fn watched_resources() -> Vec<String> {
+    fn of<K: kube::Resource<DynamicType = ()>>() -> String {
+        format!("{}/{}", K::group(&()), K::plural(&()))
+    }
+    vec![
+        of::<Service>(),
+        of::<EndpointSlice>(),
+        of::<Node>(),
+        of::<ServiceCIDR>(),
+    ]
+}
+
+/// The reflectors and a signal that any of them changed.
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
+    service_cidrs: Store<ServiceCIDR>,
+    /// Turns true when the API server answered the ServiceCIDR list with
+    /// 404: that store stays empty for the agent's life.
+    service_cidrs_not_served: watch::Receiver<bool>,
     changed: Arc<Notify>,
-    /// All three lists are complete.
+    /// Every list is complete (or, for ServiceCIDRs, not served).
     ready: bool,
     /// A change was noticed then and is not applied yet.
     pending: Option<Instant>,
@@ -83,7 +105,7 @@ impl KubeSource {
     /// Start the watches (on the current tokio runtime).
     pub fn start(client: Client) -> Self {
         tracing::info!(
-            "watching Services, EndpointSlices and Nodes; the first sync waits for all three lists"
+            "watching Services, EndpointSlices, Nodes and ServiceCIDRs; the first sync waits for all their lists"
         );
         let changed = Arc::new(Notify::new());
         let services = spawn_reflector(
@@ -91,23 +113,41 @@ impl KubeSource {
             watcher::Config::default().labels(SERVICE_SELECTOR),
             "Service",
             changed.clone(),
+            None,
         );
         let slices = spawn_reflector(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default(),
             "EndpointSlice",
             changed.clone(),
+            None,
         );
         let nodes = spawn_reflector(
-            Api::<Node>::all(client),
+            Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             "Node",
             changed.clone(),
+            None,
+        );
+        let (not_served, service_cidrs_not_served) = watch::channel(false);
+        let service_cidrs = spawn_reflector(
+            Api::<ServiceCIDR>::all(client),
+            watcher::Config::default(),
+            "ServiceCIDR",
+            changed.clone(),
+            Some(NotServed {
+                flag: not_served,
+                then: "the API server does not serve networking.k8s.io/v1 ServiceCIDRs (before \
+                       Kubernetes 1.33): the service CIDRs come from --service-cidr alone; \
+                       restart the agent once the API server serves them",
+            }),
         );
         Self {
             services,
             slices,
             nodes,
+            service_cidrs,
+            service_cidrs_not_served,
             changed,
             ready: false,
             pending: None,
@@ -119,6 +159,13 @@ impl KubeSource {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
+        let mut not_served = self.service_cidrs_not_served.clone();
+        tokio::select! {
+            _ = self.service_cidrs.wait_until_ready() => {}
+            // An error here means the reflector task is gone, which only
+            // happens after it flagged the resource as not served.
+            _ = not_served.wait_for(|n| *n) => {}
+        }
     }
 
     /// The objects as the stores hold them now.
@@ -132,6 +179,12 @@ impl KubeSource {
                 .collect(),
             slices: self.slices.state().iter().map(|o| (**o).clone()).collect(),
             nodes: self.nodes.state().iter().map(|o| (**o).clone()).collect(),
+            service_cidrs: self
+                .service_cidrs
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
         }
     }
 
@@ -175,11 +228,51 @@ impl Source for KubeSource {
     }
 }
 
+/// For a resource older API servers lack: the flag to raise, and what to
+/// log once, when the first list answers 404.
+struct NotServed {
+    flag: watch::Sender<bool>,
+    then: &'static str,
+}
+
+/// Whether the API server said it has no such resource. Only the first
+/// list counts: a resource that was served does not go away with an
+/// upgrade, so a later 404 is retried like any other error.
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
+}
+
+/// What to do about a watch error, for the log.
+fn advice<K: kube::Resource<DynamicType = ()>>(e: &watcher::Error) -> String {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    if status == Some(403) {
+        let group = K::group(&());
+        let resource = if group.is_empty() {
+            K::plural(&()).into_owned()
+        } else {
+            format!("{}.{group}", K::plural(&()))
+        };
+        format!(
+            "grant get, list and watch on {resource} to the agent's ClusterRole (deploy/rbac.yaml); \
+             retrying with backoff, the dataplane keeps its current state"
+        )
+    } else {
+        "retrying with backoff, the dataplane keeps its current state".into()
+    }
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: &'static str,
     changed: Arc<Notify>,
+    optional: Option<NotServed>,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -199,11 +292,16 @@ where
                 Ok(watcher::Event::Init) => {}
                 Ok(watcher::Event::InitApply(_)) => {}
                 Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(
-                    kind,
-                    error = %e,
-                    "watch failed; retrying with backoff, the dataplane keeps its current state"
-                ),
+                Err(e) if optional.is_some() && not_served(&e) => {
+                    if let Some(NotServed { flag, then }) = &optional {
+                        tracing::warn!(kind, error = %e, "{then}");
+                        flag.send_replace(true);
+                    }
+                    // No retries: asking again every few seconds on every
+                    // node would only load the API server with 404s.
+                    break;
+                }
+                Err(e) => tracing::warn!(kind, error = %e, "watch failed; {}", advice::<K>(&e)),
             }
         }
     });

@@ -2,7 +2,8 @@
 //! update, so objects look as a real server would store them: Services get
 //! a type, session affinity, port protocols and target ports, a cluster IP
 //! (allocated if absent, immutable once set), IP families, node ports and
-//! traffic policies; EndpointSlice ports get a protocol.
+//! traffic policies; EndpointSlice ports get a protocol. A ServiceCIDR must
+//! have `spec.cidrs`, which are immutable, as the real validation says.
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use serde_json::{Value, json};
@@ -38,6 +39,7 @@ impl Store {
                 Ok(())
             }
             Kind::Node => Ok(()),
+            Kind::ServiceCIDR => validate_service_cidr(obj, old),
         }
     }
 
@@ -181,4 +183,29 @@ fn default_ports_protocol(ports: Option<&mut Value>) {
             p["protocol"] = "TCP".into();
         }
     }
+}
+
+/// What the ServiceCIDR validation refuses that a client could send by
+/// mistake: no ranges, or ranges changed after creation (ClusterIPs were
+/// allocated from them).
+fn validate_service_cidr(obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let (_, name) = ns_name(obj);
+    let cidrs = obj.pointer("/spec/cidrs");
+    if cidrs.and_then(Value::as_array).is_none_or(|c| c.is_empty()) {
+        return Err(ApiError::invalid(
+            Kind::ServiceCIDR,
+            &name,
+            "spec.cidrs: Required value",
+        ));
+    }
+    if let Some(old) = old
+        && old.pointer("/spec/cidrs") != cidrs
+    {
+        return Err(ApiError::invalid(
+            Kind::ServiceCIDR,
+            &name,
+            "spec.cidrs: Invalid value: field is immutable",
+        ));
+    }
+    Ok(())
 }
