@@ -12,11 +12,12 @@ use aya::{
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS,
-    MAP_ENDPOINTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES, MAP_SERVICE_RANGES, MAP_SERVICES,
-    NodeConfig, PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS,
-    ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, ServiceKey,
-    ServiceName, ServiceRange, ServiceValue, outcome,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, FRAGMENTS_MAX_ENTRIES, FragKey, FragPorts,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_FRAGMENTS, MAP_NODE, MAP_ROUTES,
+    MAP_SERVICE_NAMES, MAP_SERVICE_RANGES, MAP_SERVICES, NodeConfig, PIN_PROG_FROM_NETWORK,
+    PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS, ROUTES_MAX_ENTRIES, Route,
+    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceRange,
+    ServiceValue, outcome,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
@@ -117,6 +118,7 @@ fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
             LpmTrie,
             SERVICE_RANGES_MAX_ENTRIES,
         ),
+        MapShape::of::<FragKey, FragPorts>(MAP_FRAGMENTS, LruHash, FRAGMENTS_MAX_ENTRIES),
     ]
 }
 

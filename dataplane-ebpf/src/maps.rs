@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use ferry_common::{
     BACKENDS_MAX_ENTRIES, Backend, BackendKey, CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, NodeConfig, ROUTES_MAX_ENTRIES, Route,
-    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceRange,
-    ServiceValue, outcome, with_map_names,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey, FRAGMENTS_MAX_ENTRIES, FragKey, FragPorts,
+    NodeConfig, ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
+    ServiceKey, ServiceName, ServiceRange, ServiceValue, outcome, with_map_names,
 };
 
 macro_rules! declare_maps {
@@ -24,6 +24,7 @@ macro_rules! declare_maps {
         MAP_ROUTES = $routes:tt,
         MAP_NODE = $node:tt,
         MAP_SERVICE_RANGES = $service_ranges:tt,
+        MAP_FRAGMENTS = $fragments:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -72,6 +73,12 @@ macro_rules! declare_maps {
             ServiceRange,
             { SERVICE_RANGES_MAX_ENTRIES as usize },
         > = LpmTrie::new();
+
+        /// Fragmented datagrams of Service flows -> the ports their first
+        /// fragment carried (`fragment`).
+        #[btf_map(name = $fragments)]
+        pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { FRAGMENTS_MAX_ENTRIES as usize }> =
+            LruHashMap::new();
     };
 }
 
