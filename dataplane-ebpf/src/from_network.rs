@@ -7,9 +7,8 @@ use aya_ebpf::programs::TcContext;
 use ferry_common::outcome;
 
 use crate::{
-    decision::{Decision, Delivery, TcVerdict},
+    decision::{Decision, Delivery, TcVerdict, passed},
     deliver, external, fragment,
-    from_pod::passed,
     parse::{L4Packet, Parsed, parse},
     translate,
 };

@@ -4,7 +4,7 @@ use ferry_common::{SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, new_flow::Client,
 
 use crate::{
     balance, conntrack,
-    decision::{Decision, Delivery, TcVerdict},
+    decision::{Decision, Delivery, TcVerdict, passed},
     deliver, fragment,
     parse::{L4Packet, Parsed, parse},
     service_range, translate,
@@ -49,14 +49,4 @@ fn decide(ctx: &TcContext, pkt: &L4Packet) -> Decision<TcVerdict> {
             conntrack::clear_clashing_reply(pkt);
             Decision::deliver(passed(pkt), pkt.dst_addr, Delivery::Onward)
         })
-}
-
-/// The outcome of a packet ferry passes untranslated.
-#[inline(always)]
-pub fn passed(pkt: &L4Packet) -> u32 {
-    if pkt.first_fragment {
-        outcome::PASSED_FRAGMENT
-    } else {
-        outcome::PASSED
-    }
 }
