@@ -27,6 +27,7 @@ macro_rules! with_map_names {
             MAP_AFFINITY = "ferry_affinity",
             MAP_SERVICE_OPTIONS = "ferry_svc_opts",
             MAP_SOURCE_RANGES = "ferry_lb_ranges",
+            MAP_FRAGMENTS = "ferry_frags",
         }
     };
 }
@@ -77,6 +78,15 @@ pub const SERVICE_RANGES_MAX_ENTRIES: u32 = SERVICES_MAX_ENTRIES + 64;
 pub const AFFINITY_MAX_ENTRIES: u32 = 262_144;
 /// Capacity of the load-balancer source-range trie (all frontends' ranges).
 pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of the fragment LRU: datagrams in flight in fragments at once
+/// (Cilium's default for its own fragment map).
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8192;
+/// How long a first fragment's ports stay usable for the datagram's other
+/// fragments: Linux's own reassembly timeout (`ipfrag_time`, 30 s), so
+/// whatever the receiver would still reassemble is still translated. The
+/// LRU alone would let a record outlive its datagram until the 16-bit IP ID
+/// wraps round to a datagram whose first fragment never came.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Most backends one service frontend can have (slots 0..MAX).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
@@ -239,6 +249,48 @@ pub struct CtEntry {
     pub peer_nat_port: u16,
     /// Zero.
     pub pad: [u8; 6],
+}
+
+/// Key of `ferry_frags`: one fragmented datagram as it arrived, before any
+/// translation (the source, destination, protocol and IP ID that RFC 791
+/// makes unique per datagram, as Cilium keys its fragment map), and the
+/// interface it arrived on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    /// Source address, network byte order.
+    pub src_addr: [u8; 4],
+    /// Destination address, network byte order.
+    pub dst_addr: [u8; 4],
+    /// ifindex the fragments arrive on (a pod's host-side veth, the uplink,
+    /// the VXLAN device); host order. Only the sending pod's own veth
+    /// carries its fragments, so a pod forging another pod's source address
+    /// writes a record that pod's fragments never look up.
+    pub ifindex: u32,
+    /// IPv4 identification field, host byte order.
+    pub ip_id: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub pad: u8,
+}
+
+/// Value of `ferry_frags`: the ports the first fragment carried, so the
+/// datagram's later fragments (no L4 header) find its conntrack entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragPorts {
+    /// CLOCK_MONOTONIC nanoseconds after which the record is ignored; host
+    /// order.
+    pub expires_ns: u64,
+    /// The first fragment's source port, before translation; host order.
+    pub src_port: u16,
+    /// The first fragment's destination port, before translation; host
+    /// order.
+    pub dst_port: u16,
+    /// The flow direction the first fragment was translated in
+    /// (`CT_DIR_ORIGINAL` or `CT_DIR_REPLY`): the conntrack key to follow.
+    pub direction: u8,
+    pub pad: [u8; 3],
 }
 
 /// Value of `ferry_svc_names` (key: service id). Userspace metadata for the
@@ -433,6 +485,8 @@ const _: () = {
     assert!(size_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityEntry>() == 16);
     assert!(size_of::<SourceRangeKey>() == 8);
+    assert!(size_of::<FragKey>() == 16);
+    assert!(size_of::<FragPorts>() == 16);
     // The LPM trie stores the value right after the 4-byte address.
     assert!(align_of::<Route>() <= 4);
     assert!(align_of::<ServiceRange>() <= 4);
@@ -461,6 +515,8 @@ mod user {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
 }
 
 /// Protocol name for tools.

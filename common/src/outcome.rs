@@ -11,7 +11,8 @@ pub const REVERSE_TRANSLATED: u32 = 1;
 pub const PASSED: u32 = 2;
 /// Not IPv4 (ARP, IPv6, ...): left to the kernel untouched.
 pub const PASSED_NOT_IPV4: u32 = 3;
-/// IPv4 fragment without an L4 header: cannot be matched to a port.
+/// An IPv4 fragment ferry does not translate: one that is no part of a
+/// Service flow (passed as it came).
 pub const PASSED_FRAGMENT: u32 = 4;
 /// A Service frontend with no ready endpoints: answered with ICMP
 /// destination-unreachable (port unreachable), as kube-proxy's REJECT does.
@@ -60,8 +61,15 @@ pub const DROP_SERVICE_IP_OTHER_PROTOCOL: u32 = 18;
 /// Service's `loadBalancerSourceRanges`: dropped (kube-proxy's firewall).
 pub const DROP_SOURCE_RANGE: u32 = 19;
 
+/// A later fragment (no L4 header) for the service range (a ClusterIP or
+/// an address in a service CIDR) whose datagram has no first fragment
+/// recorded: it came before its first fragment, or the first was not
+/// translated. Its backend cannot be known, so it is dropped (as Cilium
+/// does) and never sent off the node towards the Service address.
+pub const DROP_FRAGMENT_UNTRACKED: u32 = 20;
+
 /// Number of outcomes.
-pub const COUNT: u32 = 20;
+pub const COUNT: u32 = 21;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -89,4 +97,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_unallocated_service_ip",
     "drop_service_ip_other_protocol",
     "drop_source_range",
+    "drop_fragment_untracked",
 ];

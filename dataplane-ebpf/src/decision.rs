@@ -14,7 +14,7 @@
 //! for a local pod) to the kernel uncounted.
 use ferry_common::outcome;
 
-use crate::maps::COUNTERS;
+use crate::{maps::COUNTERS, parse::L4Packet};
 
 /// Where a tc hook sends a packet that goes on towards `dst`.
 #[derive(Clone, Copy)]
@@ -105,6 +105,17 @@ impl Decision<XdpVerdict> {
     #[inline(always)]
     pub fn hand_to_tc() -> Self {
         Self::new(outcome::PASSED, XdpVerdict::HandToTc)
+    }
+}
+
+/// The outcome of a TCP/UDP packet ferry passes untranslated: a first
+/// fragment is counted with the other fragments ferry does not translate.
+#[inline(always)]
+pub fn passed(pkt: &L4Packet) -> u32 {
+    if pkt.first_fragment {
+        outcome::PASSED_FRAGMENT
+    } else {
+        outcome::PASSED
     }
 }
 

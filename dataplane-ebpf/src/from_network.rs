@@ -7,8 +7,8 @@ use aya_ebpf::programs::TcContext;
 use ferry_common::outcome;
 
 use crate::{
-    decision::{Decision, Delivery, TcVerdict},
-    deliver, external,
+    decision::{Decision, Delivery, TcVerdict, passed},
+    deliver, external, fragment,
     parse::{L4Packet, Parsed, parse},
     translate,
 };
@@ -21,7 +21,13 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let decision = match parse(ctx) {
         Parsed::L4(pkt) => decide(ctx, &pkt),
         Parsed::OtherIpv4(dst) => Decision::deliver(outcome::PASSED, dst, local_pod_only),
-        Parsed::Fragment(dst) => Decision::deliver(outcome::PASSED_FRAGMENT, dst, local_pod_only),
+        // Requests from outside are for external frontends, which leave
+        // through ferry once translated (see `external`). An untracked one
+        // may be the node's own: it goes as it came.
+        Parsed::Fragment(frag) => fragment::follow(ctx, &frag, Delivery::OnwardRewritten)
+            .unwrap_or_else(|| {
+                Decision::deliver(outcome::PASSED_FRAGMENT, frag.dst_addr, local_pod_only)
+            }),
         // Not ours to judge: the kernel handles what is not for a pod.
         Parsed::NotIpv4 | Parsed::MalformedIpv4 | Parsed::TruncatedL4 => Decision::not_ours(),
     };
@@ -34,5 +40,5 @@ fn decide(ctx: &TcContext, pkt: &L4Packet) -> Decision<TcVerdict> {
         return decision;
     }
     external::to_frontend(ctx, pkt)
-        .unwrap_or_else(|| Decision::deliver(outcome::PASSED, pkt.dst_addr, Delivery::LocalPodOnly))
+        .unwrap_or_else(|| Decision::deliver(passed(pkt), pkt.dst_addr, Delivery::LocalPodOnly))
 }

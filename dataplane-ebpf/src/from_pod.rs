@@ -4,8 +4,8 @@ use ferry_common::{SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, new_flow::Client,
 
 use crate::{
     balance, conntrack,
-    decision::{Decision, Delivery, TcVerdict},
-    deliver,
+    decision::{Decision, Delivery, TcVerdict, passed},
+    deliver, fragment,
     parse::{L4Packet, Parsed, parse},
     service_range, translate,
 };
@@ -18,7 +18,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Parsed::NotIpv4 => Decision::new(outcome::PASSED_NOT_IPV4, TcVerdict::Pass),
         Parsed::OtherIpv4(dst) => service_range::other_protocol(dst)
             .unwrap_or_else(|| Decision::deliver(outcome::PASSED, dst, Delivery::Onward)),
-        Parsed::Fragment(dst) => Decision::deliver(outcome::PASSED_FRAGMENT, dst, Delivery::Onward),
+        Parsed::Fragment(frag) => fragment::follow(ctx, &frag, Delivery::Onward)
+            .or_else(|| service_range::untracked_fragment(frag.dst_addr))
+            .unwrap_or_else(|| {
+                Decision::deliver(outcome::PASSED_FRAGMENT, frag.dst_addr, Delivery::Onward)
+            }),
         Parsed::MalformedIpv4 => Decision::drop(outcome::DROP_MALFORMED_IPV4),
         Parsed::TruncatedL4 => Decision::drop(outcome::DROP_TRUNCATED_L4),
     };
@@ -43,6 +47,6 @@ fn decide(ctx: &TcContext, pkt: &L4Packet) -> Decision<TcVerdict> {
         .or_else(|| service_range::unmatched(ctx, pkt))
         .unwrap_or_else(|| {
             conntrack::clear_clashing_reply(pkt);
-            Decision::deliver(outcome::PASSED, pkt.dst_addr, Delivery::Onward)
+            Decision::deliver(passed(pkt), pkt.dst_addr, Delivery::Onward)
         })
 }

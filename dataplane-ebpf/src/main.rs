@@ -10,6 +10,7 @@ mod deliver;
 mod external;
 mod fib;
 mod forward;
+mod fragment;
 mod from_network;
 mod from_pod;
 mod maps;

@@ -9,9 +9,10 @@ use aya_ebpf::{
 use ferry_common::{
     AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
-    NodeConfig, ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
-    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions, ServiceRange, ServiceValue,
-    SourceRangeKey, outcome, with_map_names,
+    FRAGMENTS_MAX_ENTRIES, FragKey, FragPorts, NodeConfig, ROUTES_MAX_ENTRIES, Route,
+    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
+    ServiceName, ServiceOptions, ServiceRange, ServiceValue, SourceRangeKey, outcome,
+    with_map_names,
 };
 
 macro_rules! declare_maps {
@@ -28,6 +29,7 @@ macro_rules! declare_maps {
         MAP_AFFINITY = $affinity:tt,
         MAP_SERVICE_OPTIONS = $service_options:tt,
         MAP_SOURCE_RANGES = $source_ranges:tt,
+        MAP_FRAGMENTS = $fragments:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -102,6 +104,12 @@ macro_rules! declare_maps {
             u32,
             { SOURCE_RANGES_MAX_ENTRIES as usize },
         > = LpmTrie::new();
+
+        /// Fragmented datagrams of Service flows -> the ports their first
+        /// fragment carried (`fragment`).
+        #[btf_map(name = $fragments)]
+        pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { FRAGMENTS_MAX_ENTRIES as usize }> =
+            LruHashMap::new();
     };
 }
 

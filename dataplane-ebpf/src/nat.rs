@@ -7,7 +7,7 @@ use ferry_common::{PROTO_UDP, csum::adjust};
 
 use crate::{
     conntrack::{NO_ADDR, NatTarget},
-    parse::{ETH_HLEN, Frame, L4Packet},
+    parse::{ETH_HLEN, Frame, L4Packet, LaterFragment},
 };
 
 /// BPF_F_MARK_MANGLED_0: a zero UDP checksum means "none" and stays zero; a
@@ -96,6 +96,30 @@ fn rewrite(
         let new_p = u16::from_ne_bytes(new_port.to_be_bytes()) as u64;
         ctx.l4_csum_replace(csum_off, old_p, new_p, flags | 2)?;
         ctx.store(port_off, &new_port.to_be_bytes(), 0)?;
+    }
+    Ok(())
+}
+
+/// Write a later fragment's new addresses (tc). It has no L4 header: only
+/// the IPv4 checksum covers them here (the first fragment carried the L4
+/// checksum's update for the whole datagram).
+#[inline(always)]
+pub fn rewrite_addresses(
+    ctx: &TcContext,
+    frag: &LaterFragment,
+    new_src: [u8; 4],
+    new_dst: [u8; 4],
+) -> Result<(), i64> {
+    for (off, old, new) in [
+        (IP_SRC_OFF, frag.src_addr, new_src),
+        (IP_DST_OFF, frag.dst_addr, new_dst),
+    ] {
+        if old != new {
+            let old_a = u32::from_ne_bytes(old) as u64;
+            let new_a = u32::from_ne_bytes(new) as u64;
+            ctx.l3_csum_replace(IP_CSUM_OFF, old_a, new_a, 4)?;
+            ctx.store(off, &new, 0)?;
+        }
     }
     Ok(())
 }

@@ -5,6 +5,10 @@ use ferry_common::{PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+/// The IPv4 flags+offset field: more fragments follow...
+const FRAG_MORE: u16 = 0x2000;
+/// ...and the fragment's offset (in 8-byte units).
+const FRAG_OFFSET_MASK: u16 = 0x1fff;
 /// Ethernet + the longest IPv4 header + a TCP header without options.
 const MAX_PARSED_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
 
@@ -23,6 +27,11 @@ pub struct L4Packet {
     pub tcp_flags: u8,
     /// IPv4 header length in bytes (20..=60).
     pub ihl_bytes: usize,
+    /// IPv4 identification field, host order.
+    pub ip_id: u16,
+    /// The first fragment of a fragmented datagram (offset 0, more
+    /// fragments): it carries the ports for the datagram's other fragments.
+    pub first_fragment: bool,
 }
 
 impl L4Packet {
@@ -37,14 +46,24 @@ impl L4Packet {
     }
 }
 
+/// A fragment other than the first of an IPv4 datagram: the fields that
+/// name its datagram.
+pub struct LaterFragment {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    /// IPv4 identification field, host order.
+    pub ip_id: u16,
+    pub protocol: u8,
+}
+
 pub enum Parsed {
     L4(L4Packet),
     NotIpv4,
     /// IPv4 but not TCP/UDP (ICMP, ...): nothing to translate. Carries
     /// the destination address.
     OtherIpv4([u8; 4]),
-    /// A fragment; carries the destination address.
-    Fragment([u8; 4]),
+    /// A fragment after the first: no L4 header.
+    Fragment(LaterFragment),
     MalformedIpv4,
     TruncatedL4,
 }
@@ -127,13 +146,19 @@ pub fn parse_frame(frame: &Frame) -> Parsed {
         return Parsed::MalformedIpv4;
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    // More-fragments set or a non-zero offset: this packet is part of a
-    // fragmented datagram, and only the first fragment carries the ports.
+    let src_addr = [ip[12], ip[13], ip[14], ip[15]];
     let dst_addr = [ip[16], ip[17], ip[18], ip[19]];
-    if frag & 0x3fff != 0 {
-        return Parsed::Fragment(dst_addr);
-    }
+    let ip_id = u16::from_be_bytes([ip[4], ip[5]]);
     let protocol = ip[9];
+    // Only the first fragment (offset 0) carries the L4 header.
+    if frag & FRAG_OFFSET_MASK != 0 {
+        return Parsed::Fragment(LaterFragment {
+            src_addr,
+            dst_addr,
+            ip_id,
+            protocol,
+        });
+    }
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return Parsed::OtherIpv4(dst_addr);
     }
@@ -155,12 +180,14 @@ pub fn parse_frame(frame: &Frame) -> Parsed {
     }
     Parsed::L4(L4Packet {
         l4_off,
-        src_addr: [ip[12], ip[13], ip[14], ip[15]],
+        src_addr,
         dst_addr,
         src_port: u16::from_be_bytes([header[0], header[1]]),
         dst_port: u16::from_be_bytes([header[2], header[3]]),
         protocol,
         tcp_flags: header[4],
         ihl_bytes,
+        ip_id,
+        first_fragment: frag & FRAG_MORE != 0,
     })
 }

@@ -35,3 +35,11 @@ pub fn unmatched(ctx: &TcContext, pkt: &L4Packet) -> Option<Decision<TcVerdict>>
 pub fn other_protocol(dst: [u8; 4]) -> Option<Decision<TcVerdict>> {
     kind(dst).map(|_| Decision::drop(outcome::DROP_SERVICE_IP_OTHER_PROTOCOL))
 }
+
+/// A later fragment for the service range that follows no recorded first
+/// fragment: dropped, since no backend is known for it. None outside the
+/// range.
+#[inline(always)]
+pub fn untracked_fragment(dst: [u8; 4]) -> Option<Decision<TcVerdict>> {
+    kind(dst).map(|_| Decision::drop(outcome::DROP_FRAGMENT_UNTRACKED))
+}

@@ -7,6 +7,7 @@ use ferry_common::{CT_DIR_ORIGINAL, CT_DIR_REPLY, ServiceValue, new_flow::Client
 use crate::{
     conntrack,
     decision::{Decision, Delivery, TcVerdict},
+    fragment,
     nat::{self, Way},
     new_flow,
     parse::L4Packet,
@@ -29,10 +30,11 @@ pub fn to_frontend(
             Err(decision) => return decision,
         },
     };
-    match nat::translate(ctx, pkt, &target, Way::Original) {
-        Ok(()) => Decision::deliver(outcome::TRANSLATED, target.addr, via),
-        Err(_) => Decision::drop(outcome::DROP_REWRITE_FAILED),
+    if nat::translate(ctx, pkt, &target, Way::Original).is_err() {
+        return Decision::drop(outcome::DROP_REWRITE_FAILED);
     }
+    fragment::record(ctx, pkt, CT_DIR_ORIGINAL);
+    Decision::deliver(outcome::TRANSLATED, target.addr, via)
 }
 
 /// A backend answering a flow this node translated (for one of its pods,
@@ -45,6 +47,7 @@ pub fn reply(ctx: &TcContext, pkt: &L4Packet) -> Option<Decision<TcVerdict>> {
     if nat::translate(ctx, pkt, &target, Way::Reply).is_err() {
         return Some(Decision::drop(outcome::DROP_REWRITE_FAILED));
     }
+    fragment::record(ctx, pkt, CT_DIR_REPLY);
     let dst = if target.peer_addr == conntrack::NO_ADDR {
         pkt.dst_addr
     } else {

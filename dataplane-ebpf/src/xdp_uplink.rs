@@ -35,7 +35,12 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         len: ctx.data_end() - ctx.data(),
     };
     let decision = match parse_frame(&frame) {
-        Parsed::L4(pkt) => decide(ctx, &frame, &pkt).unwrap_or_else(Decision::hand_to_tc),
+        // A first fragment's ports must be recorded for the rest of its
+        // datagram, which only tc can follow (`fragment`): all fragments
+        // are tc's.
+        Parsed::L4(pkt) if !pkt.first_fragment => {
+            decide(ctx, &frame, &pkt).unwrap_or_else(Decision::hand_to_tc)
+        }
         _ => Decision::hand_to_tc(),
     };
     finish(ctx, &frame, decision)

@@ -254,15 +254,49 @@ impl Packet {
     /// Ethernet frame bytes.
     pub fn bytes(&self) -> Vec<u8> {
         let l4 = self.l4_bytes();
-        let mut out = Vec::with_capacity(14 + 60 + l4.len());
+        self.frame(&self.ip_header(l4.len()), &l4)
+    }
+
+    fn frame(&self, ip_header: &[u8], ip_payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(14 + ip_header.len() + ip_payload.len());
         out.extend_from_slice(&self.dst_mac);
         out.extend_from_slice(&self.src_mac);
         out.extend_from_slice(&0x0800u16.to_be_bytes());
-        out.extend_from_slice(&self.ip_header(l4.len()));
-        out.extend_from_slice(&l4);
+        out.extend_from_slice(ip_header);
+        out.extend_from_slice(ip_payload);
         out
     }
+
+    /// The datagram (its L4 header and payload, checksummed whole) cut
+    /// into IPv4 fragments of `chunk` bytes of IP payload each (the last
+    /// one shorter), in order, as Ethernet frames: each with the packet's
+    /// IP ID, the more-fragments flag on all but the last, its offset, and
+    /// its own header checksum. `chunk` is a multiple of 8, as offsets
+    /// count 8-byte units.
+    pub fn fragments(&self, chunk: usize) -> Vec<Vec<u8>> {
+        assert!(
+            chunk > 0 && chunk.is_multiple_of(8),
+            "fragment offsets count 8 bytes"
+        );
+        let l4 = self.l4_bytes();
+        assert!(l4.len() > chunk, "the datagram fits one fragment");
+        l4.chunks(chunk)
+            .enumerate()
+            .map(|(i, piece)| {
+                let offset = i * chunk;
+                let more = offset + piece.len() < l4.len();
+                let fragment = Self {
+                    frag: if more { FRAG_MORE } else { 0 } | (offset / 8) as u16,
+                    ..self.clone()
+                };
+                self.frame(&fragment.ip_header(piece.len()), piece)
+            })
+            .collect()
+    }
 }
+
+/// The IPv4 more-fragments flag (in `Packet::frag`).
+pub const FRAG_MORE: u16 = 0x2000;
 
 /// What the datapath must answer for `offending` sent to a frontend without
 /// endpoints: ICMP port unreachable from the frontend back to the sender,
@@ -358,6 +392,36 @@ mod tests {
         assert_eq!(frame[14], 0x46);
         assert_eq!(checksum(&frame[14..38]), 0);
         assert!(l4_verifies(&frame));
+    }
+
+    #[test]
+    fn fragments_carry_the_datagram_in_order_with_offsets_and_checksums() {
+        let payload: Vec<u8> = (0..100u8).collect();
+        let mut p = Packet::udp(CLIENT, SERVICE, &payload);
+        p.ident = 0xbeef;
+        let whole = p.bytes();
+        let frags = p.fragments(48);
+        assert_eq!(frags.len(), 3);
+        let mut l4 = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            assert_eq!(
+                checksum(&f[14..34]),
+                0,
+                "fragment {i}: IPv4 header checksum"
+            );
+            assert_eq!(&f[18..20], &[0xbe, 0xef], "fragment {i}: IP ID");
+            let field = u16::from_be_bytes([f[20], f[21]]);
+            assert_eq!(field & 0x1fff, (i * 48 / 8) as u16, "fragment {i}: offset");
+            assert_eq!(
+                field & FRAG_MORE != 0,
+                i < 2,
+                "fragment {i}: more fragments"
+            );
+            let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+            assert_eq!(total, f.len() - 14, "fragment {i}: total length");
+            l4.extend_from_slice(&f[34..]);
+        }
+        assert_eq!(l4, whole[34..], "the fragments hold the whole datagram");
     }
 
     #[test]

@@ -62,6 +62,28 @@ pub fn udp_ask_in(
     })?
 }
 
+/// From the namespace at `netns`: `datagram` as one UDP datagram (large
+/// ones leave in IPv4 fragments), and the one datagram that answers it.
+pub fn udp_exchange_in(
+    netns: &Path,
+    addr: Ipv4Addr,
+    port: u16,
+    datagram: Vec<u8>,
+) -> Result<Vec<u8>> {
+    in_netns(netns, move || -> Result<Vec<u8>> {
+        let s = UdpSocket::bind(("0.0.0.0", 0))?;
+        s.connect((addr, port))?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.send(&datagram)?;
+        let mut buf = vec![0u8; 65536];
+        let n = s
+            .recv(&mut buf)
+            .with_context(|| format!("recv from {addr}:{port}"))?;
+        buf.truncate(n);
+        Ok(buf)
+    })?
+}
+
 /// From the namespace at `netns`: `GET /` over HTTP/1.1; (status code,
 /// body).
 pub fn http_get_in(netns: &Path, addr: Ipv4Addr, port: u16) -> Result<(u16, String)> {

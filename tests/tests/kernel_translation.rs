@@ -189,7 +189,7 @@ fn udp_with_and_without_checksum() {
 fn traffic_that_is_not_for_a_service_passes_untouched() {
     let mut k = Kernel::load();
     services(&mut k);
-    let mut fragment = Packet::udp((CLIENT, 1000), (DNS_VIP, 53), b"first fragment");
+    let mut fragment = Packet::udp((CLIENT, 1000), (DNS_POD, 53), b"first fragment");
     fragment.frag = 0x2000; // more fragments
     let mut later_fragment = Packet::udp((CLIENT, 1000), (DNS_VIP, 53), b"later fragment");
     later_fragment.frag = 0x0003;
@@ -232,14 +232,14 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
                 outcome: outcome::PASSED_NOT_IPV4,
             },
             Case {
-                description: "a first fragment is not translated alone",
+                description: "a first fragment to a pod by address",
                 input: fragment.bytes(),
                 verdict: TC_ACT_OK,
                 expect: Expect::Unchanged,
                 outcome: outcome::PASSED_FRAGMENT,
             },
             Case {
-                description: "a later fragment carries no ports",
+                description: "a later fragment to a ClusterIP whose first fragment was not seen, no service CIDRs",
                 input: later_fragment.bytes(),
                 verdict: TC_ACT_OK,
                 expect: Expect::Unchanged,
