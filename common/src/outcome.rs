@@ -56,8 +56,29 @@ pub const DROP_UNALLOCATED_SERVICE_IP: u32 = 17;
 /// service CIDR or a ClusterIP: dropped, never sent off the node.
 pub const DROP_SERVICE_IP_OTHER_PROTOCOL: u32 = 18;
 
+/// A LoadBalancer ingress IP reached from a client outside
+/// loadBalancerSourceRanges: dropped.
+pub const DROP_SOURCE_RANGE: u32 = 19;
+/// A non-first IPv4 fragment to a Service whose first fragment was not
+/// seen: dropped.
+pub const DROP_FRAGMENT_UNTRACKED: u32 = 20;
+/// Reserved for the fragment work being merged.
+pub const RESERVED_21: u32 = 21;
+
+/// An ICMP error (destination unreachable, fragmentation needed included;
+/// time exceeded; parameter problem) about a packet of a Service flow,
+/// translated back the way that flow's packets are: outer and quoted
+/// headers, every checksum. Path-MTU discovery works through Services
+/// because of it.
+pub const TRANSLATED_ICMP_ERROR: u32 = 22;
+/// An ICMP error a pod sent about a Service flow it is not an end of (the
+/// quoted packet was not addressed to the pod, or the pod's source address
+/// is not its own): dropped, so that no pod can steer errors into another
+/// pod's flows.
+pub const DROP_ICMP_ERROR_FOREIGN: u32 = 23;
+
 /// Number of outcomes.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = 24;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -84,4 +105,9 @@ pub const NAMES: [&str; COUNT as usize] = [
     "rejected_unserved_port",
     "drop_unallocated_service_ip",
     "drop_service_ip_other_protocol",
+    "drop_source_range",
+    "drop_fragment_untracked",
+    "reserved_21",
+    "translated_icmp_error",
+    "drop_icmp_error_foreign",
 ];

@@ -12,6 +12,7 @@ mod fib;
 mod forward;
 mod from_network;
 mod from_pod;
+mod icmp_error;
 mod maps;
 mod nat;
 mod new_flow;
