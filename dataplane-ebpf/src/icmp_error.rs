@@ -150,10 +150,7 @@ pub fn translate(ctx: &TcContext, side: Side) -> Option<Decision<TcVerdict>> {
     } else {
         (l4_off + 16, None)
     };
-    let new_l4_csum = match l4_csum {
-        Some(c) => Some(l4_checksum(c, udp, (q_src, q_dst), (new_src, new_dst))),
-        None => None,
-    };
+    let new_l4_csum = l4_csum.map(|c| l4_checksum(c, udp, (q_src, q_dst), (new_src, new_dst)));
     // The ICMP checksum covers the quote: every changed word.
     let icmp_csum = u16::from_be_bytes([head[2], head[3]]);
     let mut new_icmp_csum = adjust(icmp_csum, q_src.0, new_src.0);

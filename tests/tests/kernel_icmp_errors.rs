@@ -578,3 +578,26 @@ fn an_error_neither_refreshes_nor_advances_its_flow() {
     after.sort_by_key(|(key, _)| key.direction);
     assert_eq!(after, before, "same state, same expiry");
 }
+
+#[test]
+fn a_pod_that_is_its_own_backend_hears_its_own_error_from_the_cluster_ip() {
+    let mut k = Kernel::load();
+    k.services
+        .upsert(frontend(DNS_VIP, 53, PROTO_UDP), &[backend(DNS_POD, 5353)])
+        .unwrap();
+    pod(&k, DNS_POD, SENDING_VETH);
+    let query = Packet::udp((DNS_POD, 40000), (DNS_VIP, 53), b"myself?");
+    send(&mut k, Hook::Pod, &query);
+    // Hairpin: the pod gets its own query from the hairpin address.
+    let hairpin = Ipv4Addr::from(ferry_common::HAIRPIN_SNAT_ADDR);
+    let arrived = Packet::udp((hairpin, 40000), (DNS_POD, 5353), b"myself?");
+    check(
+        &mut k,
+        Hook::Pod,
+        "port unreachable to the hairpin address",
+        &icmp_error(DNS_POD, &arrived, UNREACHABLE, [0; 4], 8 + 7),
+        Leaves::IntoPod,
+        &icmp_error(DNS_VIP, &query, UNREACHABLE, [0; 4], 8 + 7),
+        outcome::TRANSLATED_ICMP_ERROR,
+    );
+}
