@@ -68,8 +68,20 @@ pub const DROP_SOURCE_RANGE: u32 = 19;
 /// does) and never sent off the node towards the Service address.
 pub const DROP_FRAGMENT_UNTRACKED: u32 = 20;
 
+/// An ICMP error (destination unreachable, fragmentation needed included;
+/// time exceeded; parameter problem) about a packet of a Service flow,
+/// translated back the way that flow's packets are: outer and quoted
+/// headers, every checksum. Path-MTU discovery works through Services
+/// because of it.
+pub const TRANSLATED_ICMP_ERROR: u32 = 21;
+/// An ICMP error a pod sent about a Service flow it is not an end of (the
+/// quoted packet was not addressed to the pod, or the pod's source address
+/// is not its own): dropped, so that no pod can steer errors into another
+/// pod's flows.
+pub const DROP_ICMP_ERROR_FOREIGN: u32 = 22;
+
 /// Number of outcomes.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 23;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -98,4 +110,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_service_ip_other_protocol",
     "drop_source_range",
     "drop_fragment_untracked",
+    "translated_icmp_error",
+    "drop_icmp_error_foreign",
 ];

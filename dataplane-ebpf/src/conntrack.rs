@@ -109,6 +109,25 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     })
 }
 
+/// What the live entry under `key` would write, read only: nothing is
+/// accounted to the flow, so an ICMP error about one of its packets (which
+/// anyone on the path can forge) neither keeps it alive nor ends it.
+#[inline(always)]
+pub fn peek(key: &CtKey) -> Option<NatTarget> {
+    let entry = CONNTRACK.get_ptr(key)?;
+    // SAFETY: pointer from a successful lookup, fields read at once.
+    let e = unsafe { &*entry };
+    if e.expires_ns < now_ns() {
+        return None;
+    }
+    Some(NatTarget {
+        addr: e.nat_addr,
+        port: e.nat_port,
+        peer_addr: e.peer_nat_addr,
+        peer_port: e.peer_nat_port,
+    })
+}
+
 /// The other direction's entry of the flow `(key, entry)` belongs to, if it
 /// still belongs to that flow: after a client reused its port, the new
 /// flow's original entry no longer names an old reply entry back.

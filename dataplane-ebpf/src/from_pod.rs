@@ -1,24 +1,52 @@
 //! What the host side of a pod's veth does with a packet the pod sent.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use ferry_common::{SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, new_flow::Client, outcome};
 
 use crate::{
     balance, conntrack,
     decision::{Decision, Delivery, TcVerdict, passed},
     deliver, fragment,
-    parse::{L4Packet, Parsed, parse},
+    icmp_error::{self, Side},
+    parse::{L4Packet, Parsed, is_icmp, parse},
     service_range, translate,
 };
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
+    // ICMP and the rest each get a frame of their own (BPF-to-BPF calls):
+    // the verifier caps the frames of a call chain at 512 bytes together,
+    // and the rest's frame alone nearly fills that. Only a look at the
+    // protocol happens before the split, so the caller's frame stays empty.
+    if is_icmp(ctx) {
+        icmp(ctx.skb.skb)
+    } else {
+        settle(ctx.skb.skb)
+    }
+}
+
+#[inline(never)]
+fn icmp(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
     let len = ctx.len();
-    let decision = match parse(ctx) {
-        Parsed::L4(pkt) => decide(ctx, &pkt),
+    let decision = match parse(&ctx) {
+        Parsed::Icmp(dst) => {
+            icmp_error::translate(&ctx, Side::Pod).unwrap_or_else(|| other_protocol(dst))
+        }
+        // `is_icmp` leaves nothing else but a bad IPv4 header.
+        _ => Decision::drop(outcome::DROP_MALFORMED_IPV4),
+    };
+    deliver::finish(&ctx, len, decision)
+}
+
+#[inline(never)]
+fn settle(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let len = ctx.len();
+    let decision = match parse(&ctx) {
+        Parsed::L4(pkt) => decide(&ctx, &pkt),
         Parsed::NotIpv4 => Decision::new(outcome::PASSED_NOT_IPV4, TcVerdict::Pass),
-        Parsed::OtherIpv4(dst) => service_range::other_protocol(dst)
-            .unwrap_or_else(|| Decision::deliver(outcome::PASSED, dst, Delivery::Onward)),
-        Parsed::Fragment(frag) => fragment::follow(ctx, &frag, Delivery::Onward)
+        Parsed::Icmp(dst) | Parsed::OtherIpv4(dst) => other_protocol(dst),
+        Parsed::Fragment(frag) => fragment::follow(&ctx, &frag, Delivery::Onward)
             .or_else(|| service_range::untracked_fragment(frag.dst_addr))
             .unwrap_or_else(|| {
                 Decision::deliver(outcome::PASSED_FRAGMENT, frag.dst_addr, Delivery::Onward)
@@ -26,7 +54,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Parsed::MalformedIpv4 => Decision::drop(outcome::DROP_MALFORMED_IPV4),
         Parsed::TruncatedL4 => Decision::drop(outcome::DROP_TRUNCATED_L4),
     };
-    deliver::finish(ctx, len, decision)
+    deliver::finish(&ctx, len, decision)
+}
+
+/// Neither TCP nor UDP, nor an ICMP error ferry translates.
+#[inline(always)]
+fn other_protocol(dst: [u8; 4]) -> Decision<TcVerdict> {
+    service_range::other_protocol(dst)
+        .unwrap_or_else(|| Decision::deliver(outcome::PASSED, dst, Delivery::Onward))
 }
 
 #[inline(always)]

@@ -13,6 +13,7 @@ mod forward;
 mod fragment;
 mod from_network;
 mod from_pod;
+mod icmp_error;
 mod maps;
 mod nat;
 mod new_flow;

@@ -1,7 +1,7 @@
 //! Header parsing with direct packet access. Only what translation needs is
 //! read; nothing here writes.
 use aya_ebpf::programs::TcContext;
-use ferry_common::{PROTO_TCP, PROTO_UDP};
+use ferry_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -59,7 +59,11 @@ pub struct LaterFragment {
 pub enum Parsed {
     L4(L4Packet),
     NotIpv4,
-    /// IPv4 but not TCP/UDP (ICMP, ...): nothing to translate. Carries
+    /// ICMP, not a fragment: an error about a Service flow's packet is
+    /// translated (`icmp_error`), anything else is like `OtherIpv4`.
+    /// Carries the destination address.
+    Icmp([u8; 4]),
+    /// IPv4 but neither TCP, UDP nor ICMP: nothing to translate. Carries
     /// the destination address.
     OtherIpv4([u8; 4]),
     /// A fragment after the first: no L4 header.
@@ -112,8 +116,14 @@ impl Frame {
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
-    // Headers of a non-linear skb may sit outside the linear area that
-    // direct packet access sees: pull them in (a no-op when already there).
+    pull_headers(ctx);
+    parse_frame(&Frame::of_tc(ctx))
+}
+
+/// Headers of a non-linear skb may sit outside the linear area that direct
+/// packet access sees: pull them in (a no-op when already there).
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
     let want = if ctx.len() < MAX_PARSED_HEADERS {
         ctx.len()
     } else {
@@ -122,7 +132,23 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         let _ = ctx.pull_data(want);
     }
-    parse_frame(&Frame::of_tc(ctx))
+}
+
+/// IPv4, ICMP, not a fragment: what `parse` makes `Parsed::Icmp` of (or
+/// `Parsed::MalformedIpv4`, with a bad header). A look at three fields and
+/// nothing kept, so a hook can send ICMP down a path of its own before its
+/// frame holds a parsed packet.
+#[inline(always)]
+pub fn is_icmp(ctx: &TcContext) -> bool {
+    pull_headers(ctx);
+    let frame = Frame::of_tc(ctx);
+    let (Some(eth_type), Some(ip)) = (frame.bytes_at::<2>(12), frame.bytes_at::<20>(ETH_HLEN))
+    else {
+        return false;
+    };
+    u16::from_be_bytes(eth_type) == ETH_P_IP
+        && ip[9] == PROTO_ICMP
+        && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0
 }
 
 /// Parse the headers of `frame` (tc after pulling, or XDP).
@@ -158,6 +184,9 @@ pub fn parse_frame(frame: &Frame) -> Parsed {
             ip_id,
             protocol,
         });
+    }
+    if protocol == PROTO_ICMP {
+        return Parsed::Icmp(dst_addr);
     }
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return Parsed::OtherIpv4(dst_addr);

@@ -326,6 +326,37 @@ pub fn port_unreachable_for(offending: &Packet) -> Vec<u8> {
     reply.bytes()
 }
 
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// The second word of an ICMP "fragmentation needed" header: unused, then
+/// the next-hop MTU.
+pub fn next_hop_mtu(mtu: u16) -> [u8; 4] {
+    let m = mtu.to_be_bytes();
+    [0, 0, m[0], m[1]]
+}
+
+/// An ICMP error of `kind`/`code` from `from` to `quoted`'s source, about
+/// `quoted` as it was on the wire: its IPv4 header (options included) and
+/// the first `l4_bytes` bytes after it, checksums as they were; `word` is
+/// the ICMP header's second word (`next_hop_mtu`, or zero).
+pub fn icmp_error(
+    from: Ipv4Addr,
+    quoted: &Packet,
+    (kind, code): (u8, u8),
+    word: [u8; 4],
+    l4_bytes: usize,
+) -> Packet {
+    let wire = quoted.bytes();
+    let ihl = 20 + quoted.options.len();
+    let end = (14 + ihl + l4_bytes).min(wire.len());
+    let mut rest = word.to_vec();
+    rest.extend_from_slice(&wire[14..end]);
+    Packet::base((from, 0), (quoted.src, 0), L4::Icmp { kind, code, rest })
+}
+
 /// An ARP request frame (not IPv4).
 pub fn arp_request() -> Vec<u8> {
     let mut f = Vec::new();
@@ -422,6 +453,29 @@ mod tests {
             l4.extend_from_slice(&f[34..]);
         }
         assert_eq!(l4, whole[34..], "the fragments hold the whole datagram");
+    }
+
+    #[test]
+    fn an_icmp_error_quotes_the_packet_as_sent_with_options_and_mtu() {
+        let mut offending = Packet::tcp(CLIENT, SERVICE, TCP_ACK, b"payload");
+        offending.options = vec![1, 1, 1, 0];
+        let router = Ipv4Addr::new(192, 0, 2, 1);
+        let err = icmp_error(
+            router,
+            &offending,
+            (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED),
+            next_hop_mtu(1400),
+            20,
+        );
+        let frame = err.bytes();
+        let sent = offending.bytes();
+        assert_eq!(&frame[26..30], &router.octets());
+        assert_eq!(&frame[30..34], &CLIENT.0.octets());
+        assert_eq!(&frame[34..36], &[3, 4]);
+        assert_eq!(&frame[38..42], &[0, 0, 0x05, 0x78]);
+        assert_eq!(&frame[42..], &sent[14..14 + 24 + 20]);
+        assert_eq!(checksum(&frame[34..]), 0, "ICMP checksum");
+        assert_eq!(checksum(&frame[14..34]), 0, "IPv4 header checksum");
     }
 
     #[test]
