@@ -463,3 +463,75 @@ fn session_affinity_and_source_ranges_come_from_the_api() {
     assert!(names(&client, 12).len() > 1, "affinity still applied");
     tcp_ask_in(&client.netns.path(), lb_ip, 80, b"?").expect("admitted to the LB IP");
 }
+
+#[test]
+fn topology_hints_and_terminating_endpoints_come_from_the_api() {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    let api = ApiServer::new();
+    let mut node = node_object();
+    node["metadata"]["labels"] = json!({"topology.kubernetes.io/zone": "zone-a"});
+    api.create(node).unwrap();
+    let node = node_fed_by(&c, &api);
+    let (client, backends) = ferry_tests::fixture::client_and_three_backends(&node);
+    // Zone hints: b1 for this node's zone, b2 and b3 for another.
+    let endpoint = |pod: &Pod, conditions: Value, zone: &str| {
+        json!({
+            "addresses": [pod.ip.to_string()], "conditions": conditions, "nodeName": "n1",
+            "zone": zone, "hints": {"forZones": [{"name": zone}]}
+        })
+    };
+    let ready = json!({"ready": true, "serving": true, "terminating": false});
+    let mut hinted = slice(&[]);
+    hinted["endpoints"] = json!([
+        endpoint(&backends[0], ready.clone(), "zone-a"),
+        endpoint(&backends[1], ready.clone(), "zone-b"),
+        endpoint(&backends[2], ready.clone(), "zone-b"),
+    ]);
+    api.create(service(json!({}))).unwrap();
+    api.create(hinted.clone()).unwrap();
+    eventually(
+        "hinted endpoint served",
+        &node,
+        Duration::from_secs(5),
+        || tcp_whoami(&client, VIP, 80).is_ok(),
+    );
+    let in_zone = names(&client, 12);
+    assert_eq!(in_zone, BTreeSet::from(["b1".to_string()]), "hints ignored");
+
+    // A resolver-like client on a fixed port reaches b1.
+    let socket = client
+        .run(|| -> std::io::Result<std::net::UdpSocket> {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 5353))?;
+            s.connect((VIP, 53))?;
+            s.set_read_timeout(Some(Duration::from_millis(300)))?;
+            Ok(s)
+        })
+        .unwrap()
+        .unwrap();
+    let ask = || -> Option<String> {
+        socket.send(b"?").ok()?;
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    };
+    assert_eq!(ask().as_deref(), Some("b1"));
+
+    // b1 starts terminating: the zone has no ready endpoint left, so hints
+    // no longer apply and new connections go to b2 and b3; b1's
+    // established UDP flow drains on it.
+    let terminating = json!({"ready": false, "serving": true, "terminating": true});
+    hinted["endpoints"][0] = endpoint(&backends[0], terminating, "zone-a");
+    api.apply(hinted).unwrap();
+    eventually("b1 out of the set", &node, Duration::from_secs(5), || {
+        !node
+            .inspect("backends")
+            .unwrap()
+            .contains(&backends[0].ip.to_string())
+    });
+    let others = names(&client, 12);
+    assert!(!others.contains("b1"), "{others:?}");
+    for _ in 0..5 {
+        assert_eq!(ask().as_deref(), Some("b1"), "the draining flow moved");
+    }
+}

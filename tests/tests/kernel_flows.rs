@@ -408,3 +408,46 @@ fn bpftool_prints_the_services_map_with_field_names() {
     assert_eq!(entry["value"]["backend_count"], 2);
     assert!(entry["value"]["service_id"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn removing_a_departed_backends_udp_flows_sends_the_fixed_port_client_to_a_current_one() {
+    use ferry_agent::reconcile::targets::{FlowTable, StaleFlows};
+    let mut k = Kernel::load();
+    let both = pods(2);
+    k.services.upsert(frontend(PROTO_UDP), &both).unwrap();
+    k.services.upsert(frontend(PROTO_TCP), &both).unwrap();
+    // A resolver on a fixed port, and a TCP connection from the same
+    // client, each on some backend.
+    let query = Packet::udp((CLIENT, 5353), (VIP, 80), b"?");
+    let (_, out) = k.run(&query.bytes());
+    let (old, _) = destination(&out);
+    let tcp = Packet::tcp((CLIENT, 40000), (VIP, 80), TCP_SYN, b"");
+    let (_, out) = k.run(&tcp.bytes());
+    let tcp_backend = destination(&out);
+    // The UDP flow's backend leaves; the agent writes the new set, then
+    // removes that backend's UDP flows (as the reconciler does).
+    let kept: Vec<Backend> = both.iter().copied().filter(|b| b.addr != old).collect();
+    k.services.upsert(frontend(PROTO_UDP), &kept).unwrap();
+    k.services.upsert(frontend(PROTO_TCP), &kept).unwrap();
+    let departed = *both.iter().find(|b| b.addr == old).unwrap();
+    let stale = [StaleFlows {
+        addr: VIP.octets(),
+        port: 80,
+        protocol: PROTO_UDP,
+        backend: departed,
+    }];
+    assert_eq!(k.conntrack.remove_flows(&stale).unwrap(), 1, "one UDP flow");
+    // The client's next datagram, same port, reaches the remaining backend,
+    // translated exactly.
+    let (verdict, out) = k.run(&query.bytes());
+    assert_eq!(verdict, TC_ACT_OK);
+    let new = Ipv4Addr::from(kept[0].addr);
+    assert_eq!(out, query.clone().with_dst(new, 8080).bytes());
+    // Its reply comes back from the ClusterIP; the TCP flow is untouched.
+    let reply = Packet::udp((new, 8080), (CLIENT, 5353), b"!");
+    let (_, out) = k.run(&reply.bytes());
+    assert_eq!(out, reply.clone().with_src(VIP, 80).bytes());
+    let data = Packet::tcp((CLIENT, 40000), (VIP, 80), TCP_ACK, b"more");
+    let (_, out) = k.run(&data.bytes());
+    assert_eq!(destination(&out), tcp_backend, "TCP flows are left alone");
+}
