@@ -119,3 +119,31 @@ pub fn tcp_connect_error(
             .map(|e| e.kind())
     })
 }
+
+/// A UDP client that keeps its source port, as a DNS resolver does: bound
+/// to `local_port` in the pod and connected to a Service, so every query
+/// belongs to one flow for as long as it keeps asking.
+pub struct FixedPortUdp(UdpSocket);
+
+impl FixedPortUdp {
+    /// The socket in `pod`'s namespace (it stays there when used from
+    /// another thread).
+    pub fn open(pod: &Pod, local_port: u16, addr: Ipv4Addr, port: u16) -> Result<Self> {
+        let socket = pod.run(move || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind(("0.0.0.0", local_port))?;
+            s.connect((addr, port))?;
+            s.set_read_timeout(Some(Duration::from_millis(300)))?;
+            Ok(s)
+        })??;
+        Ok(Self(socket))
+    }
+
+    /// Ask who answers (ferry-echo's `?`); None when nothing came back in
+    /// 300 ms.
+    pub fn ask(&self) -> Option<String> {
+        self.0.send(b"?").ok()?;
+        let mut buf = [0u8; 64];
+        let n = self.0.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    }
+}

@@ -163,3 +163,31 @@ pub fn client_and_three_backends(
         .collect();
     (client, backends)
 }
+
+/// A node of a multi-node test: its name, its address on the fabric and
+/// its podCIDR.
+pub type NodeOnFabric = (&'static str, std::net::Ipv4Addr, &'static str);
+
+/// Write the Node objects of `nodes` (with their addresses), then start
+/// each on `fabric` with `--routing ROUTING` and `extra` agent arguments.
+pub fn nodes_on_fabric(
+    c: &ferry_harness::Cluster,
+    fabric: &ferry_harness::Fabric,
+    nodes: &[NodeOnFabric],
+    routing: &str,
+    extra: &[&str],
+) -> Vec<ferry_harness::Node> {
+    let objects: Vec<String> = nodes
+        .iter()
+        .map(|(name, addr, cidr)| ferry_harness::manifest::node_with_address(name, cidr, *addr))
+        .collect();
+    c.write_manifest(&ferry_harness::manifest::join(&objects))
+        .expect("write the Node objects");
+    nodes
+        .iter()
+        .map(|(name, addr, _)| {
+            c.node_on_fabric_with(name, fabric, *addr, routing, extra)
+                .unwrap_or_else(|e| panic!("node {name} ({routing}): {e:#}"))
+        })
+        .collect()
+}

@@ -87,27 +87,14 @@ fn external(routing: &str) {
     ferry_tests::fixture::require_root();
     let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
     let fabric = Fabric::create(&c.run_id).expect("fabric");
-    c.write_manifest(&manifest::join(
-        &NODES
-            .iter()
-            .map(|(n, a, cidr)| manifest::node_with_address(n, cidr, *a))
-            .collect::<Vec<_>>(),
-    ))
-    .unwrap();
-    let nodes: Vec<Node> = NODES
-        .iter()
-        .map(|(name, addr, _)| {
-            // Native routing with XDP on the uplink (generic mode, as veth
-            // offers no native XDP_TX here); VXLAN has no XDP path.
-            let xdp: &[&str] = if routing == "native" {
-                &["--xdp", "generic"]
-            } else {
-                &[]
-            };
-            c.node_on_fabric_with(name, &fabric, *addr, routing, xdp)
-                .unwrap_or_else(|e| panic!("node {name} ({routing}): {e:#}"))
-        })
-        .collect();
+    // Native routing with XDP on the uplink (generic mode, as veth offers
+    // no native XDP_TX here); VXLAN has no XDP path.
+    let xdp: &[&str] = if routing == "native" {
+        &["--xdp", "generic"]
+    } else {
+        &[]
+    };
+    let nodes = ferry_tests::fixture::nodes_on_fabric(&c, &fabric, &NODES, routing, xdp);
     let outside: Netns = c
         .external_host(&fabric, "outside", CLIENT_ADDR)
         .expect("external client");

@@ -125,20 +125,7 @@ fn large_udp_datagrams_cross_cluster_ips_and_node_ports_in_fragments() {
     ferry_tests::fixture::require_root();
     let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
     let fabric = Fabric::create(&c.run_id).expect("fabric");
-    c.write_manifest(&manifest::join(
-        &NODES
-            .iter()
-            .map(|(n, a, cidr)| manifest::node_with_address(n, cidr, *a))
-            .collect::<Vec<_>>(),
-    ))
-    .unwrap();
-    let nodes: Vec<Node> = NODES
-        .iter()
-        .map(|(name, addr, _)| {
-            c.node_on_fabric(name, &fabric, *addr, "native")
-                .unwrap_or_else(|e| panic!("node {name}: {e:#}"))
-        })
-        .collect();
+    let nodes = ferry_tests::fixture::nodes_on_fabric(&c, &fabric, &NODES, "native", &[]);
     let outside = c
         .external_host(&fabric, "outside", CLIENT_ADDR)
         .expect("external client");

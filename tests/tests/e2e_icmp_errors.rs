@@ -247,22 +247,11 @@ fn path_mtu_discovery_works_through_a_cluster_ip_and_node_ports_over_vxlan() {
 fn path_mtu_discovery(routing: &str, xdp: bool) {
     let c = cluster();
     let fabric = Fabric::create(&c.run_id).unwrap();
-    let node_docs: Vec<String> = NODES
-        .iter()
-        .map(|(n, a, cidr)| manifest::node_with_address(n, cidr, *a))
-        .collect();
-    c.write_manifest(&manifest::join(&node_docs)).unwrap();
-    let nodes: Vec<Node> = NODES
-        .iter()
-        .map(|(name, addr, _)| {
-            // Generic XDP, as in e2e_external; it needs senders computing
-            // full checksums (see the README), which the far host and the
-            // backend behind source NAT are made to do below.
-            let extra: &[&str] = if xdp { &["--xdp", "generic"] } else { &[] };
-            c.node_on_fabric_with(name, &fabric, *addr, routing, extra)
-                .unwrap()
-        })
-        .collect();
+    // Generic XDP, as in e2e_external; it needs senders computing full
+    // checksums (see the README), which the far host and the backend behind
+    // source NAT are made to do below.
+    let extra: &[&str] = if xdp { &["--xdp", "generic"] } else { &[] };
+    let nodes = ferry_tests::fixture::nodes_on_fabric(&c, &fabric, &NODES, routing, extra);
     let (_router, far) = router_and_far_host(&c, &fabric);
     for n in &nodes {
         n.netns
@@ -283,7 +272,10 @@ fn path_mtu_discovery(routing: &str, xdp: bool) {
         far.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
         bulk2.full_checksums().unwrap();
     }
-    let mut docs = node_docs.clone();
+    let mut docs: Vec<String> = NODES
+        .iter()
+        .map(|(n, a, cidr)| manifest::node_with_address(n, cidr, *a))
+        .collect();
     docs.push(manifest::service(
         "sink",
         SINK_VIP,

@@ -20,7 +20,7 @@ use std::{
 use ferry_apiserver_standin::ApiServer;
 use ferry_harness::{Binaries, Cluster, Node, Pod, in_netns};
 use ferry_tests::{
-    client::{tcp_ask_in, tcp_whoami, udp_whoami},
+    client::{FixedPortUdp, tcp_ask_in, tcp_whoami, udp_whoami},
     service_cidrs::{assert_refused_at_once, counted, leaves_the_node, route_off_node},
 };
 use serde_json::{Value, json};
@@ -500,21 +500,8 @@ fn topology_hints_and_terminating_endpoints_come_from_the_api() {
     assert_eq!(in_zone, BTreeSet::from(["b1".to_string()]), "hints ignored");
 
     // A resolver-like client on a fixed port reaches b1.
-    let socket = client
-        .run(|| -> std::io::Result<std::net::UdpSocket> {
-            let s = std::net::UdpSocket::bind(("0.0.0.0", 5353))?;
-            s.connect((VIP, 53))?;
-            s.set_read_timeout(Some(Duration::from_millis(300)))?;
-            Ok(s)
-        })
-        .unwrap()
-        .unwrap();
-    let ask = || -> Option<String> {
-        socket.send(b"?").ok()?;
-        let mut buf = [0u8; 64];
-        let n = socket.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-    };
+    let resolver = FixedPortUdp::open(&client, 5353, VIP, 53).unwrap();
+    let ask = || resolver.ask();
     assert_eq!(ask().as_deref(), Some("b1"));
 
     // b1 starts terminating: the zone has no ready endpoint left, so hints

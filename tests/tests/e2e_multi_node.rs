@@ -104,15 +104,7 @@ fn cross_node(routing: &str) {
     ferry_tests::fixture::require_root();
     let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
     let fabric = Fabric::create(&c.run_id).expect("fabric");
-    c.write_manifest(&manifest::join(&nodes_manifest()))
-        .unwrap();
-    let nodes: Vec<Node> = NODES
-        .iter()
-        .map(|(name, addr, _)| {
-            c.node_on_fabric(name, &fabric, *addr, routing)
-                .unwrap_or_else(|e| panic!("node {name} ({routing}): {e:#}"))
-        })
-        .collect();
+    let nodes = ferry_tests::fixture::nodes_on_fabric(&c, &fabric, &NODES, routing, &[]);
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
 
     let client = n1.add_pod("client").unwrap();

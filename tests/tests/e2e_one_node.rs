@@ -10,7 +10,7 @@ use std::{
 
 use ferry_harness::{Binaries, Cluster, Node, Pod, manifest};
 use ferry_tests::{
-    client::{tcp_whoami, udp_whoami},
+    client::{FixedPortUdp, tcp_whoami, udp_whoami},
     service_cidrs::{assert_refused_at_once, counted, leaves_the_node, route_off_node},
 };
 
@@ -155,21 +155,8 @@ fn a_udp_client_on_a_fixed_port_moves_to_a_new_backend_when_its_backend_leaves()
     let (node, client, backends) = one_node(&c);
     c.write_manifest(&web_manifest(&[&backends[0]])).unwrap();
     wait_for_backends(&node, 1, Duration::from_secs(5));
-    let socket = client
-        .run(|| -> std::io::Result<std::net::UdpSocket> {
-            let s = std::net::UdpSocket::bind(("0.0.0.0", 5353))?;
-            s.connect((VIP, 53))?;
-            s.set_read_timeout(Some(Duration::from_millis(300)))?;
-            Ok(s)
-        })
-        .unwrap()
-        .unwrap();
-    let ask = || -> Option<String> {
-        socket.send(b"?").ok()?;
-        let mut buf = [0u8; 64];
-        let n = socket.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-    };
+    let resolver = FixedPortUdp::open(&client, 5353, VIP, 53).unwrap();
+    let ask = || resolver.ask();
     let start = Instant::now();
     while ask().as_deref() != Some("b1") {
         assert!(

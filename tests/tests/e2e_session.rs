@@ -8,12 +8,12 @@
 //! Service without affinity that does spread over the same backends.
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, UdpSocket},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use ferry_harness::{Binaries, Cluster, Fabric, Netns, Node, Pod, manifest};
-use ferry_tests::client::{tcp_ask_in, tcp_whoami};
+use ferry_tests::client::{FixedPortUdp, tcp_ask_in, tcp_whoami};
 
 const CIDR: &str = "10.244.1.0/24";
 const STICKY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -179,21 +179,8 @@ fn a_terminating_backend_keeps_its_flows_and_gets_no_new_ones() {
     c.write_manifest(&objects(&ready(&[b1]))).unwrap();
     wait_for(&node, &STICKY_VIP.to_string());
     // A resolver-like client on a fixed port, reaching b1.
-    let socket = client
-        .run(|| -> std::io::Result<UdpSocket> {
-            let s = UdpSocket::bind(("0.0.0.0", 5353))?;
-            s.connect((STICKY_VIP, 53))?;
-            s.set_read_timeout(Some(Duration::from_millis(300)))?;
-            Ok(s)
-        })
-        .unwrap()
-        .unwrap();
-    let ask = || -> Option<String> {
-        socket.send(b"?").ok()?;
-        let mut buf = [0u8; 64];
-        let n = socket.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-    };
+    let resolver = FixedPortUdp::open(&client, 5353, STICKY_VIP, 53).unwrap();
+    let ask = || resolver.ask();
     let start = Instant::now();
     while ask().as_deref() != Some("b1") {
         assert!(
@@ -306,21 +293,9 @@ fn who(host: &Netns, addr: Ipv4Addr, port: u16) -> anyhow::Result<String> {
 fn from_outside_affinity_holds_through_a_node_port_and_source_ranges_fence_the_load_balancer_ip() {
     let c = cluster();
     let fabric = Fabric::create(&c.run_id).expect("fabric");
-    c.write_manifest(&manifest::join(
-        &NODES
-            .iter()
-            .map(|(n, a, cidr)| manifest::node_with_address(n, cidr, *a))
-            .collect::<Vec<_>>(),
-    ))
-    .unwrap();
     // Native routing with XDP (generic): remote backends are XDP's flows.
-    let nodes: Vec<Node> = NODES
-        .iter()
-        .map(|(name, addr, _)| {
-            c.node_on_fabric_with(name, &fabric, *addr, "native", &["--xdp", "generic"])
-                .unwrap_or_else(|e| panic!("node {name}: {e:#}"))
-        })
-        .collect();
+    let xdp = ["--xdp", "generic"];
+    let nodes = ferry_tests::fixture::nodes_on_fabric(&c, &fabric, &NODES, "native", &xdp);
     let mut b1 = nodes[0].add_pod("b1").unwrap();
     let mut b2 = nodes[1].add_pod("b2").unwrap();
     let mut b3 = nodes[1].add_pod("b3").unwrap();
