@@ -8,7 +8,6 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
-use serde::Deserialize;
 
 #[derive(Default)]
 struct Manifests {
@@ -33,15 +32,16 @@ fn load() -> Manifests {
     assert!(!files.is_empty());
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for value in docs {
             if value.is_null() {
                 continue;
             }
             let kind = value["kind"].as_str().unwrap_or_default().to_string();
             let what = format!("{} in {}", kind, file.display());
-            fn parse<T: serde::de::DeserializeOwned>(v: serde_yaml::Value, what: &str) -> T {
-                serde_yaml::from_value(v).unwrap_or_else(|e| panic!("{what}: {e}"))
+            fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value, what: &str) -> T {
+                serde_json::from_value(v).unwrap_or_else(|e| panic!("{what}: {e}"))
             }
             match kind.as_str() {
                 "Namespace" => m.namespaces.push(parse(value, &what)),

@@ -360,3 +360,32 @@ fn with_service_cidrs_an_unserved_port_is_refused_and_an_unallocated_address_nev
     drop(backends);
     drop(client);
 }
+
+#[test]
+fn a_broken_or_missing_manifest_keeps_the_dataplane_and_is_said_once() {
+    let c = cluster();
+    let (node, client, backends) = one_node(&c);
+    c.write_manifest(&web_manifest(&backends.iter().collect::<Vec<_>>()))
+        .unwrap();
+    wait_for_backends(&node, 3, Duration::from_secs(5));
+    let count = |needle: &str| node.agent_log().matches(needle).count();
+    let syncs = count(" synced ");
+    // The manifest of issue 13: serde_yaml looped on it, eating memory.
+    c.write_manifest(
+        "kind: Service\nmetadata: {name: a}\n---\nkind: Service\nmetadata: {name: b\n  bad: [x\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count("not valid YAML"), 1, "{}", node.agent_log());
+    assert!(tcp_whoami(&client, VIP, 80).is_ok(), "the Services were flushed");
+    assert_eq!(count(" synced "), syncs, "nothing synced from a broken file");
+    // Gone: said once, still serving.
+    std::fs::remove_file(&c.manifest).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count("cannot read the manifest"), 1, "{}", node.agent_log());
+    assert!(tcp_whoami(&client, VIP, 80).is_ok());
+    // Back: read again.
+    c.write_manifest(&web_manifest(&[&backends[0]])).unwrap();
+    wait_for_backends(&node, 1, Duration::from_secs(5));
+    assert_eq!(count("the manifest is readable again"), 1, "{}", node.agent_log());
+}

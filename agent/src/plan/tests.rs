@@ -10,7 +10,7 @@ fn desired_state(objects: &Objects, node: &str) -> (NodePlan, Vec<Problem>) {
 }
 
 fn objects(yaml: &str) -> Objects {
-    crate::source::file::parse_manifest(yaml).0
+    crate::source::file::parse_manifest(yaml).unwrap().0
 }
 
 fn frontend(ip: [u8; 4], port: u16, protocol: u8) -> ServiceKey {

@@ -75,7 +75,7 @@ fn one_failing_frontend_does_not_stop_the_rest() {
 const CLUSTER: &str = include_str!("../../testdata/cluster.yaml");
 
 fn objects(yaml: &str) -> Objects {
-    let (objects, problems) = crate::source::file::parse_manifest(yaml);
+    let (objects, problems) = crate::source::file::parse_manifest(yaml).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     objects
 }

@@ -7,37 +7,37 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use super::{Snapshot, Source};
 use crate::plan::{Objects, Problem};
 
-/// Parse a manifest. Unknown kinds and documents that do not decode are
-/// reported and skipped. A `kind: List` (as `kubectl get -o yaml` writes)
-/// is unpacked.
-pub fn parse_manifest(text: &str) -> (Objects, Vec<Problem>) {
+/// A manifest that is not YAML at all: nothing of it can be trusted, so the
+/// agent keeps what it has (a half-written file must not flush Services).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the manifest is not valid YAML ({0}); keeping the current dataplane state until it is fixed"
+)]
+pub struct NotYaml(String);
+
+/// Parse a manifest with serde-saphyr (maintained; serde_yaml is archived
+/// and its multi-document iterator repeats a syntax error forever). Unknown
+/// kinds and documents that do not decode are reported and skipped; a YAML
+/// syntax error anywhere rejects the whole file. A `kind: List` (as
+/// `kubectl get -o yaml` writes) is unpacked.
+pub fn parse_manifest(text: &str) -> Result<(Objects, Vec<Problem>), NotYaml> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| NotYaml(e.to_string()))?;
     let mut objects = Objects::default();
     let mut problems = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => {}
-            Ok(value) => add_value(value, i, &mut objects, &mut problems),
-            Err(e) => problems.push(Problem {
-                object: format!("document {i}"),
-                field: String::new(),
-                message: format!("not YAML: {e}"),
-            }),
+    for (i, value) in docs.into_iter().enumerate() {
+        if !value.is_null() {
+            add_value(value, i, &mut objects, &mut problems);
         }
     }
-    (objects, problems)
+    Ok((objects, problems))
 }
 
-fn add_value(
-    value: serde_yaml::Value,
-    doc: usize,
-    objects: &mut Objects,
-    problems: &mut Vec<Problem>,
-) {
+fn add_value(value: Value, doc: usize, objects: &mut Objects, problems: &mut Vec<Problem>) {
     let kind = value
         .get("kind")
         .and_then(|k| k.as_str())
@@ -55,26 +55,26 @@ fn add_value(
         message,
     };
     match kind.as_str() {
-        "Service" => match serde_yaml::from_value(value) {
+        "Service" => match serde_json::from_value(value) {
             // The same Services as the kube source's label selector.
             Ok(s) if super::is_not_proxied(&s) => {}
             Ok(s) => objects.services.push(s),
             Err(e) => problems.push(problem(e.to_string())),
         },
-        "EndpointSlice" => match serde_yaml::from_value(value) {
+        "EndpointSlice" => match serde_json::from_value(value) {
             Ok(s) => objects.slices.push(s),
             Err(e) => problems.push(problem(e.to_string())),
         },
-        "Node" => match serde_yaml::from_value(value) {
+        "Node" => match serde_json::from_value(value) {
             Ok(n) => objects.nodes.push(n),
             Err(e) => problems.push(problem(e.to_string())),
         },
-        "ServiceCIDR" => match serde_yaml::from_value(value) {
+        "ServiceCIDR" => match serde_json::from_value(value) {
             Ok(c) => objects.service_cidrs.push(c),
             Err(e) => problems.push(problem(e.to_string())),
         },
         "List" => {
-            if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
+            if let Some(items) = value.get("items").and_then(|i| i.as_array()) {
                 for item in items.clone() {
                     add_value(item, doc, objects, problems);
                 }
@@ -89,15 +89,25 @@ fn add_value(
 /// that replace the file, and to files on any filesystem).
 pub struct FileSource {
     path: PathBuf,
-    last: Option<(SystemTime, u64, u64)>,
+    /// The (mtime, size, inode) of the content last read.
+    last: Option<Stamp>,
+    /// A change seen at the previous poll, read once it holds still.
+    pending: Option<Stamp>,
+    /// The last failure logged (not read, not YAML), so it is said once
+    /// until it changes or goes away.
+    last_failure: Option<String>,
     pub poll: Duration,
 }
+
+type Stamp = (SystemTime, u64, u64);
 
 impl FileSource {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
             last: None,
+            pending: None,
+            last_failure: None,
             poll: Duration::from_millis(100),
         }
     }
@@ -106,19 +116,35 @@ impl FileSource {
         &self.path
     }
 
-    /// The file's content if it changed since the last call (or on the first
-    /// call). A file that cannot be read is an error; the caller keeps what
-    /// it has.
+    /// The file's content if it changed since it was last read (or was never
+    /// read) and has held still for one poll since: a file being copied over
+    /// the watched one (`cp` truncates, then writes) is read once the copy
+    /// has stopped, not half-way. A file that cannot be read is an error;
+    /// the caller keeps what it has.
     pub fn changed(&mut self) -> std::io::Result<Option<String>> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&self.path)?;
         let stamp = (meta.modified()?, meta.len(), meta.ino());
         if self.last == Some(stamp) {
+            self.pending = None;
+            return Ok(None);
+        }
+        if self.pending != Some(stamp) {
+            self.pending = Some(stamp);
             return Ok(None);
         }
         let text = std::fs::read_to_string(&self.path)?;
         self.last = Some(stamp);
+        self.pending = None;
         Ok(Some(text))
+    }
+
+    /// Log `failure` unless it is the one logged last.
+    fn fail_once(&mut self, failure: String) {
+        if self.last_failure.as_deref() != Some(failure.as_str()) {
+            tracing::warn!(source = %self.path.display(), "{failure}");
+            self.last_failure = Some(failure);
+        }
     }
 }
 
@@ -132,19 +158,28 @@ impl Source for FileSource {
             match self.changed() {
                 Ok(Some(text)) => {
                     let seen = Instant::now();
-                    let (objects, problems) = parse_manifest(&text);
-                    return Snapshot {
-                        objects,
-                        problems,
-                        seen,
-                    };
+                    match parse_manifest(&text) {
+                        Ok((objects, problems)) => {
+                            if self.last_failure.take().is_some() {
+                                tracing::info!(source = %self.path.display(), "the manifest is readable again");
+                            }
+                            return Snapshot {
+                                objects,
+                                problems,
+                                seen,
+                            };
+                        }
+                        Err(e) => self.fail_once(e.to_string()),
+                    }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(
-                    source = %self.path.display(),
-                    error = %e,
-                    "cannot read the manifest; keeping the current dataplane state"
-                ),
+                Err(e) => {
+                    // Read again once it is back, even if unchanged.
+                    self.last = None;
+                    self.fail_once(format!(
+                        "cannot read the manifest ({e}); keeping the current dataplane state"
+                    ));
+                }
             }
             tokio::time::sleep(self.poll).await;
         }
@@ -173,7 +208,7 @@ kind: Service
 metadata: {name: headless-label, namespace: default, labels: {service.kubernetes.io/headless: ""}}
 spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
 "#;
-        let (objects, problems) = parse_manifest(yaml);
+        let (objects, problems) = parse_manifest(yaml).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         let names: Vec<_> = objects
             .services
@@ -181,5 +216,80 @@ spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
             .filter_map(|s| s.metadata.name.as_deref())
             .collect();
         assert_eq!(names, ["ours"]);
+    }
+
+    /// The manifest from issue 13: serde_yaml's iterator returned this
+    /// syntax error forever, and the agent grew to gigabytes.
+    const BROKEN: &str =
+        "kind: Service\nmetadata: {name: a}\n---\nkind: Service\nmetadata: {name: b\n  bad: [x\n";
+
+    #[test]
+    fn a_yaml_syntax_error_is_one_error_not_an_endless_stream() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(parse_manifest(BROKEN).map(|(o, _)| o.services.len())));
+        let parsed = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("parsing a broken manifest ends");
+        let err = parsed.expect_err("a syntax error rejects the file");
+        assert!(
+            err.to_string()
+                .contains("keeping the current dataplane state"),
+            "{err}"
+        );
+    }
+
+    fn temp_file(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("ferry-file-source-{tag}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_file_is_read_once_it_holds_still_so_a_copy_in_progress_is_not() {
+        let path = temp_file("settle");
+        let mut source = FileSource::new(&path);
+        std::fs::write(&path, "kind: Service\n").unwrap();
+        assert_eq!(source.changed().unwrap(), None, "just written: wait a poll");
+        assert_eq!(
+            source.changed().unwrap().as_deref(),
+            Some("kind: Service\n")
+        );
+        assert_eq!(source.changed().unwrap(), None, "unchanged");
+        // `cp` over it: truncated, then written in pieces between polls.
+        std::fs::write(&path, "kind: Ser").unwrap();
+        assert_eq!(source.changed().unwrap(), None, "half-written: not read");
+        std::fs::write(&path, "kind: Service\nmetadata: {name: b}\n").unwrap();
+        assert_eq!(source.changed().unwrap(), None, "still moving: not read");
+        let whole = source.changed().unwrap();
+        assert_eq!(
+            whole.as_deref(),
+            Some("kind: Service\nmetadata: {name: b}\n")
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_broken_manifest_yields_no_snapshot_and_a_fixed_one_does() {
+        let path = temp_file("broken");
+        std::fs::write(&path, BROKEN).unwrap();
+        let mut source = FileSource::new(&path);
+        source.poll = Duration::from_millis(10);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let waited = tokio::time::timeout(Duration::from_millis(300), source.next()).await;
+            assert!(
+                waited.is_err(),
+                "a broken manifest must not replace the state"
+            );
+            assert!(source.last_failure.is_some());
+            std::fs::write(&path, "kind: Node\nmetadata: {name: n1}\n").unwrap();
+            let snapshot = tokio::time::timeout(Duration::from_secs(2), source.next())
+                .await
+                .expect("the fixed manifest is read");
+            assert_eq!(snapshot.objects.nodes.len(), 1);
+            assert!(source.last_failure.is_none());
+        });
+        std::fs::remove_file(&path).unwrap();
     }
 }
