@@ -62,8 +62,95 @@ impl fmt::Display for PortRange {
 pub enum SourceConfig {
     /// A multi-document YAML manifest, re-read when it changes.
     File(PathBuf),
-    /// The Kubernetes API: a kubeconfig, or None for in-cluster config.
-    Kube(Option<PathBuf>),
+    /// The Kubernetes API.
+    Kube(KubeApi),
+}
+
+/// How the agent reaches the Kubernetes API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeApi {
+    /// A kubeconfig, or None for the pod's service account (in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    /// `--k8s-api-server`: dialled instead of the `kubernetes` Service's
+    /// ClusterIP (in-cluster) or the kubeconfig's server; the credentials
+    /// and CA stay those of the service account or the kubeconfig.
+    pub api_server: Option<ApiServerUrl>,
+}
+
+/// `--k8s-api-server`: the API server's own address (`https://host:port`;
+/// `host:port` and `host` mean https, port 443 by default), so that the
+/// agent needs no ClusterIP, hence no kube-proxy, to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiServerUrl(http::Uri);
+
+impl ApiServerUrl {
+    /// The URL as kube-rs's `Config::cluster_url` takes it.
+    pub fn uri(&self) -> &http::Uri {
+        &self.0
+    }
+
+    /// Plain http: the bearer token would cross the network unencrypted
+    /// (for test API servers and local proxies only).
+    pub fn is_plain_http(&self) -> bool {
+        self.0.scheme_str() == Some("http")
+    }
+
+    /// The URL from `--k8s-api-server`'s value; None when it is empty (an
+    /// empty ConfigMap key: the in-cluster default).
+    pub fn parse(value: &str) -> Result<Option<Self>, ConfigError> {
+        let s = value.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let bad = |why: &str| ConfigError::ApiServer {
+            value: value.to_string(),
+            why: why.to_string(),
+        };
+        let with_scheme = match s.split_once("://") {
+            Some((scheme, _)) if scheme == "https" || scheme == "http" => s.to_string(),
+            Some((scheme, _)) => {
+                return Err(bad(&format!("scheme {scheme:?}; use https (or http)")));
+            }
+            None => format!("https://{s}"),
+        };
+        let uri: http::Uri = with_scheme.parse().map_err(|e: http::uri::InvalidUri| {
+            if s.matches(':').count() > 1 && !s.contains('[') {
+                bad("an IPv6 address goes in brackets, as https://[fd00::1]:6443")
+            } else {
+                bad(&e.to_string())
+            }
+        })?;
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
+        if authority.host().is_empty() {
+            return Err(bad("no host"));
+        }
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "credentials in the URL are not used; the token comes from the service account or the kubeconfig",
+            ));
+        }
+        // (http's own `port()` is None for a port out of range.)
+        let port = authority
+            .as_str()
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.contains(']'));
+        if let Some(port) = port
+            && !matches!(port.parse::<u16>(), Ok(1..))
+        {
+            return Err(bad("the port is not 1-65535"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query has no place in the API server's address"));
+        }
+        Ok(Some(Self(uri)))
+    }
+}
+
+impl fmt::Display for ApiServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 /// How XDP runs on the uplink.
@@ -160,6 +247,15 @@ pub struct RunArgs {
     /// the pod's service account is used).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's own address for `--source kube`
+    /// (https://HOST:PORT; HOST:PORT or HOST mean https, port 443), dialled
+    /// instead of the `kubernetes` Service's ClusterIP, so that the agent
+    /// works without kube-proxy. In a pod, the service account's token and
+    /// CA are still used; with --kubeconfig, it overrides the kubeconfig's
+    /// server. HOST must be a name or address the API server's
+    /// certificate holds. Empty: not set.
+    #[arg(long, env = "FERRY_K8S_API_SERVER")]
+    pub k8s_api_server: Option<String>,
     /// Check the options and print the resulting configuration, then
     /// exit without touching the node.
     #[arg(long)]
@@ -279,6 +375,14 @@ pub enum ConfigError {
     ServiceCidr(String),
     #[error("--metrics-address {value:?} is not an address like 0.0.0.0:9402 (or off): {why}")]
     MetricsAddress { value: String, why: String },
+    #[error(
+        "--k8s-api-server {value:?} is not an API server address ({why}); give one like https://192.168.1.10:6443 or api.example.com:6443"
+    )]
+    ApiServer { value: String, why: String },
+    #[error(
+        "--k8s-api-server (or FERRY_K8S_API_SERVER) is for --source kube; with --source file there is no API to reach: drop it"
+    )]
+    ApiServerWithFileSource,
 }
 
 impl TryFrom<RunArgs> for RunConfig {
@@ -358,13 +462,27 @@ impl RunArgs {
                 return Err(ConfigError::XdpWithVxlan("native"));
             }
         };
+        let api_server = match &self.k8s_api_server {
+            Some(v) => ApiServerUrl::parse(v)?,
+            None => None,
+        };
+        let wants_api = in_cluster || self.kubeconfig.is_some() || api_server.is_some();
+        let kube = |kubeconfig, api_server| {
+            SourceConfig::Kube(KubeApi {
+                kubeconfig,
+                api_server,
+            })
+        };
         let source = match self.source.as_deref() {
-            Some("kube") => SourceConfig::Kube(self.kubeconfig),
+            Some("kube") => kube(self.kubeconfig, api_server),
             Some(s) if s.starts_with("file:") => {
+                if api_server.is_some() {
+                    return Err(ConfigError::ApiServerWithFileSource);
+                }
                 SourceConfig::File(PathBuf::from(&s["file:".len()..]))
             }
             Some(other) => return Err(ConfigError::UnknownSource(other.to_string())),
-            None if in_cluster || self.kubeconfig.is_some() => SourceConfig::Kube(self.kubeconfig),
+            None if wants_api => kube(self.kubeconfig, api_server),
             None => return Err(ConfigError::NoSource),
         };
         let metrics_address = match self.metrics_address.as_str() {
@@ -507,11 +625,117 @@ mod tests {
         assert_eq!(args(&[]).into_config(false), Err(ConfigError::NoSource));
         assert_eq!(
             args(&[]).into_config(true).unwrap().source,
-            SourceConfig::Kube(None)
+            SourceConfig::Kube(KubeApi::default())
         );
         assert_eq!(
             args(&["--source", "etcd"]).into_config(true),
             Err(ConfigError::UnknownSource("etcd".into()))
         );
+    }
+
+    #[test]
+    fn the_api_server_address_takes_a_url_or_host_port_and_defaults_to_https() {
+        let url = |v: &str| ApiServerUrl::parse(v).unwrap().map(|u| u.to_string());
+        assert_eq!(
+            url("https://10.0.0.1:6443").as_deref(),
+            Some("https://10.0.0.1:6443/")
+        );
+        assert_eq!(
+            url("10.0.0.1:6443").as_deref(),
+            Some("https://10.0.0.1:6443/")
+        );
+        assert_eq!(
+            url(" api.example.com ").as_deref(),
+            Some("https://api.example.com/")
+        );
+        assert_eq!(
+            url("[fd00::1]:6443").as_deref(),
+            Some("https://[fd00::1]:6443/")
+        );
+        assert_eq!(
+            url("http://127.0.0.1:8080").as_deref(),
+            Some("http://127.0.0.1:8080/")
+        );
+        assert!(
+            ApiServerUrl::parse("http://127.0.0.1:8080")
+                .unwrap()
+                .unwrap()
+                .is_plain_http()
+        );
+        assert!(
+            !ApiServerUrl::parse("h:6443")
+                .unwrap()
+                .unwrap()
+                .is_plain_http()
+        );
+        // An empty ConfigMap key: the in-cluster default.
+        assert_eq!(url(""), None);
+        assert_eq!(url("  "), None);
+        for (bad, why) in [
+            ("ftp://h:21", "scheme"),
+            ("https://", "give one like"),
+            ("https://user:pw@h:6443", "credentials"),
+            ("h:0", "port"),
+            ("h:99999", "port"),
+            ("fd00::1", "brackets"),
+            ("https://h:6443/?watch=1", "query"),
+            ("h 6443", "give one like"),
+        ] {
+            let e = ApiServerUrl::parse(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::ApiServer { .. }), "{bad}: {e}");
+            let text = e.to_string();
+            assert!(text.contains(why), "{bad}: {text}");
+            assert!(text.contains("https://192.168.1.10:6443"), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_api_server_address_goes_with_the_api_source_only() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["ferry-agent", "--node", "n1"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().run
+        };
+        let want = |kubeconfig: Option<&str>, api_server: &str| {
+            SourceConfig::Kube(KubeApi {
+                kubeconfig: kubeconfig.map(PathBuf::from),
+                api_server: ApiServerUrl::parse(api_server).unwrap(),
+            })
+        };
+        // Outside a cluster, the address alone says: the API.
+        assert_eq!(
+            args(&["--k8s-api-server", "10.0.0.1:6443"])
+                .into_config(false)
+                .unwrap()
+                .source,
+            want(None, "https://10.0.0.1:6443")
+        );
+        assert_eq!(
+            args(&[
+                "--source=kube",
+                "--kubeconfig=/k",
+                "--k8s-api-server=h:6443"
+            ])
+            .into_config(false)
+            .unwrap()
+            .source,
+            want(Some("/k"), "https://h:6443")
+        );
+        // As the DaemonSet passes an empty ConfigMap key.
+        assert_eq!(
+            args(&["--source=kube", "--k8s-api-server="])
+                .into_config(true)
+                .unwrap()
+                .source,
+            SourceConfig::Kube(KubeApi::default())
+        );
+        assert_eq!(
+            args(&["--source=file:/m.yaml", "--k8s-api-server=h:6443"]).into_config(true),
+            Err(ConfigError::ApiServerWithFileSource)
+        );
+        assert!(matches!(
+            args(&["--source=kube", "--k8s-api-server=ftp://h"]).into_config(true),
+            Err(ConfigError::ApiServer { .. })
+        ));
     }
 }

@@ -201,8 +201,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     tracing::info!(node = %agent.cfg.plan.node_name, pin_dir = %pin_dir.display(), "dataplane loaded");
     match agent.cfg.source.clone() {
         SourceConfig::File(path) => agent.serve(FileSource::new(&path)).await?,
-        SourceConfig::Kube(kubeconfig) => {
-            let client = crate::source::kube::client(kubeconfig.as_deref()).await?;
+        SourceConfig::Kube(api) => {
+            let client = crate::source::kube::client(&api).await?;
             agent.serve(KubeSource::start(client)).await?
         }
     }

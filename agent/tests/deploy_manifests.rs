@@ -139,10 +139,9 @@ fn rbac_grants_read_access_to_what_the_kube_source_watches_only() {
     assert!(watched.contains(&"networking.k8s.io/servicecidrs".to_string()));
 }
 
-#[test]
-fn the_daemonset_runs_the_agent_with_arguments_it_accepts_and_named_capabilities() {
-    let m = load();
-    let config = m.config_maps[0].data.clone().unwrap();
+/// The agent's arguments in the DaemonSet, `$(VAR)` expanded as the kubelet
+/// does from `config` (the ConfigMap's data).
+fn agent_args(m: &Manifests, config: &BTreeMap<String, String>) -> Vec<String> {
     let pod = m.daemon_sets[0]
         .spec
         .as_ref()
@@ -152,7 +151,6 @@ fn the_daemonset_runs_the_agent_with_arguments_it_accepts_and_named_capabilities
         .clone()
         .unwrap();
     let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
-    // $(VAR) as the kubelet expands it, from the ConfigMap.
     let mut env = BTreeMap::new();
     for e in agent.env.iter().flatten() {
         let value = match e
@@ -168,7 +166,7 @@ fn the_daemonset_runs_the_agent_with_arguments_it_accepts_and_named_capabilities
         };
         env.insert(e.name.clone(), value);
     }
-    let args: Vec<String> = agent
+    agent
         .args
         .iter()
         .flatten()
@@ -180,20 +178,46 @@ fn the_daemonset_runs_the_agent_with_arguments_it_accepts_and_named_capabilities
             assert!(!a.contains("$("), "unexpanded variable in {a}");
             a
         })
-        .collect();
+        .collect()
+}
+
+/// `ferry-agent <args> --dry-run`, as in the pod (no kubeconfig):
+/// success, and stdout or stderr.
+fn dry_run(args: &[String]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
-        .args(&args)
+        .args(args)
         .arg("--dry-run")
         .env("NODE_NAME", "node-a")
         .env_remove("KUBECONFIG")
+        .env_remove("FERRY_K8S_API_SERVER")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
+    (
         out.status.success(),
-        "ferry-agent {args:?} --dry-run: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    )
+}
+
+#[test]
+fn the_daemonset_runs_the_agent_with_arguments_it_accepts_and_named_capabilities() {
+    let m = load();
+    let config = m.config_maps[0].data.clone().unwrap();
+    let pod = m.daemon_sets[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    let args = agent_args(&m, &config);
+    let (ok, stdout) = dry_run(&args);
+    assert!(ok, "ferry-agent {args:?} --dry-run: {stdout}");
     assert!(stdout.contains("Kube("), "{stdout}");
     assert!(stdout.contains("node_name: \"node-a\""), "{stdout}");
 
@@ -224,4 +248,44 @@ fn the_daemonset_runs_the_agent_with_arguments_it_accepts_and_named_capabilities
         (probes.0.path.as_deref(), probes.1.path.as_deref()),
         (Some("/healthz"), Some("/readyz"))
     );
+}
+
+#[test]
+fn the_configmap_sets_the_api_server_address_the_agent_dials() {
+    let m = load();
+    let config = m.config_maps[0].data.clone().unwrap();
+    // Empty by default: the in-cluster `kubernetes` ClusterIP.
+    assert_eq!(config.get("k8s-api-server").map(String::as_str), Some(""));
+    let args = agent_args(&m, &config);
+    assert!(
+        args.iter().any(|a| a == "--k8s-api-server="),
+        "the DaemonSet passes the key: {args:?}"
+    );
+    let (ok, out) = dry_run(&args);
+    assert!(ok && out.contains("api_server: None"), "{out}");
+
+    // Set: the agent takes it (host:port means https).
+    let mut set = config.clone();
+    set.insert("k8s-api-server".into(), "192.168.1.10:6443".into());
+    let (ok, out) = dry_run(&agent_args(&m, &set));
+    assert!(ok, "{out}");
+    assert!(out.contains("https://192.168.1.10:6443/"), "{out}");
+
+    // A mistyped value stops the agent at once, saying what to give.
+    set.insert("k8s-api-server".into(), "ftp://192.168.1.10".into());
+    let (ok, out) = dry_run(&agent_args(&m, &set));
+    assert!(!ok, "{out}");
+    assert!(out.contains("--k8s-api-server"), "{out}");
+
+    // Names are resolved with the node's resolver, not cluster DNS (a
+    // ClusterIP, unreachable from the node without kube-proxy).
+    let pod = m.daemon_sets[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    assert_eq!(pod.dns_policy.as_deref(), Some("Default"));
 }

@@ -4,7 +4,10 @@
 //! once, after which the source works on without them.
 use std::time::Duration;
 
-use ferry_agent::source::{Snapshot, Source, kube::KubeSource};
+use ferry_agent::{
+    config::KubeApi,
+    source::{Snapshot, Source, kube::KubeSource},
+};
 use ferry_apiserver_standin::ApiServer;
 use serde_json::{Value, json};
 
@@ -26,7 +29,11 @@ async fn source(api: &ApiServer, test: &str) -> KubeSource {
         std::process::id()
     ));
     api.kubeconfig(addr, &path).unwrap();
-    let client = ferry_agent::source::kube::client(Some(&path)).await;
+    let client = ferry_agent::source::kube::client(&KubeApi {
+        kubeconfig: Some(path.clone()),
+        api_server: None,
+    })
+    .await;
     std::fs::remove_file(&path).unwrap();
     KubeSource::start(client.unwrap())
 }
@@ -93,4 +100,36 @@ async fn an_api_server_without_service_cidrs_is_asked_once_and_the_rest_is_serve
     // No retries: kube-rs's backoff would have asked again within ~1 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(service_cidr_requests(&api), 1, "{:#?}", api.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_flag_is_what_the_client_dials_over_the_kubeconfigs_server() {
+    let api = ApiServer::new();
+    api.create(node()).unwrap();
+    let addr = api.listen_local().unwrap();
+    // The kubeconfig names a port nothing listens on (bound, then closed).
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "ferry-agent-kube-source-{}-flag.yaml",
+        std::process::id()
+    ));
+    api.kubeconfig(nowhere, &path).unwrap();
+    let client = ferry_agent::source::kube::client(&KubeApi {
+        kubeconfig: Some(path.clone()),
+        api_server: ferry_agent::config::ApiServerUrl::parse(&format!("http://{addr}")).unwrap(),
+    })
+    .await;
+    std::fs::remove_file(&path).unwrap();
+    let client = client.unwrap();
+    assert_eq!(client.server, format!("http://{addr}/ (--k8s-api-server)"));
+    let mut source = KubeSource::start(client);
+    assert_eq!(next(&mut source).await.objects.nodes.len(), 1);
+    assert!(
+        api.requests().iter().any(|r| r.contains("/api/v1/nodes")),
+        "{:#?}",
+        api.requests()
+    );
 }

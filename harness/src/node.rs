@@ -187,6 +187,17 @@ impl Cluster {
         )
     }
 
+    /// A node whose agent runs with the arguments `args` returns once the
+    /// node's namespace exists (to start a server in it first and name its
+    /// address); without a `--source`, the cluster's manifest is the source.
+    pub fn node_with_agent_args(
+        &self,
+        name: &str,
+        args: impl FnOnce(&Netns) -> Result<Vec<String>>,
+    ) -> Result<Node> {
+        self.start_node_with(name, |_| Ok(()), args)
+    }
+
     fn start_node(
         &self,
         name: &str,

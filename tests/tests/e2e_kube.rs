@@ -5,7 +5,8 @@
 //! follows; an API restart with a new history makes the agent relist
 //! without the datapath flapping; a Service labelled for another proxy is
 //! no longer served; the service CIDRs follow the ServiceCIDR objects, and
-//! an API server without them leaves `--service-cidr` alone in charge.
+//! an API server without them leaves `--service-cidr` alone in charge;
+//! `--k8s-api-server` is what the agent dials, whatever its kubeconfig says.
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
@@ -521,4 +522,56 @@ fn topology_hints_and_terminating_endpoints_come_from_the_api() {
     for _ in 0..5 {
         assert_eq!(ask().as_deref(), Some("b1"), "the draining flow moved");
     }
+}
+
+/// Without kube-proxy, the `kubernetes` ClusterIP reaches nothing: the agent
+/// is given the API server's own address. Here the kubeconfig names that
+/// ClusterIP (which nothing serves in the node's namespace: no route), and
+/// `--k8s-api-server` the stand-in: everything still syncs, so the flag is
+/// what the agent dials.
+#[test]
+fn the_agent_dials_the_k8s_api_server_flag_instead_of_the_kubeconfigs_server() {
+    ferry_tests::fixture::require_root();
+    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    let api = ApiServer::new();
+    api.create(node_object()).unwrap();
+    api.create(service(json!({}))).unwrap();
+    let kubeconfig = c.root.join("kubeconfig-clusterip");
+    let cluster_ip: std::net::SocketAddr = "10.96.0.1:443".parse().unwrap();
+    let node = c
+        .node_with_agent_args("n1", |ns| {
+            let addr = api.listen_in(&ns.path())?;
+            api.kubeconfig(cluster_ip, &kubeconfig)?;
+            Ok(vec![
+                "--source=kube".to_string(),
+                format!("--kubeconfig={}", kubeconfig.display()),
+                format!("--k8s-api-server=http://{addr}"),
+            ])
+        })
+        .expect("node with the API source");
+    let (client, backends) = ferry_tests::fixture::client_and_three_backends(&node);
+    eventually("/readyz", &node, Duration::from_secs(5), || {
+        agent_http(&node, "/readyz").0 == 200
+    });
+    api.create(slice(&[&backends[0], &backends[1]])).unwrap();
+    eventually(
+        "the ClusterIP answers",
+        &node,
+        Duration::from_secs(5),
+        || tcp_whoami(&client, VIP, 80).is_ok(),
+    );
+    // It keeps following changes over the flag's address.
+    api.apply(slice(&[&backends[2]])).unwrap();
+    eventually("moved to b3", &node, Duration::from_secs(2), || {
+        names(&client, 10) == BTreeSet::from(["b3".to_string()])
+    });
+    let log = node.agent_log();
+    assert!(log.contains("(--k8s-api-server)"), "{log}");
+    assert!(
+        !log.contains("10.96.0.1"),
+        "the kubeconfig's server is never dialled:\n{log}"
+    );
+    drop(backends);
+    drop(client);
+    drop(node);
 }

@@ -377,8 +377,15 @@ fn a_broken_or_missing_manifest_keeps_the_dataplane_and_is_said_once() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count("not valid YAML"), 1, "{}", node.agent_log());
-    assert!(tcp_whoami(&client, VIP, 80).is_ok(), "the Services were flushed");
-    assert_eq!(count(" synced "), syncs, "nothing synced from a broken file");
+    assert!(
+        tcp_whoami(&client, VIP, 80).is_ok(),
+        "the Services were flushed"
+    );
+    assert_eq!(
+        count(" synced "),
+        syncs,
+        "nothing synced from a broken file"
+    );
     // Gone: said once, still serving.
     std::fs::remove_file(&c.manifest).unwrap();
     std::thread::sleep(Duration::from_secs(1));
@@ -387,5 +394,10 @@ fn a_broken_or_missing_manifest_keeps_the_dataplane_and_is_said_once() {
     // Back: read again.
     c.write_manifest(&web_manifest(&[&backends[0]])).unwrap();
     wait_for_backends(&node, 1, Duration::from_secs(5));
-    assert_eq!(count("the manifest is readable again"), 1, "{}", node.agent_log());
+    assert_eq!(
+        count("the manifest is readable again"),
+        1,
+        "{}",
+        node.agent_log()
+    );
 }

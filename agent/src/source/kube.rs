@@ -6,9 +6,10 @@
 //! by an API outage, it just stops following changes until the API is
 //! back. An API server older than 1.33 does not serve ServiceCIDRs
 //! (`networking.k8s.io/v1`): that is said once, and the agent goes on
-//! without them.
+//! without them. The client dials `--k8s-api-server` when given (the API
+//! server's own address, so no ClusterIP, hence no kube-proxy, is needed),
+//! with the credentials of the kubeconfig or of the pod's service account.
 use std::{
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -31,7 +32,10 @@ use kube::{
 use tokio::sync::{Notify, watch};
 
 use super::{Snapshot, Source};
-use crate::plan::Objects;
+use crate::{
+    config::{ApiServerUrl, KubeApi},
+    plan::Objects,
+};
 
 /// Services kube-proxy leaves alone, and so does ferry: another proxy
 /// serves them (service-proxy-name), or they are headless.
@@ -49,14 +53,30 @@ pub enum KubeError {
         "no Kubernetes API configuration: not in a cluster (no service account) and no --kubeconfig given: {0}"
     )]
     Infer(kube::config::InferConfigError),
-    #[error("building the API client failed: {0}")]
-    Client(kube::Error),
+    #[error(
+        "--k8s-api-server without --kubeconfig uses the pod's service account (token, ca.crt and namespace in \
+         /var/run/secrets/kubernetes.io/serviceaccount), which cannot be read: {0}; in a pod, check that the \
+         service account token is mounted (automountServiceAccountToken); outside one, add --kubeconfig"
+    )]
+    InCluster(kube::config::InClusterError),
+    #[error("building the API client for {server} failed: {source}")]
+    Client { server: String, source: kube::Error },
 }
 
-/// A client from `kubeconfig`, or from the in-cluster service account.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
-    let config = match kubeconfig {
-        Some(path) => {
+/// An API client, and where it dials (for the log and for advice on errors).
+pub struct ApiClient {
+    pub client: Client,
+    /// "https://10.0.0.1:6443/ (--k8s-api-server)", "https://10.96.0.1:443/
+    /// (the kubeconfig's server)", ...
+    pub server: String,
+}
+
+/// The client configuration: from the kubeconfig, or the pod's service
+/// account (in-cluster), with `--k8s-api-server` (when given) in place of
+/// the server URL. Nothing is dialled here.
+pub async fn config(api: &KubeApi) -> Result<Config, KubeError> {
+    let config = match (&api.kubeconfig, &api.api_server) {
+        (Some(path), _) => {
             let err = |source| KubeError::Kubeconfig {
                 path: path.display().to_string(),
                 source,
@@ -66,9 +86,47 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
                 .await
                 .map_err(err)?
         }
-        None => Config::infer().await.map_err(KubeError::Infer)?,
+        // The service account's token, CA and namespace, as
+        // `Config::incluster` reads them, but without needing
+        // KUBERNETES_SERVICE_HOST: the URL is replaced below anyway.
+        (None, Some(_)) => Config::incluster_dns().map_err(KubeError::InCluster)?,
+        (None, None) => Config::infer().await.map_err(KubeError::Infer)?,
     };
-    Client::try_from(config).map_err(KubeError::Client)
+    Ok(with_api_server(config, api.api_server.as_ref()))
+}
+
+/// `config` dialling `api_server` instead of its own server URL. Every
+/// credential stays (token or token file, client certificate, CA, and a
+/// kubeconfig's `tls-server-name`): the certificate is verified as
+/// always, against the new host unless a TLS server name was set.
+pub fn with_api_server(mut config: Config, api_server: Option<&ApiServerUrl>) -> Config {
+    if let Some(url) = api_server {
+        config.cluster_url = url.uri().clone();
+    }
+    config
+}
+
+/// A client per [`config`].
+pub async fn client(api: &KubeApi) -> Result<ApiClient, KubeError> {
+    let config = config(api).await?;
+    let origin = match (&api.api_server, &api.kubeconfig) {
+        (Some(_), _) => "--k8s-api-server",
+        (None, Some(_)) => "the kubeconfig's server",
+        (None, None) => "in-cluster: the `kubernetes` Service, or ~/.kube/config",
+    };
+    let server = format!("{} ({origin})", config.cluster_url);
+    if api.api_server.as_ref().is_some_and(|u| u.is_plain_http()) {
+        tracing::warn!(
+            %server,
+            "plain http: any token is sent unencrypted; use https outside tests"
+        );
+    }
+    tracing::info!(%server, "Kubernetes API server");
+    let client = Client::try_from(config).map_err(|source| KubeError::Client {
+        server: server.clone(),
+        source,
+    })?;
+    Ok(ApiClient { client, server })
 }
 
 /// "group/plural" of every resource the source lists and watches (the
@@ -103,7 +161,9 @@ pub struct KubeSource {
 
 impl KubeSource {
     /// Start the watches (on the current tokio runtime).
-    pub fn start(client: Client) -> Self {
+    pub fn start(api: ApiClient) -> Self {
+        let ApiClient { client, server } = api;
+        let server: Arc<str> = server.into();
         tracing::info!(
             "watching Services, EndpointSlices, Nodes and ServiceCIDRs; the first sync waits for all their lists"
         );
@@ -113,6 +173,7 @@ impl KubeSource {
             watcher::Config::default().labels(SERVICE_SELECTOR),
             "Service",
             changed.clone(),
+            server.clone(),
             None,
         );
         let slices = spawn_reflector(
@@ -120,6 +181,7 @@ impl KubeSource {
             watcher::Config::default(),
             "EndpointSlice",
             changed.clone(),
+            server.clone(),
             None,
         );
         let nodes = spawn_reflector(
@@ -127,6 +189,7 @@ impl KubeSource {
             watcher::Config::default(),
             "Node",
             changed.clone(),
+            server.clone(),
             None,
         );
         let (not_served, service_cidrs_not_served) = watch::channel(false);
@@ -135,6 +198,7 @@ impl KubeSource {
             watcher::Config::default(),
             "ServiceCIDR",
             changed.clone(),
+            server,
             Some(NotServed {
                 flag: not_served,
                 then: "the API server does not serve networking.k8s.io/v1 ServiceCIDRs (before \
@@ -242,8 +306,10 @@ fn not_served(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
 }
 
-/// What to do about a watch error, for the log.
-fn advice<K: kube::Resource<DynamicType = ()>>(e: &watcher::Error) -> String {
+/// What to do about a watch error, for the log; `server` is where the
+/// client dials.
+fn advice<K: kube::Resource<DynamicType = ()>>(e: &watcher::Error, server: &str) -> String {
+    const RETRYING: &str = "retrying with backoff, the dataplane keeps its current state";
     let status = match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
@@ -258,12 +324,75 @@ fn advice<K: kube::Resource<DynamicType = ()>>(e: &watcher::Error) -> String {
         } else {
             format!("{}.{group}", K::plural(&()))
         };
-        format!(
-            "grant get, list and watch on {resource} to the agent's ClusterRole (deploy/rbac.yaml); \
-             retrying with backoff, the dataplane keeps its current state"
-        )
+        return format!(
+            "grant get, list and watch on {resource} to the agent's ClusterRole (deploy/rbac.yaml); {RETRYING}"
+        );
+    }
+    if status.is_some() {
+        return RETRYING.into();
+    }
+    match transport_problem(e) {
+        Some(Transport::Certificate) => format!(
+            "the API server at {server} presented a certificate that does not verify: its host must be \
+             one of the certificate's subjectAltNames (give --k8s-api-server a name or address the \
+             certificate holds) and the certificate must chain to the CA in use (the service account's \
+             ca.crt, or the kubeconfig's); {RETRYING}"
+        ),
+        Some(Transport::Connect) => format!(
+            "cannot connect to the API server at {server}: check the address and port, that the API \
+             server listens there, and that this node reaches it (firewall, security group); without \
+             kube-proxy, set --k8s-api-server (ConfigMap key k8s-api-server) to the API server's own \
+             address, not the `kubernetes` ClusterIP; {RETRYING}"
+        ),
+        None => RETRYING.into(),
+    }
+}
+
+/// What kind of failure below HTTP an error is.
+#[derive(Debug, PartialEq, Eq)]
+enum Transport {
+    /// TLS: the server's certificate was refused.
+    Certificate,
+    /// No connection: refused, timed out, no route, name not resolved.
+    Connect,
+}
+
+/// Reads the error's whole source chain: kube boxes the transport's errors
+/// (hyper, rustls, io), so the chain's text is what is there to go by.
+fn transport_problem(e: &(dyn std::error::Error + 'static)) -> Option<Transport> {
+    let mut text = String::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | TimedOut | HostUnreachable | NetworkUnreachable
+            ) {
+                return Some(Transport::Connect);
+            }
+        }
+        text.push_str(&err.to_string().to_lowercase());
+        text.push('\n');
+        next = err.source();
+    }
+    if text.contains("certificate") || text.contains("unknownissuer") {
+        Some(Transport::Certificate)
+    } else if [
+        "connection refused",
+        "timed out",
+        "dns error",
+        "failed to lookup address",
+        "no route to host",
+        "network is unreachable",
+        "client error (connect)",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+    {
+        Some(Transport::Connect)
     } else {
-        "retrying with backoff, the dataplane keeps its current state".into()
+        None
     }
 }
 
@@ -272,6 +401,7 @@ fn spawn_reflector<K>(
     config: watcher::Config,
     kind: &'static str,
     changed: Arc<Notify>,
+    server: Arc<str>,
     optional: Option<NotServed>,
 ) -> Store<K>
 where
@@ -301,7 +431,12 @@ where
                     // node would only load the API server with 404s.
                     break;
                 }
-                Err(e) => tracing::warn!(kind, error = %e, "watch failed; {}", advice::<K>(&e)),
+                Err(e) => tracing::warn!(
+                    kind,
+                    error = %e,
+                    "watch failed; {}",
+                    advice::<K>(&e, &server)
+                ),
             }
         }
     });
@@ -317,5 +452,177 @@ mod tests {
             .map(|l| format!("!{l}"))
             .collect();
         assert_eq!(super::SERVICE_SELECTOR, labels.join(","));
+    }
+
+    use std::path::PathBuf;
+
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+
+    use super::*;
+
+    /// A kubeconfig with a token and a TLS server name, whose server is
+    /// the `kubernetes` ClusterIP.
+    const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: https://10.96.0.1:443
+    tls-server-name: kubernetes.default.svc
+users:
+- name: u
+  user:
+    token: secret-token
+contexts:
+- name: x
+  context: {cluster: c, user: u, namespace: ferry-system}
+current-context: x
+";
+
+    fn url(s: &str) -> ApiServerUrl {
+        ApiServerUrl::parse(s).unwrap().unwrap()
+    }
+
+    async fn from_kubeconfig() -> Config {
+        let kc = Kubeconfig::from_yaml(KUBECONFIG).unwrap();
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_api_server_replaces_only_the_url_and_keeps_credentials_and_verification() {
+        let base = from_kubeconfig().await;
+        assert_eq!(base.cluster_url.to_string(), "https://10.96.0.1:443/");
+        let unchanged = with_api_server(base.clone(), None);
+        assert_eq!(unchanged.cluster_url, base.cluster_url);
+
+        let cfg = with_api_server(base.clone(), Some(&url("192.168.1.10:6443")));
+        assert_eq!(cfg.cluster_url.to_string(), "https://192.168.1.10:6443/");
+        // (AuthInfo has no PartialEq; its Debug redacts the token.)
+        assert_eq!(
+            format!("{:?}", cfg.auth_info),
+            format!("{:?}", base.auth_info)
+        );
+        assert!(cfg.auth_info.token.is_some(), "the token is kept");
+        assert_eq!(
+            cfg.tls_server_name.as_deref(),
+            Some("kubernetes.default.svc")
+        );
+        assert_eq!(cfg.default_namespace, "ferry-system");
+        assert!(!cfg.accept_invalid_certs, "verification stays on");
+    }
+
+    #[tokio::test]
+    async fn with_a_kubeconfig_the_flag_overrides_its_server() {
+        let path = std::env::temp_dir().join(format!(
+            "ferry-agent-kubeconfig-override-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&path, KUBECONFIG).unwrap();
+        let api = |api_server| KubeApi {
+            kubeconfig: Some(path.clone()),
+            api_server,
+        };
+        let plain = config(&api(None)).await.unwrap();
+        let flagged = config(&api(Some(url("https://api.example.com:6443"))))
+            .await
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(plain.cluster_url.to_string(), "https://10.96.0.1:443/");
+        assert_eq!(
+            flagged.cluster_url.to_string(),
+            "https://api.example.com:6443/"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_service_account_the_error_says_where_it_looked_and_what_to_add() {
+        if PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount").exists() {
+            return; // in a pod: the service account is there
+        }
+        let e = config(&KubeApi {
+            kubeconfig: None,
+            api_server: Some(url("10.0.0.1:6443")),
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, KubeError::InCluster(_)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+            "{text}"
+        );
+        assert!(text.contains("--kubeconfig"), "{text}");
+    }
+
+    /// An error whose chain reads as the transport's.
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn transport_failures_are_told_apart_by_their_chain() {
+        let chain = |outer, inner| Chain(outer, Some(Box::new(Chain(inner, None))));
+        assert_eq!(
+            transport_problem(&chain(
+                "client error (Connect)",
+                "invalid peer certificate: NotValidForName"
+            )),
+            Some(Transport::Certificate)
+        );
+        assert_eq!(
+            transport_problem(&chain(
+                "error trying to connect",
+                "dns error: failed to lookup address"
+            )),
+            Some(Transport::Connect)
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(transport_problem(&refused), Some(Transport::Connect));
+        assert_eq!(transport_problem(&chain("bad response", "eof")), None);
+    }
+
+    /// A real client against a closed port on loopback: the advice names
+    /// the server and what to check.
+    #[tokio::test]
+    async fn an_unreachable_server_gets_advice_naming_it() {
+        // Bound, then closed: nothing listens there now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let api = KubeApi {
+            kubeconfig: None,
+            api_server: Some(url(&format!("http://127.0.0.1:{port}"))),
+        };
+        // No service account here: build on the kubeconfig-free default.
+        let cfg = with_api_server(
+            Config::new("https://10.96.0.1".parse().unwrap()),
+            api.api_server.as_ref(),
+        );
+        let client = Client::try_from(cfg).unwrap();
+        let e = Api::<Node>::all(client)
+            .list(&Default::default())
+            .await
+            .unwrap_err();
+        let e = watcher::Error::InitialListFailed(e);
+        assert_eq!(transport_problem(&e), Some(Transport::Connect), "{e:?}");
+        let text = advice::<Node>(&e, "http://127.0.0.1:1/ (--k8s-api-server)");
+        assert!(
+            text.contains("cannot connect to the API server at http://127.0.0.1:1/"),
+            "{text}"
+        );
+        assert!(text.contains("k8s-api-server"), "{text}");
     }
 }
