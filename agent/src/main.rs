@@ -97,12 +97,12 @@ fn main() -> anyhow::Result<()> {
                 What::ServiceCidrs => inspect::service_cidrs(&pin_dir),
                 What::Affinity => inspect::affinity(&pin_dir),
             }?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&table.json)?);
+            let out = if json {
+                serde_json::to_string_pretty(&table.json)? + "\n"
             } else {
-                print!("{}", table.render());
-            }
-            Ok(())
+                table.render()
+            };
+            write_stdout(&out)
         }
         Command::Load { pin_dir } => {
             let mut dp = Dataplane::load(&pin_dir)
@@ -111,5 +111,19 @@ fn main() -> anyhow::Result<()> {
             println!("maps and program pinned under {}", pin_dir.display());
             Ok(())
         }
+    }
+}
+
+/// Print `out`; a reader that went away (`inspect services | head -2`) is
+/// not an error: the output was wanted no further.
+fn write_stdout(out: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
     }
 }

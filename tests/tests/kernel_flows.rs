@@ -451,3 +451,30 @@ fn removing_a_departed_backends_udp_flows_sends_the_fixed_port_client_to_a_curre
     let (_, out) = k.run(&data.bytes());
     assert_eq!(destination(&out), tcp_backend, "TCP flows are left alone");
 }
+
+#[test]
+fn inspect_into_a_reader_that_went_away_exits_cleanly() {
+    // `ferry-agent inspect services | head -2` used to panic (exit 101) on
+    // the broken pipe. The reader here is gone before the first write.
+    let mut k = Kernel::load();
+    k.services.upsert(frontend(PROTO_TCP), &pods(2)).unwrap();
+    let bins = ferry_harness::Binaries::locate().expect("binaries");
+    for what in ["services", "counters"] {
+        let mut child = std::process::Command::new(&bins.agent)
+            .args(["inspect", what, "--pin-dir"])
+            .arg(k.pin_dir())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "inspect {what}: {:?} {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -159,7 +159,14 @@ pub fn endpoints_for_port(
                     Some(here.node_name),
                 );
                 for (ai, a) in ep.addresses.iter().enumerate() {
-                    match a.parse::<Ipv4Addr>() {
+                    let parsed = a
+                        .parse::<Ipv4Addr>()
+                        .map_err(|_| format!("{a:?} is not an IPv4 address"));
+                    let usable = parsed.and_then(|addr| match unroutable(addr) {
+                        Some(why) => Err(format!("{addr}: {why}; not used")),
+                        None => Ok(addr),
+                    });
+                    match usable {
                         Ok(addr) => {
                             out.insert(Endpoint {
                                 addr,
@@ -172,14 +179,31 @@ pub fn endpoints_for_port(
                                 node_hint,
                             });
                         }
-                        Err(_) => problems.push(
-                            format!("endpoints[{ei}].addresses[{ai}]"),
-                            format!("{a:?} is not an IPv4 address"),
-                        ),
+                        Err(message) => {
+                            problems.push(format!("endpoints[{ei}].addresses[{ai}]"), message)
+                        }
                     }
                 }
             }
         }
     }
     out.into_iter().collect()
+}
+
+/// Why `addr` can be no endpoint, as the API server's endpoint validation
+/// (and beyond it, the broadcast address): None when it can.
+pub fn unroutable(addr: Ipv4Addr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("the unspecified address")
+    } else if addr.is_loopback() {
+        Some("a loopback address")
+    } else if addr.is_link_local() {
+        Some("a link-local address")
+    } else if addr.is_broadcast() {
+        Some("the broadcast address")
+    } else if addr.is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    }
 }

@@ -541,3 +541,26 @@ fn terminating_endpoints_drain_whether_or_not_they_still_serve() {
         "not ready is not draining"
     );
 }
+
+#[test]
+fn endpoint_addresses_no_pod_can_have_are_reported_and_not_used() {
+    let yaml = include_str!("../../testdata/terminating.yaml").replace(
+        "endpoints:\n",
+        "endpoints:\n- addresses: [0.0.0.0, 255.255.255.255, 127.0.0.1, 169.254.1.1, 224.0.0.5, 10.0.0.9]\n",
+    );
+    let (d, problems) = desired_state(&objects(&yaml), "n1");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "endpoints[0].addresses[0]",
+            "endpoints[0].addresses[1]",
+            "endpoints[0].addresses[2]",
+            "endpoints[0].addresses[3]",
+            "endpoints[0].addresses[4]",
+        ],
+        "{problems:#?}"
+    );
+    let f = &d.frontends[&frontend([10, 96, 0, 1], 80, PROTO_TCP)];
+    assert_eq!(f.backends, vec![backend([10, 0, 0, 9], 8080)]);
+}

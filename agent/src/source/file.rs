@@ -37,6 +37,13 @@ pub fn parse_manifest(text: &str) -> Result<(Objects, Vec<Problem>), NotYaml> {
     Ok((objects, problems))
 }
 
+/// `value` as a `T`, or the error with the path of the field at fault.
+fn decode<T: serde::de::DeserializeOwned>(
+    value: Value,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    serde_path_to_error::deserialize(value)
+}
+
 fn add_value(value: Value, doc: usize, objects: &mut Objects, problems: &mut Vec<Problem>) {
     let kind = value
         .get("kind")
@@ -49,29 +56,30 @@ fn add_value(value: Value, doc: usize, objects: &mut Objects, problems: &mut Vec
         .and_then(|n| n.as_str())
         .unwrap_or("?")
         .to_string();
-    let problem = |message: String| Problem {
+    let problem = |e: serde_path_to_error::Error<serde_json::Error>| Problem {
         object: format!("{kind} {name} (document {doc})"),
-        field: String::new(),
-        message,
+        // The path of the field that did not decode ("." is the object).
+        field: e.path().to_string(),
+        message: e.into_inner().to_string(),
     };
     match kind.as_str() {
-        "Service" => match serde_json::from_value(value) {
+        "Service" => match decode(value) {
             // The same Services as the kube source's label selector.
             Ok(s) if super::is_not_proxied(&s) => {}
             Ok(s) => objects.services.push(s),
-            Err(e) => problems.push(problem(e.to_string())),
+            Err(e) => problems.push(problem(e)),
         },
-        "EndpointSlice" => match serde_json::from_value(value) {
+        "EndpointSlice" => match decode(value) {
             Ok(s) => objects.slices.push(s),
-            Err(e) => problems.push(problem(e.to_string())),
+            Err(e) => problems.push(problem(e)),
         },
-        "Node" => match serde_json::from_value(value) {
+        "Node" => match decode(value) {
             Ok(n) => objects.nodes.push(n),
-            Err(e) => problems.push(problem(e.to_string())),
+            Err(e) => problems.push(problem(e)),
         },
-        "ServiceCIDR" => match serde_json::from_value(value) {
+        "ServiceCIDR" => match decode(value) {
             Ok(c) => objects.service_cidrs.push(c),
-            Err(e) => problems.push(problem(e.to_string())),
+            Err(e) => problems.push(problem(e)),
         },
         "List" => {
             if let Some(items) = value.get("items").and_then(|i| i.as_array()) {
@@ -291,5 +299,15 @@ spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
             assert!(source.last_failure.is_none());
         });
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_reported_with_its_path() {
+        let yaml = "kind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.0.1, ports: [{port: eighty}]}\n";
+        let (objects, problems) = parse_manifest(yaml).unwrap();
+        assert!(objects.services.is_empty());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.ports[0].port", "{problems:?}");
+        assert!(problems[0].object.contains("Service web"), "{problems:?}");
     }
 }
