@@ -277,18 +277,32 @@ fn attach(
         cgroup: root.display().to_string(),
         detail,
     };
-    // Multiple: other tools' socket programs on the same cgroup keep
-    // running (a socket another program already redirected matches no
-    // frontend here).
+    // A BPF link (Linux >= 5.7) always runs alongside other programs on
+    // the cgroup, and the kernel refuses any attach flag for it, so the
+    // mode must be the one without flags. Other tools' socket programs
+    // keep running: a socket another one already redirected matches no
+    // frontend here.
     let id = prog
-        .attach(&cgroup, CgroupAttachMode::AllowMultiple)
-        .map_err(|e| attach_err(e.to_string()))?;
+        .attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(|e| attach_err(chain(&e)))?;
     let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
     let link: FdLink = link
         .try_into()
         .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
     crate::tc::pin_link(link, link_path)?;
     Ok(())
+}
+
+/// An error with its causes, for errors whose Display leaves out the
+/// system call's errno.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s += &format!(": {cause}");
+        source = cause.source();
+    }
+    s
 }
 
 #[cfg(test)]
