@@ -294,6 +294,8 @@ fn with_socket_lb_on_a_pods_connection_is_translated_at_connect_not_by_tc() {
         assert_eq!(counted(&node, "sock_translated"), before.1);
     }
 
+    // (A cluster of its own: a node's directory outlives the node.)
+    let c = cluster();
     let (node, client, _backends) = setup(&c, &["--socket-lb", "on"]);
     let tc_before = counted(&node, "translated");
     let sock_before = counted(&node, "sock_translated");
