@@ -100,11 +100,16 @@ fn is_cgroup2(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) }) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
-/// The cgroup the programs attach to: `given` if it is cgroup v2; else the
-/// host's cgroup2 mount (/sys/fs/cgroup/unified on a hybrid hierarchy,
+/// The cgroup the programs attach to: `given` if it is cgroup v2 (or its
+/// `unified/` is: a hybrid hierarchy mounted whole); else the host's
+/// cgroup2 mount (/sys/fs/cgroup/unified on a hybrid hierarchy,
 /// /sys/fs/cgroup on a unified one); else one the agent mounts itself.
 pub fn resolve_cgroup_root(given: Option<&Path>) -> Result<PathBuf, SockLbError> {
     if let Some(path) = given {
+        let unified = path.join("unified");
+        if !is_cgroup2(path) && is_cgroup2(&unified) {
+            return Ok(unified);
+        }
         if !is_cgroup2(path) {
             return Err(SockLbError::NotCgroup2 {
                 path: path.display().to_string(),
