@@ -277,6 +277,19 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 }
 
 #[cfg(test)]
+mod sock_reverse_tests {
+    use super::sock_reverse_evictions;
+
+    #[test]
+    fn evictions_are_new_entries_no_longer_present() {
+        assert_eq!(sock_reverse_evictions(10, 10), 0);
+        assert_eq!(sock_reverse_evictions(300_000, 262_144), 37_856);
+        // A counter that lags the map never reads as negative.
+        assert_eq!(sock_reverse_evictions(5, 6), 0);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
