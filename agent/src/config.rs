@@ -5,6 +5,7 @@
 //! that makes no sense (VXLAN with XDP, a VNI in native mode).
 use std::{fmt, net::Ipv4Addr, net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use crate::socklb::SocketLb;
 use crate::{
     net::Ipv4Net,
     plan::{PlanConfig, service_cidrs::MAX_SERVICE_CIDRS},
@@ -230,6 +231,11 @@ pub struct RunConfig {
     /// Where to serve /healthz, /readyz and /metrics (None: not served).
     pub metrics_address: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// Whose sockets are translated at connect().
+    pub socket_lb: SocketLb,
+    /// The cgroup the socket programs attach to (None: the host's cgroup2
+    /// mount, found or mounted at startup).
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// `ferry-agent run`'s command line.
@@ -327,6 +333,17 @@ pub struct RunArgs {
     /// the node's own sockets never pick those ports.
     #[arg(long, default_value = "/proc/sys")]
     pub proc_sys: PathBuf,
+    /// Socket-level load balancing (translation at connect()):
+    /// `host-only` (default) the node's own processes (host-network pods,
+    /// the kubelet), `on` pods too, `off` none (tc alone).
+    #[arg(long, value_enum, default_value_t = SocketLb::HostOnly)]
+    pub socket_lb: SocketLb,
+    /// The cgroup v2 directory the socket programs attach to (they act on
+    /// every process below it). Default: the host's cgroup2 mount
+    /// (/sys/fs/cgroup/unified, else /sys/fs/cgroup), else one mounted at
+    /// /run/ferry/cgroupv2.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -509,11 +526,14 @@ impl RunArgs {
                 pin_dir: self.pin_dir,
                 mtu: self.mtu,
                 service_cidrs,
+                node_ports_on_loopback: self.socket_lb != SocketLb::Off,
             },
             gc_interval: Duration::from_secs(self.gc_interval_secs.max(1)),
             proc_sys: self.proc_sys,
             metrics_address,
             log_format: self.log_format,
+            socket_lb: self.socket_lb,
+            cgroup_root: self.cgroup_root,
         })
     }
 }
@@ -548,6 +568,21 @@ mod tests {
         assert_eq!(cfg.plan.snat_ports, PortRange::new(61000, 65535));
         assert_eq!(cfg.plan.nodeport_range, PortRange::new(30000, 32767));
         assert_eq!(cfg.metrics_address, Some("0.0.0.0:9402".parse().unwrap()));
+        assert_eq!(cfg.socket_lb, SocketLb::HostOnly);
+        assert!(cfg.plan.node_ports_on_loopback);
+    }
+
+    #[test]
+    fn socket_lb_off_serves_no_node_port_on_loopback() {
+        let cfg = config(&["--socket-lb", "off", "--cgroup-root", "/x"]).unwrap();
+        assert_eq!(cfg.socket_lb, SocketLb::Off);
+        assert_eq!(cfg.cgroup_root, Some("/x".into()));
+        assert!(!cfg.plan.node_ports_on_loopback);
+        assert_eq!(
+            config(&["--socket-lb", "on"]).unwrap().socket_lb,
+            SocketLb::On
+        );
+        assert!(Cli::try_parse_from(["a", "--node", "n", "--socket-lb", "pods"]).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod reserved_ports;
 pub mod run;
+pub mod socklb;
 pub mod source;
 pub mod tc;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapType, lpm_trie},
-    programs::{Program, ProgramError, SchedClassifier, Xdp},
+    programs::{CgroupSockAddr, Program, ProgramError, SchedClassifier, Xdp},
 };
 use ferry_common::{
     AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
@@ -20,6 +20,11 @@ use ferry_common::{
     Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
     ServiceName, ServiceOptions, ServiceRange, ServiceValue, SourceRangeKey, outcome,
 };
+use ferry_common::{
+    MAP_SOCK_CONFIG, MAP_SOCK_REVERSE, PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4,
+    PIN_PROG_SOCK_RECVMSG4, PIN_PROG_SOCK_SENDMSG4, SOCK_REVERSE_MAX_ENTRIES, SockConfig,
+    SockRevKey, SockRevValue,
+};
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs};
 
@@ -27,6 +32,14 @@ use crate::bpffs::{BpffsError, ensure_on_bpffs};
 pub const PROG_FROM_POD: &str = "ferry_from_pod";
 pub const PROG_FROM_NETWORK: &str = "ferry_from_network";
 pub const PROG_XDP_UPLINK: &str = "ferry_xdp_uplink";
+/// The socket programs (cgroup v2 sock_addr), with the names they are
+/// pinned under: the agent attaches them to `--cgroup-root`.
+pub const SOCK_PROGRAMS: [(&str, &str); 4] = [
+    ("ferry_sock_connect4", PIN_PROG_SOCK_CONNECT4),
+    ("ferry_sock_sendmsg4", PIN_PROG_SOCK_SENDMSG4),
+    ("ferry_sock_recvmsg4", PIN_PROG_SOCK_RECVMSG4),
+    ("ferry_sock_getpeername4", PIN_PROG_SOCK_GETPEERNAME4),
+];
 /// The programs of the object, with the names they are pinned under.
 const PROGRAMS: [(&str, &str); 2] = [
     (PROG_FROM_POD, PIN_PROG_FROM_POD),
@@ -127,6 +140,12 @@ fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
             SOURCE_RANGES_MAX_ENTRIES,
         ),
         MapShape::of::<FragKey, FragPorts>(MAP_FRAGMENTS, LruHash, FRAGMENTS_MAX_ENTRIES),
+        MapShape::of::<SockRevKey, SockRevValue>(
+            MAP_SOCK_REVERSE,
+            LruHash,
+            SOCK_REVERSE_MAX_ENTRIES,
+        ),
+        MapShape::of::<u32, SockConfig>(MAP_SOCK_CONFIG, Array, 1),
     ]
 }
 
@@ -229,6 +248,13 @@ impl Dataplane {
             .map_err(failed)?
             .load()
             .map_err(failed)?;
+        for (name, _) in SOCK_PROGRAMS {
+            let failed = |source| LoadError::Program { name, source };
+            typed::<CgroupSockAddr>(&mut ebpf, name)
+                .map_err(failed)?
+                .load()
+                .map_err(failed)?;
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -250,6 +276,17 @@ impl Dataplane {
                 _ => {}
             }
             self.program(name)
+                .pin(&path)
+                .map_err(|e| LoadError::PinProgram {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+        }
+        for (name, pin_name) in SOCK_PROGRAMS {
+            let path = self.pin_dir.join(pin_name);
+            let _ = std::fs::remove_file(&path);
+            typed::<CgroupSockAddr>(&mut self.ebpf, name)
+                .expect("ferry's socket programs are sock_addr programs")
                 .pin(&path)
                 .map_err(|e| LoadError::PinProgram {
                     path: path.display().to_string(),
@@ -301,6 +338,10 @@ pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
         &PIN_PROG_FROM_POD,
         &PIN_PROG_FROM_NETWORK,
         &PIN_PROG_XDP_UPLINK,
+        &PIN_PROG_SOCK_CONNECT4,
+        &PIN_PROG_SOCK_SENDMSG4,
+        &PIN_PROG_SOCK_RECVMSG4,
+        &PIN_PROG_SOCK_GETPEERNAME4,
     ]) {
         match std::fs::remove_file(pin_dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -12,7 +12,9 @@ use std::{
     },
 };
 
-use ferry_common::{MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_ROUTES, MAP_SERVICES, outcome};
+use ferry_common::{
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_ROUTES, MAP_SERVICES, MAP_SOCK_REVERSE, outcome,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -118,16 +120,21 @@ impl Metrics {
             out,
             "# HELP ferry_map_entries Entries in each pinned map.\n# TYPE ferry_map_entries gauge"
         );
+        let mut sock_reverse_entries = None;
         for map in [
             MAP_SERVICES,
             MAP_BACKENDS,
             MAP_CONNTRACK,
             MAP_ENDPOINTS,
             MAP_ROUTES,
+            MAP_SOCK_REVERSE,
         ] {
             match count_keys(&self.pin_dir.join(map)) {
                 Ok(n) => {
                     let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
+                    if map == MAP_SOCK_REVERSE {
+                        sock_reverse_entries = Some(n);
+                    }
                 }
                 Err(e) => tracing::debug!(map, error = %e, "cannot count map entries"),
             }
@@ -149,12 +156,27 @@ impl Metrics {
                             let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", value(c));
                         }
                     }
+                    if let Some(entries) = sock_reverse_entries {
+                        let written = counters[outcome::SOCK_REVERSE_NEW as usize].packets;
+                        let _ = writeln!(
+                            out,
+                            "# HELP ferry_sock_reverse_evictions Entries of ferry_sock_rev the LRU evicted (new entries written less those present): a socket that lost its entry sees the backend as its peer; above zero, the map is too small for the node's sockets.\n# TYPE ferry_sock_reverse_evictions gauge\nferry_sock_reverse_evictions {}",
+                            sock_reverse_evictions(written, entries)
+                        );
+                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read the counters"),
             }
         }
         out
     }
+}
+
+/// Entries of `ferry_sock_rev` gone: the datapath never deletes them, so
+/// every new entry written and no longer present was evicted. Zero while
+/// the counters lag the map (an entry counted on another CPU mid-write).
+pub fn sock_reverse_evictions(new_entries: u64, present: u64) -> u64 {
+    new_entries.saturating_sub(present)
 }
 
 /// One field of a datapath counter.
@@ -251,6 +273,19 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let _ = stream.write_all(reply.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod sock_reverse_tests {
+    use super::sock_reverse_evictions;
+
+    #[test]
+    fn evictions_are_new_entries_no_longer_present() {
+        assert_eq!(sock_reverse_evictions(10, 10), 0);
+        assert_eq!(sock_reverse_evictions(300_000, 262_144), 37_856);
+        // A counter that lags the map never reads as negative.
+        assert_eq!(sock_reverse_evictions(5, 6), 0);
     }
 }
 

@@ -172,6 +172,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         .with_context(|| format!("loading the dataplane into {}", pin_dir.display()))?;
     dataplane.pin_programs()?;
     update_pod_links(&pin_dir);
+    crate::socklb::apply(&pin_dir, cfg.socket_lb, cfg.cgroup_root.as_deref())
+        .with_context(|| format!("setting up --socket-lb {}", cfg.socket_lb.name()))?;
     let mut reconciler = Reconciler::new(system_targets(&cfg)?);
     // Links and reserved ports follow the configuration alone: make them
     // before any object arrives (the API may be down), and stop here if the

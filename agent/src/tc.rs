@@ -186,7 +186,7 @@ fn attach_pinned_at(
     pin_attached(ifname, link, path)
 }
 /// Pin `link` at `path`, replacing whatever is pinned there.
-fn pin_link(link: FdLink, path: &Path) -> Result<(), AttachError> {
+pub(crate) fn pin_link(link: FdLink, path: &Path) -> Result<(), AttachError> {
     let pin_err = |detail: String| AttachError::PinLink {
         path: path.display().to_string(),
         detail,

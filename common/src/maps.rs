@@ -28,6 +28,8 @@ macro_rules! with_map_names {
             MAP_SERVICE_OPTIONS = "ferry_svc_opts",
             MAP_SOURCE_RANGES = "ferry_lb_ranges",
             MAP_FRAGMENTS = "ferry_frags",
+            MAP_SOCK_REVERSE = "ferry_sock_rev",
+            MAP_SOCK_CONFIG = "ferry_sock_cfg",
         }
     };
 }
@@ -59,6 +61,14 @@ pub const PIN_PROG_FROM_NETWORK: &str = "prog_from_net";
 pub const PIN_PROG_XDP_UPLINK: &str = "prog_xdp_uplink";
 /// Directory (under the pin directory) of pinned tc links.
 pub const PIN_LINKS_DIR: &str = "links";
+/// Directory (under the pin directory) of the pinned cgroup socket links,
+/// one per program, named as the program's pin.
+pub const PIN_CGROUP_LINKS_DIR: &str = "links-cgroup";
+/// Pin names of the socket programs (cgroup v2 sock_addr hooks).
+pub const PIN_PROG_SOCK_CONNECT4: &str = "prog_sock_connect4";
+pub const PIN_PROG_SOCK_SENDMSG4: &str = "prog_sock_sendmsg4";
+pub const PIN_PROG_SOCK_RECVMSG4: &str = "prog_sock_recvmsg4";
+pub const PIN_PROG_SOCK_GETPEERNAME4: &str = "prog_sock_getpeername4";
 
 /// Capacity of the services map (frontends: ClusterIP x port x protocol).
 pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
@@ -87,6 +97,12 @@ pub const FRAGMENTS_MAX_ENTRIES: u32 = 8192;
 /// LRU alone would let a record outlive its datagram until the 16-bit IP ID
 /// wraps round to a datagram whose first fragment never came.
 pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Capacity of the socket reverse-translation LRU: one entry per (socket,
+/// backend) a socket was translated to. A connected socket needs one; an
+/// unconnected UDP socket one per backend it sent to. Cilium's default for
+/// its lb4_reverse_nat_sk is the same 256 Ki. A full map evicts the least
+/// recently used entry (counted: `sock_reverse_evictions` in the metrics).
+pub const SOCK_REVERSE_MAX_ENTRIES: u32 = 262_144;
 /// Most backends one service frontend can have (slots 0..MAX).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
@@ -104,6 +120,13 @@ pub const SCOPE_EXTERNAL: u8 = 1;
 /// every ready endpoint whatever the externalTrafficPolicy, no source NAT
 /// (kube-proxy's short-circuit for traffic from inside the cluster).
 pub const SCOPE_EXTERNAL_FROM_PODS: u8 = 2;
+
+/// NodePort frontends on the node's loopback address (`127.0.0.1` +
+/// nodePort) are keyed with this address in `SCOPE_EXTERNAL_FROM_PODS`,
+/// written only while socket LB is enabled. Only the socket programs look
+/// them up, and only for sockets of the node's own network namespace: a
+/// pod's loopback is its own, and tc never sees loopback traffic.
+pub const LOOPBACK_ADDR: [u8; 4] = [127, 0, 0, 1];
 
 /// `ServiceValue::flags` bits.
 /// externalTrafficPolicy Local: the backends are this node's only, the
@@ -459,6 +482,54 @@ pub struct SourceRangeKey {
 /// Value of `ferry_lb_ranges`: the range admits its clients.
 pub const SOURCE_RANGE_ALLOWED: u32 = 1;
 
+/// Key of `ferry_sock_rev`: one backend a socket was translated to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockRevKey {
+    /// The socket's cookie (`bpf_get_socket_cookie`): unique per socket for
+    /// the kernel's lifetime, never reused; host order.
+    pub cookie: u64,
+    /// The backend's address, network order.
+    pub backend_addr: [u8; 4],
+    /// The backend's port, host order.
+    pub backend_port: u16,
+    pub pad: u16,
+}
+
+/// Value of `ferry_sock_rev`: the frontend the application asked for, so
+/// `recvmsg` and `getpeername` report it instead of the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockRevValue {
+    /// The frontend's address, network order.
+    pub frontend_addr: [u8; 4],
+    /// The frontend's port, host order.
+    pub frontend_port: u16,
+    pub pad: u16,
+    /// The frontend's service id (for terminating sockets whose backend
+    /// left); host order.
+    pub service_id: u32,
+}
+
+/// `SockConfig::flags`: translate pods' sockets too (`--socket-lb on`);
+/// without it only sockets of the node's own network namespace are.
+pub const SOCK_FLAG_PODS: u32 = 1;
+
+/// Value of `ferry_sock_cfg` (an array of one, key 0): how the socket
+/// programs tell the node's own processes from pods.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockConfig {
+    /// Cookie of the node's network namespace (`SO_NETNS_COOKIE`, as
+    /// `bpf_get_netns_cookie` returns it); 0 until the agent writes it,
+    /// and while it is 0 no socket is translated. Host order.
+    pub host_netns_cookie: u64,
+    /// `SOCK_FLAG_*` bits; host order.
+    pub flags: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
 /// Value of `ferry_counters` (per-CPU array indexed by `outcome::*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -487,6 +558,9 @@ const _: () = {
     assert!(size_of::<SourceRangeKey>() == 8);
     assert!(size_of::<FragKey>() == 16);
     assert!(size_of::<FragPorts>() == 16);
+    assert!(size_of::<SockRevKey>() == 16);
+    assert!(size_of::<SockRevValue>() == 12);
+    assert!(size_of::<SockConfig>() == 16);
     // The LPM trie stores the value right after the 4-byte address.
     assert!(align_of::<Route>() <= 4);
     assert!(align_of::<ServiceRange>() <= 4);
@@ -517,6 +591,9 @@ mod user {
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for SockConfig {}
 }
 
 /// Protocol name for tools.

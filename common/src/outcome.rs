@@ -80,8 +80,32 @@ pub const TRANSLATED_ICMP_ERROR: u32 = 21;
 /// pod's flows.
 pub const DROP_ICMP_ERROR_FOREIGN: u32 = 22;
 
+/// A socket's connect() or UDP sendmsg() to a Service frontend was
+/// translated to a backend by the socket programs (counted per call, 0
+/// bytes): its packets carry the backend address and tc passes them.
+pub const SOCK_TRANSLATED: u32 = 23;
+/// A socket's connect() or sendmsg() to a frontend without endpoints was
+/// refused with ECONNREFUSED.
+pub const SOCK_REJECTED_NO_ENDPOINTS: u32 = 24;
+/// recvmsg() or getpeername() of a translated socket reported the frontend
+/// instead of the backend.
+pub const SOCK_REVERSE_TRANSLATED: u32 = 25;
+/// A new (socket, backend) entry was written to `ferry_sock_rev`. The
+/// agent subtracts the entries present to count evictions.
+pub const SOCK_REVERSE_NEW: u32 = 26;
+/// The reverse entry could not be written: the connect() or sendmsg()
+/// failed with ENOMEM rather than leave the application seeing the backend.
+pub const DROP_SOCK_REVERSE_WRITE: u32 = 27;
+/// A socket's connect() or sendmsg() refused by the Service's
+/// loadBalancerSourceRanges (EPERM), as tc drops such packets.
+pub const SOCK_DROP_SOURCE_RANGE: u32 = 28;
+/// A frontend the socket programs leave to tc: the drawn slot was missing
+/// (an update raced the call), or the frontend needs the client's address
+/// (affinity, source ranges) and a pod's socket is not bound yet.
+pub const SOCK_PASSED_TO_TC: u32 = 29;
+
 /// Number of outcomes.
-pub const COUNT: u32 = 23;
+pub const COUNT: u32 = 30;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -112,4 +136,11 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_fragment_untracked",
     "translated_icmp_error",
     "drop_icmp_error_foreign",
+    "sock_translated",
+    "sock_rejected_no_endpoints",
+    "sock_reverse_translated",
+    "sock_reverse_new",
+    "drop_sock_reverse_write",
+    "sock_drop_source_range",
+    "sock_passed_to_tc",
 ];

@@ -20,12 +20,13 @@ mod new_flow;
 mod parse;
 mod reject;
 mod service_range;
+mod sock;
 mod translate;
 mod xdp_uplink;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// tc ingress of a pod's host-side veth: everything the pod sends.
@@ -50,6 +51,33 @@ pub fn ferry_from_network(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn ferry_xdp_uplink(ctx: XdpContext) -> u32 {
     xdp_uplink::handle(&ctx)
+}
+
+/// connect() of a socket in the node's cgroup tree: a Service frontend
+/// becomes a backend before the first packet (socket-level load
+/// balancing, `sock`).
+#[cgroup_sock_addr(connect4)]
+pub fn ferry_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, false)
+}
+
+/// sendmsg() on a UDP socket: as connect(), per datagram.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ferry_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, true)
+}
+
+/// recvmsg() on a UDP socket: a translated backend's datagram reports the
+/// frontend as its source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn ferry_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+/// getpeername(): a translated socket's peer is the frontend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn ferry_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[cfg(not(test))]

@@ -10,9 +10,9 @@ use ferry_common::{
     AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
     FRAGMENTS_MAX_ENTRIES, FragKey, FragPorts, NodeConfig, ROUTES_MAX_ENTRIES, Route,
-    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
-    ServiceName, ServiceOptions, ServiceRange, ServiceValue, SourceRangeKey, outcome,
-    with_map_names,
+    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions, ServiceRange, ServiceValue,
+    SockConfig, SockRevKey, SockRevValue, SourceRangeKey, outcome, with_map_names,
 };
 
 macro_rules! declare_maps {
@@ -30,6 +30,8 @@ macro_rules! declare_maps {
         MAP_SERVICE_OPTIONS = $service_options:tt,
         MAP_SOURCE_RANGES = $source_ranges:tt,
         MAP_FRAGMENTS = $fragments:tt,
+        MAP_SOCK_REVERSE = $sock_reverse:tt,
+        MAP_SOCK_CONFIG = $sock_config:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -110,6 +112,20 @@ macro_rules! declare_maps {
         #[btf_map(name = $fragments)]
         pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { FRAGMENTS_MAX_ENTRIES as usize }> =
             LruHashMap::new();
+
+        /// (socket cookie, backend) -> the frontend the socket asked for
+        /// (`sock`).
+        #[btf_map(name = $sock_reverse)]
+        pub static SOCK_REVERSE: LruHashMap<
+            SockRevKey,
+            SockRevValue,
+            { SOCK_REVERSE_MAX_ENTRIES as usize },
+        > = LruHashMap::new();
+
+        /// How the socket programs tell the node's processes from pods
+        /// (key 0).
+        #[btf_map(name = $sock_config)]
+        pub static SOCK_CONFIG: Array<SockConfig, 1> = Array::new();
     };
 }
 

@@ -8,6 +8,7 @@
 //!
 //! [`packet`] builds exact frames, for the kernel tests and the benchmark's
 //! per-packet cost alike.
+pub mod cgroup;
 pub mod fabric;
 pub mod manifest;
 pub mod netns;
@@ -15,6 +16,7 @@ pub mod node;
 pub mod packet;
 pub mod plain;
 
+pub use cgroup::Cgroup;
 pub use fabric::Fabric;
 pub use netns::{Netns, in_netns};
 pub use node::{Binaries, Cluster, Node, Pod};

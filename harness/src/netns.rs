@@ -40,8 +40,21 @@ impl Netns {
     /// Start a background process (a server) inside the namespace; its
     /// output is discarded but for errors.
     pub fn spawn(&self, program: &Path, args: &[&str]) -> Result<std::process::Child> {
-        self.command(program)
-            .args(args)
+        self.spawn_in(program, args, None)
+    }
+
+    /// `spawn`, the process placed in `cgroup` before it runs.
+    pub fn spawn_in(
+        &self,
+        program: &Path,
+        args: &[&str],
+        cgroup: Option<&crate::Cgroup>,
+    ) -> Result<std::process::Child> {
+        let mut cmd = self.command(program);
+        if let Some(cgroup) = cgroup {
+            cgroup.enter_on_spawn(&mut cmd);
+        }
+        cmd.args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())

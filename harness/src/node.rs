@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
+    cgroup::Cgroup,
     fabric::Fabric,
     netns::{Netns, in_netns},
 };
@@ -26,6 +27,8 @@ pub struct Binaries {
     pub agent: PathBuf,
     pub cni: PathBuf,
     pub echo: PathBuf,
+    /// `ferry-sock-client`: one socket call sequence, what it observed.
+    pub sock_client: PathBuf,
 }
 
 impl Binaries {
@@ -34,8 +37,9 @@ impl Binaries {
             agent: dir.join("ferry-agent"),
             cni: dir.join("ferry-cni"),
             echo: dir.join("ferry-echo"),
+            sock_client: dir.join("ferry-sock-client"),
         };
-        for p in [&b.agent, &b.cni, &b.echo] {
+        for p in [&b.agent, &b.cni, &b.echo, &b.sock_client] {
             if !p.exists() {
                 bail!(
                     "{} is missing: build with `cargo build --bins` (cargo xtask test does)",
@@ -221,6 +225,8 @@ impl Cluster {
         setup(&netns)?;
         let agent_args = agent_args(&netns)?;
         let dir = self.root.join(name);
+        let cgroup = Cgroup::top(&format!("ferry-{}-{name}", self.run_id))?;
+        let host_cgroup = cgroup.child("node")?;
         let mut node = Node {
             name: name.to_string(),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/ferry-e2e-{}-{name}", self.run_id)),
@@ -234,6 +240,8 @@ impl Cluster {
             bins: self.bins.clone(),
             manifest: self.manifest.clone(),
             run_id: self.run_id.clone(),
+            host_cgroup,
+            cgroup,
             netns,
         };
         std::fs::create_dir_all(&node.dir)?;
@@ -266,6 +274,11 @@ pub struct Node {
     bins: Binaries,
     manifest: PathBuf,
     run_id: String,
+    /// The node's own processes (the agent, host-network clients).
+    pub host_cgroup: Cgroup,
+    /// The node's cgroup (`--cgroup-root`): `host_cgroup` and one per pod
+    /// below it. Killed and removed after the agent is stopped.
+    pub cgroup: Cgroup,
     // Last: the namespace goes after the agent is stopped.
     pub netns: Netns,
 }
@@ -279,13 +292,20 @@ impl Node {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = self
-            .netns
-            .command(&self.bins.agent)
+        let mut cmd = self.netns.command(&self.bins.agent);
+        self.host_cgroup.enter_on_spawn(&mut cmd);
+        let child = cmd
             .args(["run", "--node", &self.name])
             .args(
                 (!self.agent_args.iter().any(|a| a.starts_with("--source")))
                     .then(|| format!("--source=file:{}", self.manifest.display())),
+            )
+            .args(
+                (!self
+                    .agent_args
+                    .iter()
+                    .any(|a| a.starts_with("--cgroup-root")))
+                .then(|| format!("--cgroup-root={}", self.cgroup.path.display())),
             )
             .arg("--pin-dir")
             .arg(&self.pin_dir)
@@ -369,6 +389,7 @@ impl Node {
     pub fn add_pod(&self, name: &str) -> Result<Pod> {
         let netns = Netns::create(&format!("fry-{}-{}-{name}", self.run_id, self.name))?;
         let container_id = format!("{}-{}-{name}", self.run_id, self.name);
+        let cgroup = self.cgroup.child(&format!("pod-{name}"))?;
         let result = self.cni("ADD", &container_id, &netns.path())?;
         let address = result["ips"][0]["address"]
             .as_str()
@@ -387,10 +408,36 @@ impl Node {
             cni_conflist: self.conflist_path(),
             cni_bin: self.bins.cni.clone(),
             echo_bin: self.bins.echo.clone(),
+            sock_client_bin: self.bins.sock_client.clone(),
             servers: Vec::new(),
             result,
+            cgroup,
             netns,
         })
+    }
+
+    /// Replace the agent's arguments (after the common ones) for its next
+    /// start: a restart with another `--socket-lb`.
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.agent_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Run `ferry-sock-client ARGS` as one of the node's own processes (its
+    /// namespace and its cgroup); its one line of observations.
+    pub fn sock_client(&self, args: &[&str]) -> Result<String> {
+        run_client(&self.netns, &self.host_cgroup, &self.bins.sock_client, args)
+    }
+
+    /// `ferry-sock-client ARGS` started as one of the node's own processes
+    /// with piped stdin and stdout (`tcp-held`); the caller kills it.
+    pub fn spawn_sock_client(&self, args: &[&str]) -> Result<Child> {
+        let mut cmd = self.netns.command(&self.bins.sock_client);
+        self.host_cgroup.enter_on_spawn(&mut cmd);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting ferry-sock-client")
     }
 
     /// `ferry-agent inspect WHAT` against this node's pins.
@@ -413,6 +460,24 @@ impl Drop for Node {
         // removed here.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
+}
+
+fn run_client(netns: &Netns, cgroup: &Cgroup, bin: &Path, args: &[&str]) -> Result<String> {
+    let mut cmd = netns.command(bin);
+    cgroup.enter_on_spawn(&mut cmd);
+    let out = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ferry-sock-client")?;
+    if !out.status.success() {
+        bail!(
+            "ferry-sock-client {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Run `cni_bin` inside the node namespace with the CNI environment and
@@ -476,16 +541,21 @@ pub struct Pod {
     cni_conflist: PathBuf,
     cni_bin: PathBuf,
     echo_bin: PathBuf,
+    sock_client_bin: PathBuf,
     servers: Vec<Child>,
+    /// The pod's processes (servers, clients): below the node's cgroup.
+    pub cgroup: Cgroup,
     pub netns: Netns,
 }
 
 impl Pod {
     /// Start a TCP+UDP ferry-echo server on `port` and wait until it listens.
     pub fn serve(&mut self, port: u16) -> Result<()> {
-        let child = self
-            .netns
-            .spawn(&self.echo_bin, &[&self.name, &port.to_string()])?;
+        let child = self.netns.spawn_in(
+            &self.echo_bin,
+            &[&self.name, &port.to_string()],
+            Some(&self.cgroup),
+        )?;
         self.servers.push(child);
         let ip = self.ip;
         let start = Instant::now();
@@ -509,8 +579,15 @@ impl Pod {
 
     /// Start `program args` in the pod; it is killed when the pod goes.
     pub fn spawn(&mut self, program: &Path, args: &[&str]) -> Result<()> {
-        self.servers.push(self.netns.spawn(program, args)?);
+        self.servers
+            .push(self.netns.spawn_in(program, args, Some(&self.cgroup))?);
         Ok(())
+    }
+
+    /// Run `ferry-sock-client ARGS` as a process of this pod (its
+    /// namespace and cgroup); its one line of observations.
+    pub fn sock_client(&self, args: &[&str]) -> Result<String> {
+        run_client(&self.netns, &self.cgroup, &self.sock_client_bin, args)
     }
 
     /// Have the pod compute its TCP/UDP checksums itself instead of leaving

@@ -3,10 +3,13 @@
 //! manifest names exactly these): with them it loads, attaches tc and XDP to
 //! the uplink, creates the VXLAN device and syncs; without PERFMON the
 //! verifier refuses the programs. With them it also reserves its port
-//! ranges in net.ipv4.ip_local_reserved_ports.
+//! ranges in net.ipv4.ip_local_reserved_ports, and attaches its cgroup
+//! socket programs (`--socket-lb host-only`, to a cgroup the test made):
+//! BPF links on a cgroup need no CAP_SYS_ADMIN, loading sock_addr programs
+//! needs NET_ADMIN.
 use std::{process::Command, time::Duration};
 
-use ferry_harness::{Binaries, Netns};
+use ferry_harness::{Binaries, Cgroup, Netns};
 
 const CAPS: &str = "+bpf,+net_admin,+perfmon";
 
@@ -28,6 +31,7 @@ fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String, String
     )
     .unwrap();
     let pins = format!("/sys/fs/bpf/ferry-test-caps-{}-{tag}", std::process::id());
+    let cgroup = Cgroup::top(&format!("ferry-caps-{}-{tag}", std::process::id())).unwrap();
     let bounding = format!("-all,{caps}");
     let log_path = dir.join("agent.log");
     let mut agent = ns
@@ -44,6 +48,7 @@ fn run_agent_with(caps: &str, routing: &str, tag: &str) -> (bool, String, String
         })
         .arg(format!("--source=file:{}", manifest.display()))
         .arg(format!("--cni-conf-dir={}", dir.join("net.d").display()))
+        .arg(format!("--cgroup-root={}", cgroup.path.display()))
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -86,6 +91,7 @@ fn the_agent_runs_with_exactly_bpf_net_admin_and_perfmon() {
     for routing in ["native", "vxlan"] {
         let (synced, log, reserved) = run_agent_with(CAPS, routing, routing);
         assert!(synced, "{routing} with {CAPS}:\n{log}");
+        assert!(log.contains("socket LB attached"), "{log}");
         // The NodePort range and the source-NAT ports, kept off the node's
         // own automatic port choice.
         assert_eq!(reserved.trim(), "30000-32767,61000-65535", "{log}");

@@ -300,6 +300,20 @@ pub fn down() -> Result<()> {
             println!("removed pins /sys/fs/bpf/{name}");
         }
     }
+    // The nodes' cgroups (the socket programs' --cgroup-root): their
+    // processes are killed and the cgroups removed with the links on them.
+    if let Ok(mount) = ferry_harness::cgroup::cgroup2_mount() {
+        for entry in std::fs::read_dir(&mount)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ferry-") && entry.path().is_dir() {
+                let cgroup = ferry_harness::Cgroup { path: entry.path() };
+                match cgroup.remove() {
+                    Ok(()) => println!("removed cgroup {}", entry.path().display()),
+                    Err(e) => println!("{e:#}"),
+                }
+            }
+        }
+    }
     for entry in std::fs::read_dir(std::env::temp_dir())?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("ferry-") && entry.path().join("objects.yaml").exists() {

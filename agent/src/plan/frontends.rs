@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 
 use ferry_common::{
-    Backend, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS, SERVICE_FLAG_LOCAL_ONLY,
-    ServiceKey,
+    Backend, LOOPBACK_ADDR, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS,
+    SERVICE_FLAG_LOCAL_ONLY, ServiceKey,
 };
 
 use super::{
@@ -103,6 +103,26 @@ pub fn external_addresses(
         .chain(&svc.load_balancer_ips)
         .map(|a| (*a, port.port));
     node_ports.chain(on_service_port).collect()
+}
+
+/// The nodePort on 127.0.0.1, as the node's own processes reach it
+/// (kube-proxy's localhost NodePorts): any endpoint, no source NAT, as the
+/// node's other addresses from inside the cluster. Only the socket
+/// programs read it, for sockets of the node's own namespace.
+pub fn loopback_node_port(
+    svc: &ParsedService,
+    port: &ServicePort,
+    backends: &Categorized,
+) -> Option<(ServiceKey, DesiredFrontend)> {
+    let node_port = port.node_port?;
+    Some(frontend(
+        Ipv4Addr::from(LOOPBACK_ADDR),
+        node_port,
+        SCOPE_EXTERNAL_FROM_PODS,
+        port,
+        &backends.any,
+        (0, options(svc, false)),
+    ))
 }
 
 /// Two frontends per external address: one for clients outside the

@@ -84,6 +84,9 @@ pub struct PlanConfig {
     /// dropped and a ClusterIP's unserved port rejected; with none at all,
     /// such packets pass as any other.
     pub service_cidrs: Vec<Ipv4Net>,
+    /// Serve every NodePort on 127.0.0.1 to the node's own processes (the
+    /// socket programs only; needs socket LB).
+    pub node_ports_on_loopback: bool,
 }
 
 impl PlanConfig {
@@ -109,6 +112,7 @@ impl PlanConfig {
             pin_dir: crate::DEFAULT_PIN_DIR.into(),
             mtu: 1500,
             service_cidrs: Vec::new(),
+            node_ports_on_loopback: false,
         }
     }
 }
@@ -213,6 +217,9 @@ fn service_parts(
             let backends = categorize::categorize(&endpoints, svc.policies);
             draining.extend(backends.draining.iter().copied());
             frontends.extend(frontends::cluster_ip_frontends(&svc, port, &backends));
+            if cfg.node_ports_on_loopback {
+                frontends.extend(frontends::loopback_node_port(&svc, port, &backends));
+            }
             let external = frontends::external_addresses(&svc, port, nodeport_addresses);
             if external.is_empty() {
                 continue;

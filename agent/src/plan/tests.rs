@@ -564,3 +564,42 @@ fn endpoint_addresses_no_pod_can_have_are_reported_and_not_used() {
     let f = &d.frontends[&frontend([10, 96, 0, 1], 80, PROTO_TCP)];
     assert_eq!(f.backends, vec![backend([10, 0, 0, 9], 8080)]);
 }
+
+#[test]
+fn with_socket_lb_every_node_port_is_also_served_on_loopback_to_the_node_only() {
+    let loopback = |port| ServiceKey {
+        addr: ferry_common::LOOPBACK_ADDR,
+        port,
+        protocol: PROTO_TCP,
+        scope: SCOPE_EXTERNAL_FROM_PODS,
+    };
+    let cfg = PlanConfig {
+        node_ports_on_loopback: true,
+        ..PlanConfig::for_node("n1")
+    };
+    let (d, _) = plan(&objects(EXTERNAL), &cfg);
+    // Any endpoint, whatever externalTrafficPolicy: the node is inside the
+    // cluster, as its pods are.
+    let etp_local = &d.frontends[&loopback(30080)];
+    assert_eq!(
+        (etp_local.backends.len(), etp_local.flags),
+        (
+            d.frontends[&key([192, 168, 77, 11], 30080, SCOPE_EXTERNAL_FROM_PODS)]
+                .backends
+                .len(),
+            0
+        )
+    );
+    assert!(d.frontends.contains_key(&loopback(30081)));
+    // Never for clients from outside, and not at all without socket LB.
+    let mut outside = loopback(30080);
+    outside.scope = SCOPE_EXTERNAL;
+    assert!(!d.frontends.contains_key(&outside));
+    let (without, _) = plan(&objects(EXTERNAL), &PlanConfig::for_node("n1"));
+    assert!(
+        !without
+            .frontends
+            .keys()
+            .any(|k| k.addr == ferry_common::LOOPBACK_ADDR)
+    );
+}
