@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod reserved_ports;
 pub mod run;
 pub mod socklb;
+pub mod sockterm;
 pub mod source;
 pub mod tc;
 

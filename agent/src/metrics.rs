@@ -61,6 +61,7 @@ pub struct Metrics {
     pin_dir: PathBuf,
     ready: AtomicBool,
     syncs: AtomicU64,
+    terminated_sockets: AtomicU64,
     sync_duration: Mutex<Histogram>,
     programming: Mutex<Histogram>,
 }
@@ -71,6 +72,7 @@ impl Metrics {
             pin_dir: pin_dir.to_path_buf(),
             ready: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            terminated_sockets: AtomicU64::new(0),
             sync_duration: Mutex::default(),
             programming: Mutex::default(),
         }
@@ -94,6 +96,12 @@ impl Metrics {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Connected UDP sockets terminated because their backend left.
+    pub fn record_terminated_sockets(&self, n: usize) {
+        self.terminated_sockets
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -105,6 +113,11 @@ impl Metrics {
             out,
             "# HELP ferry_syncs_total Syncs of the dataplane maps.\n# TYPE ferry_syncs_total counter\nferry_syncs_total {}",
             self.syncs.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_sock_terminated_total Connected UDP sockets translated at connect() that the agent terminated (ECONNABORTED) because their backend left the Service.\n# TYPE ferry_sock_terminated_total counter\nferry_sock_terminated_total {}",
+            self.terminated_sockets.load(Ordering::Relaxed)
         );
         self.sync_duration.lock().expect("metrics lock").write(
             &mut out,
@@ -158,10 +171,11 @@ impl Metrics {
                     }
                     if let Some(entries) = sock_reverse_entries {
                         let written = counters[outcome::SOCK_REVERSE_NEW as usize].packets;
+                        let removed = counters[outcome::SOCK_REVERSE_REMOVED as usize].packets;
                         let _ = writeln!(
                             out,
-                            "# HELP ferry_sock_reverse_evictions Entries of ferry_sock_rev the LRU evicted (new entries written less those present): a socket that lost its entry sees the backend as its peer; above zero, the map is too small for the node's sockets.\n# TYPE ferry_sock_reverse_evictions gauge\nferry_sock_reverse_evictions {}",
-                            sock_reverse_evictions(written, entries)
+                            "# HELP ferry_sock_reverse_evictions Entries of ferry_sock_rev the LRU evicted (new entries written less those the agent removed and those present): a socket that lost its entry sees the backend as its peer; above zero, the map is too small for the node's sockets.\n# TYPE ferry_sock_reverse_evictions gauge\nferry_sock_reverse_evictions {}",
+                            sock_reverse_evictions(written, removed, entries)
                         );
                     }
                 }
@@ -172,11 +186,12 @@ impl Metrics {
     }
 }
 
-/// Entries of `ferry_sock_rev` gone: the datapath never deletes them, so
-/// every new entry written and no longer present was evicted. Zero while
+/// Entries of `ferry_sock_rev` gone: the datapath never deletes them and
+/// the agent counts those it removes (of sockets it terminated), so every
+/// other new entry written and no longer present was evicted. Zero while
 /// the counters lag the map (an entry counted on another CPU mid-write).
-pub fn sock_reverse_evictions(new_entries: u64, present: u64) -> u64 {
-    new_entries.saturating_sub(present)
+pub fn sock_reverse_evictions(new_entries: u64, removed: u64, present: u64) -> u64 {
+    new_entries.saturating_sub(removed).saturating_sub(present)
 }
 
 /// One field of a datapath counter.
@@ -282,10 +297,14 @@ mod sock_reverse_tests {
 
     #[test]
     fn evictions_are_new_entries_no_longer_present() {
-        assert_eq!(sock_reverse_evictions(10, 10), 0);
-        assert_eq!(sock_reverse_evictions(300_000, 262_144), 37_856);
+        assert_eq!(sock_reverse_evictions(10, 0, 10), 0);
+        assert_eq!(sock_reverse_evictions(300_000, 0, 262_144), 37_856);
+        // Entries the agent removed (terminated sockets) are no evictions.
+        assert_eq!(sock_reverse_evictions(300_000, 37_856, 262_144), 0);
+        assert_eq!(sock_reverse_evictions(12, 2, 8), 2);
         // A counter that lags the map never reads as negative.
-        assert_eq!(sock_reverse_evictions(5, 6), 0);
+        assert_eq!(sock_reverse_evictions(5, 0, 6), 0);
+        assert_eq!(sock_reverse_evictions(5, 3, 6), 0);
     }
 }
 

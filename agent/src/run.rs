@@ -23,6 +23,7 @@ use crate::{
         Reconciler, Targets,
         system::{KernelRoutes, ProcSys, SystemFiles, SystemLinks},
     },
+    sockterm::SystemSockets,
     source::{Snapshot, Source, file::FileSource, kube::KubeSource},
 };
 
@@ -83,6 +84,7 @@ impl Agent {
         };
         self.metrics
             .record_sync((done - parsed).as_secs_f64(), &programming);
+        self.metrics.record_terminated_sockets(r.terminated_sockets);
         if r.routes.changed() + r.kernel_routes.changed() > 0 {
             tracing::info!(
                 nodes = plan.peers.len(),
@@ -102,6 +104,7 @@ impl Agent {
             removed = services.removed,
             unchanged = services.unchanged,
             stale_udp_flows = r.stale_flows,
+            terminated_sockets = r.terminated_sockets,
             service_ranges_changed = r.service_ranges.changed(),
             failed = services.failed
                 + r.service_ranges.failed
@@ -157,6 +160,7 @@ fn system_targets(cfg: &RunConfig) -> anyhow::Result<Targets> {
         routes: Box::new(Routes::open(pin_dir)?),
         kernel_routes: Box::new(KernelRoutes::default()),
         flows: Box::new(Conntrack::open(pin_dir)?),
+        sockets: Box::new(SystemSockets::open(pin_dir)?),
         links: Box::new(SystemLinks {
             pin_dir: pin_dir.clone(),
         }),

@@ -103,9 +103,14 @@ pub const SOCK_DROP_SOURCE_RANGE: u32 = 28;
 /// (an update raced the call), or the frontend needs the client's address
 /// (affinity, source ranges) and a pod's socket is not bound yet.
 pub const SOCK_PASSED_TO_TC: u32 = 29;
+/// Counted by the agent, not the datapath: an entry of `ferry_sock_rev`
+/// the agent removed because it terminated the socket (its UDP backend
+/// left). Subtracted, with the entries present, from the new entries to
+/// count evictions.
+pub const SOCK_REVERSE_REMOVED: u32 = 30;
 
 /// Number of outcomes.
-pub const COUNT: u32 = 30;
+pub const COUNT: u32 = 31;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -143,4 +148,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_sock_reverse_write",
     "sock_drop_source_range",
     "sock_passed_to_tc",
+    "sock_reverse_removed",
 ];

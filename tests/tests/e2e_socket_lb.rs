@@ -333,3 +333,105 @@ fn with_socket_lb_on_a_pods_connection_is_translated_at_connect_not_by_tc() {
     );
     assert_eq!(counted(&node, "sock_rejected_no_endpoints"), refused + 1);
 }
+
+/// Each line a `udpc-loop` client prints, with when the test read it.
+fn timed_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<(Instant, String)> {
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn a_connected_udp_socket_whose_backend_leaves_gets_an_error_within_a_second() {
+    let c = cluster();
+    let (node, _client, backends) = setup(&c, &[]);
+    let (b1, b2) = (&backends[0], &backends[1]);
+    let vip = VIP.to_string();
+    // Only b1 behind the Service, so the connected socket's backend is
+    // known.
+    c.write_manifest(&objects(&[b1])).unwrap();
+    wait_for(&node, "only b1 drawn", Duration::from_secs(5), || {
+        let seen = names((0..10).map(|_| node.sock_client(&["udpc", &vip, "53", "?"]).unwrap()));
+        seen == BTreeSet::from(["b1".to_string()])
+    });
+    // One socket connected to the ClusterIP (translated to b1), one
+    // connected to b1's pod IP itself (not translated).
+    let mut via_service = node
+        .spawn_sock_client(&["udpc-loop", &vip, "53", "?", "20"])
+        .unwrap();
+    let mut direct = node
+        .spawn_sock_client(&["udpc-loop", &b1.ip.to_string(), "8080", "?", "20"])
+        .unwrap();
+    let service_lines = timed_lines(&mut via_service);
+    let direct_lines = timed_lines(&mut direct);
+    let second = Duration::from_secs(1);
+    for (what, lines) in [
+        ("via the Service", &service_lines),
+        ("direct", &direct_lines),
+    ] {
+        let (_, line) = lines.recv_timeout(second).unwrap();
+        assert_eq!(answer(&line).as_deref(), Some("b1"), "{what}: {line}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    while service_lines.try_recv().is_ok() {}
+    while direct_lines.try_recv().is_ok() {}
+
+    // b1's endpoint leaves the slice; b2 serves instead. The pod b1 still
+    // answers: without termination the socket would go on reaching it.
+    let changed = Instant::now();
+    c.write_manifest(&objects(&[b2])).unwrap();
+    let (error_at, error) = loop {
+        let (at, line) = service_lines
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| panic!("no line from the client\n{}", node.agent_log()));
+        if line.starts_with("error=") {
+            break (at, line);
+        }
+        assert_eq!(answer(&line).as_deref(), Some("b1"), "{line}");
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "the socket was not terminated: {line}\n{}",
+            node.agent_log()
+        );
+    };
+    let took = error_at - changed;
+    println!("the connected socket saw `{error}` {took:?} after the endpoint left");
+    // ECONNABORTED on a pending or the next recv; a send on the socket,
+    // which the kernel disconnected, fails with EDESTADDRREQ, and the
+    // ECONNABORTED is pending.
+    assert!(
+        error.starts_with("error=103 ")
+            || (error.starts_with("error=89 step=send") && error.ends_with(" so_error=103")),
+        "{error}"
+    );
+    assert!(took < second, "{error} after {took:?}");
+    assert!(
+        node.agent_log().contains("terminated_sockets=1"),
+        "{}",
+        node.agent_log()
+    );
+
+    // A fresh connect reaches the new backend.
+    let fresh = node.sock_client(&["udpc", &vip, "53", "?"]).unwrap();
+    assert_eq!(answer(&fresh).as_deref(), Some("b2"), "{fresh}");
+
+    // The socket that dialled b1 itself was not terminated.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_millis(500) {
+        let (at, line) = direct_lines.recv_timeout(second).unwrap();
+        if at > error_at {
+            assert_eq!(answer(&line).as_deref(), Some("b1"), "direct: {line}");
+        }
+    }
+    for mut child in [via_service, direct] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

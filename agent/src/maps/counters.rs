@@ -1,7 +1,7 @@
 //! Per-outcome packet counters, summed over CPUs.
 use std::path::Path;
 
-use aya::maps::{MapData, MapError, PerCpuArray};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuValues};
 use ferry_common::{Counter, MAP_COUNTERS, outcome};
 
 use super::{OpenError, open_pinned};
@@ -24,5 +24,17 @@ impl Counters {
                 }))
             })
             .collect()
+    }
+
+    /// Add `n` to an outcome the agent counts itself (no program counts
+    /// it, so the read-modify-write races nothing): on the first CPU's
+    /// value, as the sum over CPUs is what is read.
+    pub fn add(&mut self, outcome: u32, n: u64) -> Result<(), MapError> {
+        let mut values: Vec<Counter> = self.0.get(&outcome, 0)?.to_vec();
+        if let Some(first) = values.first_mut() {
+            first.packets += n;
+        }
+        let values = PerCpuValues::try_from(values).map_err(MapError::IoError)?;
+        self.0.set(outcome, values, 0)
     }
 }

@@ -14,7 +14,7 @@ use super::{
     Targets,
     targets::{
         FileTarget, FlowTable, HealthServers, LinkTarget, NodeMapTarget, PortReservations,
-        RouteMap, Table, TargetError, TargetResult,
+        RouteMap, SocketTerminator, Table, TargetError, TargetResult,
     },
 };
 use crate::{
@@ -47,6 +47,8 @@ pub struct Host {
     pub health_checks: BTreeMap<u16, HealthCheck>,
     /// Every flow removal asked for.
     pub removed_flows: Vec<super::targets::StaleFlows>,
+    /// Every socket termination asked for (the departed UDP flows).
+    pub terminated_sockets: Vec<super::targets::StaleFlows>,
     pub reserved_ports: Vec<PortRange>,
     /// Every write, in order ("services upsert ...", "links detach ...").
     pub writes: Vec<String>,
@@ -75,6 +77,7 @@ impl MemoryHost {
             routes: Box::new(self.clone()),
             kernel_routes: self.table("kernel routes", |h| &mut h.kernel_routes),
             flows: Box::new(self.clone()),
+            sockets: Box::new(self.clone()),
             links: Box::new(self.clone()),
             files: Box::new(self.clone()),
             health: Box::new(self.clone()),
@@ -172,6 +175,14 @@ impl FlowTable for MemoryHost {
 
     fn collect_garbage(&mut self, _now_ns: u64) -> TargetResult<usize> {
         Ok(0)
+    }
+}
+
+impl SocketTerminator for MemoryHost {
+    fn terminate(&mut self, stale: &[super::targets::StaleFlows]) -> TargetResult<usize> {
+        let what = format!("sockets terminate {}", stale.len());
+        self.record(what, |h| h.terminated_sockets.extend_from_slice(stale));
+        Ok(stale.len())
     }
 }
 

@@ -20,7 +20,7 @@ pub mod targets;
 
 use targets::{
     FileTarget, FlowTable, HealthServers, LinkTarget, NodeMapTarget, PortReservations, RouteMap,
-    StaleFlows, Table, TargetError,
+    SocketTerminator, StaleFlows, Table, TargetError,
 };
 
 use crate::{
@@ -113,10 +113,19 @@ pub struct Targets {
     pub routes: Box<dyn RouteMap>,
     pub kernel_routes: Box<dyn Table<Ipv4Net, KernelRoute>>,
     pub flows: Box<dyn FlowTable>,
+    /// Connected UDP sockets translated at connect() to a backend that left.
+    pub sockets: Box<dyn SocketTerminator>,
     pub links: Box<dyn LinkTarget>,
     pub files: Box<dyn FileTarget>,
     pub health: Box<dyn HealthServers>,
     pub ports: Box<dyn PortReservations>,
+}
+
+/// What went with the UDP backends that left.
+#[derive(Debug, Default)]
+struct Departed {
+    flows: usize,
+    sockets: usize,
 }
 
 /// What one reconcile did.
@@ -125,6 +134,8 @@ pub struct Report {
     pub services: DiffStats,
     /// UDP flows removed because their backend left.
     pub stale_flows: usize,
+    /// Connected UDP sockets terminated because their backend left.
+    pub terminated_sockets: usize,
     pub service_ranges: DiffStats,
     pub routes: DiffStats,
     pub kernel_routes: DiffStats,
@@ -294,12 +305,15 @@ impl Reconciler {
     /// resolver) would keep reaching the old backend for as long as it
     /// keeps sending. Removed only after the new backend set is in place,
     /// so the client's next packet draws from it. TCP flows are left alone
-    /// (below).
+    /// (below). Likewise, at the same moment, the connected UDP sockets
+    /// that socket LB translated to those backends are terminated, so the
+    /// application reconnects and draws from the new set; a draining
+    /// (terminating) backend keeps its sockets as it keeps its flows.
     fn reconcile_services(
         &mut self,
         desired: &BTreeMap<ServiceKey, DesiredFrontend>,
         draining: &BTreeSet<Backend>,
-        stale_flows: &mut usize,
+        departed: &mut Departed,
     ) -> DiffStats {
         let services = &mut *self.targets.services;
         let current = match services.current() {
@@ -312,9 +326,15 @@ impl Reconciler {
         self.draining_flows = still_draining;
         if !stale.is_empty() {
             match self.targets.flows.remove_flows(&stale) {
-                Ok(n) => *stale_flows = n,
+                Ok(n) => departed.flows = n,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot remove the UDP flows of departed backends; they end when they expire")
+                }
+            }
+            match self.targets.sockets.terminate(&stale) {
+                Ok(n) => departed.sockets = n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot terminate the connected UDP sockets of departed backends; they keep sending to the old backend until the application reconnects")
                 }
             }
         }
@@ -346,8 +366,10 @@ impl Reconciler {
                 &e,
             );
         }
-        report.services =
-            self.reconcile_services(&plan.frontends, &plan.draining, &mut report.stale_flows);
+        let mut departed = Departed::default();
+        report.services = self.reconcile_services(&plan.frontends, &plan.draining, &mut departed);
+        report.stale_flows = departed.flows;
+        report.terminated_sockets = departed.sockets;
         // After the frontends: a new Service's ClusterIP is served before it
         // stops being an unallocated address.
         report.service_ranges = apply_diff(

@@ -65,6 +65,16 @@ pub trait FlowTable {
     fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<usize>;
 }
 
+/// The sockets socket-level load balancing connected to a backend, as far
+/// as the reconciler ends them.
+pub trait SocketTerminator {
+    /// Terminate the connected UDP sockets that socket LB translated from
+    /// the frontend of a flow in `stale` to its backend, which left (the
+    /// application sees ECONNABORTED and reconnects to a current backend),
+    /// and drop their reverse entries; returns how many were terminated.
+    fn terminate(&mut self, stale: &[StaleFlows]) -> TargetResult<usize>;
+}
+
 /// The route map, written whole (its own diff keeps a moved CIDR routed
 /// throughout).
 pub trait RouteMap {

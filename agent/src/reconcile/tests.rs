@@ -497,3 +497,88 @@ fn service_ranges_follow_the_cidrs_and_the_cluster_ips_by_diff() {
     assert_eq!(report.service_ranges.removed, 2);
     assert!(kinds(&host).is_empty());
 }
+
+#[test]
+fn sockets_of_a_departed_udp_backend_are_terminated_after_the_new_set_is_written() {
+    let udp = ServiceKey {
+        protocol: ferry_common::PROTO_UDP,
+        port: 53,
+        ..key(1)
+    };
+    let host = MemoryHost::default();
+    let mut targets = host.targets();
+    apply_diff(
+        "services",
+        &mut *targets.services,
+        &BTreeMap::from([(udp, fe(&[1, 2])), (key(1), fe(&[1, 2]))]),
+    );
+    let mut reconciler = Reconciler::new(targets);
+    let mut plan = node_plan("", &PlanConfig::for_node("n1"));
+    // Backend 1 leaves both frontends; another is added.
+    plan.frontends = BTreeMap::from([(udp, fe(&[2, 3])), (key(1), fe(&[2, 3]))]);
+    host.take_writes();
+    let report = reconciler.reconcile(&plan);
+    assert_eq!(report.terminated_sockets, 1);
+    let asked: Vec<(u16, u8, u8)> = host
+        .0
+        .borrow()
+        .terminated_sockets
+        .iter()
+        .map(|f| (f.port, f.protocol, f.backend.addr[3]))
+        .collect();
+    assert_eq!(
+        asked,
+        [(53, ferry_common::PROTO_UDP, 1)],
+        "UDP only: a TCP connection is left to its endpoints"
+    );
+    let writes = host.take_writes();
+    let last_service_write = writes
+        .iter()
+        .rposition(|w| w.starts_with("services"))
+        .unwrap();
+    let sockets = writes
+        .iter()
+        .position(|w| w.starts_with("sockets terminate"))
+        .unwrap();
+    assert!(last_service_write < sockets, "{writes:?}");
+    // Nothing left: the next sync terminates nothing.
+    assert_eq!(reconciler.reconcile(&plan).terminated_sockets, 0);
+    assert_eq!(host.0.borrow().terminated_sockets.len(), 1);
+}
+
+#[test]
+fn sockets_of_a_draining_backend_are_kept_until_it_leaves_the_slice() {
+    let udp = ServiceKey {
+        protocol: ferry_common::PROTO_UDP,
+        port: 53,
+        ..key(1)
+    };
+    let host = MemoryHost::default();
+    let mut targets = host.targets();
+    apply_diff(
+        "services",
+        &mut *targets.services,
+        &BTreeMap::from([(udp, fe(&[1, 2]))]),
+    );
+    let mut reconciler = Reconciler::new(targets);
+    let mut plan = node_plan("", &PlanConfig::for_node("n1"));
+    // Backend 1 is terminating: out of the set, its sockets kept.
+    plan.frontends = BTreeMap::from([(udp, fe(&[2]))]);
+    plan.draining = fe(&[1]).backends.into_iter().collect();
+    assert_eq!(reconciler.reconcile(&plan).terminated_sockets, 0);
+    assert!(host.0.borrow().terminated_sockets.is_empty());
+    // Still draining at the next sync: still kept.
+    assert_eq!(reconciler.reconcile(&plan).terminated_sockets, 0);
+    // Gone from the slice: its sockets are terminated.
+    plan.draining.clear();
+    let report = reconciler.reconcile(&plan);
+    assert_eq!(report.terminated_sockets, 1);
+    let asked: Vec<u8> = host
+        .0
+        .borrow()
+        .terminated_sockets
+        .iter()
+        .map(|f| f.backend.addr[3])
+        .collect();
+    assert_eq!(asked, [1]);
+}

@@ -9,6 +9,13 @@
 //! recvfrom, `udpc` connects a UDP socket first; `tcp-held` asks once,
 //! prints, then asks again on the same connection for every line on stdin
 //! (a connection that must outlive something the test does meanwhile).
+//!
+//! `ferry-sock-client udpc-loop ADDR PORT REQUEST [SECONDS]`: one connected
+//! UDP socket that asks every 100 ms for SECONDS (default 30) and prints a
+//! line per ask, `ms=MS answer=TEXT` or `error=ERRNO step=STEP ms=MS`
+//! (MS since start; a failed send adds the socket's pending error,
+//! ` so_error=ERRNO`), never reconnecting: what an application with one
+//! long-lived connected socket sees.
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
@@ -103,12 +110,55 @@ fn udp(to: SocketAddr, request: &[u8], connected: bool, start: Instant) -> Strin
     }
 }
 
+fn udp_loop(to: SocketAddr, request: &[u8], seconds: u64, start: Instant) -> std::io::Result<()> {
+    let s = UdpSocket::bind(("0.0.0.0", 0))?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    s.connect(to)?;
+    let mut out = std::io::stdout();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let asked = Instant::now();
+        let line = match s.send(request) {
+            // What the kernel left pending on the socket, too (SO_ERROR):
+            // a socket it disconnected fails the send with EDESTADDRREQ
+            // before the pending error is read.
+            Err(e) => match s.take_error() {
+                Ok(Some(pending)) => format!(
+                    "{} so_error={}",
+                    failed("send", e, start),
+                    pending.raw_os_error().unwrap_or(-1)
+                ),
+                _ => failed("send", e, start),
+            },
+            Ok(_) => match s.recv(&mut buf) {
+                Ok(n) => format!(
+                    "ms={} answer={}",
+                    start.elapsed().as_millis(),
+                    String::from_utf8_lossy(&buf[..n]).trim()
+                ),
+                Err(e) => failed("recv", e, start),
+            },
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(asked.elapsed()));
+    }
+    Ok(())
+}
+
 fn main() {
-    let usage = "usage: ferry-sock-client tcp|udp|udpc ADDR PORT REQUEST";
+    let usage =
+        "usage: ferry-sock-client tcp|udp|udpc|tcp-held|udpc-loop ADDR PORT REQUEST [SECONDS]";
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mode, addr, port, request] = args.as_slice() else {
-        eprintln!("{usage}");
-        std::process::exit(2);
+    let (mode, addr, port, request, seconds) = match args.as_slice() {
+        [mode, addr, port, request] => (mode, addr, port, request, 30),
+        [mode, addr, port, request, seconds] => {
+            (mode, addr, port, request, seconds.parse().expect(usage))
+        }
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
     };
     let addr: Ipv4Addr = addr.parse().expect(usage);
     let port: u16 = port.parse().expect(usage);
@@ -121,6 +171,12 @@ fn main() {
         "tcp-held" => match tcp_held(to, request.as_bytes(), start) {
             Ok(()) => return,
             Err(e) => failed("tcp-held", e, start),
+        },
+        // (Stdout closed: the test stopped reading.)
+        "udpc-loop" => match udp_loop(to, request.as_bytes(), seconds, start) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return,
+            Err(e) => failed("udpc-loop", e, start),
         },
         _ => {
             eprintln!("{usage}");
