@@ -6,9 +6,13 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum BpffsError {
     #[error(
-        "{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`)"
+        "{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`). Under `ip netns exec`, which remounts /sys without it, use `nsenter --net=/run/netns/NAME` instead"
     )]
     NotBpffs { path: String },
+    #[error(
+        "{path} is owned by uid {owner} or writable by others (mode {mode:o}): whoever can write it can rename or remove ferry's maps and links, which detaches ferry. Make it root's and not group/other-writable (`chown root: {path} && chmod go-w {path}`), or remove it"
+    )]
+    NotPrivate { path: String, owner: u32, mode: u32 },
     #[error("cannot inspect {path}: {source}")]
     Io { path: String, source: io::Error },
 }
@@ -38,6 +42,28 @@ pub fn ensure_on_bpffs(dir: &Path) -> Result<(), BpffsError> {
     if st.f_type as i64 != BPF_FS_MAGIC {
         return Err(BpffsError::NotBpffs {
             path: dir.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Is `dir` ferry's alone: owned by this (root) process's user and not
+/// writable by group or others? bpffs is often mounted world-writable (mode
+/// 1777), so a pin directory someone else made first would hand them
+/// ferry's maps and links.
+pub fn ensure_private(dir: &Path) -> Result<(), BpffsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|source| BpffsError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(BpffsError::NotPrivate {
+            path: dir.display().to_string(),
+            owner: meta.uid(),
+            mode: meta.mode() & 0o7777,
         });
     }
     Ok(())

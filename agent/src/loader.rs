@@ -26,7 +26,7 @@ use ferry_common::{
     SockRevKey, SockRevValue,
 };
 
-use crate::bpffs::{BpffsError, ensure_on_bpffs};
+use crate::bpffs::{BpffsError, ensure_on_bpffs, ensure_private};
 
 /// Name of the tc program on a pod's host-side veth.
 pub const PROG_FROM_POD: &str = "ferry_from_pod";
@@ -223,6 +223,7 @@ impl Dataplane {
             path: pin_dir.display().to_string(),
             source,
         })?;
+        ensure_private(pin_dir)?;
         check_pinned(pin_dir)?;
         let paths: Vec<(&'static str, PathBuf)> = expected_shapes()
             .iter()

@@ -478,3 +478,35 @@ fn inspect_into_a_reader_that_went_away_exits_cleanly() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn a_pin_directory_another_user_owns_or_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    ferry_tests::fixture::require_root();
+    let dir = unique_pin_dir("foreign");
+    let guard = ferry_tests::fixture::PinDirGuard(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    // Made first by an unprivileged user (nobody).
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let err = ferry_agent::loader::Dataplane::load(&dir)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing pinned"
+    );
+    // Root's, but writable by everyone.
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = ferry_agent::loader::Dataplane::load(&dir)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("mode 777"), "{err}");
+    // Made private: loads.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let loaded = ferry_agent::loader::Dataplane::load(&dir);
+    assert!(loaded.is_ok(), "{:?}", loaded.err().map(|e| e.to_string()));
+    drop(loaded);
+    drop(guard);
+}
