@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    config::{RunConfig, SourceConfig},
+    config::{RunConfig, SocketLb, SourceConfig},
     healthcheck::HealthChecks,
     latency::TriggerTimes,
     loader::Dataplane,
@@ -160,7 +160,14 @@ fn system_targets(cfg: &RunConfig) -> anyhow::Result<Targets> {
         routes: Box::new(Routes::open(pin_dir)?),
         kernel_routes: Box::new(KernelRoutes::default()),
         flows: Box::new(Conntrack::open(pin_dir)?),
-        sockets: Box::new(SystemSockets::open(pin_dir)?),
+        sockets: Box::new(SystemSockets::open(
+            pin_dir,
+            // Pods' sockets are translated only with `on`: only then are
+            // there any of theirs to terminate.
+            (cfg.socket_lb == SocketLb::On).then(|| {
+                crate::cni::podns::records_dir(&cfg.cni_data_dir, crate::cni::NETWORK_NAME)
+            }),
+        )?),
         links: Box::new(SystemLinks {
             pin_dir: pin_dir.clone(),
         }),
