@@ -185,6 +185,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     update_pod_links(&pin_dir);
     crate::socklb::apply(&pin_dir, cfg.socket_lb, cfg.cgroup_root.as_deref())
         .with_context(|| format!("setting up --socket-lb {}", cfg.socket_lb.name()))?;
+    if cfg.socket_lb == SocketLb::On && crate::sockterm::may_enter_pods() == Some(false) {
+        tracing::warn!(
+            "--socket-lb on without CAP_SYS_ADMIN: a pod's connected UDP socket whose backend leaves cannot be terminated (entering the pod's network namespace needs it) and keeps its backend until the application reconnects"
+        );
+    }
     let mut reconciler = Reconciler::new(system_targets(&cfg)?);
     // Links and reserved ports follow the configuration alone: make them
     // before any object arrives (the API may be down), and stop here if the

@@ -337,6 +337,29 @@ pub fn sweep_in(
     })
 }
 
+/// `CAP_SYS_ADMIN`'s bit in the capability sets.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether the `CapEff:` line of a `/proc/PID/status` holds capability
+/// `cap` (None: no such line).
+pub fn effective_cap(status: &str, cap: u32) -> Option<bool> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let bits = u64::from_str_radix(hex, 16).ok()?;
+    Some((bits >> cap) & 1 == 1)
+}
+
+/// Whether this process may enter pods' network namespaces (`setns`
+/// needs CAP_SYS_ADMIN); None when it cannot tell.
+pub fn may_enter_pods() -> Option<bool> {
+    effective_cap(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        CAP_SYS_ADMIN,
+    )
+}
+
 /// At most this many pods' namespaces are worked in at once.
 const POD_THREADS: usize = 4;
 
@@ -639,6 +662,17 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let none = sweep_pods(&dir, &departed, &|_| None);
         assert_eq!((none.namespaces, none.failed.len()), (0, 0), "{none:?}");
+    }
+
+    #[test]
+    fn sys_admin_is_read_from_the_effective_set() {
+        let with = "Name:\tferry-agent\nCapInh:\t0000000000000000\nCapPrm:\t000000c000201000\nCapEff:\t000000c000201000\n";
+        assert_eq!(effective_cap(with, CAP_SYS_ADMIN), Some(true));
+        // BPF, PERFMON and NET_ADMIN alone (the DaemonSet's default).
+        let without = "CapEff:\t000000c000001000\n";
+        assert_eq!(effective_cap(without, CAP_SYS_ADMIN), Some(false));
+        assert_eq!(effective_cap(without, 12), Some(true), "NET_ADMIN");
+        assert_eq!(effective_cap("Name: x\n", CAP_SYS_ADMIN), None);
     }
 
     #[test]
