@@ -292,6 +292,8 @@ pub enum PodSweepError {
     Diag { path: PathBuf, source: DiagError },
     #[error("the thread working in the network namespace {0} panicked")]
     Panicked(PathBuf),
+    #[error("cannot start a thread to work in a pod's network namespace: {0}")]
+    Thread(io::Error),
 }
 
 impl PodSweepError {
@@ -301,39 +303,27 @@ impl PodSweepError {
     }
 }
 
-/// `sweep_here` in `pod`'s network namespace, on a thread of its own that
-/// enters it (`setns`) and ends with the work: no other thread, and no
-/// tokio worker, ever changes namespace.
-pub fn sweep_in(
+/// `sweep_here` in `pod`'s network namespace. The calling thread enters
+/// it for good, so this runs only on a thread `sweep_pods` spawned for it,
+/// which ends with the work: no other thread, and no tokio worker, ever
+/// changes namespace.
+fn enter_and_sweep(
     pod: &PodNetns,
     stale: &[StaleFlows],
     reverse: ReverseLookup,
 ) -> Result<Sweep, PodSweepError> {
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("ferry-podns".into())
-            .spawn_scoped(scope, || {
-                let ns = podns::open(pod)?;
-                // SAFETY: setns on a descriptor we own; it changes this
-                // thread's network namespace only, and the thread ends
-                // with this closure.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(PodSweepError::Enter {
-                        path: pod.netns.clone(),
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                sweep_here(stale, reverse).map_err(|source| PodSweepError::Diag {
-                    path: pod.netns.clone(),
-                    source,
-                })
-            })
-            .map_err(|source| PodSweepError::Enter {
-                path: pod.netns.clone(),
-                source,
-            })?
-            .join()
-            .map_err(|_| PodSweepError::Panicked(pod.netns.clone()))?
+    let ns = podns::open(pod)?;
+    // SAFETY: setns on a descriptor we own; it changes the calling
+    // thread's network namespace only (see above).
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(PodSweepError::Enter {
+            path: pod.netns.clone(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    sweep_here(stale, reverse).map_err(|source| PodSweepError::Diag {
+        path: pod.netns.clone(),
+        source,
     })
 }
 
@@ -375,7 +365,7 @@ pub struct PodsSweep {
     pub failed: Vec<String>,
 }
 
-/// `sweep_in` every pod namespace recorded in `records` (ferry-cni's, see
+/// `enter_and_sweep` every pod namespace recorded in `records` (ferry-cni's, see
 /// `cni::podns`) but the agent's own; a namespace that fails is recorded
 /// in the result, and the others go on.
 pub fn sweep_pods(records: &Path, stale: &[StaleFlows], reverse: ReverseLookup) -> PodsSweep {
@@ -395,12 +385,30 @@ pub fn sweep_pods(records: &Path, stale: &[StaleFlows], reverse: ReverseLookup) 
     let visit = podns::to_visit(&pods, own);
     out.namespaces = visit.len();
     for batch in visit.chunks(POD_THREADS) {
+        // One OS thread per namespace: it enters it, works, and ends.
         let results: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = batch
                 .iter()
-                .map(|pod| scope.spawn(move || (pod, sweep_in(pod, stale, reverse))))
+                .map(|pod| {
+                    let work = move || enter_and_sweep(pod, stale, reverse);
+                    let thread = std::thread::Builder::new()
+                        .name("ferry-podns".into())
+                        .spawn_scoped(scope, work);
+                    (pod, thread)
+                })
                 .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            handles
+                .into_iter()
+                .map(|(pod, thread)| {
+                    let result = match thread {
+                        Ok(handle) => handle
+                            .join()
+                            .unwrap_or_else(|_| Err(PodSweepError::Panicked(pod.netns.clone()))),
+                        Err(source) => Err(PodSweepError::Thread(source)),
+                    };
+                    (pod, result)
+                })
+                .collect()
         });
         for (pod, result) in results {
             match result {
