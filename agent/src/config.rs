@@ -236,6 +236,9 @@ pub struct RunConfig {
     /// The cgroup the socket programs attach to (None: the host's cgroup2
     /// mount, found or mounted at startup).
     pub cgroup_root: Option<PathBuf>,
+    /// ferry-cni's IPAM store (`--cni-data-dir`), where it records each
+    /// pod's network namespace (`cni::podns`).
+    pub cni_data_dir: PathBuf,
 }
 
 /// `ferry-agent run`'s command line.
@@ -521,7 +524,7 @@ impl RunArgs {
                 uplink: self.uplink.map(|interface| Uplink { interface, overlay }),
                 cni: self.cni_conf_dir.map(|conf_dir| CniConfig {
                     conf_dir,
-                    data_dir: self.cni_data_dir,
+                    data_dir: self.cni_data_dir.clone(),
                 }),
                 pin_dir: self.pin_dir,
                 mtu: self.mtu,
@@ -534,6 +537,7 @@ impl RunArgs {
             log_format: self.log_format,
             socket_lb: self.socket_lb,
             cgroup_root: self.cgroup_root,
+            cni_data_dir: self.cni_data_dir,
         })
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    config::{RunConfig, SourceConfig},
+    config::{RunConfig, SocketLb, SourceConfig},
     healthcheck::HealthChecks,
     latency::TriggerTimes,
     loader::Dataplane,
@@ -160,7 +160,14 @@ fn system_targets(cfg: &RunConfig) -> anyhow::Result<Targets> {
         routes: Box::new(Routes::open(pin_dir)?),
         kernel_routes: Box::new(KernelRoutes::default()),
         flows: Box::new(Conntrack::open(pin_dir)?),
-        sockets: Box::new(SystemSockets::open(pin_dir)?),
+        sockets: Box::new(SystemSockets::open(
+            pin_dir,
+            // Pods' sockets are translated only with `on`: only then are
+            // there any of theirs to terminate.
+            (cfg.socket_lb == SocketLb::On).then(|| {
+                crate::cni::podns::records_dir(&cfg.cni_data_dir, crate::cni::NETWORK_NAME)
+            }),
+        )?),
         links: Box::new(SystemLinks {
             pin_dir: pin_dir.clone(),
         }),
@@ -178,6 +185,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     update_pod_links(&pin_dir);
     crate::socklb::apply(&pin_dir, cfg.socket_lb, cfg.cgroup_root.as_deref())
         .with_context(|| format!("setting up --socket-lb {}", cfg.socket_lb.name()))?;
+    if cfg.socket_lb == SocketLb::On && crate::sockterm::may_enter_pods() == Some(false) {
+        tracing::warn!(
+            "--socket-lb on without CAP_SYS_ADMIN: a pod's connected UDP socket whose backend leaves cannot be terminated (entering the pod's network namespace needs it) and keeps its backend until the application reconnects"
+        );
+    }
     let mut reconciler = Reconciler::new(system_targets(&cfg)?);
     // Links and reserved ports follow the configuration alone: make them
     // before any object arrives (the API may be down), and stop here if the

@@ -15,7 +15,21 @@
 //! the backend left. A socket that dialled the pod IP itself has no such
 //! entry and is left alone. The picked sockets' reverse entries are removed
 //! (counted as `sock_reverse_removed`, so the eviction count stays right).
-use std::{io, net::IpAddr, path::Path};
+//!
+//! sock_diag sees the sockets of the caller's network namespace only. The
+//! node's own are swept from the agent's thread; with `--socket-lb on`,
+//! pods' sockets are translated too, so the same dump, pick and destroy
+//! runs in each pod's namespace that ferry-cni recorded (`cni::podns`), on
+//! a short-lived OS thread that enters it (`setns`, which needs
+//! CAP_SYS_ADMIN), opens its own sock_diag socket there and ends with the
+//! work; a namespace gone meanwhile, or one the agent may not enter, is
+//! logged and skipped.
+use std::{
+    io,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{HashMap, MapData};
 use ferry_common::{MAP_SOCK_REVERSE, PROTO_UDP, SockRevKey, SockRevValue, outcome};
@@ -29,6 +43,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use crate::{
+    cni::podns::{self, NetnsId, OpenNetnsError, PodNetns},
     maps::{Counters, OpenError, found, missing_is_fine, open_pinned},
     reconcile::targets::{SocketTerminator, StaleFlows, TargetError, TargetResult},
 };
@@ -204,57 +219,281 @@ pub fn destroy(socket: &Socket, target: &ConnectedUdp) -> Result<(), DiagError> 
     }
 }
 
-/// The node's own sockets and `ferry_sock_rev`.
+/// The UDP backend ports of `stale`, each once: the dump asks the kernel
+/// for the sockets connected to one of them.
+pub fn departed_ports(stale: &[StaleFlows]) -> Vec<u16> {
+    let mut ports: Vec<u16> = stale
+        .iter()
+        .filter(|f| f.protocol == PROTO_UDP)
+        .map(|f| f.backend.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// A reverse-map lookup, shared by the threads that work in pods'
+/// namespaces (the map's descriptor serves every namespace).
+pub type ReverseLookup<'a> = &'a (dyn Fn(&SockRevKey) -> Option<SockRevValue> + Sync);
+
+/// What terminating in one network namespace did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub terminated: usize,
+    /// The reverse entries to remove: of the sockets terminated, and of
+    /// those that closed in between.
+    pub done: Vec<SockRevKey>,
+    /// The first socket that could not be terminated (the others went on).
+    pub first_error: Option<DiagError>,
+}
+
+/// Dump, pick (`to_terminate`) and destroy the sockets of a departed UDP
+/// backend in the calling thread's network namespace. An error: the dump
+/// failed, nothing was terminated.
+pub fn sweep_here(stale: &[StaleFlows], reverse: ReverseLookup) -> Result<Sweep, DiagError> {
+    let mut sockets = Vec::new();
+    for port in departed_ports(stale) {
+        sockets.extend(dump_connected_udp(port)?);
+    }
+    let mut sweep = Sweep::default();
+    if sockets.is_empty() {
+        return Ok(sweep);
+    }
+    let doomed = to_terminate(&sockets, stale, reverse);
+    if doomed.is_empty() {
+        return Ok(sweep);
+    }
+    let socket = diag_socket()?;
+    for (target, key) in doomed {
+        match destroy(&socket, target) {
+            Ok(()) => sweep.terminated += 1,
+            Err(DiagError::Netlink { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::debug!(cookie = target.cookie, error = %e, "cannot terminate a socket");
+                sweep.first_error.get_or_insert(e);
+                continue;
+            }
+        }
+        sweep.done.push(key);
+    }
+    Ok(sweep)
+}
+
+/// Why a pod's namespace was not swept.
+#[derive(Debug, thiserror::Error)]
+pub enum PodSweepError {
+    #[error(transparent)]
+    Open(#[from] OpenNetnsError),
+    #[error(
+        "entering the network namespace {path}: {source}; the agent needs CAP_SYS_ADMIN to enter pods' namespaces (--socket-lb on)"
+    )]
+    Enter { path: PathBuf, source: io::Error },
+    #[error("in the network namespace {path}: {source}")]
+    Diag { path: PathBuf, source: DiagError },
+    #[error("the thread working in the network namespace {0} panicked")]
+    Panicked(PathBuf),
+    #[error("cannot start a thread to work in a pod's network namespace: {0}")]
+    Thread(io::Error),
+}
+
+impl PodSweepError {
+    /// The pod went away meanwhile: nothing to terminate, nothing wrong.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, PodSweepError::Open(e) if e.is_gone())
+    }
+}
+
+/// `sweep_here` in `pod`'s network namespace. The calling thread enters
+/// it for good, so this runs only on a thread `sweep_pods` spawned for it,
+/// which ends with the work: no other thread, and no tokio worker, ever
+/// changes namespace.
+fn enter_and_sweep(
+    pod: &PodNetns,
+    stale: &[StaleFlows],
+    reverse: ReverseLookup,
+) -> Result<Sweep, PodSweepError> {
+    let ns = podns::open(pod)?;
+    // SAFETY: setns on a descriptor we own; it changes the calling
+    // thread's network namespace only (see above).
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(PodSweepError::Enter {
+            path: pod.netns.clone(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    sweep_here(stale, reverse).map_err(|source| PodSweepError::Diag {
+        path: pod.netns.clone(),
+        source,
+    })
+}
+
+/// `CAP_SYS_ADMIN`'s bit in the capability sets.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether the `CapEff:` line of a `/proc/PID/status` holds capability
+/// `cap` (None: no such line).
+pub fn effective_cap(status: &str, cap: u32) -> Option<bool> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let bits = u64::from_str_radix(hex, 16).ok()?;
+    Some((bits >> cap) & 1 == 1)
+}
+
+/// Whether this process may enter pods' network namespaces (`setns`
+/// needs CAP_SYS_ADMIN); None when it cannot tell.
+pub fn may_enter_pods() -> Option<bool> {
+    effective_cap(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        CAP_SYS_ADMIN,
+    )
+}
+
+/// At most this many pods' namespaces are worked in at once.
+const POD_THREADS: usize = 4;
+
+/// What terminating in the pods' namespaces did.
+#[derive(Debug, Default)]
+pub struct PodsSweep {
+    pub namespaces: usize,
+    pub terminated: usize,
+    pub done: Vec<SockRevKey>,
+    /// Namespaces gone meanwhile.
+    pub gone: usize,
+    /// Namespaces (or sockets in them) that failed, each with its error.
+    pub failed: Vec<String>,
+}
+
+/// `enter_and_sweep` every pod namespace recorded in `records` (ferry-cni's, see
+/// `cni::podns`) but the agent's own; a namespace that fails is recorded
+/// in the result, and the others go on.
+pub fn sweep_pods(records: &Path, stale: &[StaleFlows], reverse: ReverseLookup) -> PodsSweep {
+    let mut out = PodsSweep::default();
+    let pods = match podns::read_all(records) {
+        Ok((pods, bad)) => {
+            out.failed.extend(bad.iter().map(ToString::to_string));
+            pods
+        }
+        Err(e) => {
+            out.failed
+                .push(format!("reading {}: {e}", records.display()));
+            return out;
+        }
+    };
+    let own = NetnsId::own().ok();
+    let visit = podns::to_visit(&pods, own);
+    out.namespaces = visit.len();
+    for batch in visit.chunks(POD_THREADS) {
+        // One OS thread per namespace: it enters it, works, and ends.
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|pod| {
+                    let work = move || enter_and_sweep(pod, stale, reverse);
+                    let thread = std::thread::Builder::new()
+                        .name("ferry-podns".into())
+                        .spawn_scoped(scope, work);
+                    (pod, thread)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(pod, thread)| {
+                    let result = match thread {
+                        Ok(handle) => handle
+                            .join()
+                            .unwrap_or_else(|_| Err(PodSweepError::Panicked(pod.netns.clone()))),
+                        Err(source) => Err(PodSweepError::Thread(source)),
+                    };
+                    (pod, result)
+                })
+                .collect()
+        });
+        for (pod, result) in results {
+            match result {
+                Ok(sweep) => {
+                    out.terminated += sweep.terminated;
+                    out.done.extend(sweep.done);
+                    if let Some(e) = sweep.first_error {
+                        out.failed.push(format!("in {}: {e}", pod.netns.display()));
+                    }
+                }
+                Err(e) if e.is_gone() => {
+                    tracing::debug!(pod = %pod.container_id, error = %e, "pod network namespace gone");
+                    out.gone += 1;
+                }
+                Err(e) => out.failed.push(e.to_string()),
+            }
+        }
+    }
+    out
+}
+
+/// The node's own sockets, the pods' (with `--socket-lb on`), and
+/// `ferry_sock_rev`.
 pub struct SystemSockets {
     reverse: HashMap<MapData, SockRevKey, SockRevValue>,
     counters: Counters,
+    /// ferry-cni's pod namespace records, when pods' sockets are
+    /// translated too (`--socket-lb on`).
+    pods: Option<PathBuf>,
 }
 
 impl SystemSockets {
-    pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
+    /// `pods`: the directory of ferry-cni's pod namespace records
+    /// (`cni::podns::records_dir`), to terminate pods' sockets too.
+    pub fn open(pin_dir: &Path, pods: Option<PathBuf>) -> Result<Self, OpenError> {
         Ok(Self {
             reverse: open_pinned(pin_dir, MAP_SOCK_REVERSE)?,
             counters: Counters::open(pin_dir)?,
+            pods,
         })
     }
 }
 
 impl SocketTerminator for SystemSockets {
     fn terminate(&mut self, stale: &[StaleFlows]) -> TargetResult<usize> {
-        let mut ports: Vec<u16> = stale
-            .iter()
-            .filter(|f| f.protocol == PROTO_UDP)
-            .map(|f| f.backend.port)
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        let mut sockets = Vec::new();
-        for port in ports {
-            sockets.extend(dump_connected_udp(port).map_err(TargetError::new)?);
-        }
-        if sockets.is_empty() {
+        if departed_ports(stale).is_empty() {
             return Ok(0);
         }
         let reverse = &self.reverse;
-        let doomed = to_terminate(&sockets, stale, |k| found(reverse.get(k, 0)).ok().flatten());
-        if doomed.is_empty() {
-            return Ok(0);
-        }
-        let socket = diag_socket().map_err(TargetError::new)?;
+        let lookup = |k: &SockRevKey| found(reverse.get(k, 0)).ok().flatten();
         let mut terminated = 0;
-        let mut removed = 0;
-        let mut first_error = None;
-        for (target, key) in doomed {
-            match destroy(&socket, target) {
-                Ok(()) => terminated += 1,
-                Err(DiagError::Netlink { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::debug!(cookie = target.cookie, error = %e, "cannot terminate a socket");
-                    first_error.get_or_insert(e);
-                    continue;
+        let mut done = Vec::new();
+        let host_error = match sweep_here(stale, &lookup) {
+            Ok(sweep) => {
+                terminated += sweep.terminated;
+                done.extend(sweep.done);
+                sweep.first_error
+            }
+            Err(e) => Some(e),
+        };
+        if let Some(records) = &self.pods {
+            let pods = sweep_pods(records, stale, &lookup);
+            terminated += pods.terminated;
+            done.extend(pods.done);
+            tracing::debug!(
+                namespaces = pods.namespaces,
+                terminated = pods.terminated,
+                gone = pods.gone,
+                failed = pods.failed.len(),
+                "terminated the sockets of departed UDP backends in pods"
+            );
+            if let Some(first) = pods.failed.first() {
+                tracing::warn!(
+                    failed = pods.failed.len(),
+                    namespaces = pods.namespaces,
+                    first_error = %first,
+                    "pods' connected UDP sockets of departed backends could not all be terminated; they keep their backend until the application reconnects"
+                );
+                for e in &pods.failed[1..] {
+                    tracing::debug!(error = %e, "pod network namespace not swept");
                 }
             }
+        }
+        let mut removed = 0;
+        for key in done {
             match missing_is_fine(self.reverse.remove(&key)) {
                 Ok(()) => removed += 1,
                 Err(e) => {
@@ -267,7 +506,7 @@ impl SocketTerminator for SystemSockets {
         {
             tracing::debug!(error = %e, "cannot count the removed reverse entries");
         }
-        match first_error {
+        match host_error {
             Some(e) if terminated == 0 => Err(TargetError::new(e)),
             Some(e) => {
                 tracing::warn!(error = %e, terminated, "some sockets of departed UDP backends could not be terminated");
@@ -373,6 +612,75 @@ mod tests {
             Some(rev(1, (B1, 8080), (VIP, 80)).1)
         });
         assert!(picked.is_empty());
+    }
+
+    #[test]
+    fn each_departed_udp_backend_port_is_dumped_once() {
+        let departed = [
+            stale((VIP, 53), PROTO_UDP, backend(B1, 8080)),
+            stale((VIP, 80), PROTO_TCP, backend(B1, 9000)),
+            stale(([10, 96, 0, 99], 53), PROTO_UDP, backend(B2, 8080)),
+            stale((VIP, 54), PROTO_UDP, backend(B2, 5353)),
+        ];
+        assert_eq!(departed_ports(&departed), [5353, 8080]);
+        assert!(departed_ports(&departed[1..2]).is_empty(), "TCP only");
+    }
+
+    #[test]
+    fn pods_namespaces_that_are_gone_or_unreadable_are_skipped_not_fatal() {
+        let dir = std::env::temp_dir().join(format!("ferry-sockterm-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let record = |id: &str, netns: &str, ns: NetnsId| PodNetns {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            netns: netns.into(),
+            id: ns,
+        };
+        let own = NetnsId::own().unwrap();
+        // The agent's own namespace: never entered (its sockets are swept
+        // from the agent's thread).
+        podns::write(
+            &dir,
+            "fry00000000001",
+            &record("own", "/proc/self/ns/net", own),
+        )
+        .unwrap();
+        // A pod deleted meanwhile, and one whose path now names another
+        // namespace.
+        let gone = NetnsId { dev: 1, ino: 1 };
+        podns::write(
+            &dir,
+            "fry00000000002",
+            &record("gone", "/var/run/netns/ferry-no-such-pod", gone),
+        )
+        .unwrap();
+        podns::write(
+            &dir,
+            "fry00000000003",
+            &record("moved", "/proc/self/ns/net", NetnsId { dev: 1, ino: 2 }),
+        )
+        .unwrap();
+        std::fs::write(dir.join("fry00000000004"), "not json").unwrap();
+        let departed = [stale((VIP, 53), PROTO_UDP, backend(B1, 8080))];
+        let swept = sweep_pods(&dir, &departed, &|_| None);
+        assert_eq!(swept.namespaces, 2, "{swept:?}");
+        assert_eq!(swept.gone, 2, "{swept:?}");
+        assert_eq!(swept.terminated, 0);
+        assert_eq!(swept.failed.len(), 1, "the unreadable record: {swept:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let none = sweep_pods(&dir, &departed, &|_| None);
+        assert_eq!((none.namespaces, none.failed.len()), (0, 0), "{none:?}");
+    }
+
+    #[test]
+    fn sys_admin_is_read_from_the_effective_set() {
+        let with = "Name:\tferry-agent\nCapInh:\t0000000000000000\nCapPrm:\t000000c000201000\nCapEff:\t000000c000201000\n";
+        assert_eq!(effective_cap(with, CAP_SYS_ADMIN), Some(true));
+        // BPF, PERFMON and NET_ADMIN alone (the DaemonSet's default).
+        let without = "CapEff:\t000000c000001000\n";
+        assert_eq!(effective_cap(without, CAP_SYS_ADMIN), Some(false));
+        assert_eq!(effective_cap(without, 12), Some(true), "NET_ADMIN");
+        assert_eq!(effective_cap("Name: x\n", CAP_SYS_ADMIN), None);
     }
 
     #[test]

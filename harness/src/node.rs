@@ -590,6 +590,19 @@ impl Pod {
         run_client(&self.netns, &self.cgroup, &self.sock_client_bin, args)
     }
 
+    /// `ferry-sock-client ARGS` started as a process of this pod (its
+    /// namespace and cgroup) with piped stdin and stdout (`udpc-loop`);
+    /// the caller kills it.
+    pub fn spawn_sock_client(&self, args: &[&str]) -> Result<Child> {
+        let mut cmd = self.netns.command(&self.sock_client_bin);
+        self.cgroup.enter_on_spawn(&mut cmd);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting ferry-sock-client")
+    }
+
     /// Have the pod compute its TCP/UDP checksums itself instead of leaving
     /// them to the (virtual) NIC, so its packets carry full checksums, as
     /// frames arriving from a physical network do.

@@ -299,6 +299,15 @@ fn cni_check_and_del_leave_no_trace() {
     assert!(node.pin_dir.join("links").join(&host_if).exists());
     let ipam_file = node.cni_data_dir.join("ferry").join(pod.ip.to_string());
     assert!(ipam_file.exists());
+    // Where the pod's network namespace is, for the agent (socket LB).
+    let netns_record = node.cni_data_dir.join("ferry/netns").join(&host_if);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&netns_record).unwrap()).unwrap();
+    assert_eq!(
+        record["netns"].as_str(),
+        pod.netns.path().to_str(),
+        "{record}"
+    );
 
     pod.cni_del().unwrap();
     assert!(
@@ -309,6 +318,7 @@ fn cni_check_and_del_leave_no_trace() {
     );
     assert!(!node.pin_dir.join("links").join(&host_if).exists());
     assert!(!ipam_file.exists());
+    assert!(!netns_record.exists());
     assert!(node.netns.exec(&["ip", "link", "show", &host_if]).is_err());
     pod.cni_del().expect("DEL is idempotent");
     assert!(pod.cni_check().is_err(), "CHECK fails once the pod is gone");

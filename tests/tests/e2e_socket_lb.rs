@@ -348,27 +348,53 @@ fn timed_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<(In
     rx
 }
 
-#[test]
-fn a_connected_udp_socket_whose_backend_leaves_gets_an_error_within_a_second() {
-    let c = cluster();
-    let (node, _client, backends) = setup(&c, &[]);
+/// Where a client runs: the node's own processes or a pod's.
+trait Client {
+    fn ask(&self, args: &[&str]) -> String;
+    fn spawn(&self, args: &[&str]) -> std::process::Child;
+}
+
+impl Client for Node {
+    fn ask(&self, args: &[&str]) -> String {
+        self.sock_client(args).unwrap()
+    }
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_sock_client(args).unwrap()
+    }
+}
+
+impl Client for Pod {
+    fn ask(&self, args: &[&str]) -> String {
+        self.sock_client(args).unwrap()
+    }
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_sock_client(args).unwrap()
+    }
+}
+
+/// A connected UDP socket of `client` translated to b1, and one that
+/// dialled b1's pod IP itself; b1 leaves the Service: the first gets an
+/// error within a second and a fresh connect reaches b2, the second keeps
+/// b1.
+fn a_departed_backends_socket_gets_an_error(
+    c: &Cluster,
+    node: &Node,
+    client: &dyn Client,
+    backends: &[Pod],
+) {
     let (b1, b2) = (&backends[0], &backends[1]);
     let vip = VIP.to_string();
     // Only b1 behind the Service, so the connected socket's backend is
     // known.
     c.write_manifest(&objects(&[b1])).unwrap();
-    wait_for(&node, "only b1 drawn", Duration::from_secs(5), || {
-        let seen = names((0..10).map(|_| node.sock_client(&["udpc", &vip, "53", "?"]).unwrap()));
+    wait_for(node, "only b1 drawn", Duration::from_secs(5), || {
+        let seen = names((0..10).map(|_| client.ask(&["udpc", &vip, "53", "?"])));
         seen == BTreeSet::from(["b1".to_string()])
     });
     // One socket connected to the ClusterIP (translated to b1), one
     // connected to b1's pod IP itself (not translated).
-    let mut via_service = node
-        .spawn_sock_client(&["udpc-loop", &vip, "53", "?", "20"])
-        .unwrap();
-    let mut direct = node
-        .spawn_sock_client(&["udpc-loop", &b1.ip.to_string(), "8080", "?", "20"])
-        .unwrap();
+    let mut via_service = client.spawn(&["udpc-loop", &vip, "53", "?", "20"]);
+    let mut direct = client.spawn(&["udpc-loop", &b1.ip.to_string(), "8080", "?", "20"]);
     let service_lines = timed_lines(&mut via_service);
     let direct_lines = timed_lines(&mut direct);
     let second = Duration::from_secs(1);
@@ -419,7 +445,7 @@ fn a_connected_udp_socket_whose_backend_leaves_gets_an_error_within_a_second() {
     );
 
     // A fresh connect reaches the new backend.
-    let fresh = node.sock_client(&["udpc", &vip, "53", "?"]).unwrap();
+    let fresh = client.ask(&["udpc", &vip, "53", "?"]);
     assert_eq!(answer(&fresh).as_deref(), Some("b2"), "{fresh}");
 
     // The socket that dialled b1 itself was not terminated.
@@ -434,4 +460,38 @@ fn a_connected_udp_socket_whose_backend_leaves_gets_an_error_within_a_second() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+#[test]
+fn a_connected_udp_socket_whose_backend_leaves_gets_an_error_within_a_second() {
+    let c = cluster();
+    let (node, _client, backends) = setup(&c, &[]);
+    a_departed_backends_socket_gets_an_error(&c, &node, &node, &backends);
+}
+
+/// ferry-cni's records of the pods' network namespaces on `node`.
+fn netns_records(node: &Node) -> usize {
+    std::fs::read_dir(node.cni_data_dir.join("ferry/netns"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn with_socket_lb_on_a_pods_connected_udp_socket_whose_backend_leaves_gets_an_error_within_a_second()
+ {
+    let c = cluster();
+    let (node, client, backends) = setup(&c, &["--socket-lb", "on"]);
+    // ferry-cni recorded each pod's namespace (client, b1, b2); DEL
+    // removes the record.
+    assert_eq!(netns_records(&node), 3);
+    let extra = node.add_pod("extra").unwrap();
+    assert_eq!(netns_records(&node), 4);
+    extra.cni_del().unwrap();
+    assert_eq!(netns_records(&node), 3);
+    drop(extra);
+    // The client is a process of the pod (its namespace and cgroup), so
+    // its sockets are translated at connect().
+    let sock_before = counted(&node, "sock_translated");
+    a_departed_backends_socket_gets_an_error(&c, &node, &client, &backends);
+    assert!(counted(&node, "sock_translated") > sock_before);
 }

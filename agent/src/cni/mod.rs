@@ -7,8 +7,11 @@
 //! and no host address are needed), routes the address to the host veth,
 //! attaches ferry's from-pod program to the host veth's tc ingress (a tcx
 //! link pinned under the pin directory) and records the endpoint in the
-//! pinned `ferry_endpoints` map. DEL undoes all of it and is idempotent.
+//! pinned `ferry_endpoints` map, and records where the pod's network
+//! namespace is for the agent (`podns`). DEL undoes all of it and is
+//! idempotent.
 pub mod ipam;
+pub mod podns;
 
 use std::{
     collections::HashMap,
@@ -23,6 +26,10 @@ use crate::{
     ipcmd::{self, IpError},
     net::{Ipv4Net, format_mac},
 };
+
+/// The network name of the conflist the agent writes (and so the
+/// directory of the IPAM store and the pod namespace records).
+pub const NETWORK_NAME: &str = "ferry";
 
 /// CNI versions whose configuration and result this plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
@@ -249,6 +256,43 @@ fn ipam_of(conf: &NetConf) -> ipam::Ipam {
     ipam::Ipam::new(&conf.ipam.data_dir, &conf.name, subnet)
 }
 
+/// Where this network's pod namespace records are.
+fn podns_dir(conf: &NetConf) -> PathBuf {
+    podns::records_dir(&conf.ipam.data_dir, &conf.name)
+}
+
+fn podns_error(what: &str, e: std::io::Error, dir: &Path) -> CniError {
+    CniError::new(
+        code::IO_FAILURE,
+        format!("{what} the pod's network namespace record failed"),
+        format!(
+            "{}: {e}; check that the directory is writable",
+            dir.display()
+        ),
+    )
+}
+
+/// Record the pod's namespace for the agent (`podns`): its path and what
+/// it names now.
+fn record_netns(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let dir = podns_dir(conf);
+    let id = podns::NetnsId::of_path(Path::new(&env.netns)).map_err(|e| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "the pod's network namespace is gone",
+            format!("{}: {e}", env.netns),
+        )
+    })?;
+    let record = podns::PodNetns {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: PathBuf::from(&env.netns),
+        id,
+    };
+    podns::write(&dir, &host_ifname(&env.container_id, &env.ifname), &record)
+        .map_err(|e| podns_error("writing", e, &dir))
+}
+
 fn ipam_error(e: ipam::IpamError) -> CniError {
     let code = match e {
         ipam::IpamError::Exhausted { .. } => code::POOL_EXHAUSTED,
@@ -284,7 +328,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let ip = ipam
         .allocate(&env.container_id, &env.ifname)
         .map_err(ipam_error)?;
-    match wire_pod(env, conf, ip) {
+    match wire_pod(env, conf, ip).and_then(|result| record_netns(env, conf).map(|()| result)) {
         Ok(result) => Ok(result),
         Err(e) => {
             // Leave nothing half-made behind: the runtime will retry ADD.
@@ -431,6 +475,8 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         }
         _ => {}
     }
+    let records = podns_dir(conf);
+    podns::remove(&records, &host_if).map_err(|e| podns_error("removing", e, &records))?;
     ipam.release(&env.container_id, &env.ifname)
         .map_err(ipam_error)?;
     Ok(())
@@ -491,7 +537,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 pub fn conflist(pod_cidr: &Ipv4Net, pin_dir: &Path, data_dir: &Path, mtu: u32) -> Value {
     json!({
         "cniVersion": "1.0.0",
-        "name": "ferry",
+        "name": NETWORK_NAME,
         "plugins": [{
             "type": "ferry-cni",
             "pinDir": pin_dir,
