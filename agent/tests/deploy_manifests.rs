@@ -226,6 +226,19 @@ fn the_daemonset_runs_the_agent_with_arguments_it_accepts_and_named_capabilities
 
     let sc = agent.security_context.as_ref().unwrap();
     assert_ne!(sc.privileged, Some(true));
+    // Hardening the container allows for every container of the pod.
+    for container in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        let sc = container.security_context.as_ref().unwrap();
+        let what = &container.name;
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}");
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}");
+        let seccomp = sc.seccomp_profile.as_ref().map(|p| p.type_.as_str());
+        assert_eq!(seccomp, Some("RuntimeDefault"), "{what}");
+    }
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     let mut add = caps.add.clone().unwrap();
