@@ -32,8 +32,11 @@ fn load() -> Manifests {
     assert!(!files.is_empty());
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple_with_options(
+            &text,
+            ferry_agent::source::file::yaml_options(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for value in docs {
             if value.is_null() {
                 continue;

@@ -20,13 +20,20 @@ use crate::plan::{Objects, Problem};
 )]
 pub struct NotYaml(String);
 
+/// YAML 1.2's core schema, as serde_yaml read it: only `true`/`false` are
+/// booleans, so a Node named `n` or a label value `no` stays a string.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
 /// Parse a manifest with serde-saphyr (maintained; serde_yaml is archived
 /// and its multi-document iterator repeats a syntax error forever). Unknown
 /// kinds and documents that do not decode are reported and skipped; a YAML
 /// syntax error anywhere rejects the whole file. A `kind: List` (as
 /// `kubectl get -o yaml` writes) is unpacked.
 pub fn parse_manifest(text: &str) -> Result<(Objects, Vec<Problem>), NotYaml> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| NotYaml(e.to_string()))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options())
+        .map_err(|e| NotYaml(e.to_string()))?;
     let mut objects = Objects::default();
     let mut problems = Vec::new();
     for (i, value) in docs.into_iter().enumerate() {
@@ -309,5 +316,17 @@ spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].field, "spec.ports[0].port", "{problems:?}");
         assert!(problems[0].object.contains("Service web"), "{problems:?}");
+    }
+
+    #[test]
+    fn yaml_1_1_boolean_spellings_stay_strings() {
+        let yaml = "kind: Node\nmetadata: {name: n, labels: {zone: no, on: off}}\n";
+        let (objects, problems) = parse_manifest(yaml).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let meta = &objects.nodes[0].metadata;
+        assert_eq!(meta.name.as_deref(), Some("n"));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["zone"], "no");
+        assert_eq!(labels["on"], "off");
     }
 }
