@@ -22,8 +22,19 @@ pub struct NotYaml(String);
 
 /// YAML 1.2's core schema, as serde_yaml read it: only `true`/`false` are
 /// booleans, so a Node named `n` or a label value `no` stays a string.
+/// serde-saphyr's default budget (1,024 documents, 250,000 nodes) guards
+/// against hostile input; a manifest is the operator's own and holds two
+/// documents per Service (the Service and its EndpointSlice), so the bench's
+/// 10,000 Services need about 20,000 documents and 1.5 million nodes: the
+/// budget allows 100 times that.
 pub fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! { strict_booleans: true }
+    serde_saphyr::options! {
+        strict_booleans: true,
+        budget: serde_saphyr::budget! {
+            max_documents: 2_000_000,
+            max_nodes: 150_000_000,
+        },
+    }
 }
 
 /// Parse a manifest with serde-saphyr (maintained; serde_yaml is archived
@@ -316,6 +327,22 @@ spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].field, "spec.ports[0].port", "{problems:?}");
         assert!(problems[0].object.contains("Service web"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_manifest_of_ten_thousand_services_is_read() {
+        let mut yaml = String::new();
+        for i in 0..10_000u32 {
+            yaml.push_str(&format!(
+                "---\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{clusterIP: 10.96.{}.{}, ports: [{{port: 80}}]}}\n---\nkind: EndpointSlice\nmetadata: {{name: s{i}-a, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.244.1.3]}}, {{addresses: [10.244.1.4]}}]\nports: [{{port: 8080}}]\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        let (objects, problems) = parse_manifest(&yaml).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(objects.services.len(), 10_000);
+        assert_eq!(objects.slices.len(), 10_000);
     }
 
     #[test]
