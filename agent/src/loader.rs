@@ -21,9 +21,9 @@ use ferry_common::{
     ServiceName, ServiceOptions, ServiceRange, ServiceValue, SourceRangeKey, outcome,
 };
 use ferry_common::{
-    MAP_SOCK_CONFIG, MAP_SOCK_REVERSE, PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4,
-    PIN_PROG_SOCK_RECVMSG4, PIN_PROG_SOCK_SENDMSG4, SOCK_REVERSE_MAX_ENTRIES, SockConfig,
-    SockRevKey, SockRevValue,
+    FRONTEND_FILTER_WORDS, MAP_FRONTEND_FILTER, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE,
+    PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4, PIN_PROG_SOCK_RECVMSG4,
+    PIN_PROG_SOCK_SENDMSG4, SOCK_REVERSE_MAX_ENTRIES, SockConfig, SockRevKey, SockRevValue,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs, ensure_private};
@@ -82,6 +82,8 @@ pub enum LoadError {
         name: &'static str,
         source: ProgramError,
     },
+    #[error("filling the frontend filter from the pinned services: {0}")]
+    FrontendFilter(String),
 }
 
 /// What a pinned map must look like to be adopted.
@@ -146,6 +148,7 @@ fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
             SOCK_REVERSE_MAX_ENTRIES,
         ),
         MapShape::of::<u32, SockConfig>(MAP_SOCK_CONFIG, Array, 1),
+        MapShape::of::<u32, u64>(MAP_FRONTEND_FILTER, Array, FRONTEND_FILTER_WORDS),
     ]
 }
 
@@ -256,6 +259,14 @@ impl Dataplane {
                 .load()
                 .map_err(failed)?;
         }
+        // The frontend filter must cover every frontend already pinned
+        // before a program of this build is attached (an upgrade creates it
+        // empty next to a full services map).
+        let filter_failed = |e: &dyn std::fmt::Display| LoadError::FrontendFilter(e.to_string());
+        crate::maps::ServiceTable::open(pin_dir)
+            .map_err(|e| filter_failed(&e))?
+            .sync_frontend_filter()
+            .map_err(|e| filter_failed(&e))?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),

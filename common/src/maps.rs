@@ -30,6 +30,7 @@ macro_rules! with_map_names {
             MAP_FRAGMENTS = "ferry_frags",
             MAP_SOCK_REVERSE = "ferry_sock_rev",
             MAP_SOCK_CONFIG = "ferry_sock_cfg",
+            MAP_FRONTEND_FILTER = "ferry_fe_filter",
         }
     };
 }
@@ -120,6 +121,36 @@ pub const SCOPE_EXTERNAL: u8 = 1;
 /// every ready endpoint whatever the externalTrafficPolicy, no source NAT
 /// (kube-proxy's short-circuit for traffic from inside the cluster).
 pub const SCOPE_EXTERNAL_FROM_PODS: u8 = 2;
+
+/// `ferry_fe_filter`: one bit per hashed destination address and scope,
+/// set while any frontend of that scope may sit on an address hashing
+/// there; a clear bit means no frontend of the scope has the address, and
+/// the datapath skips that scope's `ferry_services` probe (the one cost of
+/// a packet for a pod that is no Service's). Bits per scope; the filter
+/// covers the scopes a pod's packets are looked up in (ClusterIP, then the
+/// external addresses as pods reach them); `SCOPE_EXTERNAL` is always
+/// probed. 2^18 bits per scope (32 KiB): 10,000 ClusterIPs set under 4%.
+pub const FRONTEND_FILTER_BITS_PER_SCOPE: u32 = 1 << 18;
+/// The filter's u64 words: the ClusterIP half, then the other.
+pub const FRONTEND_FILTER_WORDS: u32 = 2 * FRONTEND_FILTER_BITS_PER_SCOPE / 64;
+
+/// Where the filter keeps `addr` for `scope`: (word index, bit mask). None
+/// for a scope the filter does not cover (always probed).
+#[inline(always)]
+pub fn frontend_filter_slot(addr: [u8; 4], scope: u8) -> Option<(u32, u64)> {
+    let half = match scope {
+        SCOPE_CLUSTER_IP => 0,
+        SCOPE_EXTERNAL_FROM_PODS => 1,
+        _ => return None,
+    };
+    // Fibonacci hashing: the top 18 bits of the address times 2^32/phi
+    // spread consecutive addresses (ClusterIPs) over the whole range.
+    let h = u32::from_be_bytes(addr).wrapping_mul(0x9E37_79B9) >> (32 - 18);
+    Some((
+        half * (FRONTEND_FILTER_BITS_PER_SCOPE / 64) + (h >> 6),
+        1u64 << (h & 63),
+    ))
+}
 
 /// NodePort frontends on the node's loopback address (`127.0.0.1` +
 /// nodePort) are keyed with this address in `SCOPE_EXTERNAL_FROM_PODS`,
@@ -603,5 +634,38 @@ pub fn protocol_name(protocol: u8) -> &'static str {
         PROTO_UDP => "UDP",
         PROTO_ICMP => "ICMP",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod frontend_filter_tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn each_covered_scope_has_its_own_half_and_others_are_not_covered() {
+        let half = FRONTEND_FILTER_WORDS / 2;
+        for i in 0..100_000u32 {
+            let addr = (0x0a60_0000u32 + i).to_be_bytes();
+            let (w, bit) = frontend_filter_slot(addr, SCOPE_CLUSTER_IP).unwrap();
+            assert!(w < half && bit.count_ones() == 1);
+            let (w2, bit2) = frontend_filter_slot(addr, SCOPE_EXTERNAL_FROM_PODS).unwrap();
+            assert_eq!((w2, bit2), (w + half, bit));
+        }
+        assert_eq!(frontend_filter_slot([10, 0, 0, 1], SCOPE_EXTERNAL), None);
+    }
+
+    #[test]
+    fn ten_thousand_consecutive_cluster_ips_leave_the_bench_pods_clear() {
+        let mut set = std::collections::BTreeSet::new();
+        for i in 0..10_000u32 {
+            let addr = (u32::from_be_bytes([10, 96, 0, 16]) + i).to_be_bytes();
+            set.insert(frontend_filter_slot(addr, SCOPE_CLUSTER_IP).unwrap());
+        }
+        // Spread: almost no two ClusterIPs share a bit.
+        assert!(set.len() > 9_800, "{}", set.len());
+        for pod in [[10, 244, 1, 2], [10, 244, 1, 3]] {
+            assert!(!set.contains(&frontend_filter_slot(pod, SCOPE_CLUSTER_IP).unwrap()));
+        }
     }
 }

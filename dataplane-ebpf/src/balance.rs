@@ -6,21 +6,29 @@
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_get_prandom_u32};
 use ferry_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, SERVICE_FLAG_AFFINITY, ServiceKey,
-    ServiceValue, SourceRangeKey, affinity,
+    ServiceValue, SourceRangeKey, affinity, frontend_filter_slot,
 };
 
 use crate::{
     conntrack::now_ns,
-    maps::{AFFINITY, BACKENDS, SERVICE_OPTIONS, SERVICES, SOURCE_RANGES},
+    maps::{AFFINITY, BACKENDS, FRONTEND_FILTER, SERVICE_OPTIONS, SERVICES, SOURCE_RANGES},
     parse::L4Packet,
 };
 
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
-/// The frontend of `scope` (`SCOPE_*`) the packet is addressed to.
+/// The frontend of `scope` (`SCOPE_*`) the packet is addressed to. An
+/// address the frontend filter has no bit for holds no frontend of the
+/// scope, and the services map is not probed.
 #[inline(always)]
 pub fn frontend(pkt: &L4Packet, scope: u8) -> Option<ServiceValue> {
+    if let Some((word, bit)) = frontend_filter_slot(pkt.dst_addr, scope) {
+        // A word the array does not have cannot be: probe to be safe.
+        if FRONTEND_FILTER.get(word).is_some_and(|w| w & bit == 0) {
+            return None;
+        }
+    }
     let key = ServiceKey {
         addr: pkt.dst_addr,
         port: pkt.dst_port,

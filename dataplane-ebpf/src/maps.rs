@@ -9,10 +9,11 @@ use aya_ebpf::{
 use ferry_common::{
     AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
-    FRAGMENTS_MAX_ENTRIES, FragKey, FragPorts, NodeConfig, ROUTES_MAX_ENTRIES, Route,
-    SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES,
-    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions, ServiceRange, ServiceValue,
-    SockConfig, SockRevKey, SockRevValue, SourceRangeKey, outcome, with_map_names,
+    FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, NodeConfig,
+    ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
+    SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions,
+    ServiceRange, ServiceValue, SockConfig, SockRevKey, SockRevValue, SourceRangeKey, outcome,
+    with_map_names,
 };
 
 macro_rules! declare_maps {
@@ -32,6 +33,7 @@ macro_rules! declare_maps {
         MAP_FRAGMENTS = $fragments:tt,
         MAP_SOCK_REVERSE = $sock_reverse:tt,
         MAP_SOCK_CONFIG = $sock_config:tt,
+        MAP_FRONTEND_FILTER = $frontend_filter:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -126,6 +128,12 @@ macro_rules! declare_maps {
         /// (key 0).
         #[btf_map(name = $sock_config)]
         pub static SOCK_CONFIG: Array<SockConfig, 1> = Array::new();
+
+        /// Which addresses may hold a frontend, per scope
+        /// (`ferry_common::frontend_filter_slot`): a clear bit spares the
+        /// `SERVICES` probe.
+        #[btf_map(name = $frontend_filter)]
+        pub static FRONTEND_FILTER: Array<u64, { FRONTEND_FILTER_WORDS as usize }> = Array::new();
     };
 }
 

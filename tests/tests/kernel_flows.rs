@@ -510,3 +510,56 @@ fn a_pin_directory_another_user_owns_or_can_write_is_refused() {
     drop(loaded);
     drop(guard);
 }
+
+#[test]
+fn a_removed_frontend_clears_its_filter_bit_and_its_address_is_passed() {
+    let mut k = Kernel::load();
+    let key = frontend(PROTO_TCP);
+    k.services.upsert(key, &pods(2)).unwrap();
+    assert!(k.services.frontend_filter().covers(&key).unwrap());
+    let (_, out) = k.run(&syn(40000).bytes());
+    assert_ne!(destination(&out).0, VIP.octets(), "translated");
+    k.services.remove(&key).unwrap();
+    assert!(!k.services.frontend_filter().covers(&key).unwrap());
+    let before = k.counters()[outcome::PASSED as usize].packets;
+    let (verdict, out) = k.run(&syn(40001).bytes());
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, syn(40001).bytes(), "no frontend: untouched");
+    assert_eq!(k.counters()[outcome::PASSED as usize].packets, before + 1);
+}
+
+#[test]
+fn frontends_pinned_before_the_filter_existed_are_translated_after_an_upgrade() {
+    use aya::programs::{TestRun, TestRunOptions};
+    let mut k = Kernel::load();
+    k.services.upsert(frontend(PROTO_TCP), &pods(2)).unwrap();
+    // An agent of the release before the filter left every other map
+    // pinned; this build creates the filter empty and must fill it before
+    // its programs see a packet.
+    std::fs::remove_file(k.pin_dir().join(ferry_common::MAP_FRONTEND_FILTER)).unwrap();
+    let mut upgraded = ferry_agent::loader::Dataplane::load(k.pin_dir()).unwrap();
+    let table = ServiceTable::open(k.pin_dir()).unwrap();
+    assert!(
+        table
+            .frontend_filter()
+            .covers(&frontend(PROTO_TCP))
+            .unwrap()
+    );
+    let input = syn(40000).bytes();
+    let mut out = vec![0u8; input.len() + 256];
+    let result = upgraded
+        .program(ferry_agent::loader::PROG_FROM_POD)
+        .test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(result.data_size_out as usize);
+    assert_eq!(result.return_value, TC_ACT_OK);
+    assert_ne!(
+        destination(&out).0,
+        VIP.octets(),
+        "translated by the new program"
+    );
+}

@@ -13,13 +13,13 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError, lpm_trie};
 use ferry_common::{
-    AffinityEntry, AffinityKey, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICE_NAMES,
-    MAP_SERVICE_OPTIONS, MAP_SERVICES, MAP_SOURCE_RANGES, MAX_BACKENDS_PER_SERVICE,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES, SOURCE_RANGE_ALLOWED, ServiceKey,
-    ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
+    AffinityEntry, AffinityKey, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS,
+    MAP_FRONTEND_FILTER, MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICES, MAP_SOURCE_RANGES,
+    MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
+    SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
 };
 
-use super::{OpenError, found, is_not_found, missing_is_fine, open_pinned};
+use super::{FrontendFilter, OpenError, found, is_not_found, missing_is_fine, open_pinned};
 use crate::net::Ipv4Net;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,8 @@ pub struct ServiceTable {
     options: HashMap<MapData, u32, ServiceOptions>,
     affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     source_ranges: SourceRanges,
+    /// Which addresses may hold a frontend (`ferry_fe_filter`).
+    filter: FrontendFilter,
     used_ids: BTreeSet<u32>,
     /// What `source_ranges` holds, by service id (read once at open).
     ranges_by_id: BTreeMap<u32, BTreeSet<Ipv4Net>>,
@@ -150,7 +152,9 @@ impl ServiceTable {
             .collect();
         let source_ranges: SourceRanges = open_pinned(pin_dir, MAP_SOURCE_RANGES)?;
         let ranges_by_id = read_ranges(&source_ranges).unwrap_or_default();
+        let filter = FrontendFilter::open(pin_dir, &services)?;
         Ok(Self {
+            filter,
             services,
             backends,
             names,
@@ -173,6 +177,19 @@ impl ServiceTable {
         }
         self.used_ids.insert(id);
         Ok(id)
+    }
+
+    /// Bring `ferry_fe_filter` in line with the frontends present (before
+    /// the programs are attached: `Dataplane::load`). Words changed.
+    pub fn sync_frontend_filter(&mut self) -> Result<usize, SyncError> {
+        self.filter
+            .sync()
+            .map_err(write_failed(MAP_FRONTEND_FILTER))
+    }
+
+    /// The frontend filter (tests read it).
+    pub fn frontend_filter(&self) -> &FrontendFilter {
+        &self.filter
     }
 
     pub fn get(&self, frontend: &ServiceKey) -> Result<Option<ServiceValue>, SyncError> {
@@ -280,9 +297,19 @@ impl ServiceTable {
             bank,
             flags: flags | options.flags(),
         };
-        self.services
-            .insert(frontend, value, 0)
-            .map_err(write_failed(MAP_SERVICES))?;
+        // A new frontend's address gets its filter bit first: the datapath
+        // must never skip a frontend that exists.
+        if before.is_none() {
+            self.filter
+                .add(&frontend)
+                .map_err(write_failed(MAP_FRONTEND_FILTER))?;
+        }
+        if let Err(e) = self.services.insert(frontend, value, 0) {
+            if before.is_none() {
+                let _ = self.filter.remove(&frontend);
+            }
+            return Err(write_failed(MAP_SERVICES)(e));
+        }
         for net in had_ranges.difference(&ranges) {
             missing_is_fine(self.source_ranges.remove(&range_key(service_id, net)))
                 .map_err(write_failed(MAP_SOURCE_RANGES))?;
@@ -351,6 +378,9 @@ impl ServiceTable {
             return Ok(());
         };
         missing_is_fine(self.services.remove(frontend)).map_err(write_failed(MAP_SERVICES))?;
+        self.filter
+            .remove(frontend)
+            .map_err(write_failed(MAP_FRONTEND_FILTER))?;
         self.remove_slots(value.service_id, 0, 0)?;
         self.remove_slots(value.service_id, 1, 0)?;
         missing_is_fine(self.names.remove(&value.service_id))

@@ -5,8 +5,9 @@
 //! part of the [`Report`]:
 //! - [`programming`]: how long the Service set takes to program (ferry's
 //!   full and one-endpoint syncs, kube-proxy's rule loads);
-//! - [`pod_to_service`]: pod to ClusterIP on one node, through ferry and
-//!   kube-proxy's rule sets, against the direct pod-IP path;
+//! - [`pod_to_service`]: pod to ClusterIP on one node, through ferry (tc,
+//!   and socket LB at connect()) and kube-proxy's rule sets, against the
+//!   direct pod-IP path;
 //! - [`program_cost`]: ferry's tc program per packet (BPF_PROG_TEST_RUN);
 //! - [`nodeport`]: an external client through a NodePort to a backend on
 //!   another node.

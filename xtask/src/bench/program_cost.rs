@@ -16,6 +16,9 @@ const REPEAT: u32 = 200_000;
 /// A client address on the node's pod CIDR that no pod holds, so its flow
 /// is the bench's own.
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 200), 45000);
+/// The same client on another port: a connection of its own, never a
+/// Service's.
+const NO_SERVICE_CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 200), 45001);
 
 /// Per-packet cost of ferry's from-pod program on `node`, which holds the
 /// `services` Services, `vip` among them.
@@ -31,6 +34,13 @@ pub fn run(node: &FerryNode, services: usize, vip: Ipv4Addr) -> Result<Report> {
         (
             "pod IP, no translation",
             Packet::tcp(CLIENT, (SERVER_IP, SERVER_PORT), TCP_ACK, &[]).bytes(),
+        ),
+        // A connection's first packet to a pod, which no Service's frontend
+        // holds: what every direct (and socket-LB) connection pays once
+        // more than its other packets.
+        (
+            "pod IP, no translation, SYN",
+            Packet::tcp(NO_SERVICE_CLIENT, (SERVER_IP, SERVER_PORT), TCP_SYN, &[]).bytes(),
         ),
     ];
     // The first run creates the flow; the repeats measure its packets.

@@ -50,6 +50,10 @@ impl Testbed {
 }
 
 /// A ferry node, its own cluster and manifest, a client and a server pod.
+/// Its agent runs with `--socket-lb on`: a client started in the client
+/// pod's cgroup (`client.cgroup`) is translated at connect(), one started
+/// outside the node's cgroup tree (as `traffic::load_json` starts it) is
+/// translated by tc, so both paths run against the same maps.
 /// Fields drop in order: pods, then the node, then the cluster's files.
 pub struct FerryNode {
     pub client: Pod,
@@ -62,7 +66,7 @@ impl FerryNode {
     fn create(bins: &Binaries, load: &Path, name: &str) -> Result<Self> {
         let cluster = Cluster::new(bins.clone())?;
         cluster.write_manifest(&manifest::node(name, POD_CIDR))?;
-        let node = cluster.node(name)?;
+        let node = cluster.node_with(name, &["--socket-lb=on"])?;
         let client = node.add_pod("client")?;
         let mut server = node.add_pod("server")?;
         if (client.ip, server.ip) != (CLIENT_IP, SERVER_IP) {

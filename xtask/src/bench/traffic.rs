@@ -7,19 +7,36 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use ferry_harness::Netns;
+use ferry_harness::{Cgroup, Netns};
 use serde_json::Value;
 
 use super::Opts;
 
 /// Run `ferry-load args` inside the namespace at `client_ns`; its JSON.
+/// It runs in the harness's own cgroup, outside every node's cgroup tree,
+/// so no socket program of a node sees it.
 pub fn load_json(client_ns: &Path, load: &Path, args: &[String]) -> Result<Value> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", client_ns.display()))
+    load_json_in(client_ns, None, load, args)
+}
+
+/// `load_json`, the process placed in `cgroup` (a pod's, below its node's
+/// `--cgroup-root`) before it runs, when given: where a node's socket
+/// programs act on it.
+pub fn load_json_in(
+    client_ns: &Path,
+    cgroup: Option<&Cgroup>,
+    load: &Path,
+    args: &[String],
+) -> Result<Value> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", client_ns.display()))
         .arg("--")
         .arg(load)
-        .args(args)
-        .output()?;
+        .args(args);
+    if let Some(cgroup) = cgroup {
+        cgroup.enter_on_spawn(&mut cmd);
+    }
+    let out = cmd.output()?;
     if !out.status.success() {
         bail!(
             "ferry-load {args:?} failed: {}",
@@ -38,8 +55,21 @@ pub fn concurrent(
     target: impl ToString,
     opts: &Opts,
 ) -> Result<Value> {
-    load_json(
+    concurrent_in(client_ns, None, load, mode, target, opts)
+}
+
+/// `concurrent`, in `cgroup` when given (`load_json_in`).
+pub fn concurrent_in(
+    client_ns: &Path,
+    cgroup: Option<&Cgroup>,
+    load: &Path,
+    mode: &str,
+    target: impl ToString,
+    opts: &Opts,
+) -> Result<Value> {
+    load_json_in(
         client_ns,
+        cgroup,
         load,
         &[
             mode.into(),
@@ -72,10 +102,21 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// Wait until `target` answers from `client_ns` (rules and maps in place).
 pub fn wait_reachable(client_ns: &Path, load: &Path, target: SocketAddr) -> Result<()> {
+    wait_reachable_in(client_ns, None, load, target)
+}
+
+/// `wait_reachable`, in `cgroup` when given (`load_json_in`).
+pub fn wait_reachable_in(
+    client_ns: &Path,
+    cgroup: Option<&Cgroup>,
+    load: &Path,
+    target: SocketAddr,
+) -> Result<()> {
     let start = Instant::now();
     loop {
-        let ok = load_json(
+        let ok = load_json_in(
             client_ns,
+            cgroup,
             load,
             &["rr".into(), target.to_string(), "0.05".into()],
         );
