@@ -5,7 +5,7 @@
 //! twice and a crashed runtime's allocations survive a reboot of the agent.
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write},
+    io,
     net::Ipv4Addr,
     os::unix::io::AsRawFd,
     path::{Path, PathBuf},
@@ -24,6 +24,9 @@ pub enum IpamError {
     #[error("IPAM store {path}: {source}; check that the directory is writable")]
     Io { path: PathBuf, source: io::Error },
 }
+
+/// The owner of an address entry that is no record ferry wrote.
+const FOREIGN: &str = "\0foreign";
 
 pub struct Ipam {
     dir: PathBuf,
@@ -77,6 +80,8 @@ impl Ipam {
         Ok(Lock(f))
     }
 
+    /// The owner record. Container ids and interface names cannot hold a
+    /// newline (the plugin checks both), so the record is unambiguous.
     fn owner(container_id: &str, ifname: &str) -> String {
         format!("{container_id}\n{ifname}\n")
     }
@@ -94,6 +99,12 @@ impl Ipam {
         Ok((first, last))
     }
 
+    /// Every address held, with its owner record. An entry that is no
+    /// readable file (a directory named like an address, bytes that are not
+    /// UTF-8) is held by nobody ferry knows: it keeps its address out of
+    /// use but blocks no other call. An empty file is a crash between
+    /// creating and writing it (before records were written whole): its
+    /// owner is empty and `allocate` takes the address back.
     fn allocated(&self) -> Result<Vec<(Ipv4Addr, String)>, IpamError> {
         let mut out = Vec::new();
         for entry in self.io(&self.dir, fs::read_dir(&self.dir))? {
@@ -102,10 +113,29 @@ impl Ipam {
             let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
                 continue;
             };
-            let owner = self.io(&entry.path(), fs::read_to_string(entry.path()))?;
+            let owner = match fs::read(entry.path()) {
+                Ok(bytes) => String::from_utf8(bytes).unwrap_or_else(|_| FOREIGN.to_string()),
+                Err(_) => FOREIGN.to_string(),
+            };
             out.push((ip, owner));
         }
         Ok(out)
+    }
+
+    /// Write `owner` as the record of `ip`, whole or not at all: the record
+    /// is written to a file of its own, then linked under the address's
+    /// name, which fails if the address is taken.
+    fn claim(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, IpamError> {
+        let path = self.dir.join(ip.to_string());
+        let tmp = self.dir.join(format!(".claim-{}", std::process::id()));
+        self.io(&tmp, fs::write(&tmp, owner))?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(IpamError::Io { path, source }),
+        }
     }
 
     /// The address of `container_id`/`ifname`, allocating one if it has none.
@@ -125,18 +155,19 @@ impl Ipam {
             .filter(|c| (first..=last).contains(c))
             .unwrap_or(last);
         let size = last - first + 1;
+        // Empty records left by a crash (under the lock, no writer is mid-way).
+        for (ip, _) in allocated.iter().filter(|(_, o)| o.is_empty()) {
+            let path = self.dir.join(ip.to_string());
+            if fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                self.io(&path, fs::remove_file(&path))?;
+            }
+        }
         for step in 1..=size {
             let candidate = first + (cursor - first + step) % size;
             let ip = Ipv4Addr::from(candidate);
-            let path = self.dir.join(ip.to_string());
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    self.io(&path, f.write_all(owner.as_bytes()))?;
-                    self.io(&cursor_path, fs::write(&cursor_path, ip.to_string()))?;
-                    return Ok(ip);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(IpamError::Io { path, source }),
+            if self.claim(ip, &owner)? {
+                self.io(&cursor_path, fs::write(&cursor_path, ip.to_string()))?;
+                return Ok(ip);
             }
         }
         Err(IpamError::Exhausted {
@@ -283,5 +314,36 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 80);
+    }
+
+    #[test]
+    fn a_foreign_entry_blocks_no_call_and_keeps_its_address() {
+        let (d, ipam) = store("10.244.1.0/29");
+        let dir = d.path().join("ferry");
+        std::fs::create_dir_all(dir.join("10.244.1.2")).unwrap();
+        std::fs::write(dir.join("10.244.1.3"), [0xff, 0xfe, 0x00]).unwrap();
+        let ip = ipam.allocate("c1", "eth0").unwrap();
+        assert_eq!(
+            ip,
+            Ipv4Addr::new(10, 244, 1, 4),
+            "neither foreign address is handed out"
+        );
+        assert_eq!(ipam.lookup("c1", "eth0").unwrap(), Some(ip));
+        assert_eq!(ipam.release("c1", "eth0").unwrap(), Some(ip));
+    }
+
+    #[test]
+    fn an_empty_record_left_by_a_crash_is_taken_back() {
+        let (d, ipam) = store("10.244.1.0/30");
+        // A /30 has one pod address; a crash left it with an empty record.
+        let dir = d.path().join("ferry");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("10.244.1.2"), "").unwrap();
+        assert_eq!(
+            ipam.allocate("c1", "eth0").unwrap(),
+            Ipv4Addr::new(10, 244, 1, 2)
+        );
+        let record = std::fs::read_to_string(dir.join("10.244.1.2")).unwrap();
+        assert_eq!(record, "c1\neth0\n", "written whole");
     }
 }

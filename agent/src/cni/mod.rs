@@ -156,16 +156,52 @@ impl Env {
         if needs_netns && self.netns.is_empty() {
             missing.push("CNI_NETNS");
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(CniError::new(
+        if !missing.is_empty() {
+            return Err(CniError::new(
                 code::INVALID_ENV,
                 "missing CNI environment variables",
                 missing.join(", "),
-            ))
+            ));
         }
+        if !valid_name(&self.container_id) {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "CNI_CONTAINERID is invalid",
+                "the CNI spec allows letters, digits, '_', '.' and '-' only",
+            ));
+        }
+        if !valid_ifname(&self.ifname) {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "CNI_IFNAME is invalid",
+                "an interface name has 1 to 15 characters, none of '/', ':' or white space, and is not '.' or '..'",
+            ));
+        }
+        Ok(())
     }
+}
+
+/// A container id or network name as the CNI spec allows them: letters,
+/// digits, `_`, `.` and `-`. Both end up in file names and in the IPAM
+/// owner record (one per line), so nothing else may pass: no `/`, no `..`
+/// path, no newline.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// An interface name the kernel takes (`dev_valid_name`).
+pub fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 /// Host-side veth name: stable per (container, interface), 14 characters.
@@ -193,6 +229,13 @@ pub fn parse_conf(stdin: &str) -> Result<NetConf, CniError> {
             code::INCOMPATIBLE_VERSION,
             format!("CNI version {} is not supported", conf.cni_version),
             format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
+        ));
+    }
+    if !valid_name(&conf.name) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "the network name is invalid",
+            "the CNI spec allows letters, digits, '_', '.' and '-' only",
         ));
     }
     conf.ipam.subnet.parse::<Ipv4Net>().map_err(|e| {
@@ -628,5 +671,27 @@ mod tests {
             e.to_json("1.0.0"),
             json!({"cniVersion":"1.0.0","code":7,"msg":"bad","details":"worse"})
         );
+    }
+
+    #[test]
+    fn names_that_could_break_the_owner_record_or_leave_the_data_dir_are_refused() {
+        for ok in ["abc123", "k8s_pod.web-1"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a\nb", "../x", "a/b", "a b"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(valid_ifname("eth0"));
+        for bad in ["", "..", "b\nc", "a/b", "a:b", "sixteen-chars-xx"] {
+            assert!(!valid_ifname(bad), "{bad:?}");
+        }
+        let env = Env {
+            command: "ADD".into(),
+            container_id: "a\nb".into(),
+            netns: "/run/netns/x".into(),
+            ifname: "c".into(),
+        };
+        let err = env.require(true).unwrap_err();
+        assert!(format!("{err:?}").contains("CNI_CONTAINERID"), "{err:?}");
     }
 }
