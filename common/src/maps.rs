@@ -31,6 +31,7 @@ macro_rules! with_map_names {
             MAP_SOCK_REVERSE = "ferry_sock_rev",
             MAP_SOCK_CONFIG = "ferry_sock_cfg",
             MAP_FRONTEND_FILTER = "ferry_fe_filter",
+            MAP_POD_SOURCES = "ferry_pod_srcs",
         }
     };
 }
@@ -400,6 +401,17 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
+/// Value of `ferry_pod_srcs`, keyed by the ifindex of a pod's host-side
+/// veth (u32, host order): the one source address that veth may carry.
+/// Kept apart from `ferry_endpoints` (keyed by address, for delivery) so the
+/// check at pod ingress is one lookup by the device the packet came in on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PodSource {
+    /// The pod's address, network byte order.
+    pub addr: [u8; 4],
+}
+
 /// `Route::mode`: how packets reach the node owning a pod CIDR.
 /// Native routing: the packet goes out of the uplink as it is, to the
 /// node's address as next hop (resolved with bpf_fib_lookup).
@@ -579,6 +591,7 @@ const _: () = {
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<EndpointKey>() == 4);
     assert!(size_of::<Endpoint>() == 20);
+    assert!(size_of::<PodSource>() == 4);
     assert!(size_of::<ServiceName>() == 128);
     assert!(size_of::<Route>() == 16);
     assert!(size_of::<NodeConfig>() == 8);
@@ -614,6 +627,7 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for PodSource {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceRange {}
     unsafe impl aya::Pod for ServiceOptions {}

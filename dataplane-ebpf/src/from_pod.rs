@@ -7,21 +7,45 @@ use crate::{
     decision::{Decision, Delivery, TcVerdict, passed},
     deliver, fragment,
     icmp_error::{self, Side},
-    parse::{L4Packet, Parsed, is_icmp, parse},
+    maps::POD_SOURCES,
+    parse::{L4Packet, Parsed, ipv4_source, is_icmp, parse},
     service_range, translate,
 };
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
+    if spoofed(ctx) {
+        return deliver::finish(ctx, ctx.len(), Decision::drop(outcome::DROP_SPOOFED_SOURCE));
+    }
     // ICMP and the rest each get a frame of their own (BPF-to-BPF calls):
     // the verifier caps the frames of a call chain at 512 bytes together,
     // and the rest's frame alone nearly fills that. Only a look at the
-    // protocol happens before the split, so the caller's frame stays empty.
+    // protocol (and at the source) happens before the split, so the
+    // caller's frame stays empty.
     if is_icmp(ctx) {
         icmp(ctx.skb.skb)
     } else {
         settle(ctx.skb.skb)
     }
+}
+
+/// An IPv4 packet whose source is not the address of the pod behind this
+/// veth. Everything after this check (conntrack writes and clears,
+/// affinity, source-NAT ports, fragments, ICMP errors) is keyed by the
+/// packet's source, so checking it here is what keeps a pod to its own
+/// flows. A veth ferry-cni did not record has no address: all its IPv4 is
+/// dropped (fails closed). Other ethertypes pass: ARP cannot redirect
+/// another pod's traffic (each pod is reached by a route through its own
+/// veth), and ferry keeps no state for IPv6.
+#[inline(always)]
+fn spoofed(ctx: &TcContext) -> bool {
+    let Some(src) = ipv4_source(ctx) else {
+        return false;
+    };
+    // SAFETY: reading a field of our own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once.
+    !(unsafe { POD_SOURCES.get(ifindex) }).is_some_and(|pod| pod.addr == src)
 }
 
 #[inline(never)]

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use ferry_common::{
     AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
-    FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, NodeConfig,
+    FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, NodeConfig, PodSource,
     ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
     SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions,
     ServiceRange, ServiceValue, SockConfig, SockRevKey, SockRevValue, SourceRangeKey, outcome,
@@ -34,6 +34,7 @@ macro_rules! declare_maps {
         MAP_SOCK_REVERSE = $sock_reverse:tt,
         MAP_SOCK_CONFIG = $sock_config:tt,
         MAP_FRONTEND_FILTER = $frontend_filter:tt,
+        MAP_POD_SOURCES = $pod_sources:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -134,6 +135,12 @@ macro_rules! declare_maps {
         /// `SERVICES` probe.
         #[btf_map(name = $frontend_filter)]
         pub static FRONTEND_FILTER: Array<u64, { FRONTEND_FILTER_WORDS as usize }> = Array::new();
+
+        /// ifindex of a pod's host-side veth -> the pod's address: the only
+        /// IPv4 source that veth may carry (`from_pod`).
+        #[btf_map(name = $pod_sources)]
+        pub static POD_SOURCES: HashMap<u32, PodSource, { ENDPOINTS_MAX_ENTRIES as usize }> =
+            HashMap::new();
     };
 }
 

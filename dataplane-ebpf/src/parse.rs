@@ -151,6 +151,18 @@ pub fn is_icmp(ctx: &TcContext) -> bool {
         && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0
 }
 
+/// The source address of an IPv4 packet (None for other ethertypes, and
+/// for a header too short to hold one, which `parse` drops as malformed).
+#[inline(always)]
+pub fn ipv4_source(ctx: &TcContext) -> Option<[u8; 4]> {
+    pull_headers(ctx);
+    let frame = Frame::of_tc(ctx);
+    if u16::from_be_bytes(frame.bytes_at::<2>(12)?) != ETH_P_IP {
+        return None;
+    }
+    frame.bytes_at::<4>(ETH_HLEN + 12)
+}
+
 /// Parse the headers of `frame` (tc after pulling, or XDP).
 #[inline(always)]
 pub fn parse_frame(frame: &Frame) -> Parsed {
