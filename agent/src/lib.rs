@@ -22,6 +22,7 @@ pub mod socklb;
 pub mod sockterm;
 pub mod source;
 pub mod tc;
+pub mod trace;
 
 /// The kernel programs, built with BTF by build.rs and embedded here.
 pub static DATAPLANE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FERRY_EBPF_OBJECT"));

@@ -8,13 +8,16 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
-use ferry_common::EndpointKey;
+use ferry_common::{
+    EndpointKey,
+    trace::{TRACE_CB_OUTCOME, TRACE_OUTCOME_WRITTEN},
+};
 
 use crate::{
     decision::{Decision, Delivery, TcVerdict, count},
     forward,
     maps::ENDPOINTS,
-    parse::Frame,
+    parse::{Frame, is_trace},
 };
 
 const PACKET_HOST: u32 = 0;
@@ -33,7 +36,14 @@ pub fn finish(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>) -> i32 {
             None => return TC_ACT_OK,
         },
     };
-    count(decision.outcome, len);
+    if is_trace(ctx) {
+        // A trace run counts nothing; it hands its outcome back instead.
+        let outcome = decision.outcome | TRACE_OUTCOME_WRITTEN;
+        // SAFETY: writing a field of our own skb, which tc may write.
+        unsafe { (*ctx.skb.skb).cb[TRACE_CB_OUTCOME] = outcome };
+    } else {
+        count(decision.outcome, len);
+    }
     action
 }
 

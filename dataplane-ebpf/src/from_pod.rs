@@ -8,7 +8,7 @@ use crate::{
     deliver, fragment,
     icmp_error::{self, Side},
     maps::POD_SOURCES,
-    parse::{L4Packet, Parsed, ipv4_source, is_icmp, parse},
+    parse::{L4Packet, Parsed, ipv4_source, is_icmp, parse, parse_traced},
     service_range, translate,
 };
 
@@ -66,7 +66,7 @@ fn icmp(skb: *mut __sk_buff) -> i32 {
 fn settle(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let len = ctx.len();
-    let decision = match parse(&ctx) {
+    let decision = match parse_traced(&ctx) {
         Parsed::L4(pkt) => decide(&ctx, &pkt),
         Parsed::NotIpv4 => Decision::new(outcome::PASSED_NOT_IPV4, TcVerdict::Pass),
         Parsed::Icmp(dst) | Parsed::OtherIpv4(dst) => other_protocol(dst),

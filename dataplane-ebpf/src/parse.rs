@@ -1,7 +1,10 @@
 //! Header parsing with direct packet access. Only what translation needs is
 //! read; nothing here writes.
 use aya_ebpf::programs::TcContext;
-use ferry_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use ferry_common::{
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    trace::{TRACE_MARK, TRACE_PRIORITY},
+};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -32,6 +35,9 @@ pub struct L4Packet {
     /// The first fragment of a fragmented datagram (offset 0, more
     /// fragments): it carries the ports for the datagram's other fragments.
     pub first_fragment: bool,
+    /// A trace run (`ferry_common::trace`): decide as for a real packet,
+    /// write no map.
+    pub dry_run: bool,
 }
 
 impl L4Packet {
@@ -117,7 +123,24 @@ impl Frame {
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
     pull_headers(ctx);
-    parse_frame(&Frame::of_tc(ctx))
+    parse_frame(&Frame::of_tc(ctx), false)
+}
+
+/// `parse`, for a hook that honours trace runs (`L4Packet::dry_run`). Only
+/// the pod's hook does: the uplink's TCP/UDP path has no stack to spare
+/// for the flag (the verifier's 512 bytes), so it is never traced.
+#[inline(always)]
+pub fn parse_traced(ctx: &TcContext) -> Parsed {
+    pull_headers(ctx);
+    parse_frame(&Frame::of_tc(ctx), is_trace(ctx))
+}
+
+/// Is this skb a trace run's (`ferry_common::trace`)?
+#[inline(always)]
+pub fn is_trace(ctx: &TcContext) -> bool {
+    // SAFETY: reading fields of our own skb.
+    let (mark, priority) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).priority) };
+    mark == TRACE_MARK && priority == TRACE_PRIORITY
 }
 
 /// Headers of a non-linear skb may sit outside the linear area that direct
@@ -163,9 +186,10 @@ pub fn ipv4_source(ctx: &TcContext) -> Option<[u8; 4]> {
     frame.bytes_at::<4>(ETH_HLEN + 12)
 }
 
-/// Parse the headers of `frame` (tc after pulling, or XDP).
+/// Parse the headers of `frame` (tc after pulling, or XDP); `dry_run`:
+/// a trace run's packet (`L4Packet::dry_run`).
 #[inline(always)]
-pub fn parse_frame(frame: &Frame) -> Parsed {
+pub fn parse_frame(frame: &Frame, dry_run: bool) -> Parsed {
     let Some(eth_type) = frame.bytes_at::<2>(12) else {
         return Parsed::NotIpv4;
     };
@@ -230,5 +254,6 @@ pub fn parse_frame(frame: &Frame) -> Parsed {
         ihl_bytes,
         ip_id,
         first_fragment: frag & FRAG_MORE != 0,
+        dry_run,
     })
 }

@@ -453,6 +453,55 @@ impl Node {
     }
 }
 
+impl Node {
+    /// `ferry-agent trace ARGS --json` against this node's pins, run in
+    /// the node's namespace (the pod veths it names live there).
+    pub fn trace(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        Ok(serde_json::from_str(&self.trace_text(&with_json)?)?)
+    }
+
+    /// `ferry-agent trace ARGS`, its output as printed.
+    pub fn trace_text(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .netns
+            .command(&self.bins.agent)
+            .arg("trace")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("trace {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every pinned map's entries as bpftool dumps them, by map name.
+    pub fn dump_maps(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for name in ferry_common::PINNED_MAPS {
+            let dump = Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(self.pin_dir.join(name))
+                .output()
+                .context("running bpftool")?;
+            if !dump.status.success() {
+                bail!(
+                    "bpftool map dump {name}: {}",
+                    String::from_utf8_lossy(&dump.stderr)
+                );
+            }
+            out.push((
+                name.to_string(),
+                String::from_utf8_lossy(&dump.stdout).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.kill_agent();
