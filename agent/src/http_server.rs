@@ -39,7 +39,8 @@ pub struct Limits {
     /// A connection is closed this long after it was accepted, whatever it
     /// is doing: a client reading its response slowly cannot hold it.
     pub connection_lifetime: Duration,
-    /// Open connections of one `Server`, over all its listeners.
+    /// Open connections of one `Server`, over all its listeners; a new
+    /// one beyond them closes the oldest.
     pub max_connections: usize,
     /// The pause after an accept() error that would repeat at once (no
     /// file descriptors, no memory).
