@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod cni;
 pub mod config;
 pub mod healthcheck;
+pub mod http_server;
 pub mod inspect;
 pub mod ipcmd;
 pub mod latency;
