@@ -400,7 +400,7 @@ pub enum NextHop {
     /// Through the gateway, out of the interface.
     Via(Ipv4Addr, u32),
     /// Out of a collect-metadata VXLAN device, encapsulated towards
-    /// `remote` with the VNI (`encap ip id VNI dst REMOTE`).
+    /// `remote` with the VNI (`encap ip id VNI dst REMOTE`), on-link.
     Vxlan {
         vni: u32,
         remote: Ipv4Addr,
@@ -425,6 +425,8 @@ fn route_message(dst: Ipv4Net, hop: NextHop) -> RouteMessage {
                 RouteIpTunnel::Destination(remote),
             ])
             .output_interface(device)
+            // No gateway, so on-link, as `ip route` scopes such a route.
+            .scope(RouteScope::Link)
             .build(),
     }
 }
@@ -600,6 +602,6 @@ mod tests {
             )),
         ])));
         assert!(message.attributes.contains(&RouteAttribute::Oif(9)));
-        assert_eq!(message.header.scope, RouteScope::Universe);
+        assert_eq!(message.header.scope, RouteScope::Link);
     }
 }
