@@ -231,7 +231,7 @@ fn cross_node(routing: &str) {
         };
         assert!(route.starts_with(&want), "n1's route to {cidr}: {route}");
         if routing == "vxlan" {
-            assert!(route.ends_with(" dev ferry-vxlan"), "{route}");
+            assert!(route.ends_with(" dev ferry-vxlan scope link"), "{route}");
         }
     }
     if routing == "vxlan" {
