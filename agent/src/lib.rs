@@ -13,6 +13,7 @@ pub mod latency;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod monitor;
 pub mod net;
 pub mod plan;
 pub mod reconcile;

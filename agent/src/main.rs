@@ -68,12 +68,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Datapath events as they happen: drops and rejects with their reason,
+    /// new flows from pods with their translation. Switched on while this
+    /// runs, off when it stops.
+    Monitor {
+        #[arg(long = "type", value_enum, default_value = "all")]
+        kind: MonitorKind,
+        /// Events of this Service only: namespace/name or namespace/name:port.
+        #[arg(long)]
+        service: Option<String>,
+        /// Events to or from this address only.
+        #[arg(long)]
+        pod: Option<std::net::Ipv4Addr>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the kernel programs and pin their maps (adopting maps already
     /// pinned there), then exit.
     Load {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MonitorKind {
+    Drop,
+    Flow,
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -149,6 +180,35 @@ fn main() -> anyhow::Result<()> {
                 report.render()
             };
             write_stdout(&out)
+        }
+        Command::Monitor {
+            kind,
+            service,
+            pod,
+            count,
+            seconds,
+            pin_dir,
+            json,
+        } => {
+            let filter = ferry_agent::monitor::Filter {
+                kind: match kind {
+                    MonitorKind::Drop => ferry_agent::monitor::Kind::Drop,
+                    MonitorKind::Flow => ferry_agent::monitor::Kind::Flow,
+                    MonitorKind::All => ferry_agent::monitor::Kind::All,
+                },
+                service,
+                pod,
+                count,
+                duration: seconds.map(std::time::Duration::from_secs),
+            };
+            let mut out = |line: &str| {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(line.as_bytes())?;
+                stdout.flush()
+            };
+            ferry_agent::monitor::run(&pin_dir, &filter, json, &mut out)?;
+            Ok(())
         }
         Command::Load { pin_dir } => {
             let mut dp = Dataplane::load(&pin_dir)

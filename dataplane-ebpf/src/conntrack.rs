@@ -203,6 +203,18 @@ pub fn create(
     if !pkt.dry_run {
         CONNTRACK.insert(reply_key, reply, reply_flags)?;
         CONNTRACK.insert(original_key, original, BPF_ANY)?;
+        if pkt.reports_flows {
+            crate::monitor::new_flow(
+                pkt,
+                service_id,
+                crate::monitor::pack(backend_addr, backend_port),
+                if rewrites_source {
+                    crate::monitor::pack(peer_addr, peer_port)
+                } else {
+                    0
+                },
+            );
+        }
     }
     Ok(NatTarget {
         addr: backend_addr,

@@ -38,6 +38,10 @@ pub struct L4Packet {
     /// A trace run (`ferry_common::trace`): decide as for a real packet,
     /// write no map.
     pub dry_run: bool,
+    /// A new flow of this packet is reported to `ferry-agent monitor`
+    /// (`monitor::new_flow`). The pod hook only: the uplink's frames have
+    /// no stack to spare for it.
+    pub reports_flows: bool,
 }
 
 impl L4Packet {
@@ -123,16 +127,17 @@ impl Frame {
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
     pull_headers(ctx);
-    parse_frame(&Frame::of_tc(ctx), false)
+    parse_frame(&Frame::of_tc(ctx), false, false)
 }
 
-/// `parse`, for a hook that honours trace runs (`L4Packet::dry_run`). Only
-/// the pod's hook does: the uplink's TCP/UDP path has no stack to spare
-/// for the flag (the verifier's 512 bytes), so it is never traced.
+/// `parse`, for a hook that honours trace runs (`L4Packet::dry_run`) and
+/// reports new flows to the monitor. Only the pod's hook does: the
+/// uplink's TCP/UDP path has no stack to spare for either (the verifier's
+/// 512 bytes), so it is never traced and its new flows are not reported.
 #[inline(always)]
-pub fn parse_traced(ctx: &TcContext) -> Parsed {
+pub fn parse_traced(ctx: &TcContext, traced: bool) -> Parsed {
     pull_headers(ctx);
-    parse_frame(&Frame::of_tc(ctx), is_trace(ctx))
+    parse_frame(&Frame::of_tc(ctx), traced, true)
 }
 
 /// Is this skb a trace run's (`ferry_common::trace`)?
@@ -186,10 +191,10 @@ pub fn ipv4_source(ctx: &TcContext) -> Option<[u8; 4]> {
     frame.bytes_at::<4>(ETH_HLEN + 12)
 }
 
-/// Parse the headers of `frame` (tc after pulling, or XDP); `dry_run`:
-/// a trace run's packet (`L4Packet::dry_run`).
+/// Parse the headers of `frame` (tc after pulling, or XDP); `dry_run` and
+/// `reports_flows`: see `L4Packet`.
 #[inline(always)]
-pub fn parse_frame(frame: &Frame, dry_run: bool) -> Parsed {
+pub fn parse_frame(frame: &Frame, dry_run: bool, reports_flows: bool) -> Parsed {
     let Some(eth_type) = frame.bytes_at::<2>(12) else {
         return Parsed::NotIpv4;
     };
@@ -255,5 +260,6 @@ pub fn parse_frame(frame: &Frame, dry_run: bool) -> Parsed {
         ip_id,
         first_fragment: frag & FRAG_MORE != 0,
         dry_run,
+        reports_flows,
     })
 }

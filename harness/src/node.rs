@@ -501,10 +501,29 @@ impl Node {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Every pinned map's entries as bpftool dumps them, by map name.
+    /// `ferry-agent monitor ARGS` against this node's pins, running, its
+    /// stdout and stderr piped.
+    pub fn spawn_monitor(&self, args: &[&str]) -> Result<std::process::Child> {
+        Command::new(&self.bins.agent)
+            .arg("monitor")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ferry-agent monitor")
+    }
+
+    /// Every pinned map's entries as bpftool dumps them, by map name (the
+    /// event ring buffer has no entries to dump and is left out).
     pub fn dump_maps(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for name in ferry_common::PINNED_MAPS {
+            if name == ferry_common::MAP_EVENTS {
+                continue;
+            }
             let dump = Command::new("bpftool")
                 .args(["map", "dump", "pinned"])
                 .arg(self.pin_dir.join(name))
