@@ -140,6 +140,41 @@ impl Kernel {
         self.run_program(ferry_agent::loader::PROG_FROM_POD, input)
     }
 
+    /// Run the from-pod program once on `input` as `ferry-agent trace`
+    /// does (the trace marker in the context), sent by the pod owning its
+    /// source; (verdict, output bytes, the outcome handed back).
+    pub fn run_traced(&mut self, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
+        let owner = ipv4_source(input).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        self.pod_sources
+            .insert(
+                TEST_RUN_IFINDEX,
+                PodSource {
+                    addr: owner.octets(),
+                },
+                0,
+            )
+            .expect("record the test-run device's pod");
+        let ctx_in = ferry_agent::trace::trace_context(0);
+        let mut ctx_out = [0u8; ferry_agent::trace::SKB_CTX_LEN];
+        let mut out = vec![0u8; input.len() + 256];
+        let prog = self.dataplane.program(ferry_agent::loader::PROG_FROM_POD);
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN (trace)");
+        out.truncate(result.data_size_out as usize);
+        (
+            result.return_value,
+            out,
+            ferry_agent::trace::traced_outcome(&ctx_out),
+        )
+    }
+
     /// Run the from-pod program once on `input` as sent through a veth
     /// ferry-cni never recorded.
     pub fn run_from_unknown_veth(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
