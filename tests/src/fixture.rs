@@ -128,15 +128,7 @@ impl Kernel {
     /// Run the from-pod program once on `input` as sent through the veth
     /// of the pod `owner` (whatever source address `input` carries).
     pub fn run_as_pod(&mut self, owner: Ipv4Addr, input: &[u8]) -> (u32, Vec<u8>) {
-        self.pod_sources
-            .insert(
-                TEST_RUN_IFINDEX,
-                PodSource {
-                    addr: owner.octets(),
-                },
-                0,
-            )
-            .expect("record the test-run device's pod");
+        self.set_sender(owner);
         self.run_program(ferry_agent::loader::PROG_FROM_POD, input)
     }
 
@@ -144,16 +136,7 @@ impl Kernel {
     /// does (the trace marker in the context), sent by the pod owning its
     /// source; (verdict, output bytes, the outcome handed back).
     pub fn run_traced(&mut self, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
-        let owner = ipv4_source(input).unwrap_or(Ipv4Addr::UNSPECIFIED);
-        self.pod_sources
-            .insert(
-                TEST_RUN_IFINDEX,
-                PodSource {
-                    addr: owner.octets(),
-                },
-                0,
-            )
-            .expect("record the test-run device's pod");
+        self.set_sender(ipv4_source(input).unwrap_or(Ipv4Addr::UNSPECIFIED));
         let ctx_in = ferry_agent::trace::trace_context(0);
         let mut ctx_out = [0u8; ferry_agent::trace::SKB_CTX_LEN];
         let mut out = vec![0u8; input.len() + 256];
@@ -173,6 +156,32 @@ impl Kernel {
             out,
             ferry_agent::trace::traced_outcome(&ctx_out),
         )
+    }
+
+    /// The test-run device becomes the veth of the pod `owner`.
+    fn set_sender(&mut self, owner: Ipv4Addr) {
+        self.pod_sources
+            .insert(
+                TEST_RUN_IFINDEX,
+                PodSource {
+                    addr: owner.octets(),
+                },
+                0,
+            )
+            .expect("record the test-run device's pod");
+    }
+
+    /// Every conntrack entry, printed and sorted (to compare states).
+    pub fn flows(&self) -> Vec<String> {
+        let mut flows: Vec<String> = self
+            .conntrack
+            .entries()
+            .expect("read conntrack")
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        flows.sort();
+        flows
     }
 
     /// Run the from-pod program once on `input` as sent through a veth

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod client;
 pub mod fixture;
 pub mod service_cidrs;
+pub mod spoofing;
 /// The packet builder lives in the harness so that the benchmark builds its
 /// frames with the same code; the kernel tests keep their `ferry_tests::packet`.
 pub use ferry_harness::packet;

@@ -10,24 +10,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_harness::{Binaries, Cluster, Node, Pod, manifest};
+use ferry_harness::Node;
 use ferry_tests::{
     capture::send_frame,
     client::tcp_whoami,
     packet::{Packet, TCP_SYN},
+    spoofing::{Cast, cast, on_the_wire},
 };
 
-const CIDR: &str = "10.244.1.0/24";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 80);
-
-fn mac(pod: &Pod, interface: usize) -> [u8; 6] {
-    let text = pod.result["interfaces"][interface]["mac"].as_str().unwrap();
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
 
 /// Start a monitor and wait until it has switched the events on.
 fn monitor(node: &Node, args: &[&str]) -> Child {
@@ -70,20 +61,13 @@ fn monitoring_switched_off(node: &Node) -> bool {
 
 #[test]
 fn monitor_shows_a_spoofed_drop_and_a_new_flow() {
-    ferry_tests::fixture::require_root();
-    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
-    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
-    let node = c.node("n1").unwrap();
-    let victim = node.add_pod("victim").unwrap();
-    let attacker = node.add_pod("attacker").unwrap();
-    let mut server = node.add_pod("server").unwrap();
-    server.serve(8080).unwrap();
-    c.write_manifest(&manifest::join(&[
-        manifest::node("n1", CIDR),
-        manifest::service("web", VIP, &[("http", 80, "TCP", 8080)]),
-        manifest::endpoint_slice("web", "n1", &[server.ip], &[("http", 8080, "TCP")]),
-    ]))
-    .unwrap();
+    let Cast {
+        victim,
+        attacker,
+        server,
+        node,
+        cluster: _cluster,
+    } = cast(VIP);
     let start = Instant::now();
     while tcp_whoami(&victim, VIP, 80).is_err() {
         assert!(
@@ -95,9 +79,10 @@ fn monitor_shows_a_spoofed_drop_and_a_new_flow() {
     }
 
     let drops = monitor(&node, &["--type", "drop", "--json", "--count", "1"]);
-    let forged = Packet::tcp((victim.ip, 5555), (server.ip, 8080), TCP_SYN, b"")
-        .with_macs(mac(&attacker, 0), mac(&attacker, 1))
-        .bytes();
+    let forged = on_the_wire(
+        &attacker,
+        Packet::tcp((victim.ip, 5555), (server.ip, 8080), TCP_SYN, b""),
+    );
     send_frame(&attacker.netns.path(), "eth0", forged).unwrap();
     let seen = events(drops);
     assert_eq!(seen.len(), 1, "{seen:?}");

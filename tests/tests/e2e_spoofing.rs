@@ -9,32 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_harness::{Binaries, Cluster, Pod, in_netns, manifest};
+use ferry_harness::in_netns;
 use ferry_tests::{
     capture::{Capture, send_frame},
     packet::{Packet, TCP_SYN},
+    spoofing::{Cast, cast, on_the_wire},
 };
 
-const CIDR: &str = "10.244.1.0/24";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
-
-fn mac(pod: &Pod, interface: usize) -> [u8; 6] {
-    let text = pod.result["interfaces"][interface]["mac"]
-        .as_str()
-        .expect("CNI result lists the interface's MAC");
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
-/// A frame as `pod` would put it on its eth0 towards the node: from its
-/// own MAC to its veth's host side (the CNI result lists the host side
-/// first, the pod's interface second).
-fn on_the_wire(pod: &Pod, packet: Packet) -> Vec<u8> {
-    packet.with_macs(mac(pod, 0), mac(pod, 1)).bytes()
-}
 
 fn counter(out: &str, outcome: &str) -> u64 {
     out.lines()
@@ -59,20 +41,13 @@ fn saw_udp(frames: &[Vec<u8>], from: (Ipv4Addr, u16), to_port: u16) -> bool {
 
 #[test]
 fn a_pod_cannot_speak_for_another_pod() {
-    ferry_tests::fixture::require_root();
-    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
-    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
-    let node = c.node("n1").unwrap();
-    let victim = node.add_pod("victim").unwrap();
-    let attacker = node.add_pod("attacker").unwrap();
-    let mut server = node.add_pod("server").unwrap();
-    server.serve(8080).unwrap();
-    c.write_manifest(&manifest::join(&[
-        manifest::node("n1", CIDR),
-        manifest::service("web", VIP, &[("http", 80, "TCP", 8080)]),
-        manifest::endpoint_slice("web", "n1", &[server.ip], &[("http", 8080, "TCP")]),
-    ]))
-    .unwrap();
+    let Cast {
+        victim,
+        attacker,
+        server,
+        node,
+        cluster: _cluster,
+    } = cast(VIP);
     let start = Instant::now();
     let mut conn = loop {
         let attempt = in_netns(&victim.netns.path(), move || {

@@ -97,18 +97,6 @@ fn pod(k: &Kernel, addr: Ipv4Addr, ifindex: u32) {
         .unwrap();
 }
 
-fn conntrack(k: &Kernel) -> Vec<String> {
-    let mut flows: Vec<String> = k
-        .conntrack
-        .entries()
-        .unwrap()
-        .iter()
-        .map(|e| format!("{e:?}"))
-        .collect();
-    flows.sort();
-    flows
-}
-
 fn run(k: &mut Kernel, hook: Hook, input: &[u8]) -> (u32, Vec<u8>) {
     match hook {
         Hook::Pod => k.run(input),
@@ -130,7 +118,7 @@ fn check(
     outcome: u32,
 ) {
     let counters = k.counters();
-    let flows = conntrack(k);
+    let flows = k.flows();
     let (verdict, out) = run(k, hook, &input.bytes());
     match leaves {
         Leaves::As(want) => {
@@ -167,7 +155,7 @@ fn check(
         let want = b.packets + u64::from(i as u32 == outcome);
         assert_eq!(a.packets, want, "{what}: counter {}", outcome::NAMES[i]);
     }
-    assert_eq!(conntrack(k), flows, "{what}: conntrack unchanged");
+    assert_eq!(k.flows(), flows, "{what}: conntrack unchanged");
 }
 
 /// Run a flow's packet whose output the test does not look at.
