@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod client;
 pub mod fixture;
+pub mod fuzz;
 pub mod service_cidrs;
 /// The packet builder lives in the harness so that the benchmark builds its
 /// frames with the same code; the kernel tests keep their `ferry_tests::packet`.
