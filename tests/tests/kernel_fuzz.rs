@@ -4,8 +4,8 @@
 //! and length; `cargo xtask fuzz --frames N [--seed S]` runs a long one.
 use ferry_tests::fuzz::{self, Config};
 
-/// Frames of the bounded run: about a minute on a slow two-core machine.
-const FRAMES: u64 = 30_000;
+/// Frames of the bounded run: about 20 s on a slow two-core machine.
+const FRAMES: u64 = 50_000;
 
 /// Outcomes a run of this length reaches, or the world is broken and the
 /// fuzz blind: translation both ways, ICMP errors translated, rejects,

@@ -369,6 +369,10 @@ impl Gen {
         if self.chance(15) {
             quoted.options = self.options();
         }
+        if self.chance(5) {
+            // A datagram's first fragment: it quotes the ports too.
+            quoted.frag = packet::FRAG_MORE;
+        }
         let full = quoted.bytes().len() - ETH_HLEN - 20 - quoted.options.len();
         let l4_bytes = match self.rng.u32(0..4) {
             0 => 8,
