@@ -5,8 +5,13 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 
-/// The cargo-fuzz targets in fuzz/fuzz_targets.
-const TARGETS: [&str; 2] = ["manifest", "cni_conf"];
+/// The cargo-fuzz targets in fuzz/fuzz_targets, with the directories
+/// (from the repository root) whose files seed their corpus: valid inputs
+/// get libFuzzer past the parsers' first bytes at once.
+const TARGETS: [(&str, &[&str]); 2] = [
+    ("manifest", &["agent/testdata", "examples"]),
+    ("cni_conf", &["fuzz/seeds/cni_conf"]),
+];
 
 #[derive(clap::Args)]
 pub struct Opts {
@@ -109,11 +114,16 @@ fn targets(secs: u64) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace");
-    for target in TARGETS {
+    for (target, seeds) in TARGETS {
         eprintln!("xtask: cargo fuzz run {target} for {secs} s");
+        // New inputs go to the first directory; the others only seed.
+        let corpus = format!("fuzz/corpus/{target}");
+        std::fs::create_dir_all(root.join(&corpus))?;
         let st = nightly_cargo()
             .current_dir(root)
-            .args(["fuzz", "run", target, "--"])
+            .args(["fuzz", "run", target, &corpus])
+            .args(seeds)
+            .arg("--")
             .arg(format!("-max_total_time={secs}"))
             // Inputs above 1 MiB are the hostile-YAML test's business.
             .arg("-max_len=65536")
