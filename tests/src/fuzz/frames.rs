@@ -260,7 +260,7 @@ impl Gen {
                     .filter(|f| f.reach == Reach::Pods)
                     .map(|f| f.addr)
                     .collect();
-                let dst = if self.rng.bool() {
+                let dst = if cluster_ips.is_empty() || self.rng.bool() {
                     UNALLOCATED
                 } else {
                     self.pick(&cluster_ips)
