@@ -8,26 +8,44 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
+use hyper::{StatusCode, header::HeaderName};
+use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::plan::HealthCheck;
+use crate::{
+    http_server::{Handler, Limits, Reply, Server},
+    plan::HealthCheck,
+};
 
 type Shared = Arc<Mutex<BTreeMap<u16, HealthCheck>>>;
 
-#[derive(Default)]
+/// Open connections over all the healthCheckNodePorts: a load balancer
+/// probes each port every few seconds from a few addresses.
+const MAX_CONNECTIONS: usize = 256;
+
 pub struct HealthChecks {
     state: Shared,
     servers: BTreeMap<u16, JoinHandle<()>>,
+    /// One connection cap for every port.
+    http: Arc<Server>,
+}
+
+impl Default for HealthChecks {
+    fn default() -> Self {
+        Self::with_limits(Limits {
+            max_connections: MAX_CONNECTIONS,
+            ..Limits::default()
+        })
+    }
 }
 
 /// The HTTP response for `check` (None: the port is no longer served).
-pub fn response(check: Option<&HealthCheck>) -> String {
+pub fn response(check: Option<&HealthCheck>) -> Reply {
     let (status, body) = match check {
         Some(c) => (
             if c.local_endpoints > 0 {
-                "200 OK"
+                StatusCode::OK
             } else {
-                "503 Service Unavailable"
+                StatusCode::SERVICE_UNAVAILABLE
             },
             serde_json::json!({
                 "service": {"namespace": c.namespace, "name": c.name},
@@ -36,15 +54,33 @@ pub fn response(check: Option<&HealthCheck>) -> String {
             })
             .to_string(),
         ),
-        None => ("404 Not Found", String::from("{}")),
+        None => (StatusCode::NOT_FOUND, String::from("{}")),
     };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    Reply::new(status, "application/json", body)
+        .with_header(HeaderName::from_static("x-content-type-options"), "nosniff")
+}
+
+/// One port's answers: any path, as kube-proxy's.
+struct Port {
+    port: u16,
+    state: Shared,
+}
+
+impl Handler for Port {
+    async fn reply(&self, _path: &str) -> Reply {
+        response(self.state.lock().expect("health state").get(&self.port))
+    }
 }
 
 impl HealthChecks {
+    pub fn with_limits(limits: Limits) -> Self {
+        Self {
+            state: Shared::default(),
+            servers: BTreeMap::new(),
+            http: Server::new(limits),
+        }
+    }
+
     /// Serve exactly `desired`: new ports start listening, gone ones stop,
     /// counts change in place.
     pub fn sync(&mut self, desired: &BTreeMap<u16, HealthCheck>) {
@@ -62,14 +98,14 @@ impl HealthChecks {
             if self.servers.contains_key(port) {
                 continue;
             }
-            let state = self.state.clone();
-            let port = *port;
-            self.servers.insert(port, tokio::spawn(serve(port, state)));
+            let (port, state, http) = (*port, self.state.clone(), self.http.clone());
+            self.servers
+                .insert(port, tokio::spawn(bind_and_serve(http, port, state)));
         }
     }
 }
 
-async fn serve(port: u16, state: Shared) {
+async fn bind_and_serve(http: Arc<Server>, port: u16, state: Shared) {
     let listener = match TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -78,24 +114,18 @@ async fn serve(port: u16, state: Shared) {
         }
     };
     tracing::info!(port, "serving healthCheckNodePort");
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            // Read the request head; its content does not matter.
-            let _ = crate::metrics::read_request_head(&mut stream).await;
-            let reply = response(state.lock().expect("health state").get(&port));
-            let _ = stream.write_all(reply.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    serve(http, listener, port, state).await
+}
+
+/// Answer for `port`'s health check on `listener`.
+async fn serve(http: Arc<Server>, listener: TcpListener, port: u16, state: Shared) {
+    http.serve(listener, Port { port, state }).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_server::tests::exchange;
 
     fn check(n: usize) -> HealthCheck {
         HealthCheck {
@@ -105,20 +135,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ok_with_local_endpoints_unavailable_without() {
-        let ok = response(Some(&check(2)));
+    /// The responses on the wire, as kube-proxy's.
+    #[tokio::test]
+    async fn ok_with_local_endpoints_unavailable_without() {
+        let state = Shared::default();
+        state.lock().unwrap().insert(32000, check(2));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let http = Server::new(Limits::default());
+        tokio::spawn(serve(http, listener, 32000, state.clone()));
+        let get = "GET / HTTP/1.1\r\nHost: node:32000\r\n\r\n";
+
+        let ok = exchange(addr, get).await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("\r\nContent-Type: application/json\r\n"),
+            "{ok}"
+        );
+        assert!(
+            ok.contains("\r\nX-Content-Type-Options: nosniff\r\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("\r\nConnection: close\r\n"), "{ok}");
         let body = ok.split("\r\n\r\n").nth(1).unwrap();
+        assert!(
+            ok.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+            "{ok}"
+        );
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(json["service"]["namespace"], "default");
         assert_eq!(json["service"]["name"], "web");
         assert_eq!(json["localEndpoints"], 2);
-        let down = response(Some(&check(0)));
+        assert_eq!(json["serviceProxyHealthy"], true);
+
+        state.lock().unwrap().insert(32000, check(0));
+        // Any path, as kube-proxy answers.
+        let down = exchange(addr, "GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n").await;
         assert!(
             down.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
             "{down}"
         );
         assert!(down.contains("\"localEndpoints\":0"));
+
+        state.lock().unwrap().clear();
+        let gone = exchange(addr, get).await;
+        assert!(gone.starts_with("HTTP/1.1 404 Not Found\r\n"), "{gone}");
+        assert!(gone.ends_with("\r\n\r\n{}"), "{gone}");
     }
 }

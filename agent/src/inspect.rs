@@ -240,19 +240,27 @@ pub fn endpoints(pin_dir: &Path) -> Result<Table> {
         "HOST VETH",
         "POD MAC",
         "HOST MAC",
+        "SENDS AS",
     ]);
     for (ip, ep) in eps.list()? {
         let name = ifname(ep.ifindex);
+        // The one source `ferry_pod_srcs` lets this veth carry: anything
+        // but the pod's own address here means its traffic is dropped.
+        let sends_as = eps
+            .source_of(ep.ifindex)?
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
         t.rows.push(vec![
             ip.to_string(),
             ep.ifindex.to_string(),
             name.clone(),
             format_mac(&ep.pod_mac),
             format_mac(&ep.host_mac),
+            sends_as.clone(),
         ]);
         t.json.push(json!({
             "pod_ip": ip.to_string(), "ifindex": ep.ifindex, "host_veth": name,
             "pod_mac": format_mac(&ep.pod_mac), "host_mac": format_mac(&ep.host_mac),
+            "sends_as": sends_as,
         }));
     }
     Ok(t)

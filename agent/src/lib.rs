@@ -9,21 +9,24 @@ pub mod config;
 /// The parsers' fuzz targets (`fuzz/`), shared with their corpus test.
 pub mod fuzzing;
 pub mod healthcheck;
+pub mod http_server;
 pub mod inspect;
-pub mod ipcmd;
 pub mod latency;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod monitor;
 pub mod net;
 pub mod plan;
 pub mod reconcile;
 pub mod reserved_ports;
+pub mod rtnl;
 pub mod run;
 pub mod socklb;
 pub mod sockterm;
 pub mod source;
 pub mod tc;
+pub mod trace;
 
 /// The kernel programs, built with BTF by build.rs and embedded here.
 pub static DATAPLANE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FERRY_EBPF_OBJECT"));

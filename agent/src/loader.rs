@@ -21,9 +21,10 @@ use ferry_common::{
     ServiceName, ServiceOptions, ServiceRange, ServiceValue, SourceRangeKey, outcome,
 };
 use ferry_common::{
-    FRONTEND_FILTER_WORDS, MAP_FRONTEND_FILTER, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE,
-    PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4, PIN_PROG_SOCK_RECVMSG4,
-    PIN_PROG_SOCK_SENDMSG4, SOCK_REVERSE_MAX_ENTRIES, SockConfig, SockRevKey, SockRevValue,
+    EVENTS_BYTES, FRONTEND_FILTER_WORDS, MAP_EVENTS, MAP_FRONTEND_FILTER, MAP_MONITOR,
+    MAP_POD_SOURCES, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE, MonitorConfig, PIN_PROG_SOCK_CONNECT4,
+    PIN_PROG_SOCK_GETPEERNAME4, PIN_PROG_SOCK_RECVMSG4, PIN_PROG_SOCK_SENDMSG4, PodSource,
+    SOCK_REVERSE_MAX_ENTRIES, SockConfig, SockRevKey, SockRevValue,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs, ensure_private};
@@ -115,7 +116,7 @@ impl MapShape {
 /// Every map of `PINNED_MAPS`, in its order, as the kernel object declares
 /// it (dataplane-ebpf/src/maps.rs).
 fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
-    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray};
+    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
     let counters = MapShape::of::<u32, Counter>(MAP_COUNTERS, PerCpuArray, outcome::COUNTER_SLOTS);
     [
         MapShape::of::<ServiceKey, ServiceValue>(MAP_SERVICES, Hash, SERVICES_MAX_ENTRIES),
@@ -149,6 +150,9 @@ fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
         ),
         MapShape::of::<u32, SockConfig>(MAP_SOCK_CONFIG, Array, 1),
         MapShape::of::<u32, u64>(MAP_FRONTEND_FILTER, Array, FRONTEND_FILTER_WORDS),
+        MapShape::of::<u32, PodSource>(MAP_POD_SOURCES, Hash, ENDPOINTS_MAX_ENTRIES),
+        MapShape::of::<(), ()>(MAP_EVENTS, RingBuf, EVENTS_BYTES),
+        MapShape::of::<u32, MonitorConfig>(MAP_MONITOR, Array, 1),
     ]
 }
 

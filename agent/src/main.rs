@@ -46,12 +46,72 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the pod hook does with a packet: run it through the live
+    /// pinned program, changing no map, and say which frontend it matched,
+    /// which flow and backend it gets, what is rewritten and where it goes.
+    Trace {
+        /// The sending pod's address (a pod on this node), and its port.
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        from: String,
+        /// The destination.
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: String,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: TraceProtocol,
+        /// TCP flags, any of S, A, F, R, P (default S: a connection's
+        /// first packet).
+        #[arg(long, default_value = "S")]
+        flags: String,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Datapath events as they happen: drops and rejects with their reason,
+    /// new flows from pods with their translation. Switched on while this
+    /// runs, off when it stops.
+    Monitor {
+        #[arg(long = "type", value_enum, default_value = "all")]
+        kind: MonitorKind,
+        /// Events of this Service only: namespace/name or namespace/name:port.
+        #[arg(long)]
+        service: Option<String>,
+        /// Events to or from this address only.
+        #[arg(long)]
+        pod: Option<std::net::Ipv4Addr>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the kernel programs and pin their maps (adopting maps already
     /// pinned there), then exit.
     Load {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MonitorKind {
+    Drop,
+    Flow,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TraceProtocol {
+    Tcp,
+    Udp,
+    Icmp,
 }
 
 fn init_logs(format: LogFormat) {
@@ -104,6 +164,52 @@ fn main() -> anyhow::Result<()> {
             };
             write_stdout(&out)
         }
+        Command::Trace {
+            from,
+            to,
+            proto,
+            flags,
+            pin_dir,
+            json,
+        } => {
+            let probe = trace_probe(&from, &to, proto, &flags)?;
+            let report = ferry_agent::trace::trace(&pin_dir, &probe)?;
+            let out = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                report.render()
+            };
+            write_stdout(&out)
+        }
+        Command::Monitor {
+            kind,
+            service,
+            pod,
+            count,
+            seconds,
+            pin_dir,
+            json,
+        } => {
+            let filter = ferry_agent::monitor::Filter {
+                kind: match kind {
+                    MonitorKind::Drop => ferry_agent::monitor::Kind::Drop,
+                    MonitorKind::Flow => ferry_agent::monitor::Kind::Flow,
+                    MonitorKind::All => ferry_agent::monitor::Kind::All,
+                },
+                service,
+                pod,
+                count,
+                duration: seconds.map(std::time::Duration::from_secs),
+            };
+            let mut out = |line: &str| {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(line.as_bytes())?;
+                stdout.flush()
+            };
+            ferry_agent::monitor::run(&pin_dir, &filter, json, &mut out)?;
+            Ok(())
+        }
         Command::Load { pin_dir } => {
             let mut dp = Dataplane::load(&pin_dir)
                 .with_context(|| format!("loading ferry with maps in {}", pin_dir.display()))?;
@@ -112,6 +218,49 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The packet `trace` is asked about.
+fn trace_probe(
+    from: &str,
+    to: &str,
+    proto: TraceProtocol,
+    flags: &str,
+) -> anyhow::Result<ferry_agent::trace::Probe> {
+    use ferry_common::conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+    let from = match from.parse::<std::net::SocketAddrV4>() {
+        Ok(a) => a,
+        // No port: an ephemeral one, as a client's.
+        Err(_) => std::net::SocketAddrV4::new(
+            from.parse()
+                .with_context(|| format!("--from {from}: expected ADDR or ADDR:PORT"))?,
+            40000,
+        ),
+    };
+    let to = to
+        .parse()
+        .with_context(|| format!("--to {to}: expected ADDR:PORT"))?;
+    let mut tcp_flags = 0;
+    for c in flags.chars() {
+        tcp_flags |= match c.to_ascii_uppercase() {
+            'S' => TCP_SYN,
+            'A' => TCP_ACK,
+            'F' => TCP_FIN,
+            'R' => TCP_RST,
+            'P' => 0x08,
+            _ => anyhow::bail!("--flags {flags}: use the letters S, A, F, R, P"),
+        };
+    }
+    Ok(ferry_agent::trace::Probe {
+        from,
+        to,
+        protocol: match proto {
+            TraceProtocol::Tcp => ferry_common::PROTO_TCP,
+            TraceProtocol::Udp => ferry_common::PROTO_UDP,
+            TraceProtocol::Icmp => ferry_common::PROTO_ICMP,
+        },
+        tcp_flags,
+    })
 }
 
 /// Print `out`; a reader that went away (`inspect services | head -2`) is

@@ -15,12 +15,13 @@ use std::{
 use ferry_common::{
     MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_ROUTES, MAP_SERVICES, MAP_SOCK_REVERSE, outcome,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use hyper::StatusCode;
+use tokio::net::TcpListener;
 
-use crate::maps::Counters;
+use crate::{
+    http_server::{Handler, Limits, Reply, Server},
+    maps::Counters,
+};
 
 /// Upper bounds (seconds) of the histogram buckets: 1 ms to 30 s.
 const BUCKETS: [f64; 12] = [
@@ -234,61 +235,42 @@ fn count_keys(path: &Path) -> std::io::Result<u64> {
     }
 }
 
-/// The head of an HTTP request (up to 4 KiB, to the blank line), for the
-/// agent's tiny HTTP servers (this one and the health-check ports).
-pub(crate) async fn read_request_head(stream: &mut tokio::net::TcpStream) -> String {
-    let mut buf = [0u8; 4096];
-    let mut seen = 0;
-    while seen < buf.len() {
-        match stream.read(&mut buf[seen..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                seen += n;
-                if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
+/// The agent's own endpoints, over its metrics.
+struct Endpoints(Arc<Metrics>);
+
+impl Handler for Endpoints {
+    async fn reply(&self, path: &str) -> Reply {
+        const TEXT: &str = "text/plain";
+        match path {
+            "/healthz" | "/livez" => Reply::new(StatusCode::OK, TEXT, "ok\n"),
+            "/readyz" if self.0.is_ready() => Reply::new(StatusCode::OK, TEXT, "ok\n"),
+            "/readyz" => Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "not ready: the first full sync has not been written yet\n",
+            ),
+            "/metrics" => {
+                // Counting map entries is a syscall per key: off the
+                // runtime's threads.
+                let metrics = self.0.clone();
+                let body = tokio::task::spawn_blocking(move || metrics.render())
+                    .await
+                    .unwrap_or_default();
+                Reply::new(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
+            _ => Reply::new(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         }
     }
-    String::from_utf8_lossy(&buf[..seen]).into_owned()
 }
 
 /// Serve /healthz, /readyz and /metrics on `listener`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let head = read_request_head(&mut stream).await;
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let path = path.split('?').next().unwrap_or(path);
-            let (status, content_type, body) = match path {
-                "/healthz" | "/livez" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready: the first full sync has not been written yet\n".to_string(),
-                ),
-                "/metrics" => {
-                    let m = metrics.clone();
-                    let body = tokio::task::spawn_blocking(move || m.render())
-                        .await
-                        .unwrap_or_default();
-                    ("200 OK", "text/plain; version=0.0.4", body)
-                }
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    serve_with(Server::new(Limits::default()), listener, metrics).await
+}
+
+/// `serve` under `server`'s limits.
+pub async fn serve_with(server: Arc<Server>, listener: TcpListener, metrics: Arc<Metrics>) {
+    server.serve(listener, Endpoints(metrics)).await
 }
 
 #[cfg(test)]

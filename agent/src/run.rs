@@ -33,6 +33,22 @@ const RESYNC: Duration = Duration::from_secs(60);
 
 /// Point every pod's pinned tc link at the program just loaded: an
 /// upgraded agent's datapath takes over existing pods without a gap.
+/// Before pods' veths get a program that checks source addresses, every pod
+/// recorded by an older ferry-cni needs its address on record, or its
+/// traffic would be dropped as spoofed.
+fn restore_pod_sources(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let added = crate::maps::Endpoints::open(pin_dir)?
+        .restore_sources()
+        .context("recording the source address of this node's pods")?;
+    if added > 0 {
+        tracing::info!(
+            pods = added,
+            "recorded the source address of pods set up before anti-spoofing"
+        );
+    }
+    Ok(())
+}
+
 fn update_pod_links(pin_dir: &std::path::Path) {
     let Ok(dir) = std::fs::read_dir(pin_dir.join(ferry_common::PIN_LINKS_DIR)) else {
         return;
@@ -182,6 +198,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut dataplane = Dataplane::load(&pin_dir)
         .with_context(|| format!("loading the dataplane into {}", pin_dir.display()))?;
     dataplane.pin_programs()?;
+    restore_pod_sources(&pin_dir)?;
     update_pod_links(&pin_dir);
     crate::socklb::apply(&pin_dir, cfg.socket_lb, cfg.cgroup_root.as_deref())
         .with_context(|| format!("setting up --socket-lb {}", cfg.socket_lb.name()))?;

@@ -27,7 +27,6 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -313,14 +312,10 @@ fn enter_and_sweep(
     reverse: ReverseLookup,
 ) -> Result<Sweep, PodSweepError> {
     let ns = podns::open(pod)?;
-    // SAFETY: setns on a descriptor we own; it changes the calling
-    // thread's network namespace only (see above).
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(PodSweepError::Enter {
-            path: pod.netns.clone(),
-            source: io::Error::last_os_error(),
-        });
-    }
+    podns::enter(&ns).map_err(|source| PodSweepError::Enter {
+        path: pod.netns.clone(),
+        source,
+    })?;
     sweep_here(stale, reverse).map_err(|source| PodSweepError::Diag {
         path: pod.netns.clone(),
         source,

@@ -14,5 +14,6 @@ pub mod csum;
 pub mod maps;
 pub mod new_flow;
 pub mod outcome;
+pub mod trace;
 
 pub use maps::*;

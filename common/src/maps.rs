@@ -31,6 +31,9 @@ macro_rules! with_map_names {
             MAP_SOCK_REVERSE = "ferry_sock_rev",
             MAP_SOCK_CONFIG = "ferry_sock_cfg",
             MAP_FRONTEND_FILTER = "ferry_fe_filter",
+            MAP_POD_SOURCES = "ferry_pod_srcs",
+            MAP_EVENTS = "ferry_events",
+            MAP_MONITOR = "ferry_monitor",
         }
     };
 }
@@ -400,6 +403,76 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
+/// Value of `ferry_pod_srcs`, keyed by the ifindex of a pod's host-side
+/// veth (u32, host order): the one source address that veth may carry.
+/// Kept apart from `ferry_endpoints` (keyed by address, for delivery) so the
+/// check at pod ingress is one lookup by the device the packet came in on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PodSource {
+    /// The pod's address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Bytes of the `ferry_events` ring buffer (a power of two, pages).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// `MonitorConfig::flags`: send drop (and reject) events.
+pub const MONITOR_DROPS: u32 = 1;
+/// `MonitorConfig::flags`: send an event per new flow.
+pub const MONITOR_FLOWS: u32 = 2;
+
+/// Value of `ferry_monitor` (key 0): which events the datapath sends to
+/// `ferry_events`. Zero (nobody listens): none, and the only cost is one
+/// array lookup on a drop or a new flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct MonitorConfig {
+    /// `MONITOR_*` bits; host order.
+    pub flags: u32,
+}
+
+/// `MonitorEvent::kind`: a packet ferry dropped.
+pub const EVENT_DROP: u8 = 1;
+/// `MonitorEvent::kind`: a packet ferry answered with a reject (the
+/// headers are of the answer it sent back: source and destination
+/// swapped).
+pub const EVENT_REJECT: u8 = 2;
+/// `MonitorEvent::kind`: a new Service flow and its translation.
+pub const EVENT_FLOW: u8 = 3;
+
+/// One record of the `ferry_events` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct MonitorEvent {
+    /// CLOCK_MONOTONIC ns; host order.
+    pub ts_ns: u64,
+    /// `outcome::*` of the packet (drops and rejects); host order.
+    pub outcome: u32,
+    /// Interface the packet came in on (0 when not known); host order.
+    pub ifindex: u32,
+    /// Flows: the frontend's service id (`ferry_svc_names`); host order.
+    pub service_id: u32,
+    /// Source and destination addresses as the packet arrived (a flow:
+    /// the client and the frontend); network order.
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    /// Flows: the backend; network order.
+    pub nat_addr: [u8; 4],
+    /// Flows with source NAT: the new source; zero otherwise; network order.
+    pub snat_addr: [u8; 4],
+    /// Ports; host order (0 for other protocols).
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub nat_port: u16,
+    pub snat_port: u16,
+    /// `EVENT_*`.
+    pub kind: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
 /// `Route::mode`: how packets reach the node owning a pod CIDR.
 /// Native routing: the packet goes out of the uplink as it is, to the
 /// node's address as next hop (resolved with bpf_fib_lookup).
@@ -579,6 +652,9 @@ const _: () = {
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<EndpointKey>() == 4);
     assert!(size_of::<Endpoint>() == 20);
+    assert!(size_of::<PodSource>() == 4);
+    assert!(size_of::<MonitorConfig>() == 4);
+    assert!(size_of::<MonitorEvent>() == 48);
     assert!(size_of::<ServiceName>() == 128);
     assert!(size_of::<Route>() == 16);
     assert!(size_of::<NodeConfig>() == 8);
@@ -614,6 +690,9 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for PodSource {}
+    unsafe impl aya::Pod for MonitorConfig {}
+    unsafe impl aya::Pod for MonitorEvent {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceRange {}
     unsafe impl aya::Pod for ServiceOptions {}

@@ -108,9 +108,13 @@ pub const SOCK_PASSED_TO_TC: u32 = 29;
 /// left). Subtracted, with the entries present, from the new entries to
 /// count evictions.
 pub const SOCK_REVERSE_REMOVED: u32 = 30;
+/// A pod sent an IPv4 packet whose source is not its own address (or came
+/// in on a veth ferry-cni did not set up): dropped at the pod's veth, so
+/// no pod can speak for another's flows.
+pub const DROP_SPOOFED_SOURCE: u32 = 31;
 
 /// Number of outcomes.
-pub const COUNT: u32 = 31;
+pub const COUNT: u32 = 32;
 /// Slots in `ferry_counters`: more than `COUNT`, so that a release adding
 /// outcomes still adopts the pinned map of the one before.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -149,4 +153,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "sock_drop_source_range",
     "sock_passed_to_tc",
     "sock_reverse_removed",
+    "drop_spoofed_source",
 ];

@@ -70,14 +70,18 @@ fn at_slot(service: &ServiceValue, slot: u16) -> Option<Backend> {
 /// (a seed for later choices of the same flow). None when the slot is
 /// missing (an update raced the packet) or the service has no backends.
 #[inline(always)]
-pub fn pick_backend(service: &ServiceValue, client: [u8; 4]) -> Option<(Backend, u32)> {
+pub fn pick_backend(
+    service: &ServiceValue,
+    client: [u8; 4],
+    dry_run: bool,
+) -> Option<(Backend, u32)> {
     if service.backend_count == 0 {
         return None;
     }
     // SAFETY: helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() };
     if service.flags & SERVICE_FLAG_AFFINITY != 0 {
-        return affine_backend(service, client, random).map(|b| (b, random));
+        return affine_backend(service, client, random, dry_run).map(|b| (b, random));
     }
     let slot = (random % u32::from(service.backend_count)) as u16;
     at_slot(service, slot).map(|b| (b, random))
@@ -85,9 +89,14 @@ pub fn pick_backend(service: &ServiceValue, client: [u8; 4]) -> Option<(Backend,
 
 /// sessionAffinity ClientIP: the client's recorded backend while it holds
 /// (`ferry_common::affinity::holds`), refreshed; else a fresh draw,
-/// recorded.
+/// recorded. A trace run (`dry_run`) reads the record and writes nothing.
 #[inline(always)]
-fn affine_backend(service: &ServiceValue, client: [u8; 4], random: u32) -> Option<Backend> {
+fn affine_backend(
+    service: &ServiceValue,
+    client: [u8; 4],
+    random: u32,
+    dry_run: bool,
+) -> Option<Backend> {
     let key = AffinityKey {
         service_id: service.service_id,
         client_addr: client,
@@ -105,12 +114,17 @@ fn affine_backend(service: &ServiceValue, client: [u8; 4], random: u32) -> Optio
         let entry = unsafe { &mut *entry };
         let current = at_slot(service, entry.slot);
         if affinity::holds(entry, current.as_ref(), now, timeout_s) {
-            entry.last_used_ns = now;
+            if !dry_run {
+                entry.last_used_ns = now;
+            }
             return current;
         }
     }
     let slot = (random % u32::from(service.backend_count)) as u16;
     let backend = at_slot(service, slot)?;
+    if dry_run {
+        return Some(backend);
+    }
     let fresh = AffinityEntry {
         last_used_ns: now,
         backend_addr: backend.addr,

@@ -73,7 +73,8 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
         // the new flow gets another one.
         let holds_port = e.flags & FLAG_SOURCE_NAT != 0
             && !snat_tuple_reusable(e.state, e.flags, e.expires_ns, now, pkt.protocol);
-        if !holds_port {
+        // A trace run (`dry_run`) decides the same and writes nothing.
+        if !holds_port && !pkt.dry_run {
             if let Some((partner, _)) = partner_naming_back(&key, e) {
                 let _ = CONNTRACK.remove(&partner);
             }
@@ -85,22 +86,26 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
     {
         // The tuple now belongs to another connection: forget the old flow's
         // reply entry, so the rest of the new connection passes too.
-        let _ = CONNTRACK.remove(key);
+        if !pkt.dry_run {
+            let _ = CONNTRACK.remove(key);
+        }
         return None;
     }
-    let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);
-    if state != e.state || flags != e.flags {
-        if let Some((_, p)) = partner_naming_back(&key, e) {
-            // SAFETY: as above.
-            let p = unsafe { &mut *p };
-            p.state = state;
-            p.flags = flags;
-            p.expires_ns = now + timeout_ns(state, flags);
+    if !pkt.dry_run {
+        let (state, flags) = advance(e.state, e.flags, direction, pkt.tcp_flags);
+        if state != e.state || flags != e.flags {
+            if let Some((_, p)) = partner_naming_back(&key, e) {
+                // SAFETY: as above.
+                let p = unsafe { &mut *p };
+                p.state = state;
+                p.flags = flags;
+                p.expires_ns = now + timeout_ns(state, flags);
+            }
+            e.state = state;
+            e.flags = flags;
         }
-        e.state = state;
-        e.flags = flags;
+        e.expires_ns = now + timeout_ns(state, flags);
     }
-    e.expires_ns = now + timeout_ns(state, flags);
     Some(NatTarget {
         addr: e.nat_addr,
         port: e.nat_port,
@@ -193,9 +198,24 @@ pub fn create(
         ..original
     };
     // Reply entry first: once the original entry exists, the backend may
-    // answer, and its reply must find the way back.
-    CONNTRACK.insert(reply_key, reply, reply_flags)?;
-    CONNTRACK.insert(original_key, original, BPF_ANY)?;
+    // answer, and its reply must find the way back. A trace run writes
+    // neither.
+    if !pkt.dry_run {
+        CONNTRACK.insert(reply_key, reply, reply_flags)?;
+        CONNTRACK.insert(original_key, original, BPF_ANY)?;
+        if pkt.reports_flows {
+            crate::monitor::new_flow(
+                pkt,
+                service_id,
+                crate::monitor::pack(backend_addr, backend_port),
+                if rewrites_source {
+                    crate::monitor::pack(peer_addr, peer_port)
+                } else {
+                    0
+                },
+            );
+        }
+    }
     Ok(NatTarget {
         addr: backend_addr,
         port: backend_port,
@@ -217,7 +237,7 @@ pub fn clear_clashing_reply(pkt: &L4Packet) {
     let opens = pkt.protocol != ferry_common::PROTO_TCP
         || (pkt.tcp_flags & ferry_common::conntrack::TCP_SYN != 0
             && pkt.tcp_flags & ferry_common::conntrack::TCP_ACK == 0);
-    if !opens {
+    if !opens || pkt.dry_run {
         return;
     }
     let reversed = CtKey {

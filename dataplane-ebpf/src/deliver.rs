@@ -8,21 +8,59 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
-use ferry_common::EndpointKey;
+use ferry_common::{
+    EndpointKey,
+    trace::{TRACE_CB_OUTCOME, TRACE_OUTCOME_WRITTEN},
+};
 
 use crate::{
     decision::{Decision, Delivery, TcVerdict, count},
     forward,
     maps::ENDPOINTS,
+    monitor,
     parse::Frame,
 };
 
 const PACKET_HOST: u32 = 0;
 
-/// Carry out `decision` for a packet of `len` bytes (as it arrived), and
-/// count it unless it turns out not to be ferry's.
+/// A finished packet as a hook's deep frame hands it to its entry point:
+/// the tc action in the low 32 bits, and for a dropped or rejected packet
+/// its outcome + 1 above them (0: nothing to report; bit 63: a reject).
+/// The entry point, whose frame is nearly empty, reports it to the
+/// monitor (`settled`): the frames that decide have no stack left for it.
+pub type Finished = u64;
+
+const REPORT_REJECT: u64 = 1 << 63;
+
+/// The entry point's last step: report what `finished` asks to the
+/// monitor, and return its tc action.
 #[inline(always)]
-pub fn finish(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>) -> i32 {
+pub fn settled(skb: *mut aya_ebpf::bindings::__sk_buff, finished: Finished) -> i32 {
+    let report = (finished >> 32) & 0x7fff_ffff;
+    if report != 0 {
+        monitor::dropped(skb, report as u32 - 1, finished & REPORT_REJECT != 0);
+    }
+    finished as u32 as i32
+}
+
+/// Carry out `decision` for a packet of `len` bytes (as it arrived), and
+/// count it unless it turns out not to be ferry's. `traced`: a trace run
+/// (`ferry_common::trace`), which counts nothing and sends no event but
+/// hands its outcome back; only the pod hook is traced, and the uplink's
+/// passes a constant false (its frames cannot afford reading the mark).
+#[inline(always)]
+pub fn finish(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>, traced: bool) -> Finished {
+    let report = match decision.verdict {
+        _ if traced => 0,
+        TcVerdict::Drop => u64::from(decision.outcome + 1) << 32,
+        TcVerdict::Redirected => (u64::from(decision.outcome + 1) << 32) | REPORT_REJECT,
+        _ => 0,
+    };
+    report | u64::from(act(ctx, len, decision, traced) as u32)
+}
+
+#[inline(always)]
+fn act(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>, traced: bool) -> i32 {
     let action = match decision.verdict {
         TcVerdict::NotOurs => return TC_ACT_OK,
         TcVerdict::Pass => TC_ACT_OK,
@@ -33,7 +71,14 @@ pub fn finish(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>) -> i32 {
             None => return TC_ACT_OK,
         },
     };
-    count(decision.outcome, len);
+    if traced {
+        // A trace run counts nothing; it hands its outcome back instead.
+        let outcome = decision.outcome | TRACE_OUTCOME_WRITTEN;
+        // SAFETY: writing a field of our own skb, which tc may write.
+        unsafe { (*ctx.skb.skb).cb[TRACE_CB_OUTCOME] = outcome };
+    } else {
+        count(decision.outcome, len);
+    }
     action
 }
 

@@ -43,7 +43,7 @@ fn ingress_ifindex(ctx: &TcContext) -> u32 {
 /// fragments untracked, which is all that can be done.
 #[inline(always)]
 pub fn record(ctx: &TcContext, pkt: &L4Packet, direction: u8) {
-    if !pkt.first_fragment {
+    if !pkt.first_fragment || pkt.dry_run {
         return;
     }
     let key = FragKey {

@@ -24,15 +24,16 @@ pub fn handle(ctx: &TcContext) -> i32 {
     // the verifier caps the frames of a call chain at 512 bytes together,
     // and the rest's frame alone nearly fills that. Only a look at the
     // protocol happens before the split, so the caller's frame stays empty.
-    if is_icmp(ctx) {
+    let finished = if is_icmp(ctx) {
         icmp(ctx.skb.skb)
     } else {
         settle(ctx.skb.skb)
-    }
+    };
+    deliver::settled(ctx.skb.skb, finished)
 }
 
 #[inline(never)]
-fn icmp(skb: *mut __sk_buff) -> i32 {
+fn icmp(skb: *mut __sk_buff) -> deliver::Finished {
     let ctx = TcContext::new(skb);
     let len = ctx.len();
     let decision = match parse(&ctx) {
@@ -41,11 +42,11 @@ fn icmp(skb: *mut __sk_buff) -> i32 {
         // `is_icmp` leaves nothing else but a bad IPv4 header.
         _ => Decision::not_ours(),
     };
-    deliver::finish(&ctx, len, decision)
+    deliver::finish(&ctx, len, decision, false)
 }
 
 #[inline(never)]
-fn settle(skb: *mut __sk_buff) -> i32 {
+fn settle(skb: *mut __sk_buff) -> deliver::Finished {
     let ctx = TcContext::new(skb);
     let len = ctx.len();
     let decision = match parse(&ctx) {
@@ -63,7 +64,7 @@ fn settle(skb: *mut __sk_buff) -> i32 {
         // Not ours to judge: the kernel handles what is not for a pod.
         Parsed::NotIpv4 | Parsed::MalformedIpv4 | Parsed::TruncatedL4 => Decision::not_ours(),
     };
-    deliver::finish(&ctx, len, decision)
+    deliver::finish(&ctx, len, decision, false)
 }
 
 #[inline(always)]

@@ -7,26 +7,58 @@ use crate::{
     decision::{Decision, Delivery, TcVerdict, passed},
     deliver, fragment,
     icmp_error::{self, Side},
-    parse::{L4Packet, Parsed, is_icmp, parse},
+    maps::POD_SOURCES,
+    parse::{L4Packet, Parsed, ipv4_source, is_icmp, is_trace, parse, parse_traced},
     service_range, translate,
 };
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
+    if spoofed(ctx) {
+        let finished = deliver::finish(
+            ctx,
+            ctx.len(),
+            Decision::drop(outcome::DROP_SPOOFED_SOURCE),
+            is_trace(ctx),
+        );
+        return deliver::settled(ctx.skb.skb, finished);
+    }
     // ICMP and the rest each get a frame of their own (BPF-to-BPF calls):
     // the verifier caps the frames of a call chain at 512 bytes together,
     // and the rest's frame alone nearly fills that. Only a look at the
-    // protocol happens before the split, so the caller's frame stays empty.
-    if is_icmp(ctx) {
+    // protocol (and at the source) happens before the split, so the
+    // caller's frame stays empty.
+    let finished = if is_icmp(ctx) {
         icmp(ctx.skb.skb)
     } else {
         settle(ctx.skb.skb)
-    }
+    };
+    deliver::settled(ctx.skb.skb, finished)
+}
+
+/// An IPv4 packet whose source is not the address of the pod behind this
+/// veth. Everything after this check (conntrack writes and clears,
+/// affinity, source-NAT ports, fragments, ICMP errors) is keyed by the
+/// packet's source, so checking it here is what keeps a pod to its own
+/// flows. A veth ferry-cni did not record has no address: all its IPv4 is
+/// dropped (fails closed). Other ethertypes pass: ARP cannot redirect
+/// another pod's traffic (each pod is reached by a route through its own
+/// veth), and ferry keeps no state for IPv6.
+#[inline(always)]
+fn spoofed(ctx: &TcContext) -> bool {
+    let Some(src) = ipv4_source(ctx) else {
+        return false;
+    };
+    // SAFETY: reading a field of our own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once.
+    !(unsafe { POD_SOURCES.get(ifindex) }).is_some_and(|pod| pod.addr == src)
 }
 
 #[inline(never)]
-fn icmp(skb: *mut __sk_buff) -> i32 {
+fn icmp(skb: *mut __sk_buff) -> deliver::Finished {
     let ctx = TcContext::new(skb);
+    let traced = is_trace(&ctx);
     let len = ctx.len();
     let decision = match parse(&ctx) {
         Parsed::Icmp(dst) => {
@@ -35,14 +67,15 @@ fn icmp(skb: *mut __sk_buff) -> i32 {
         // `is_icmp` leaves nothing else but a bad IPv4 header.
         _ => Decision::drop(outcome::DROP_MALFORMED_IPV4),
     };
-    deliver::finish(&ctx, len, decision)
+    deliver::finish(&ctx, len, decision, traced)
 }
 
 #[inline(never)]
-fn settle(skb: *mut __sk_buff) -> i32 {
+fn settle(skb: *mut __sk_buff) -> deliver::Finished {
     let ctx = TcContext::new(skb);
+    let traced = is_trace(&ctx);
     let len = ctx.len();
-    let decision = match parse(&ctx) {
+    let decision = match parse_traced(&ctx, traced) {
         Parsed::L4(pkt) => decide(&ctx, &pkt),
         Parsed::NotIpv4 => Decision::new(outcome::PASSED_NOT_IPV4, TcVerdict::Pass),
         Parsed::Icmp(dst) | Parsed::OtherIpv4(dst) => other_protocol(dst),
@@ -54,7 +87,7 @@ fn settle(skb: *mut __sk_buff) -> i32 {
         Parsed::MalformedIpv4 => Decision::drop(outcome::DROP_MALFORMED_IPV4),
         Parsed::TruncatedL4 => Decision::drop(outcome::DROP_TRUNCATED_L4),
     };
-    deliver::finish(&ctx, len, decision)
+    deliver::finish(&ctx, len, decision, traced)
 }
 
 /// Neither TCP nor UDP, nor an ICMP error ferry translates.

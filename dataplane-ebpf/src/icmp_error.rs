@@ -14,13 +14,12 @@
 //! have. Nothing is accounted to the flow (`conntrack::peek`).
 use aya_ebpf::programs::TcContext;
 use ferry_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, EndpointKey, PROTO_TCP, PROTO_UDP, csum::adjust, outcome,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, PROTO_TCP, PROTO_UDP, csum::adjust, outcome,
 };
 
 use crate::{
     conntrack::{self, NO_ADDR},
     decision::{Decision, Delivery, TcVerdict},
-    maps::ENDPOINTS,
     parse::ETH_HLEN,
 };
 
@@ -116,7 +115,8 @@ pub fn translate(ctx: &TcContext, side: Side) -> Option<Decision<TcVerdict>> {
     // The flow's key starts with the quoted packet's destination: that is
     // the backend (reply direction) or the client (original direction).
     // A pod may speak for that end only, and only for itself.
-    if side == Side::Pod && (outer_src != q_dst.0 || !sent_from_own_veth(ctx, outer_src)) {
+    // (`from_pod` has checked that the outer source is the sending pod's.)
+    if side == Side::Pod && outer_src != q_dst.0 {
         return Some(Decision::drop(outcome::DROP_ICMP_ERROR_FOREIGN));
     }
     let peer = (target.peer_addr, target.peer_port);
@@ -244,14 +244,4 @@ fn l4_checksum(csum: [u8; 2], udp: bool, old: (End, End), new: (End, End)) -> [u
     } else {
         c.to_be_bytes()
     }
-}
-
-/// Did the pod owning `addr` send this packet, through its own veth (no
-/// pod may borrow another's address to speak for its flows)?
-#[inline(always)]
-fn sent_from_own_veth(ctx: &TcContext, addr: [u8; 4]) -> bool {
-    // SAFETY: reading a field of our own skb.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: copied out at once.
-    (unsafe { ENDPOINTS.get(EndpointKey { addr }) }).is_some_and(|ep| ep.ifindex == ifindex)
 }

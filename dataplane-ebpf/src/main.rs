@@ -15,6 +15,7 @@ mod from_network;
 mod from_pod;
 mod icmp_error;
 mod maps;
+mod monitor;
 mod nat;
 mod new_flow;
 mod parse;

@@ -3,17 +3,17 @@
 //! names every map of it, in its order, so a map added there and not
 //! declared here fails to compile.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use ferry_common::{
     AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
-    CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
-    FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, NodeConfig,
-    ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
-    SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions,
-    ServiceRange, ServiceValue, SockConfig, SockRevKey, SockRevValue, SourceRangeKey, outcome,
-    with_map_names,
+    CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, Endpoint,
+    EndpointKey, FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, MonitorConfig,
+    MonitorEvent, NodeConfig, PodSource, ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES,
+    SERVICES_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
+    ServiceName, ServiceOptions, ServiceRange, ServiceValue, SockConfig, SockRevKey, SockRevValue,
+    SourceRangeKey, outcome, with_map_names,
 };
 
 macro_rules! declare_maps {
@@ -34,6 +34,9 @@ macro_rules! declare_maps {
         MAP_SOCK_REVERSE = $sock_reverse:tt,
         MAP_SOCK_CONFIG = $sock_config:tt,
         MAP_FRONTEND_FILTER = $frontend_filter:tt,
+        MAP_POD_SOURCES = $pod_sources:tt,
+        MAP_EVENTS = $events:tt,
+        MAP_MONITOR = $monitor:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -134,6 +137,21 @@ macro_rules! declare_maps {
         /// `SERVICES` probe.
         #[btf_map(name = $frontend_filter)]
         pub static FRONTEND_FILTER: Array<u64, { FRONTEND_FILTER_WORDS as usize }> = Array::new();
+
+        /// ifindex of a pod's host-side veth -> the pod's address: the only
+        /// IPv4 source that veth may carry (`from_pod`).
+        #[btf_map(name = $pod_sources)]
+        pub static POD_SOURCES: HashMap<u32, PodSource, { ENDPOINTS_MAX_ENTRIES as usize }> =
+            HashMap::new();
+
+        /// Drops, rejects and new flows for `ferry-agent monitor`, sent only
+        /// while `MONITOR` asks for them (`monitor`).
+        #[btf_map(name = $events)]
+        pub static EVENTS: RingBuf<MonitorEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+        /// Which events a listener wants (key 0).
+        #[btf_map(name = $monitor)]
+        pub static MONITOR: Array<MonitorConfig, 1> = Array::new();
     };
 }
 

@@ -32,7 +32,7 @@ pub fn plan(pkt: &L4Packet, service: &ServiceValue, client: Client) -> NewFlow {
         #[inline(always)]
         || balance::in_source_ranges(service, pkt.src_addr),
         #[inline(always)]
-        || balance::pick_backend(service, pkt.src_addr),
+        || balance::pick_backend(service, pkt.src_addr, pkt.dry_run),
         |(backend, _)| is_local_pod(backend.addr),
     )
 }

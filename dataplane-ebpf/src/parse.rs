@@ -1,7 +1,10 @@
 //! Header parsing with direct packet access. Only what translation needs is
 //! read; nothing here writes.
 use aya_ebpf::programs::TcContext;
-use ferry_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use ferry_common::{
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    trace::{TRACE_MARK, TRACE_PRIORITY},
+};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -32,6 +35,13 @@ pub struct L4Packet {
     /// The first fragment of a fragmented datagram (offset 0, more
     /// fragments): it carries the ports for the datagram's other fragments.
     pub first_fragment: bool,
+    /// A trace run (`ferry_common::trace`): decide as for a real packet,
+    /// write no map.
+    pub dry_run: bool,
+    /// A new flow of this packet is reported to `ferry-agent monitor`
+    /// (`monitor::new_flow`). The pod hook only: the uplink's frames have
+    /// no stack to spare for it.
+    pub reports_flows: bool,
 }
 
 impl L4Packet {
@@ -117,7 +127,25 @@ impl Frame {
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
     pull_headers(ctx);
-    parse_frame(&Frame::of_tc(ctx))
+    parse_frame(&Frame::of_tc(ctx), false, false)
+}
+
+/// `parse`, for a hook that honours trace runs (`L4Packet::dry_run`) and
+/// reports new flows to the monitor. Only the pod's hook does: the
+/// uplink's TCP/UDP path has no stack to spare for either (the verifier's
+/// 512 bytes), so it is never traced and its new flows are not reported.
+#[inline(always)]
+pub fn parse_traced(ctx: &TcContext, traced: bool) -> Parsed {
+    pull_headers(ctx);
+    parse_frame(&Frame::of_tc(ctx), traced, true)
+}
+
+/// Is this skb a trace run's (`ferry_common::trace`)?
+#[inline(always)]
+pub fn is_trace(ctx: &TcContext) -> bool {
+    // SAFETY: reading fields of our own skb.
+    let (mark, priority) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).priority) };
+    mark == TRACE_MARK && priority == TRACE_PRIORITY
 }
 
 /// Headers of a non-linear skb may sit outside the linear area that direct
@@ -151,9 +179,22 @@ pub fn is_icmp(ctx: &TcContext) -> bool {
         && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0
 }
 
-/// Parse the headers of `frame` (tc after pulling, or XDP).
+/// The source address of an IPv4 packet (None for other ethertypes, and
+/// for a header too short to hold one, which `parse` drops as malformed).
 #[inline(always)]
-pub fn parse_frame(frame: &Frame) -> Parsed {
+pub fn ipv4_source(ctx: &TcContext) -> Option<[u8; 4]> {
+    pull_headers(ctx);
+    let frame = Frame::of_tc(ctx);
+    if u16::from_be_bytes(frame.bytes_at::<2>(12)?) != ETH_P_IP {
+        return None;
+    }
+    frame.bytes_at::<4>(ETH_HLEN + 12)
+}
+
+/// Parse the headers of `frame` (tc after pulling, or XDP); `dry_run` and
+/// `reports_flows`: see `L4Packet`.
+#[inline(always)]
+pub fn parse_frame(frame: &Frame, dry_run: bool, reports_flows: bool) -> Parsed {
     let Some(eth_type) = frame.bytes_at::<2>(12) else {
         return Parsed::NotIpv4;
     };
@@ -218,5 +259,7 @@ pub fn parse_frame(frame: &Frame) -> Parsed {
         ihl_bytes,
         ip_id,
         first_fragment: frag & FRAG_MORE != 0,
+        dry_run,
+        reports_flows,
     })
 }

@@ -162,7 +162,7 @@ pub fn forward(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
         #[inline(always)]
         || balance::in_source_ranges(&service, client),
         #[inline(always)]
-        || balance::pick_backend(&service, client).map(|(backend, _)| backend),
+        || balance::pick_backend(&service, client, false).map(|(backend, _)| backend),
         |_| true,
     );
     let backend = match planned {

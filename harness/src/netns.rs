@@ -30,7 +30,7 @@ impl Netns {
     /// A command that runs inside this namespace. nsenter, not `ip netns
     /// exec`: the latter remounts /sys, which would hide /sys/fs/bpf.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
+        let mut cmd = Command::new(nsenter());
         cmd.arg(format!("--net={}", self.path().display()))
             .arg("--")
             .arg(program);
@@ -76,6 +76,21 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// nsenter as found on the harness's own PATH. Named by its full path
+/// because a command given another PATH (`Cluster::without_node_tools`)
+/// is looked up on that one.
+pub fn nsenter() -> &'static Path {
+    static NSENTER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    NSENTER.get_or_init(|| {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("nsenter"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("nsenter"))
+    })
 }
 
 pub fn run(cmd: &mut Command) -> Result<String> {

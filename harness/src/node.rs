@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::{
     cgroup::Cgroup,
     fabric::Fabric,
-    netns::{Netns, in_netns},
+    netns::{Netns, in_netns, nsenter},
 };
 
 /// The interface a node (or an external host) has on its fabric.
@@ -76,6 +76,9 @@ pub struct Cluster {
     pub bins: Binaries,
     pub root: PathBuf,
     pub manifest: PathBuf,
+    /// The PATH of ferry's own programs (agents, ferry-cni) when not the
+    /// harness's: see `without_node_tools`.
+    ferry_path: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -93,7 +96,19 @@ impl Cluster {
             bins,
             root,
             manifest,
+            ferry_path: None,
         })
+    }
+
+    /// Run the agents and ferry-cni of this cluster with an empty
+    /// directory as their whole PATH, as on a node with neither iproute2
+    /// nor util-linux: whatever they would run from the PATH fails. The
+    /// harness itself goes on using `ip` and `nsenter` (named by full path).
+    pub fn without_node_tools(mut self) -> Result<Self> {
+        let empty = self.root.join("empty-path");
+        std::fs::create_dir_all(&empty)?;
+        self.ferry_path = Some(empty);
+        Ok(self)
     }
 
     /// Replace the manifest atomically, as an editor or a GitOps tool would.
@@ -238,6 +253,7 @@ impl Cluster {
             agent: None,
             agent_args,
             bins: self.bins.clone(),
+            ferry_path: self.ferry_path.clone(),
             manifest: self.manifest.clone(),
             run_id: self.run_id.clone(),
             host_cgroup,
@@ -272,6 +288,8 @@ pub struct Node {
     /// Passed to every `ferry-agent run` after the common ones.
     agent_args: Vec<String>,
     bins: Binaries,
+    /// The PATH of the agent and ferry-cni, when not the harness's.
+    ferry_path: Option<PathBuf>,
     manifest: PathBuf,
     run_id: String,
     /// The node's own processes (the agent, host-network clients).
@@ -294,6 +312,9 @@ impl Node {
             .open(&self.log)?;
         let mut cmd = self.netns.command(&self.bins.agent);
         self.host_cgroup.enter_on_spawn(&mut cmd);
+        if let Some(path) = &self.ferry_path {
+            cmd.env("PATH", path);
+        }
         let child = cmd
             .args(["run", "--node", &self.name])
             .args(
@@ -374,6 +395,7 @@ impl Node {
         let stdout = invoke_cni(
             &self.netns.path(),
             &self.bins.cni,
+            self.ferry_path.as_deref(),
             command,
             container_id,
             pod_netns,
@@ -407,6 +429,7 @@ impl Node {
             node_netns: self.netns.path(),
             cni_conflist: self.conflist_path(),
             cni_bin: self.bins.cni.clone(),
+            cni_path: self.ferry_path.clone(),
             echo_bin: self.bins.echo.clone(),
             sock_client_bin: self.bins.sock_client.clone(),
             servers: Vec::new(),
@@ -453,6 +476,74 @@ impl Node {
     }
 }
 
+impl Node {
+    /// `ferry-agent trace ARGS --json` against this node's pins, run in
+    /// the node's namespace (the pod veths it names live there).
+    pub fn trace(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        Ok(serde_json::from_str(&self.trace_text(&with_json)?)?)
+    }
+
+    /// `ferry-agent trace ARGS`, its output as printed.
+    pub fn trace_text(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .netns
+            .command(&self.bins.agent)
+            .arg("trace")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("trace {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ferry-agent monitor ARGS` against this node's pins, running, its
+    /// stdout and stderr piped.
+    pub fn spawn_monitor(&self, args: &[&str]) -> Result<std::process::Child> {
+        Command::new(&self.bins.agent)
+            .arg("monitor")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ferry-agent monitor")
+    }
+
+    /// Every pinned map's entries as bpftool dumps them, by map name (the
+    /// event ring buffer has no entries to dump and is left out).
+    pub fn dump_maps(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for name in ferry_common::PINNED_MAPS {
+            if name == ferry_common::MAP_EVENTS {
+                continue;
+            }
+            let dump = Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(self.pin_dir.join(name))
+                .output()
+                .context("running bpftool")?;
+            if !dump.status.success() {
+                bail!(
+                    "bpftool map dump {name}: {}",
+                    String::from_utf8_lossy(&dump.stderr)
+                );
+            }
+            out.push((
+                name.to_string(),
+                String::from_utf8_lossy(&dump.stdout).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.kill_agent();
@@ -480,17 +571,23 @@ fn run_client(netns: &Netns, cgroup: &Cgroup, bin: &Path, args: &[&str]) -> Resu
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Run `cni_bin` inside the node namespace with the CNI environment and
-/// `conf` on stdin; its stdout, or an error carrying the CNI error JSON.
+/// Run `cni_bin` inside the node namespace with the CNI environment (and
+/// `path` as its PATH, when given) and `conf` on stdin; its stdout, or an
+/// error carrying the CNI error JSON.
 fn invoke_cni(
     node_netns: &Path,
     cni_bin: &Path,
+    path: Option<&Path>,
     command: &str,
     container_id: &str,
     pod_netns: &Path,
     conf: &Value,
 ) -> Result<String> {
-    let mut child = Command::new("nsenter")
+    let mut cmd = Command::new(nsenter());
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    let mut child = cmd
         .arg(format!("--net={}", node_netns.display()))
         .arg("--")
         .arg(cni_bin)
@@ -540,6 +637,8 @@ pub struct Pod {
     node_netns: PathBuf,
     cni_conflist: PathBuf,
     cni_bin: PathBuf,
+    /// ferry-cni's PATH, when not the harness's.
+    cni_path: Option<PathBuf>,
     echo_bin: PathBuf,
     sock_client_bin: PathBuf,
     servers: Vec<Child>,
@@ -631,6 +730,7 @@ impl Pod {
         invoke_cni(
             &self.node_netns,
             &self.cni_bin,
+            self.cni_path.as_deref(),
             command,
             &self.container_id,
             &self.netns.path(),

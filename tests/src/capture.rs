@@ -144,3 +144,36 @@ pub fn checksums_ok(frame: &[u8]) -> Option<bool> {
     pseudo.extend_from_slice(l4);
     Some(checksum(&pseudo) == 0)
 }
+
+/// Put `frame` on the wire of `ifname` inside the namespace at `netns`, as
+/// written (an AF_PACKET socket: what a pod with CAP_NET_RAW can send).
+pub fn send_frame(netns: &Path, ifname: &str, frame: Vec<u8>) -> anyhow::Result<()> {
+    let ifname = std::ffi::CString::new(ifname)?;
+    ferry_harness::in_netns(netns, move || -> anyhow::Result<()> {
+        // SAFETY: a raw socket we own and close; the address and the frame
+        // outlive the calls that read them.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &addr as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if sent != frame.len() as isize {
+                anyhow::bail!("sending a raw frame on {ifname:?}: {err}");
+            }
+        }
+        Ok(())
+    })?
+}

@@ -1,16 +1,20 @@
 //! A loaded copy of ferry's kernel programs with its maps pinned in a
 //! directory of its own, removed again on drop (also when a test fails).
 use std::{
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{TestRun, TestRunOptions},
+};
 use ferry_agent::{
     loader::{Dataplane, unpin_all},
     maps::{Conntrack, Counters, ServiceTable},
 };
-use ferry_common::{Backend, Counter, SCOPE_CLUSTER_IP, ServiceKey};
+use ferry_common::{Backend, Counter, MAP_POD_SOURCES, PodSource, SCOPE_CLUSTER_IP, ServiceKey};
 
 /// The ClusterIP frontend `addr:port` over `protocol`.
 pub fn frontend(addr: std::net::Ipv4Addr, port: u16, protocol: u8) -> ServiceKey {
@@ -34,6 +38,10 @@ pub fn backend(addr: std::net::Ipv4Addr, port: u16) -> Backend {
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// The device BPF_PROG_TEST_RUN's skb comes in on: loopback. The from-pod
+/// program takes it for the pod veth the packet came through.
+pub const TEST_RUN_IFINDEX: u32 = 1;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -61,6 +69,8 @@ pub struct Kernel {
     pub services: ServiceTable,
     pub conntrack: Conntrack,
     pub counters: Counters,
+    /// `ferry_pod_srcs`: which source the test-run device may carry.
+    pub pod_sources: HashMap<MapData, u32, PodSource>,
     // Last, so the maps are closed before the pins go.
     pub pins: PinDirGuard,
 }
@@ -90,11 +100,15 @@ impl Kernel {
         let services = ServiceTable::open(&pins.0).expect("open services");
         let conntrack = Conntrack::open(&pins.0).expect("open conntrack");
         let counters = Counters::open(&pins.0).expect("open counters");
+        let pod_sources = MapData::from_pin(pins.0.join(MAP_POD_SOURCES))
+            .map(Map::HashMap)
+            .expect("open the pod sources map");
         Self {
             dataplane,
             services,
             conntrack,
             counters,
+            pod_sources: pod_sources.try_into().expect("pod sources map type"),
             pins,
         }
     }
@@ -103,8 +117,68 @@ impl Kernel {
         &self.pins.0
     }
 
-    /// Run the from-pod program once on `input`; (verdict, output bytes).
+    /// Run the from-pod program once on `input`, sent by the pod that owns
+    /// its source address through that pod's own veth; (verdict, output
+    /// bytes).
     pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let owner = ipv4_source(input).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        self.run_as_pod(owner, input)
+    }
+
+    /// Run the from-pod program once on `input` as sent through the veth
+    /// of the pod `owner` (whatever source address `input` carries).
+    pub fn run_as_pod(&mut self, owner: Ipv4Addr, input: &[u8]) -> (u32, Vec<u8>) {
+        self.pod_sources
+            .insert(
+                TEST_RUN_IFINDEX,
+                PodSource {
+                    addr: owner.octets(),
+                },
+                0,
+            )
+            .expect("record the test-run device's pod");
+        self.run_program(ferry_agent::loader::PROG_FROM_POD, input)
+    }
+
+    /// Run the from-pod program once on `input` as `ferry-agent trace`
+    /// does (the trace marker in the context), sent by the pod owning its
+    /// source; (verdict, output bytes, the outcome handed back).
+    pub fn run_traced(&mut self, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
+        let owner = ipv4_source(input).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        self.pod_sources
+            .insert(
+                TEST_RUN_IFINDEX,
+                PodSource {
+                    addr: owner.octets(),
+                },
+                0,
+            )
+            .expect("record the test-run device's pod");
+        let ctx_in = ferry_agent::trace::trace_context(0);
+        let mut ctx_out = [0u8; ferry_agent::trace::SKB_CTX_LEN];
+        let mut out = vec![0u8; input.len() + 256];
+        let prog = self.dataplane.program(ferry_agent::loader::PROG_FROM_POD);
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN (trace)");
+        out.truncate(result.data_size_out as usize);
+        (
+            result.return_value,
+            out,
+            ferry_agent::trace::traced_outcome(&ctx_out),
+        )
+    }
+
+    /// Run the from-pod program once on `input` as sent through a veth
+    /// ferry-cni never recorded.
+    pub fn run_from_unknown_veth(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let _ = self.pod_sources.remove(&TEST_RUN_IFINDEX);
         self.run_program(ferry_agent::loader::PROG_FROM_POD, input)
     }
 
@@ -145,6 +219,15 @@ impl Kernel {
     pub fn counters(&self) -> Vec<Counter> {
         self.counters.read().expect("read counters")
     }
+}
+
+/// The IPv4 source address of an Ethernet frame, if it carries IPv4.
+pub fn ipv4_source(frame: &[u8]) -> Option<Ipv4Addr> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let src: [u8; 4] = frame.get(26..30)?.try_into().ok()?;
+    Some(Ipv4Addr::from(src))
 }
 
 /// A "client" pod and three backend pods ("b1".."b3") serving on 8080 on

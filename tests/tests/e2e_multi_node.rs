@@ -104,7 +104,11 @@ fn expect_name(nodes: &[Node], what: &str, got: anyhow::Result<String>, want: &s
 
 fn cross_node(routing: &str) {
     ferry_tests::fixture::require_root();
-    let c = Cluster::new(Binaries::locate().expect("binaries")).expect("cluster");
+    // The agents program their kernel routes and the VXLAN device with no
+    // `ip` on their PATH, and ferry-cni wires the pods the same way.
+    let c = Cluster::new(Binaries::locate().expect("binaries"))
+        .and_then(Cluster::without_node_tools)
+        .expect("cluster");
     let fabric = Fabric::create(&c.run_id).expect("fabric");
     let nodes = ferry_tests::fixture::nodes_on_fabric(&c, &fabric, &NODES, routing, &[]);
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -217,6 +221,35 @@ fn cross_node(routing: &str) {
         logs(&nodes)
     );
 
+    // The kernel routes to the other nodes' pod CIDRs, as the mode wants
+    // them, and the VXLAN device as ferry makes it.
+    for (_, addr, cidr) in &NODES[1..] {
+        let route = route_on(n1, cidr);
+        let want = match routing {
+            "vxlan" => format!("{cidr} encap ip id 1 src 0.0.0.0 dst {addr} "),
+            _ => format!("{cidr} via {addr} dev eth0"),
+        };
+        assert!(route.starts_with(&want), "n1's route to {cidr}: {route}");
+        if routing == "vxlan" {
+            assert!(route.ends_with(" dev ferry-vxlan scope link"), "{route}");
+        }
+    }
+    if routing == "vxlan" {
+        let device = n1
+            .netns
+            .exec(&["ip", "-d", "link", "show", "ferry-vxlan"])
+            .unwrap();
+        for want in [
+            "NOARP",
+            "UP",
+            "vxlan external",
+            "dstport 4789",
+            "nolearning",
+        ] {
+            assert!(device.contains(want), "ferry-vxlan lacks {want}: {device}");
+        }
+    }
+
     // (d) The mode is the one asked for: VXLAN carries the traffic, or no
     // VXLAN device exists at all.
     let vxlan = n3
@@ -285,10 +318,28 @@ fn cross_node(routing: &str) {
     }
     drop(conn);
 
+    // A node that leaves takes its route along.
+    c.write_manifest(&manifest::join(&nodes_manifest()[..2]))
+        .unwrap();
+    let gone = NODES[2].2;
+    wait_for(&nodes, "n1's route to n3's pod CIDR removed", || {
+        route_on(&nodes[0], gone).is_empty()
+    });
+    assert!(!route_on(&nodes[0], NODES[1].2).is_empty());
+
     // Pods go before their nodes, nodes before the fabric.
     drop((client, c2, b2, b3));
     drop(nodes);
     drop(fabric);
+}
+
+/// `ip -4 route show CIDR` on `node`, single-spaced.
+fn route_on(node: &Node, cidr: &str) -> String {
+    let out = node
+        .netns
+        .exec(&["ip", "-4", "route", "show", cidr])
+        .unwrap();
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[test]

@@ -325,6 +325,121 @@ fn cni_check_and_del_leave_no_trace() {
     assert!(Path::new(&node.pin_dir).exists());
 }
 
+/// `ip -j ARGS` in `ns`, parsed.
+fn ip_json(ns: &ferry_harness::Netns, args: &[&str]) -> serde_json::Value {
+    let argv: Vec<&str> = ["ip", "-j"].iter().chain(args).copied().collect();
+    let out = ns.exec(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{argv:?}: {e}: {out}"))
+}
+
+/// ferry-cni and the agent run with nothing on their PATH, as on a node
+/// without iproute2 or util-linux: ADD still wires the pod as it always
+/// did (address, routes, neighbour, MTU, MACs, the host route), pods talk,
+/// CHECK passes, and DEL removes the host link (twice is fine).
+#[test]
+fn cni_needs_neither_iproute2_nor_util_linux_on_the_node() {
+    let c = cluster().without_node_tools().expect("an empty PATH");
+    c.write_manifest(&manifest::node("n1", CIDR)).unwrap();
+    let node = c.node("n1").unwrap();
+    let pod = node
+        .add_pod("p")
+        .expect("ADD with no ip or nsenter on the PATH");
+    let mut peer = node.add_pod("q").unwrap();
+    let conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.conflist_path()).unwrap()).unwrap();
+    let mtu = conflist["plugins"][0]["mtu"].as_u64().unwrap();
+    let host_if = pod.result["interfaces"][0]["name"].as_str().unwrap();
+    let host_mac = pod.result["interfaces"][0]["mac"].as_str().unwrap();
+    let pod_mac = pod.result["interfaces"][1]["mac"].as_str().unwrap();
+    assert_eq!(
+        pod.result["interfaces"][1]["name"], "eth0",
+        "{}",
+        pod.result
+    );
+    assert_eq!(
+        pod.result["ips"][0]["address"],
+        format!("{}/32", pod.ip),
+        "{}",
+        pod.result
+    );
+
+    // The pod's side: up, its MTU and MAC, the address as a /32.
+    let eth0 = &ip_json(&pod.netns, &["addr", "show", "dev", "eth0"])[0];
+    assert_eq!(eth0["mtu"].as_u64(), Some(mtu), "{eth0}");
+    assert_eq!(eth0["address"], pod_mac, "{eth0}");
+    assert!(eth0["flags"].to_string().contains("\"UP\""), "{eth0}");
+    let addrs: Vec<String> = eth0["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert!(addrs.contains(&format!("{}/32", pod.ip)), "{eth0}");
+    let lo = &ip_json(&pod.netns, &["link", "show", "dev", "lo"])[0];
+    assert!(lo["flags"].to_string().contains("\"UP\""), "{lo}");
+    // Its routes: the gateway on-link, the default route through it.
+    let routes = ip_json(&pod.netns, &["-4", "route", "show"]);
+    let gateway = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst"] == "169.254.1.1")
+        .unwrap_or_else(|| panic!("no route to the gateway: {routes}"));
+    assert_eq!(gateway["dev"], "eth0", "{routes}");
+    assert_eq!(gateway["scope"], "link", "{routes}");
+    let default = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst"] == "default")
+        .unwrap_or_else(|| panic!("no default route: {routes}"));
+    assert_eq!(default["gateway"], "169.254.1.1", "{routes}");
+    assert_eq!(default["dev"], "eth0", "{routes}");
+    // The gateway's permanent neighbour entry: the host veth's MAC.
+    let neigh = ip_json(&pod.netns, &["neigh", "show", "dev", "eth0"]);
+    let entry = neigh
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["dst"] == "169.254.1.1")
+        .unwrap_or_else(|| panic!("no neighbour entry for the gateway: {neigh}"));
+    assert_eq!(entry["lladdr"], host_mac, "{neigh}");
+    assert_eq!(entry["state"], serde_json::json!(["PERMANENT"]), "{neigh}");
+
+    // The node's side: the host veth up with the same MTU, and the /32
+    // route to the pod through it.
+    let host = &ip_json(&node.netns, &["link", "show", "dev", host_if])[0];
+    assert_eq!(host["mtu"].as_u64(), Some(mtu), "{host}");
+    assert_eq!(host["address"], host_mac, "{host}");
+    assert!(host["flags"].to_string().contains("\"UP\""), "{host}");
+    let to_pod = ip_json(&node.netns, &["-4", "route", "show", &pod.ip.to_string()]);
+    assert_eq!(to_pod[0]["dev"], host_if, "{to_pod}");
+    assert_eq!(to_pod[0]["scope"], "link", "{to_pod}");
+
+    // Wired for real: the pods reach each other.
+    peer.serve(8080).unwrap();
+    assert_eq!(tcp_whoami(&pod, peer.ip, 8080).unwrap(), "q");
+
+    pod.cni_check()
+        .expect("CHECK with no ip or nsenter on the PATH");
+    pod.cni_del()
+        .expect("DEL with no ip or nsenter on the PATH");
+    assert!(node.netns.exec(&["ip", "link", "show", host_if]).is_err());
+    assert!(
+        ip_json(&node.netns, &["-4", "route", "show", &pod.ip.to_string()])
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
+        "the route to the pod went with its veth"
+    );
+    pod.cni_del().expect("DEL is idempotent");
+    assert!(pod.cni_check().is_err(), "CHECK fails once the pod is gone");
+    assert!(
+        node.agent_log().contains("dataplane loaded"),
+        "{}",
+        node.agent_log()
+    );
+}
+
 #[test]
 fn with_service_cidrs_an_unserved_port_is_refused_and_an_unallocated_address_never_leaves() {
     let c = cluster();

@@ -546,6 +546,16 @@ fn frontends_pinned_before_the_filter_existed_are_translated_after_an_upgrade() 
             .unwrap()
     );
     let input = syn(40000).bytes();
+    let sender = ferry_tests::fixture::ipv4_source(&input).unwrap();
+    k.pod_sources
+        .insert(
+            ferry_tests::fixture::TEST_RUN_IFINDEX,
+            ferry_common::PodSource {
+                addr: sender.octets(),
+            },
+            0,
+        )
+        .unwrap();
     let mut out = vec![0u8; input.len() + 256];
     let result = upgraded
         .program(ferry_agent::loader::PROG_FROM_POD)

@@ -56,8 +56,11 @@ const TTL_EXCEEDED: (u8, u8) = (ICMP_TIME_EXCEEDED, 0);
 
 #[derive(Clone, Copy)]
 enum Hook {
-    /// A pod's veth (`ferry_from_pod`).
+    /// A pod's veth (`ferry_from_pod`), sent by the pod owning the
+    /// packet's source address.
     Pod,
+    /// The veth of the pod with this address, whatever the source.
+    PodOf(Ipv4Addr),
     /// The uplink (`ferry_from_network`).
     Network,
 }
@@ -109,6 +112,7 @@ fn conntrack(k: &Kernel) -> Vec<String> {
 fn run(k: &mut Kernel, hook: Hook, input: &[u8]) -> (u32, Vec<u8>) {
     match hook {
         Hook::Pod => k.run(input),
+        Hook::PodOf(owner) => k.run_as_pod(owner, input),
         Hook::Network => k.run_from_network(input),
     }
 }
@@ -505,32 +509,36 @@ fn a_pod_cannot_get_an_error_translated_into_another_pods_flow() {
     let arrived = syn.clone().with_dst(WEB_POD, 8080);
     let got = syn_ack.clone().with_src(WEB_VIP, 80);
 
-    for (what, forged) in [
+    for (what, forged, outcome) in [
         (
             "from its own address, about a packet sent to the backend",
             icmp_error(OTHER_POD, &arrived, UNREACHABLE, [0; 4], 8),
+            outcome::DROP_ICMP_ERROR_FOREIGN,
         ),
         (
             "from the backend's address",
             icmp_error(WEB_POD, &arrived, UNREACHABLE, [0; 4], 8),
+            outcome::DROP_SPOOFED_SOURCE,
         ),
         (
             "from its own address, about a reply sent to the client",
             icmp_error(OTHER_POD, &got, UNREACHABLE, [0; 4], 8),
+            outcome::DROP_ICMP_ERROR_FOREIGN,
         ),
         (
             "from the client's address",
             icmp_error(CLIENT, &got, UNREACHABLE, [0; 4], 8),
+            outcome::DROP_SPOOFED_SOURCE,
         ),
     ] {
         check(
             &mut k,
-            Hook::Pod,
+            Hook::PodOf(OTHER_POD),
             what,
             &forged,
             Leaves::As(TC_ACT_SHOT),
             &forged,
-            outcome::DROP_ICMP_ERROR_FOREIGN,
+            outcome,
         );
     }
 

@@ -118,6 +118,13 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
         println!("    {agent} inspect {what} --pin-dir {pins}");
     }
     println!("    bpftool map dump pinned {pins}/ferry_services");
+    // trace runs the packet on the pod's veth, which lives in the node's
+    // namespace.
+    println!(
+        "    nsenter --net=/var/run/netns/fry-{}-{NODE} {agent} trace --from {} --to {VIP}:80 --pin-dir {pins}",
+        cluster.run_id, client.ip
+    );
+    println!("    {agent} monitor --pin-dir {pins}   # then connect, below");
     println!(
         "    nsenter --net=/var/run/netns/fry-{}-{NODE}-client -- bash -c 'exec 3<>/dev/tcp/{VIP}/80; printf ? >&3; head -1 <&3'",
         cluster.run_id

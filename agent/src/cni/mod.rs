@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    ipcmd::{self, IpError},
     net::{Ipv4Net, format_mac},
+    rtnl::{self, NextHop, RtnlError},
 };
 
 /// The network name of the conflist the agent writes (and so the
@@ -78,8 +78,8 @@ impl CniError {
     }
 }
 
-impl From<IpError> for CniError {
-    fn from(e: IpError) -> Self {
+impl From<RtnlError> for CniError {
+    fn from(e: RtnlError) -> Self {
         CniError::new(
             code::IO_FAILURE,
             "configuring the pod network failed",
@@ -382,66 +382,9 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn wire_pod(env: &Env, conf: &NetConf, ip: Ipv4Addr) -> Result<Value, CniError> {
-    let netns = Path::new(&env.netns);
     let host_if = host_ifname(&env.container_id, &env.ifname);
-    let netns_arg = env.netns.as_str();
-    let mtu = conf.mtu.unwrap_or(1500).to_string();
-    // An earlier, interrupted ADD may have left the pair: start clean.
-    match ipcmd::ip(&["link", "del", &host_if]) {
-        Err(e) if !e.is_missing() => return Err(e.into()),
-        _ => {}
-    }
-    ipcmd::ip(&[
-        "link",
-        "add",
-        &host_if,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &env.ifname,
-        "mtu",
-        &mtu,
-        "netns",
-        netns_arg,
-    ])?;
-    let (host_index, host_mac) = ipcmd::link_info(&host_if)?.ok_or_else(|| {
-        CniError::new(code::IO_FAILURE, "the host veth vanished", host_if.clone())
-    })?;
-    let (_, pod_mac) = ipcmd::link_info_in(netns, &env.ifname)?.ok_or_else(|| {
-        CniError::new(
-            code::IO_FAILURE,
-            "the pod veth vanished",
-            env.ifname.clone(),
-        )
-    })?;
-    let ifname = &env.ifname;
-    ipcmd::ip_batch_in(
-        netns,
-        &[
-            "link set lo up".to_string(),
-            format!("addr add {ip}/32 dev {ifname}"),
-            format!("link set {ifname} up"),
-            format!("route add {GATEWAY}/32 dev {ifname} scope link"),
-            format!("route add default via {GATEWAY} dev {ifname}"),
-            format!(
-                "neigh replace {GATEWAY} lladdr {} dev {ifname} nud permanent",
-                format_mac(&host_mac)
-            ),
-        ],
-    )?;
-    ipcmd::ip(&["link", "set", &host_if, "up"])?;
-    ipcmd::ip(&[
-        "route",
-        "replace",
-        &format!("{ip}/32"),
-        "dev",
-        &host_if,
-        "scope",
-        "link",
-    ])?;
+    let (host, pod_mac) = wire_links(env, &host_if, conf.mtu.unwrap_or(1500), ip)?;
+    let (host_index, host_mac) = (host.index, host.mac);
     attach_program(&conf.pin_dir, &host_if)?;
     let mut endpoints = crate::maps::Endpoints::open(&conf.pin_dir)
         .map_err(|e| dataplane_error("endpoints map", e, &conf.pin_dir))?;
@@ -474,6 +417,47 @@ fn wire_pod(env: &Env, conf: &NetConf, ip: Ipv4Addr) -> Result<Value, CniError> 
     }))
 }
 
+/// The veth pair, the pod's side configured in its namespace and the
+/// host's routed: the host veth and the pod veth's MAC.
+fn wire_links(
+    env: &Env,
+    host_if: &str,
+    mtu: u32,
+    ip: Ipv4Addr,
+) -> Result<(rtnl::Link, [u8; 6]), CniError> {
+    let netns_path = Path::new(&env.netns);
+    let netns = rtnl::open_netns(netns_path)?;
+    let ifname = env.ifname.as_str();
+    let pod_addr = Ipv4Net {
+        addr: ip,
+        prefix: 32,
+    };
+    let gateway = Ipv4Net {
+        addr: GATEWAY,
+        prefix: 32,
+    };
+    let wired = rtnl::run(|node| async move {
+        // An earlier, interrupted ADD may have left the pair: start clean.
+        rtnl::delete_link(&node, host_if).await?;
+        rtnl::add_veth(&node, host_if, ifname, mtu, &netns).await?;
+        let host = rtnl::link(&node, host_if).await?;
+        let pod = rtnl::connect_in(&netns, netns_path)?;
+        let pod_link = rtnl::link(&pod, ifname).await?;
+        rtnl::set_up(&pod, "lo").await?;
+        rtnl::add_host_address(&pod, pod_link.index, ip, ifname).await?;
+        rtnl::set_up(&pod, ifname).await?;
+        rtnl::add_route(&pod, gateway, NextHop::Link(pod_link.index)).await?;
+        rtnl::add_default_route(&pod, GATEWAY, pod_link.index).await?;
+        // The gateway is answered from this entry alone: the host side has
+        // no address and no ARP answer for it.
+        rtnl::replace_permanent_neighbour(&pod, pod_link.index, GATEWAY, host.mac).await?;
+        rtnl::set_up(&node, host_if).await?;
+        rtnl::replace_route(&node, pod_addr, NextHop::Link(host.index)).await?;
+        Ok((host, pod_link.mac))
+    })?;
+    Ok(wired)
+}
+
 /// Attach the pinned from-pod program to `host_if`'s tc ingress as a tcx
 /// link, pinned so it outlives this process and can be replaced atomically.
 fn attach_program(pin_dir: &Path, host_if: &str) -> Result<(), CniError> {
@@ -504,10 +488,8 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             })?;
         }
     }
-    match ipcmd::ip(&["link", "del", &host_if]) {
-        Err(e) if !e.is_missing() => return Err(e.into()),
-        _ => {}
-    }
+    let name = host_if.as_str();
+    rtnl::run(|node| async move { rtnl::delete_link(&node, name).await })?;
     match std::fs::remove_file(link_pin_path(&conf.pin_dir, &host_if)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(CniError::new(
@@ -538,19 +520,38 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 env.container_id.clone(),
             )
         })?;
-    let (host_index, _) = ipcmd::link_info(&host_if)?.ok_or_else(|| {
+    let name = host_if.as_str();
+    let host = rtnl::run(|node| async move { rtnl::find_link(&node, name).await })?;
+    let host_index = host
+        .ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                "the host veth is missing",
+                host_if.clone(),
+            )
+        })?
+        .index;
+    let ifname = env.ifname.as_str();
+    let pod_ns = rtnl::open_netns(netns)?;
+    let addrs = rtnl::run(|_| async {
+        let pod = rtnl::connect_in(&pod_ns, netns)?;
+        match rtnl::find_link(&pod, ifname).await? {
+            Some(link) => rtnl::ipv4_addresses(&pod, link.index).await.map(Some),
+            None => Ok(None),
+        }
+    })?
+    .ok_or_else(|| {
         CniError::new(
-            code::UNKNOWN_CONTAINER,
-            "the host veth is missing",
-            host_if.clone(),
+            code::IO_FAILURE,
+            format!("{ifname} is missing in the pod"),
+            env.netns.clone(),
         )
     })?;
-    let addrs = ipcmd::ip_in(netns, &["-json", "addr", "show", "dev", &env.ifname])?;
-    if !addrs.contains(&format!("\"{ip}\"")) {
+    if !addrs.contains(&ip) {
         return Err(CniError::new(
             code::IO_FAILURE,
-            format!("{} in the pod lacks {ip}", env.ifname),
-            addrs,
+            format!("{ifname} in the pod lacks {ip}"),
+            format!("it has {addrs:?}"),
         ));
     }
     let endpoints = crate::maps::Endpoints::open(&conf.pin_dir)

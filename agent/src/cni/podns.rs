@@ -27,7 +27,7 @@
 use std::{
     fs::{self, File},
     io,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -201,6 +201,19 @@ pub fn open(pod: &PodNetns) -> Result<File, OpenNetnsError> {
         });
     }
     Ok(file)
+}
+
+/// Move the calling thread into the network namespace `ns` for the rest
+/// of its life: only a thread started for work in that namespace, which
+/// ends with it, may call this (no tokio worker, nothing that goes on
+/// working in the node's namespace). Needs CAP_SYS_ADMIN.
+pub fn enter(ns: &File) -> io::Result<()> {
+    // SAFETY: setns on a descriptor the caller keeps open; it changes the
+    // calling thread's network namespace only.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ impl Conntrack {
         Ok(out)
     }
 
+    /// One entry, if present (a lookup from user space leaves the LRU
+    /// order alone).
+    pub fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
+        super::found(self.0.get(key, 0))
+    }
+
     pub fn insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), MapError> {
         self.0.insert(key, entry, 0)
     }

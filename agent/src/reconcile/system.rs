@@ -1,5 +1,5 @@
-//! The real targets: the pinned maps, iproute2 for the VXLAN device and
-//! kernel routes, pinned tcx/XDP links, files, the health-check servers and
+//! The real targets: the pinned maps, route netlink for the VXLAN device
+//! and kernel routes, pinned tcx/XDP links, files, the health-check servers and
 //! the node's /proc/sys.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,7 +15,6 @@ use super::targets::{
 use crate::{
     config::PortRange,
     healthcheck::HealthChecks,
-    ipcmd,
     maps::{Conntrack, NodeMap, Routes, ServiceRanges, ServiceTable, routes::RouteStats},
     net::Ipv4Net,
     plan::{
@@ -23,6 +22,7 @@ use crate::{
         network::{Attachment, Hook, KernelRoute, VxlanDevice},
     },
     reserved_ports::{self, Reserved},
+    rtnl::{self, NextHop},
     tc,
 };
 
@@ -105,32 +105,21 @@ impl FlowTable for Conntrack {
     }
 }
 
-/// The node's routes to other nodes' pod CIDRs, through iproute2. What an
-/// earlier sync of this process installed (and the kernel still has) is what
-/// is observed: routes of nodes that left while no agent ran stay until the
-/// node reboots.
+/// The node's routes to other nodes' pod CIDRs, through route netlink.
+/// What an earlier sync of this process installed (and the kernel still
+/// has) is what is observed: routes of nodes that left while no agent ran
+/// stay until the node reboots.
 #[derive(Default)]
 pub struct KernelRoutes {
     installed: BTreeMap<Ipv4Net, KernelRoute>,
 }
 
-/// `net` as iproute2 prints a route's destination.
-fn cidr(net: &Ipv4Net) -> String {
-    format!("{}/{}", net.network(), net.prefix)
-}
-
-/// The destinations of the kernel's IPv4 main-table routes, as "a.b.c.d/n".
-fn kernel_route_destinations() -> TargetResult<BTreeSet<String>> {
-    let json = ipcmd::ip(&["-j", "-4", "route", "show"]).map_err(TargetError::new)?;
-    let routes: Vec<serde_json::Value> = serde_json::from_str(&json).map_err(TargetError::new)?;
-    Ok(routes
-        .iter()
-        .filter_map(|r| r["dst"].as_str())
-        .map(|d| match d.contains('/') {
-            true => d.to_string(),
-            false => format!("{d}/32"),
-        })
-        .collect())
+/// `net` with its host bits cleared, as the kernel keeps a destination.
+fn network(net: &Ipv4Net) -> Ipv4Net {
+    Ipv4Net {
+        addr: net.network(),
+        prefix: net.prefix,
+    }
 }
 
 impl Table<Ipv4Net, KernelRoute> for KernelRoutes {
@@ -141,58 +130,47 @@ impl Table<Ipv4Net, KernelRoute> for KernelRoutes {
         if self.installed.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let present = kernel_route_destinations()?;
+        let present = rtnl::run(|h| async move { rtnl::main_table_ipv4_destinations(&h).await })
+            .map_err(TargetError::new)?;
         Ok(self
             .installed
             .iter()
-            .filter(|(net, _)| present.contains(&cidr(net)))
+            .filter(|(net, _)| present.contains(&network(net)))
             .map(|(net, route)| (*net, route.clone()))
             .collect())
     }
 
     fn upsert(&mut self, net: &Ipv4Net, route: &KernelRoute) -> TargetResult<()> {
-        let cidr = cidr(net);
-        let result = match route {
-            KernelRoute::Via { gateway, device } => ipcmd::ip(&[
-                "route",
-                "replace",
-                &cidr,
-                "via",
-                &gateway.to_string(),
-                "dev",
-                device,
-            ]),
-            KernelRoute::Vxlan {
-                vni,
-                remote,
-                device,
-            } => ipcmd::ip(&[
-                "route",
-                "replace",
-                &cidr,
-                "encap",
-                "ip",
-                "id",
-                &vni.to_string(),
-                "dst",
-                &remote.to_string(),
-                "dev",
-                device,
-            ]),
-        };
-        result.map_err(TargetError::new)?;
+        let dst = network(net);
+        rtnl::run(|h| async move {
+            let hop = match route {
+                KernelRoute::Via { gateway, device } => {
+                    NextHop::Via(*gateway, rtnl::index(&h, device).await?)
+                }
+                KernelRoute::Vxlan {
+                    vni,
+                    remote,
+                    device,
+                } => NextHop::Vxlan {
+                    vni: *vni,
+                    remote: *remote,
+                    device: rtnl::index(&h, device).await?,
+                },
+            };
+            rtnl::replace_route(&h, dst, hop).await
+        })
+        .map_err(TargetError::new)?;
         self.installed.insert(*net, route.clone());
         Ok(())
     }
 
     fn remove(&mut self, net: &Ipv4Net) -> TargetResult<()> {
-        match ipcmd::ip(&["route", "del", &cidr(net)]) {
-            Err(e) if !e.is_missing() => Err(TargetError::new(e)),
-            _ => {
-                self.installed.remove(net);
-                Ok(())
-            }
-        }
+        let dst = network(net);
+        // A route already gone is removed all the same.
+        rtnl::run(|h| async move { rtnl::delete_route(&h, dst).await })
+            .map_err(TargetError::new)?;
+        self.installed.remove(net);
+        Ok(())
     }
 }
 
@@ -220,26 +198,24 @@ impl LinkTarget for SystemLinks {
     }
 
     fn ensure_vxlan_device(&mut self, device: &VxlanDevice) -> TargetResult<()> {
-        let name = device.name.as_str();
-        if ifindex(name).is_none() {
-            let port = device.port.to_string();
-            let add = [
-                "link", "add", name, "type", "vxlan", "external", "dstport", &port,
-            ];
-            ipcmd::ip(&add).map_err(TargetError::new)?;
-        }
-        // No ARP over the tunnel: the node's own packets routed into it (to
-        // other nodes' pods) would wait forever for an answer. The far side
-        // delivers on IP alone.
-        ipcmd::ip(&["link", "set", name, "arp", "off", "up"]).map_err(TargetError::new)?;
-        Ok(())
+        let (name, port) = (device.name.as_str(), device.port);
+        let exists = ifindex(name).is_some();
+        rtnl::run(|h| async move {
+            if !exists {
+                rtnl::add_vxlan(&h, name, port).await?;
+            }
+            // No ARP over the tunnel: the node's own packets routed into it
+            // (to other nodes' pods) would wait forever for an answer. The
+            // far side delivers on IP alone.
+            rtnl::set_noarp_up(&h, name).await
+        })
+        .map_err(TargetError::new)
     }
 
     fn remove_device(&mut self, name: &str) -> TargetResult<()> {
-        match ipcmd::ip(&["link", "del", name]) {
-            Err(e) if !e.is_missing() => Err(TargetError::new(e)),
-            _ => Ok(()),
-        }
+        rtnl::run(|h| async move { rtnl::delete_link(&h, name).await })
+            .map(|_| ())
+            .map_err(TargetError::new)
     }
 
     fn pinned(&self) -> TargetResult<BTreeSet<String>> {

@@ -1,0 +1,569 @@
+//! `ferry-agent trace`: what the pod hook does with a packet, asked of the
+//! live pinned program. The packet runs through BPF_PROG_TEST_RUN with the
+//! trace marker (`ferry_common::trace`), under which the program decides
+//! exactly as for a real packet (the same maps, the same code) and writes
+//! no map: no conntrack or affinity entry, no fragment record, no counter.
+//! It hands its outcome back in the skb's `cb`; the rest of the report is
+//! read from the bytes it wrote and from the maps it read.
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use ferry_common::{
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, PIN_PROG_FROM_POD, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, ServiceKey, outcome,
+    trace::{TRACE_CB_OUTCOME, TRACE_MARK, TRACE_OUTCOME_WRITTEN, TRACE_PRIORITY},
+};
+use serde::Serialize;
+
+use crate::maps::{Conntrack, Endpoints, ServiceTable, monotonic_now_ns};
+
+/// `struct __sk_buff` (include/uapi/linux/bpf.h): its size, and the
+/// offsets of the fields a test run's context may set.
+pub const SKB_CTX_LEN: usize = 192;
+const SKB_MARK: usize = 8;
+const SKB_PRIORITY: usize = 32;
+const SKB_INGRESS_IFINDEX: usize = 36;
+const SKB_IFINDEX: usize = 40;
+const SKB_CB: usize = 48;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(
+        "{0} is not a pod on this node (no entry in ferry_endpoints): a trace runs on the veth of the pod it comes from; give --from a pod's address (`ferry-agent inspect endpoints`)"
+    )]
+    NotALocalPod(Ipv4Addr),
+    #[error(
+        "cannot open the pinned pod program {path}: {source}; is the agent running with this --pin-dir?"
+    )]
+    Program {
+        path: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("the test run failed: {0}; the kernel must allow BPF_PROG_TEST_RUN (root, CAP_BPF)")]
+    Run(aya::programs::ProgramError),
+    #[error(transparent)]
+    Open(#[from] crate::maps::OpenError),
+    #[error("reading {what}: {source}")]
+    Read {
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn read_err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> TraceError {
+    move |e| TraceError::Read {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// The packet to trace.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub from: SocketAddrV4,
+    pub to: SocketAddrV4,
+    pub protocol: u8,
+    /// TCP flags (`ferry_common::conntrack::TCP_*`); ignored otherwise.
+    pub tcp_flags: u8,
+}
+
+/// A test run's context: the trace marker, and the device the packet comes
+/// in on.
+pub fn trace_context(ifindex: u32) -> [u8; SKB_CTX_LEN] {
+    let mut ctx = [0u8; SKB_CTX_LEN];
+    ctx[SKB_MARK..SKB_MARK + 4].copy_from_slice(&TRACE_MARK.to_ne_bytes());
+    ctx[SKB_PRIORITY..SKB_PRIORITY + 4].copy_from_slice(&TRACE_PRIORITY.to_ne_bytes());
+    ctx[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// The outcome a trace run left in its context (`outcome::*`), if any.
+pub fn traced_outcome(ctx_out: &[u8]) -> Option<u32> {
+    let at = SKB_CB + 4 * TRACE_CB_OUTCOME;
+    let word = u32::from_ne_bytes(ctx_out.get(at..at + 4)?.try_into().ok()?);
+    (word & TRACE_OUTCOME_WRITTEN != 0).then_some(word & !TRACE_OUTCOME_WRITTEN)
+}
+
+/// Internet checksum of `data` (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The frame `probe` describes, as the pod would send it: Ethernet from
+/// `macs.1` to `macs.0`, IPv4 (TTL 64), then TCP, UDP or an ICMP echo
+/// request, every checksum right.
+pub fn frame(probe: &Probe, macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
+    const PAYLOAD: &[u8] = b"ferry-trace";
+    let (src, dst) = (probe.from, probe.to);
+    let mut l4 = match probe.protocol {
+        PROTO_TCP => {
+            let mut tcp = vec![0u8; 20];
+            tcp[0..2].copy_from_slice(&src.port().to_be_bytes());
+            tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+            tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+            tcp[12] = 5 << 4;
+            tcp[13] = probe.tcp_flags;
+            tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            tcp
+        }
+        PROTO_UDP => {
+            let mut udp = vec![0u8; 8];
+            udp[0..2].copy_from_slice(&src.port().to_be_bytes());
+            udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+            udp[4..6].copy_from_slice(&((8 + PAYLOAD.len()) as u16).to_be_bytes());
+            udp.extend_from_slice(PAYLOAD);
+            udp
+        }
+        _ => {
+            // Echo request, id 1, sequence 1.
+            let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
+            icmp.extend_from_slice(PAYLOAD);
+            let sum = checksum(&icmp);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            icmp
+        }
+    };
+    if probe.protocol == PROTO_TCP || probe.protocol == PROTO_UDP {
+        let mut pseudo = Vec::with_capacity(12 + l4.len());
+        pseudo.extend_from_slice(&src.ip().octets());
+        pseudo.extend_from_slice(&dst.ip().octets());
+        pseudo.extend_from_slice(&[0, probe.protocol]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        pseudo.extend_from_slice(&l4);
+        let sum = checksum(&pseudo);
+        let at = if probe.protocol == PROTO_TCP { 16 } else { 6 };
+        l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, probe.protocol, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.ip().octets());
+    ip.extend_from_slice(&dst.ip().octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut out = Vec::with_capacity(14 + ip.len() + l4.len());
+    out.extend_from_slice(&macs.0);
+    out.extend_from_slice(&macs.1);
+    out.extend_from_slice(&[0x08, 0x00]);
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&l4);
+    out
+}
+
+/// One header field the program rewrote.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Rewrite {
+    pub field: &'static str,
+    pub before: String,
+    pub after: String,
+}
+
+/// The fields of an Ethernet/IPv4 frame a trace reports, by name.
+fn fields(frame: &[u8]) -> Vec<(&'static str, String)> {
+    let mac = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut out = Vec::new();
+    if frame.len() < 34 {
+        return out;
+    }
+    out.push(("eth.dst", mac(&frame[0..6])));
+    out.push(("eth.src", mac(&frame[6..12])));
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    out.push(("ip.ttl", frame[22].to_string()));
+    out.push(("ip.protocol", frame[23].to_string()));
+    out.push((
+        "ip.checksum",
+        format!("0x{:04x}", u16::from_be_bytes([frame[24], frame[25]])),
+    ));
+    let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string();
+    out.push(("ip.src", addr(&frame[26..30])));
+    out.push(("ip.dst", addr(&frame[30..34])));
+    let l4 = 14 + ihl;
+    let word = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    match frame[23] {
+        PROTO_TCP | PROTO_UDP => {
+            let csum_at = if frame[23] == PROTO_TCP { 16 } else { 6 };
+            if let (Some(s), Some(d), Some(c)) = (word(l4), word(l4 + 2), word(l4 + csum_at)) {
+                out.push(("l4.src_port", s.to_string()));
+                out.push(("l4.dst_port", d.to_string()));
+                out.push(("l4.checksum", format!("0x{c:04x}")));
+            }
+        }
+        PROTO_ICMP => {
+            if let (Some(t), Some(c)) = (frame.get(l4), word(l4 + 2)) {
+                out.push(("icmp.type", t.to_string()));
+                out.push(("icmp.checksum", format!("0x{c:04x}")));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Every reported field whose value differs between `before` and `after`.
+pub fn rewrites(before: &[u8], after: &[u8]) -> Vec<Rewrite> {
+    let after = fields(after);
+    fields(before)
+        .into_iter()
+        .filter_map(|(field, old)| {
+            let new = after.iter().find(|(f, _)| *f == field)?.1.clone();
+            (new != old).then_some(Rewrite {
+                field,
+                before: old,
+                after: new,
+            })
+        })
+        .collect()
+}
+
+/// The frontend a traced packet was addressed to.
+#[derive(Debug, Serialize)]
+pub struct FrontendMatch {
+    /// "namespace/name:port" as the agent named it.
+    pub service: String,
+    pub frontend: String,
+    pub scope: &'static str,
+    /// The active backends a new flow is drawn from, slot order.
+    pub backends: Vec<String>,
+    /// sessionAffinity ClientIP timeout (seconds), 0 without.
+    pub affinity_timeout_s: u32,
+}
+
+/// What the program did with the packet, and why.
+#[derive(Debug, Serialize)]
+pub struct TraceReport {
+    pub hook: &'static str,
+    pub packet: String,
+    pub frontend: Option<FrontendMatch>,
+    /// "existing flow" / "reply of a tracked flow" / "new flow" / "-".
+    pub flow: String,
+    /// The backend the packet went to, when it was translated to one.
+    pub backend: Option<String>,
+    pub outcome: String,
+    pub verdict: &'static str,
+    pub next_hop: String,
+    pub rewrites: Vec<Rewrite>,
+}
+
+fn protocol_name(p: u8) -> &'static str {
+    match p {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "?",
+    }
+}
+
+/// Run `probe` through the pod hook pinned under `pin_dir`, as sent by
+/// the local pod `probe.from` through its own veth.
+pub fn trace(pin_dir: &Path, probe: &Probe) -> Result<TraceReport, TraceError> {
+    let endpoints = Endpoints::open(pin_dir)?;
+    let pod = endpoints
+        .get(*probe.from.ip())
+        .map_err(read_err("ferry_endpoints"))?
+        .ok_or(TraceError::NotALocalPod(*probe.from.ip()))?;
+    let input = frame(probe, (pod.host_mac, pod.pod_mac));
+    let path = pin_dir.join(PIN_PROG_FROM_POD);
+    let program = SchedClassifier::from_pin(&path).map_err(|source| TraceError::Program {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let ctx_in = trace_context(pod.ifindex);
+    let mut ctx_out = [0u8; SKB_CTX_LEN];
+    let mut out = vec![0u8; input.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::new()
+        })
+        .map_err(TraceError::Run)?;
+    out.truncate(result.data_size_out as usize);
+    let outcome = traced_outcome(&ctx_out);
+
+    let frontend = frontend_of(pin_dir, probe)?;
+    let flow = flow_of(pin_dir, probe, frontend.is_some())?;
+    let translated = outcome == Some(outcome::TRANSLATED);
+    let backend = translated.then(|| {
+        let f = fields(&out);
+        let get = |name| f.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+        match (get("ip.dst"), get("l4.dst_port")) {
+            (Some(a), Some(p)) => format!("{a}:{p}"),
+            (Some(a), None) => a,
+            _ => "?".into(),
+        }
+    });
+    let verdict = match result.return_value {
+        TC_ACT_OK => "pass (to the node's stack)",
+        TC_ACT_SHOT => "drop",
+        TC_ACT_REDIRECT => "redirect",
+        _ => "other",
+    };
+    let dst = if out.len() >= 34 {
+        Ipv4Addr::new(out[30], out[31], out[32], out[33])
+    } else {
+        *probe.to.ip()
+    };
+    let next_hop = next_hop(&endpoints, result.return_value, dst, outcome)?;
+    Ok(TraceReport {
+        hook: "pod veth (tc ingress, ferry_from_pod)",
+        packet: format!(
+            "{} {} -> {}{}",
+            protocol_name(probe.protocol),
+            probe.from,
+            probe.to,
+            if probe.protocol == PROTO_TCP {
+                format!(" flags 0x{:02x}", probe.tcp_flags)
+            } else {
+                String::new()
+            }
+        ),
+        frontend,
+        flow,
+        backend,
+        outcome: outcome
+            .and_then(|o| outcome::NAMES.get(o as usize))
+            .map_or_else(|| "-".to_string(), |n| n.to_string()),
+        verdict,
+        next_hop,
+        rewrites: rewrites(&input, &out),
+    })
+}
+
+/// The frontend `probe` is addressed to, as the pod hook looks it up
+/// (a ClusterIP, else an external address as pods reach it).
+fn frontend_of(pin_dir: &Path, probe: &Probe) -> Result<Option<FrontendMatch>, TraceError> {
+    if probe.protocol != PROTO_TCP && probe.protocol != PROTO_UDP {
+        return Ok(None);
+    }
+    let table = ServiceTable::open(pin_dir)?;
+    for (scope, scope_name) in [
+        (SCOPE_CLUSTER_IP, "ClusterIP"),
+        (
+            SCOPE_EXTERNAL_FROM_PODS,
+            "external address (as pods reach it)",
+        ),
+    ] {
+        let key = ServiceKey {
+            addr: probe.to.ip().octets(),
+            port: probe.to.port(),
+            protocol: probe.protocol,
+            scope,
+        };
+        if table
+            .get(&key)
+            .map_err(read_err("ferry_services"))?
+            .is_none()
+        {
+            continue;
+        }
+        let record = table
+            .list()
+            .map_err(read_err("ferry_services"))?
+            .into_iter()
+            .find(|r| r.frontend == key);
+        if let Some(r) = record {
+            return Ok(Some(FrontendMatch {
+                service: r.name,
+                frontend: format!("{}", probe.to),
+                scope: scope_name,
+                backends: r
+                    .backends
+                    .iter()
+                    .map(|b| SocketAddrV4::new(b.addr.into(), b.port).to_string())
+                    .collect(),
+                affinity_timeout_s: r.options.affinity_timeout_s,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the packet belongs to a live flow in conntrack.
+fn flow_of(pin_dir: &Path, probe: &Probe, to_frontend: bool) -> Result<String, TraceError> {
+    if probe.protocol != PROTO_TCP && probe.protocol != PROTO_UDP {
+        return Ok("-".into());
+    }
+    let ct = Conntrack::open(pin_dir)?;
+    let now = monotonic_now_ns();
+    let key = |direction| CtKey {
+        src_addr: probe.from.ip().octets(),
+        dst_addr: probe.to.ip().octets(),
+        src_port: probe.from.port(),
+        dst_port: probe.to.port(),
+        protocol: probe.protocol,
+        direction,
+        pad: [0; 2],
+    };
+    let live = |direction| -> Result<Option<ferry_common::CtEntry>, TraceError> {
+        Ok(ct
+            .get(&key(direction))
+            .map_err(read_err("ferry_conntrack"))?
+            .filter(|e| e.expires_ns >= now))
+    };
+    if let Some(e) = live(CT_DIR_ORIGINAL)? {
+        return Ok(format!(
+            "existing flow (conntrack) to {}",
+            SocketAddrV4::new(e.nat_addr.into(), e.nat_port)
+        ));
+    }
+    if live(CT_DIR_REPLY)?.is_some() {
+        return Ok("reply of a tracked flow".into());
+    }
+    Ok(if to_frontend {
+        "new flow".into()
+    } else {
+        "-".into()
+    })
+}
+
+/// Where the packet goes after the hook, as its verdict and the maps say.
+fn next_hop(
+    endpoints: &Endpoints,
+    verdict: u32,
+    dst: Ipv4Addr,
+    outcome: Option<u32>,
+) -> Result<String, TraceError> {
+    Ok(match verdict {
+        TC_ACT_SHOT => "none (dropped)".into(),
+        TC_ACT_REDIRECT if outcome == Some(outcome::REJECTED_NO_ENDPOINTS) => {
+            "back to the sender (the reject's answer)".into()
+        }
+        TC_ACT_REDIRECT => match endpoints.get(dst).map_err(read_err("ferry_endpoints"))? {
+            Some(ep) => format!(
+                "local pod {dst}, into its namespace (veth ifindex {})",
+                ep.ifindex
+            ),
+            None => format!("{dst} on another node (ferry_routes) or by the node's routes"),
+        },
+        _ => format!("the node's stack, routed to {dst}"),
+    })
+}
+
+impl TraceReport {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s += &format!("hook:      {}\n", self.hook);
+        s += &format!("packet:    {}\n", self.packet);
+        match &self.frontend {
+            Some(f) => {
+                s += &format!("frontend:  {} {} ({})\n", f.frontend, f.service, f.scope);
+                s += &format!(
+                    "backends:  {}\n",
+                    if f.backends.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        f.backends.join(", ")
+                    }
+                );
+                if f.affinity_timeout_s > 0 {
+                    s += &format!("affinity:  ClientIP, {}s\n", f.affinity_timeout_s);
+                }
+            }
+            None => s += "frontend:  none\n",
+        }
+        s += &format!("flow:      {}\n", self.flow);
+        if let Some(b) = &self.backend {
+            s += &format!("backend:   {b}\n");
+        }
+        s += &format!("outcome:   {}\n", self.outcome);
+        s += &format!("verdict:   {}\n", self.verdict);
+        s += &format!("next hop:  {}\n", self.next_hop);
+        if self.rewrites.is_empty() {
+            s += "rewritten: nothing\n";
+        } else {
+            s += "rewritten:\n";
+            for r in &self.rewrites {
+                s += &format!("  {:<14} {} -> {}\n", r.field, r.before, r.after);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_frames_carry_valid_checksums() {
+        for protocol in [PROTO_TCP, PROTO_UDP, PROTO_ICMP] {
+            let probe = Probe {
+                from: "10.244.1.5:40000".parse().unwrap(),
+                to: "10.96.0.10:80".parse().unwrap(),
+                protocol,
+                tcp_flags: 0x02,
+            };
+            let f = frame(&probe, ([2; 6], [4; 6]));
+            assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum");
+            let l4 = &f[34..];
+            if protocol == PROTO_ICMP {
+                assert_eq!(checksum(l4), 0);
+            } else {
+                let mut pseudo = f[26..34].to_vec();
+                pseudo.extend_from_slice(&[0, protocol]);
+                pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                pseudo.extend_from_slice(l4);
+                assert_eq!(checksum(&pseudo), 0, "L4 checksum of protocol {protocol}");
+            }
+        }
+    }
+
+    #[test]
+    fn rewrites_name_each_changed_field() {
+        let probe = Probe {
+            from: "10.244.1.5:40000".parse().unwrap(),
+            to: "10.96.0.10:80".parse().unwrap(),
+            protocol: PROTO_TCP,
+            tcp_flags: 0x02,
+        };
+        let before = frame(&probe, ([2; 6], [4; 6]));
+        let after = frame(
+            &Probe {
+                to: "10.244.2.7:8080".parse().unwrap(),
+                ..probe
+            },
+            ([2; 6], [4; 6]),
+        );
+        let changed: Vec<&str> = rewrites(&before, &after).iter().map(|r| r.field).collect();
+        assert_eq!(
+            changed,
+            ["ip.checksum", "ip.dst", "l4.dst_port", "l4.checksum"]
+        );
+    }
+
+    #[test]
+    fn the_outcome_is_read_only_when_written() {
+        let mut ctx = [0u8; SKB_CTX_LEN];
+        assert_eq!(traced_outcome(&ctx), None);
+        ctx[SKB_CB..SKB_CB + 4].copy_from_slice(&TRACE_OUTCOME_WRITTEN.to_ne_bytes());
+        assert_eq!(traced_outcome(&ctx), Some(0));
+    }
+}
