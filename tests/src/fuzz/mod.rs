@@ -22,11 +22,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::{Map, MapData, RingBuf},
+    programs::{TestRun, TestRunOptions},
+};
 use check::{Effect, Hook, Run, XDP_PASS, classify};
-use ferry_common::outcome;
+use ferry_common::{MAP_EVENTS, MonitorEvent, PodSource, outcome};
 
-use crate::fixture::Kernel;
+use crate::fixture::{Kernel, TEST_RUN_IFINDEX, ipv4_source};
 
 /// Where a frame arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +87,8 @@ pub struct Stats {
     pub verdicts: BTreeMap<(Hook, u32), u64>,
     /// Frames shorter than an Ethernet header, which the kernel refuses.
     pub refused: BTreeMap<Hook, u64>,
+    /// Records read from `ferry_events`.
+    pub events: u64,
     /// By outcome name ("" when the run counted nothing).
     pub outcomes: BTreeMap<(&'static str, Hook), u64>,
     pub classes: BTreeMap<(String, Effect), u64>,
@@ -94,6 +99,10 @@ pub struct Stats {
 pub struct Engine {
     kernel: Kernel,
     counters: Vec<ferry_common::Counter>,
+    /// `ferry_events`, drained now and then.
+    events: RingBuf<MapData>,
+    /// Which pod's veth a from-pod frame comes through (seeded).
+    rng: fastrand::Rng,
     pub stats: Stats,
     pub failures: Vec<String>,
     pub failure_count: u64,
@@ -113,11 +122,16 @@ fn outcome_name(i: usize) -> &'static str {
 }
 
 impl Engine {
-    pub fn new(kernel: Kernel) -> Self {
+    pub fn new(kernel: Kernel, seed: u64) -> Self {
         let counters = kernel.counters();
+        let events = Map::RingBuf(MapData::from_pin(kernel.pin_dir().join(MAP_EVENTS)).unwrap())
+            .try_into()
+            .unwrap();
         Self {
             kernel,
             counters,
+            events,
+            rng: fastrand::Rng::with_seed(seed ^ 0x7e70_f9e7),
             stats: Stats::default(),
             failures: Vec::new(),
             failure_count: 0,
@@ -139,6 +153,61 @@ impl Engine {
         }
     }
 
+    /// Through the veth of the pod owning the frame's source, mostly; now
+    /// and then another pod's (a spoofed source) or one ferry-cni never
+    /// recorded. Non-pod sources come through some pod's veth.
+    fn choose_veth(&mut self, input: &[u8]) {
+        let source = ipv4_source(input).filter(|a| world::is_local_pod(*a));
+        let owner = match (source, self.rng.u32(0..100)) {
+            (_, 0..2) => None,
+            (Some(own), 2..97) => Some(own),
+            _ => Some(world::LOCAL_PODS[self.rng.usize(..world::LOCAL_PODS.len())].0),
+        };
+        let recorded = match owner {
+            Some(addr) => self
+                .kernel
+                .pod_sources
+                .insert(
+                    TEST_RUN_IFINDEX,
+                    PodSource {
+                        addr: addr.octets(),
+                    },
+                    0,
+                )
+                .map_err(|e| e.to_string()),
+            None => match self.kernel.pod_sources.remove(&TEST_RUN_IFINDEX) {
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(())
+                }
+                other => other.map_err(|e| e.to_string()),
+            },
+        };
+        recorded.expect("record the test-run device's pod");
+    }
+
+    /// Read every event the programs wrote, each through the monitor's
+    /// own decoding: a well-formed record of a known outcome.
+    fn drain_events(&mut self) {
+        let mut wrong = Vec::new();
+        while let Some(item) = self.events.next() {
+            self.stats.events += 1;
+            let bad = if item.len() != size_of::<MonitorEvent>() {
+                Some(format!("an event of {} bytes", item.len()))
+            } else {
+                let event: MonitorEvent = bytemuck::pod_read_unaligned(&item);
+                let _ = ferry_agent::monitor::show(&event, None).line();
+                (event.outcome as usize >= outcome::NAMES.len())
+                    .then(|| format!("an event of outcome {}: {event:?}", event.outcome))
+            };
+            wrong.extend(bad);
+        }
+        for bad in wrong {
+            self.fail(format!("ferry_events: {bad}"));
+        }
+    }
+
     fn fail(&mut self, msg: String) {
         self.failure_count += 1;
         if self.failures.len() < KEPT_FAILURES {
@@ -156,6 +225,9 @@ impl Engine {
             data_out: Some(&mut out),
             ..TestRunOptions::new()
         };
+        if hook == Hook::FromPod {
+            self.choose_veth(input);
+        }
         let dp = &mut self.kernel.dataplane;
         let result = match hook {
             Hook::FromPod => dp
@@ -167,6 +239,9 @@ impl Engine {
             Hook::Xdp => dp.xdp_program().test_run(opts),
         };
         *self.stats.runs.entry(hook).or_default() += 1;
+        if self.stats.runs.values().sum::<u64>() % 256 == 0 {
+            self.drain_events();
+        }
         let result = match result {
             Ok(r) => r,
             Err(_) if refused(hook, input) => {
@@ -282,7 +357,7 @@ fn run_here(config: Config) -> Report {
     let started = Instant::now();
     let mut kernel = Kernel::load();
     let frontends = world::fill(&mut kernel);
-    let mut engine = Engine::new(kernel);
+    let mut engine = Engine::new(kernel, config.seed);
     let world = world::warm_up(&mut engine, frontends);
     engine.stats.warm_up_frames = engine.stats.runs.values().sum();
     let mut generator = frames::Gen::new(config.seed);
@@ -300,6 +375,7 @@ fn run_here(config: Config) -> Report {
             engine.stats.frames += 1;
         }
     }
+    engine.drain_events();
     engine.stats.elapsed = started.elapsed();
     Report {
         config,
@@ -311,6 +387,16 @@ fn run_here(config: Config) -> Report {
 }
 
 impl Report {
+    /// Packets `hook` counted under outcome `name`.
+    pub fn counted_by(&self, name: &str, hook: Hook) -> u64 {
+        self.stats
+            .outcomes
+            .iter()
+            .filter(|((n, h), _)| *n == name && *h == hook)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
     /// Packets counted under outcome `name`, over every hook.
     pub fn counted(&self, name: &str) -> u64 {
         self.stats
@@ -329,11 +415,12 @@ impl Report {
         let runs: u64 = s.runs.values().sum();
         let _ = writeln!(
             t,
-            "fuzz: seed {:#x} ({SEED_VAR}), {} frames ({FRAMES_VAR}) after {} warm-up runs starting {} flows; {runs} program runs in {:.1} s; {} failures",
+            "fuzz: seed {:#x} ({SEED_VAR}), {} frames ({FRAMES_VAR}) after {} warm-up runs starting {} flows; {runs} program runs, {} monitor events, in {:.1} s; {} failures",
             self.config.seed,
             s.frames,
             s.warm_up_frames,
             self.flows,
+            s.events,
             s.elapsed.as_secs_f64(),
             self.failure_count,
         );

@@ -10,11 +10,13 @@ use std::{
     net::Ipv4Addr,
 };
 
+use aya::maps::{Array, Map, MapData};
 use ferry_agent::maps::{Endpoints, NodeMap, Routes, ServiceRanges, services::FrontendOptions};
 use ferry_common::{
-    Backend, Endpoint, PROTO_TCP, PROTO_UDP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route,
-    SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS, SERVICE_FLAG_LOCAL_ONLY,
-    SERVICE_RANGE_ALLOCATED, SERVICE_RANGE_UNALLOCATED, ServiceKey, ServiceRange,
+    Backend, Endpoint, MAP_MONITOR, MONITOR_DROPS, MONITOR_FLOWS, MonitorConfig, PROTO_TCP,
+    PROTO_UDP, ROUTE_MODE_NATIVE, ROUTE_MODE_VXLAN, Route, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL,
+    SCOPE_EXTERNAL_FROM_PODS, SERVICE_FLAG_LOCAL_ONLY, SERVICE_RANGE_ALLOCATED,
+    SERVICE_RANGE_UNALLOCATED, ServiceKey, ServiceRange,
 };
 
 use super::{Engine, Via};
@@ -325,6 +327,21 @@ pub fn fill(k: &mut Kernel) -> Vec<Frontend> {
         },
     );
     Routes::open(&pins).unwrap().sync(&routes).unwrap();
+    // Drop, reject and flow events on, as while `ferry-agent monitor` runs:
+    // their path reads the packet too.
+    let mut monitor: Array<MapData, MonitorConfig> =
+        Map::Array(MapData::from_pin(pins.join(MAP_MONITOR)).unwrap())
+            .try_into()
+            .unwrap();
+    monitor
+        .set(
+            0,
+            MonitorConfig {
+                flags: MONITOR_DROPS | MONITOR_FLOWS,
+            },
+            0,
+        )
+        .unwrap();
     let mut ranges = ServiceRanges::open(&pins).unwrap();
     ranges
         .insert(
