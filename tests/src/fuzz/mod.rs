@@ -89,6 +89,8 @@ pub struct Stats {
     pub refused: BTreeMap<Hook, u64>,
     /// Records read from `ferry_events`.
     pub events: u64,
+    /// From-pod frames first run as traces, by whether the run succeeded.
+    pub traced: BTreeMap<bool, u64>,
     /// By outcome name ("" when the run counted nothing).
     pub outcomes: BTreeMap<(&'static str, Hook), u64>,
     pub classes: BTreeMap<(String, Effect), u64>,
@@ -187,6 +189,40 @@ impl Engine {
         recorded.expect("record the test-run device's pod");
     }
 
+    /// `ferry-agent trace`'s run of `input` (the trace marker in the
+    /// context): what it decided, and that it counted nothing.
+    fn trace(&mut self, input: &[u8]) -> Option<Traced> {
+        let ctx_in = ferry_agent::trace::trace_context(0);
+        let mut ctx_out = [0u8; ferry_agent::trace::SKB_CTX_LEN];
+        let mut output = vec![0u8; input.len() + 256];
+        let result = self
+            .kernel
+            .dataplane
+            .program(ferry_agent::loader::PROG_FROM_POD)
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut output),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            });
+        *self.stats.traced.entry(result.is_ok()).or_default() += 1;
+        let result = result.ok()?;
+        output.truncate(result.data_size_out as usize);
+        if self.kernel.counters() != self.counters {
+            self.fail(format!(
+                "from_pod ({}): a trace run counted\n  in:  {}",
+                self.label,
+                hex(input)
+            ));
+        }
+        Some(Traced {
+            verdict: result.return_value,
+            output,
+            outcome: ferry_agent::trace::traced_outcome(&ctx_out),
+        })
+    }
+
     /// Read every event the programs wrote, each through the monitor's
     /// own decoding: a well-formed record of a known outcome.
     fn drain_events(&mut self) {
@@ -225,8 +261,12 @@ impl Engine {
             data_out: Some(&mut out),
             ..TestRunOptions::new()
         };
+        let mut twin = None;
         if hook == Hook::FromPod {
             self.choose_veth(input);
+            if self.rng.u32(0..100) < TRACED_PERCENT {
+                twin = self.trace(input);
+            }
         }
         let dp = &mut self.kernel.dataplane;
         let result = match hook {
@@ -278,6 +318,17 @@ impl Engine {
         if counted.is_empty() {
             *self.stats.outcomes.entry(("", hook)).or_default() += 1;
         }
+        if let Some(twin) = twin
+            && let Err(why) = same_as_traced(&twin, verdict, &out, &counted, input)
+        {
+            self.fail(format!(
+                    "from_pod ({}): a trace run of this frame differs from the real one: {why}\n  in:  {}\n  traced: {}\n  real:   {}",
+                    self.label,
+                    hex(input),
+                    hex(&twin.output),
+                    hex(&out)
+                ));
+        }
         let class = classify(input);
         let run = Run {
             hook,
@@ -315,6 +366,51 @@ impl Engine {
             }
         }
     }
+}
+
+/// Of the from-pod runs, how many are first run as `ferry-agent trace`
+/// runs them, to compare.
+const TRACED_PERCENT: u32 = 20;
+
+/// A trace run's decision.
+struct Traced {
+    verdict: u32,
+    output: Vec<u8>,
+    outcome: Option<u32>,
+}
+
+/// A trace decides as the real run does: the same verdict and outcome, and
+/// the same bytes, but for a new flow's draw (a trace records no flow, so
+/// the real run draws again) — then the trace's rewrite must pass the
+/// checks on its own.
+fn same_as_traced(
+    twin: &Traced,
+    verdict: u32,
+    output: &[u8],
+    counted: &[&'static str],
+    input: &[u8],
+) -> Result<(), String> {
+    let traced = twin.outcome.map(|o| outcome_name(o as usize));
+    if twin.verdict != verdict || traced != counted.first().copied() {
+        return Err(format!(
+            "trace: verdict {} outcome {traced:?}; real: verdict {verdict} outcome {counted:?}",
+            twin.verdict
+        ));
+    }
+    if twin.output == output {
+        return Ok(());
+    }
+    if traced != Some("translated") {
+        return Err(format!("other bytes, outcome {traced:?}"));
+    }
+    let run = Run {
+        hook: Hook::FromPod,
+        input,
+        verdict,
+        output: &twin.output,
+        counted,
+    };
+    check::check(&run).map(|_| ())
 }
 
 /// A frame BPF_PROG_TEST_RUN refuses (EINVAL) before any program sees
@@ -415,11 +511,12 @@ impl Report {
         let runs: u64 = s.runs.values().sum();
         let _ = writeln!(
             t,
-            "fuzz: seed {:#x} ({SEED_VAR}), {} frames ({FRAMES_VAR}) after {} warm-up runs starting {} flows; {runs} program runs, {} monitor events, in {:.1} s; {} failures",
+            "fuzz: seed {:#x} ({SEED_VAR}), {} frames ({FRAMES_VAR}) after {} warm-up runs starting {} flows; {runs} program runs and {} from_pod trace runs compared, {} monitor events, in {:.1} s; {} failures",
             self.config.seed,
             s.frames,
             s.warm_up_frames,
             self.flows,
+            s.traced.get(&true).copied().unwrap_or(0),
             s.events,
             s.elapsed.as_secs_f64(),
             self.failure_count,
