@@ -6,6 +6,8 @@
 pub mod bpffs;
 pub mod cni;
 pub mod config;
+/// The parsers' fuzz targets (`fuzz/`), shared with their corpus test.
+pub mod fuzzing;
 pub mod healthcheck;
 pub mod http_server;
 pub mod inspect;

@@ -34,7 +34,7 @@ fn load() -> Manifests {
         let text = std::fs::read_to_string(&file).unwrap();
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple_with_options(
             &text,
-            ferry_agent::source::file::yaml_options(),
+            ferry_agent::source::file::yaml_options(text.len()),
         )
         .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for value in docs {

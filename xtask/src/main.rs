@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything a developer or CI runs.
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -44,6 +45,10 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// A long seeded fuzz of the kernel programs through BPF_PROG_TEST_RUN
+    /// (the fuzz tier, longer), and with --targets-for the parsers'
+    /// cargo-fuzz targets. Needs root for the kernel part.
+    Fuzz(fuzz::Opts),
 }
 
 /// Build the binaries the harness runs, into target/debug or, for
@@ -66,5 +71,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { keep, nodes } => demo::run(keep, nodes),
         Command::Down => demo::down(),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     }
 }

@@ -28,15 +28,32 @@ pub struct NotYaml(String);
 /// Service and its EndpointSlice): the bench's 10,000 Services of 10
 /// endpoints each are 20,000 documents, about 1.5 million nodes, 2.5
 /// million events and 16 MB. The budget allows 100 times that.
-pub fn yaml_options() -> serde_saphyr::Options {
+///
+/// What aliases can add is bounded apart, as it does not grow with the
+/// text: a manifest of `text_len` bytes holds at most that many bytes of
+/// scalars (a few escapes and tag shorthands expand, hence 4 times), so
+/// scalars replayed through aliases may add no more than 64 MiB on top;
+/// and 200,000 events replayed or recorded for anchors, 1,000 merge keys.
+/// The library's defaults (a million events; 1 GiB of scalars under the
+/// budget above) let 547 bytes of nested aliases cost 200 MB and seconds,
+/// and one 4 MiB anchor replayed 256 times cost 1 GiB (`tests/parser_fuzz.rs`).
+/// kubectl writes no anchors; a hand-written manifest sharing labels
+/// through a few stays far below.
+pub fn yaml_options(text_len: usize) -> serde_saphyr::Options {
     serde_saphyr::options! {
         strict_booleans: true,
         budget: serde_saphyr::budget! {
             max_documents: 2_000_000,
             max_nodes: 150_000_000,
             max_events: 250_000_000,
-            max_total_scalar_bytes: 1 << 30,
+            max_total_scalar_bytes: text_len.saturating_mul(4).saturating_add(64 << 20),
             max_reader_input_bytes: Some(1 << 30),
+            max_recorded_anchor_events: 200_000,
+            max_recorded_anchor_bytes: 16 << 20,
+            max_merge_keys: 1_000,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: 200_000,
         },
     }
 }
@@ -47,7 +64,7 @@ pub fn yaml_options() -> serde_saphyr::Options {
 /// syntax error anywhere rejects the whole file. A `kind: List` (as
 /// `kubectl get -o yaml` writes) is unpacked.
 pub fn parse_manifest(text: &str) -> Result<(Objects, Vec<Problem>), NotYaml> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options())
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options(text.len()))
         .map_err(|e| NotYaml(e.to_string()))?;
     let mut objects = Objects::default();
     let mut problems = Vec::new();
