@@ -7,7 +7,7 @@
 //! swapped for an interesting one), their checksums fixed afterwards half
 //! the time so that a mutation reaches past the first checksum a receiver
 //! would check. Everything is drawn from one seeded PRNG (fastrand's
-//! wyrand), so a seed gives the same frames.
+//! wyrand), so a seed gives the same frames for the same flows.
 use std::net::Ipv4Addr;
 
 use fastrand::Rng;

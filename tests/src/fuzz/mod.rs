@@ -9,8 +9,9 @@
 //! The cgroup socket programs take addresses, not packets: they are not
 //! fuzzed here.
 //!
-//! A seed fixes the frames; the kernel's own draws (backends, source-NAT
-//! ports: `bpf_get_prandom_u32`) vary, so the counts wobble a little from
+//! A seed fixes every draw of the fuzz; the kernel's own draws (backends,
+//! source-NAT ports: `bpf_get_prandom_u32`) vary, and the packets of the
+//! warm-up's flows follow them, so frames and counts differ a little from
 //! run to run of one seed. A failure prints the frame's bytes, in and out.
 pub mod check;
 pub mod frames;
