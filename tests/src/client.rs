@@ -147,3 +147,17 @@ impl FixedPortUdp {
         Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     }
 }
+
+/// Wait (up to 15 s) until `addr:port` answers `pod` over TCP: the agent
+/// has programmed it. `log` says what the agent did, for the failure.
+pub fn wait_until_answers(pod: &Pod, addr: Ipv4Addr, port: u16, log: impl Fn() -> String) {
+    let start = std::time::Instant::now();
+    while tcp_whoami(pod, addr, port).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{addr}:{port} never answered:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

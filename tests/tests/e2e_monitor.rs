@@ -13,7 +13,7 @@ use std::{
 use ferry_harness::Node;
 use ferry_tests::{
     capture::send_frame,
-    client::tcp_whoami,
+    client::{tcp_whoami, wait_until_answers},
     packet::{Packet, TCP_SYN},
     spoofing::{Cast, cast, on_the_wire},
 };
@@ -68,15 +68,7 @@ fn monitor_shows_a_spoofed_drop_and_a_new_flow() {
         node,
         cluster: _cluster,
     } = cast(VIP);
-    let start = Instant::now();
-    while tcp_whoami(&victim, VIP, 80).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "{}",
-            node.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_answers(&victim, VIP, 80, || node.agent_log());
 
     let drops = monitor(&node, &["--type", "drop", "--json", "--count", "1"]);
     let forged = on_the_wire(

@@ -9,7 +9,7 @@ use std::{
 };
 
 use ferry_harness::{Binaries, Cluster, manifest};
-use ferry_tests::{client::tcp_whoami, fixture::client_and_three_backends};
+use ferry_tests::{client::wait_until_answers, fixture::client_and_three_backends};
 
 const CIDR: &str = "10.244.1.0/24";
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 70);
@@ -31,15 +31,8 @@ fn a_trace_explains_a_packet_and_changes_no_map() {
         manifest::endpoint_slice("empty", "n1", &[], &[("http", 8080, "TCP")]),
     ]))
     .unwrap();
+    wait_until_answers(&client, WEB, 80, || node.agent_log());
     let start = Instant::now();
-    while tcp_whoami(&client, WEB, 80).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the ClusterIP never answered:\n{}",
-            node.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     // Real traffic made entries (conntrack, counters): the trace must leave
     // them exactly as they are. First let that traffic's last packets (the
     // closing handshake) settle: two dumps a moment apart agree.
