@@ -22,9 +22,10 @@ use ferry_common::{
 };
 use ferry_common::{
     EVENTS_BYTES, FRONTEND_FILTER_WORDS, MAP_EVENTS, MAP_FRONTEND_FILTER, MAP_MONITOR,
-    MAP_POD_SOURCES, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE, MonitorConfig, PIN_PROG_SOCK_CONNECT4,
-    PIN_PROG_SOCK_GETPEERNAME4, PIN_PROG_SOCK_RECVMSG4, PIN_PROG_SOCK_SENDMSG4, PodSource,
-    SOCK_REVERSE_MAX_ENTRIES, SockConfig, SockRevKey, SockRevValue,
+    MAP_POD_SOURCES, MAP_SERVICE_STATS, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE, MonitorConfig,
+    PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4, PIN_PROG_SOCK_RECVMSG4,
+    PIN_PROG_SOCK_SENDMSG4, PodSource, SERVICE_STATS_SLOTS, SOCK_REVERSE_MAX_ENTRIES, ServiceStats,
+    SockConfig, SockRevKey, SockRevValue,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs, ensure_private};
@@ -153,6 +154,7 @@ fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
         MapShape::of::<u32, PodSource>(MAP_POD_SOURCES, Hash, ENDPOINTS_MAX_ENTRIES),
         MapShape::of::<(), ()>(MAP_EVENTS, RingBuf, EVENTS_BYTES),
         MapShape::of::<u32, MonitorConfig>(MAP_MONITOR, Array, 1),
+        MapShape::of::<u32, ServiceStats>(MAP_SERVICE_STATS, PerCpuArray, SERVICE_STATS_SLOTS),
     ]
 }
 

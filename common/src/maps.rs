@@ -34,6 +34,7 @@ macro_rules! with_map_names {
             MAP_POD_SOURCES = "ferry_pod_srcs",
             MAP_EVENTS = "ferry_events",
             MAP_MONITOR = "ferry_monitor",
+            MAP_SERVICE_STATS = "ferry_svc_stats",
         }
     };
 }
@@ -642,6 +643,78 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Reasons a packet for a frontend is dropped or rejected, as
+/// `ServiceStats::drops` keeps them apart: the `outcome::*` of each slot.
+/// The socket programs' refusals count under the tc outcome of the same
+/// reason (a connect() refused for want of endpoints is a
+/// `rejected_no_endpoints` of the Service).
+pub const SERVICE_DROP_OUTCOMES: [u32; SERVICE_DROP_REASONS] = [
+    crate::outcome::REJECTED_NO_ENDPOINTS,
+    crate::outcome::DROP_NO_LOCAL_ENDPOINTS,
+    crate::outcome::DROP_SOURCE_RANGE,
+    crate::outcome::DROP_SNAT_PORTS_EXHAUSTED,
+    crate::outcome::DROP_CONNTRACK_WRITE,
+    crate::outcome::DROP_NO_BACKEND_SLOT,
+    crate::outcome::DROP_REWRITE_FAILED,
+    crate::outcome::DROP_REJECT_FAILED,
+];
+pub const SERVICE_DROP_REASONS: usize = 8;
+
+/// The `ServiceStats::drops` slot of `outcome`, None for an outcome that
+/// is no drop of a frontend's packet.
+#[inline(always)]
+pub const fn service_drop_slot(outcome: u32) -> Option<usize> {
+    use crate::outcome::*;
+    match outcome {
+        REJECTED_NO_ENDPOINTS | SOCK_REJECTED_NO_ENDPOINTS => Some(0),
+        DROP_NO_LOCAL_ENDPOINTS => Some(1),
+        DROP_SOURCE_RANGE | SOCK_DROP_SOURCE_RANGE => Some(2),
+        DROP_SNAT_PORTS_EXHAUSTED => Some(3),
+        DROP_CONNTRACK_WRITE => Some(4),
+        DROP_NO_BACKEND_SLOT => Some(5),
+        DROP_REWRITE_FAILED => Some(6),
+        DROP_REJECT_FAILED => Some(7),
+        _ => None,
+    }
+}
+
+/// Slots of `ferry_svc_stats`: one per service id (ids run from 1 to
+/// `SERVICES_MAX_ENTRIES`; slot 0 is never counted).
+pub const SERVICE_STATS_SLOTS: u32 = SERVICES_MAX_ENTRIES + 1;
+
+/// Value of `ferry_svc_stats` (per-CPU array indexed by service id, the
+/// `ServiceValue::service_id` of the frontend): what the datapath of this
+/// CPU did for one frontend since the agent gave out its id (the agent
+/// zeroes a slot when it hands the id to a frontend). All host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceStats {
+    /// Packets of the frontend's flows that ferry translated, both
+    /// directions (tc and XDP), and datagrams translated at sendmsg() by
+    /// the socket programs.
+    pub packets: u64,
+    /// Their bytes as they arrived (the socket programs see no bytes).
+    pub bytes: u64,
+    /// Flows started to the frontend (tc, XDP) and connect() calls
+    /// translated by the socket programs.
+    pub new_connections: u64,
+    /// Packets (or socket calls) for the frontend dropped or rejected, by
+    /// reason: the slots of `SERVICE_DROP_OUTCOMES`.
+    pub drops: [u64; SERVICE_DROP_REASONS],
+}
+
+const _: () = {
+    assert!(size_of::<ServiceStats>() == 88);
+    let mut i = 0;
+    while i < SERVICE_DROP_REASONS {
+        match service_drop_slot(SERVICE_DROP_OUTCOMES[i]) {
+            Some(slot) => assert!(slot == i),
+            None => panic!("every drop outcome has its own slot"),
+        }
+        i += 1;
+    }
+};
+
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
     assert!(size_of::<ServiceValue>() == 8);
@@ -704,6 +777,7 @@ mod user {
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for SockConfig {}
+    unsafe impl aya::Pod for ServiceStats {}
 }
 
 /// Protocol name for tools.

@@ -11,8 +11,8 @@ use ferry_common::{
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, Endpoint,
     EndpointKey, FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, MonitorConfig,
     MonitorEvent, NodeConfig, PodSource, ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES,
-    SERVICES_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
-    ServiceName, ServiceOptions, ServiceRange, ServiceValue, SockConfig, SockRevKey, SockRevValue,
+    SERVICE_STATS_SLOTS, SERVICES_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
+    ServiceName, ServiceOptions, ServiceRange, ServiceStats, ServiceValue, SockConfig, SockRevKey, SockRevValue,
     SourceRangeKey, outcome, with_map_names,
 };
 
@@ -37,6 +37,7 @@ macro_rules! declare_maps {
         MAP_POD_SOURCES = $pod_sources:tt,
         MAP_EVENTS = $events:tt,
         MAP_MONITOR = $monitor:tt,
+        MAP_SERVICE_STATS = $service_stats:tt,
     ) => {
         #[btf_map(name = $services)]
         pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
@@ -152,6 +153,12 @@ macro_rules! declare_maps {
         /// Which events a listener wants (key 0).
         #[btf_map(name = $monitor)]
         pub static MONITOR: Array<MonitorConfig, 1> = Array::new();
+
+        /// Per-frontend packets, bytes, new flows and drops, indexed by
+        /// service id (`service_stats`).
+        #[btf_map(name = $service_stats)]
+        pub static SERVICE_STATS: PerCpuArray<ServiceStats, { SERVICE_STATS_SLOTS as usize }> =
+            PerCpuArray::new();
     };
 }
 
