@@ -8,6 +8,7 @@ use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use ferry_common::outcome;
 
 use crate::{
+    debug::Hook,
     decision::{Decision, Delivery, TcVerdict, passed},
     deliver, external, fragment,
     icmp_error::{self, Side},
@@ -29,7 +30,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     } else {
         settle(ctx.skb.skb)
     };
-    deliver::settled(ctx.skb.skb, finished)
+    deliver::settled(ctx.skb.skb, finished, Hook::FromNetwork)
 }
 
 #[inline(never)]
