@@ -18,6 +18,7 @@ pub mod maps;
 pub mod metrics;
 pub mod monitor;
 pub mod net;
+pub mod pcap;
 pub mod plan;
 pub mod reconcile;
 pub mod reserved_ports;

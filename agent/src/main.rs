@@ -46,22 +46,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What the pod hook does with a packet: run it through the live
-    /// pinned program, changing no map, and say which frontend it matched,
-    /// which flow and backend it gets, what is rewritten and where it goes.
+    /// What a hook does with a packet: run it through the live pinned
+    /// program, changing no map, and say which frontend it matched, which
+    /// flow and backend it gets, what is rewritten and where it goes.
     Trace {
-        /// The sending pod's address (a pod on this node), and its port.
-        #[arg(long, value_name = "ADDR[:PORT]")]
-        from: String,
+        /// The sender and its port: on a pod's veth, a pod on this node;
+        /// on the uplink, a client outside.
+        #[arg(long, value_name = "ADDR[:PORT]", required_unless_present = "pcap")]
+        from: Option<String>,
         /// The destination.
-        #[arg(long, value_name = "ADDR:PORT")]
-        to: String,
+        #[arg(long, value_name = "ADDR:PORT", required_unless_present = "pcap")]
+        to: Option<String>,
         #[arg(long, value_enum, default_value = "tcp")]
         proto: TraceProtocol,
         /// TCP flags, any of S, A, F, R, P (default S: a connection's
         /// first packet).
         #[arg(long, default_value = "S")]
         flags: String,
+        /// The hook: the sending pod's veth, or the node's uplink.
+        #[arg(long, value_enum, default_value = "pod")]
+        on: TraceHook,
+        /// With --on uplink: the uplink device (default: the one the agent
+        /// attached its program to).
+        #[arg(long, value_name = "IFACE")]
+        dev: Option<String>,
+        /// Trace every packet of this capture (pcap or pcapng, Ethernet or
+        /// raw IPv4, as `tcpdump -i IFACE -w FILE` writes) instead of a
+        /// described one.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["from", "to"])]
+        pcap: Option<PathBuf>,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         /// JSON instead of text.
@@ -122,6 +135,12 @@ enum MonitorKind {
     Drop,
     Flow,
     All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TraceHook {
+    Pod,
+    Uplink,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -186,15 +205,54 @@ fn main() -> anyhow::Result<()> {
             to,
             proto,
             flags,
+            on,
+            dev,
+            pcap,
             pin_dir,
             json,
         } => {
-            let probe = trace_probe(&from, &to, proto, &flags)?;
-            let report = ferry_agent::trace::trace(&pin_dir, &probe)?;
-            let out = if json {
-                serde_json::to_string_pretty(&report)? + "\n"
-            } else {
-                report.render()
+            use ferry_agent::trace::{self, On};
+            let on = match on {
+                TraceHook::Pod => On::Pod,
+                TraceHook::Uplink => On::Uplink {
+                    ifindex: trace::uplink_ifindex(&pin_dir, dev.as_deref())?,
+                },
+            };
+            let from_capture = pcap.is_some();
+            let reports = match (pcap, from, to) {
+                (Some(file), _, _) => {
+                    let frames = ferry_agent::pcap::frames(&file)?;
+                    if frames.len() == ferry_agent::pcap::MAX_FRAMES {
+                        eprintln!(
+                            "tracing the first {} packets of {} only",
+                            frames.len(),
+                            file.display()
+                        );
+                    }
+                    frames
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| {
+                            trace::trace_frame(&pin_dir, f, on)
+                                .with_context(|| format!("packet {} of {}", i + 1, file.display()))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                }
+                (None, Some(from), Some(to)) => {
+                    let probe = trace_probe(&from, &to, proto, &flags)?;
+                    vec![trace::trace(&pin_dir, &probe, on)?]
+                }
+                _ => anyhow::bail!("give --from and --to, or --pcap"),
+            };
+            // A capture's reports are a list, whatever its length.
+            let out = match (json, reports.as_slice()) {
+                (true, [one]) if !from_capture => serde_json::to_string_pretty(one)? + "\n",
+                (true, all) => serde_json::to_string_pretty(all)? + "\n",
+                (false, all) => all
+                    .iter()
+                    .map(|r| r.render())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             };
             write_stdout(&out)
         }

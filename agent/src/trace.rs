@@ -1,5 +1,5 @@
-//! `ferry-agent trace`: what the pod hook does with a packet, asked of the
-//! live pinned program. The packet runs through BPF_PROG_TEST_RUN with the
+//! `ferry-agent trace`: what a tc hook (a pod's veth, or the uplink) does
+//! with a packet, asked of the live pinned program. The packet runs through BPF_PROG_TEST_RUN with the
 //! trace marker (`ferry_common::trace`), under which the program decides
 //! exactly as for a real packet (the same maps, the same code) and writes
 //! no map: no conntrack or affinity entry, no fragment record, no counter.
@@ -12,8 +12,9 @@ use std::{
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ferry_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, PIN_PROG_FROM_POD, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, ServiceKey, outcome,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS, ServiceKey,
+    outcome,
     trace::{TRACE_CB_OUTCOME, TRACE_MARK, TRACE_OUTCOME_WRITTEN, TRACE_PRIORITY},
 };
 use serde::Serialize;
@@ -46,6 +47,12 @@ pub enum TraceError {
         path: String,
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "the packet is not IPv4 TCP, UDP or ICMP over Ethernet: ferry's hooks pass anything else as it is"
+    )]
+    NotTraceable,
+    #[error("cannot tell the uplink: {0}")]
+    NoUplink(String),
     #[error("the test run failed: {0}; the kernel must allow BPF_PROG_TEST_RUN (root, CAP_BPF)")]
     Run(aya::programs::ProgramError),
     #[error(transparent)]
@@ -279,21 +286,154 @@ fn protocol_name(p: u8) -> &'static str {
     }
 }
 
-/// Run `probe` through the pod hook pinned under `pin_dir`, as sent by
-/// the local pod `probe.from` through its own veth.
-pub fn trace(pin_dir: &Path, probe: &Probe) -> Result<TraceReport, TraceError> {
-    let endpoints = Endpoints::open(pin_dir)?;
-    let pod = endpoints
-        .get(*probe.from.ip())
+/// The hook a trace runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum On {
+    /// The sending pod's veth (`ferry_from_pod`).
+    Pod,
+    /// The node's uplink, the device with this ifindex (`ferry_from_network`).
+    Uplink { ifindex: u32 },
+}
+
+/// Run `probe` through the hook `on` pinned under `pin_dir`: on `Pod`, as
+/// sent by the local pod `probe.from` through its own veth; on `Uplink`,
+/// as arriving from the network.
+pub fn trace(pin_dir: &Path, probe: &Probe, on: On) -> Result<TraceReport, TraceError> {
+    let input = match on {
+        On::Pod => {
+            let pod = local_pod(pin_dir, *probe.from.ip())?;
+            frame(probe, (pod.host_mac, pod.pod_mac))
+        }
+        On::Uplink { ifindex } => frame(probe, (uplink_mac(ifindex), EXTERNAL_MAC)),
+    };
+    run(pin_dir, probe, input, on)
+}
+
+/// Run a captured frame (Ethernet, IPv4) through the hook `on`, as
+/// `trace` does a described one.
+pub fn trace_frame(pin_dir: &Path, input: &[u8], on: On) -> Result<TraceReport, TraceError> {
+    let probe = probe_of(input).ok_or(TraceError::NotTraceable)?;
+    run(pin_dir, &probe, input.to_vec(), on)
+}
+
+/// A source MAC for a described packet from the network (locally
+/// administered; the hooks do not look at it).
+const EXTERNAL_MAC: [u8; 6] = [0x02, 0xfe, 0x77, 0, 0, 1];
+
+/// The MAC of the device `ifindex`, as a frame for it carries; zeros when
+/// it cannot be read (the hooks do not look at it).
+fn uplink_mac(ifindex: u32) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: name has IF_NAMESIZE bytes, as if_indextoname requires.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return mac;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy();
+    if let Ok(text) = std::fs::read_to_string(format!("/sys/class/net/{name}/address")) {
+        for (byte, hex) in mac.iter_mut().zip(text.trim().split(':')) {
+            *byte = u8::from_str_radix(hex, 16).unwrap_or(0);
+        }
+    }
+    mac
+}
+
+/// The local pod `addr`'s endpoint record.
+fn local_pod(pin_dir: &Path, addr: Ipv4Addr) -> Result<ferry_common::Endpoint, TraceError> {
+    Endpoints::open(pin_dir)?
+        .get(addr)
         .map_err(read_err("ferry_endpoints"))?
-        .ok_or(TraceError::NotALocalPod(*probe.from.ip()))?;
-    let input = frame(probe, (pod.host_mac, pod.pod_mac));
-    let path = pin_dir.join(PIN_PROG_FROM_POD);
+        .ok_or(TraceError::NotALocalPod(addr))
+}
+
+/// The packet a frame carries, as a trace reports it: addresses, ports,
+/// protocol and TCP flags. None for what is not IPv4 TCP, UDP or ICMP.
+pub fn probe_of(frame: &[u8]) -> Option<Probe> {
+    if frame.get(12..14)? != [0x08, 0x00] || frame.get(14)? >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let protocol = *frame.get(23)?;
+    let addr = |at: usize| -> Option<Ipv4Addr> {
+        let b: [u8; 4] = frame.get(at..at + 4)?.try_into().ok()?;
+        Some(b.into())
+    };
+    let (src, dst) = (addr(26)?, addr(30)?);
+    let l4 = 14 + ihl;
+    let port = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?))
+    };
+    let (src_port, dst_port, tcp_flags) = match protocol {
+        PROTO_TCP => (port(l4)?, port(l4 + 2)?, *frame.get(l4 + 13)?),
+        PROTO_UDP => (port(l4)?, port(l4 + 2)?, 0),
+        PROTO_ICMP => (0, 0, 0),
+        _ => return None,
+    };
+    Some(Probe {
+        from: SocketAddrV4::new(src, src_port),
+        to: SocketAddrV4::new(dst, dst_port),
+        protocol,
+        tcp_flags,
+    })
+}
+
+/// The uplink's ifindex: `dev`, else the device the agent attached the
+/// uplink's program to (its link pinned under `pin_dir`).
+pub fn uplink_ifindex(pin_dir: &Path, dev: Option<&str>) -> Result<u32, TraceError> {
+    let index = |name: &str| {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: c is a valid C string.
+        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        (i != 0).then_some(i)
+    };
+    if let Some(dev) = dev {
+        return index(dev).ok_or_else(|| TraceError::NoUplink(format!("no device {dev}")));
+    }
+    let dir = pin_dir.join(crate::reconcile::system::NET_LINKS_DIR);
+    let pins: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("xdp-") && n != crate::plan::network::VXLAN_DEVICE)
+                .collect()
+        })
+        .unwrap_or_default();
+    match pins.as_slice() {
+        // bpffs names have '_' for the '.' of a VLAN device's name.
+        [pin] => index(pin)
+            .or_else(|| index(&pin.replace('_', ".")))
+            .ok_or_else(|| TraceError::NoUplink(format!("no device named after the pin {pin}"))),
+        [] => Err(TraceError::NoUplink(format!(
+            "no uplink program is attached ({} holds no link)",
+            dir.display()
+        ))),
+        _ => Err(TraceError::NoUplink(format!(
+            "several uplinks attached ({}); name one with --dev",
+            pins.join(", ")
+        ))),
+    }
+}
+
+fn run(pin_dir: &Path, probe: &Probe, input: Vec<u8>, on: On) -> Result<TraceReport, TraceError> {
+    let (pin, ifindex, hook) = match on {
+        On::Pod => (
+            PIN_PROG_FROM_POD,
+            local_pod(pin_dir, *probe.from.ip())?.ifindex,
+            "pod veth (tc ingress, ferry_from_pod)",
+        ),
+        On::Uplink { ifindex } => (
+            PIN_PROG_FROM_NETWORK,
+            ifindex,
+            "uplink (tc ingress, ferry_from_network)",
+        ),
+    };
+    let path = pin_dir.join(pin);
     let program = SchedClassifier::from_pin(&path).map_err(|source| TraceError::Program {
         path: path.display().to_string(),
         source,
     })?;
-    let ctx_in = trace_context(pod.ifindex);
+    let ctx_in = trace_context(ifindex);
     let mut ctx_out = [0u8; SKB_CTX_LEN];
     let mut out = vec![0u8; input.len() + 256];
     let result = program
@@ -308,7 +448,7 @@ pub fn trace(pin_dir: &Path, probe: &Probe) -> Result<TraceReport, TraceError> {
     out.truncate(result.data_size_out as usize);
     let outcome = traced_outcome(&ctx_out);
 
-    let frontend = frontend_of(pin_dir, probe)?;
+    let frontend = frontend_of(pin_dir, probe, on)?;
     let flow = flow_of(pin_dir, probe, frontend.is_some())?;
     let translated = outcome == Some(outcome::TRANSLATED);
     let backend = translated.then(|| {
@@ -320,10 +460,12 @@ pub fn trace(pin_dir: &Path, probe: &Probe) -> Result<TraceReport, TraceError> {
             _ => "?".into(),
         }
     });
-    let verdict = match result.return_value {
-        TC_ACT_OK => "pass (to the node's stack)",
-        TC_ACT_SHOT => "drop",
-        TC_ACT_REDIRECT => "redirect",
+    let verdict = match (result.return_value, outcome) {
+        // The uplink hands what is not ferry's to the kernel unjudged.
+        (TC_ACT_OK, None) => "pass (not ferry's: the node's own traffic)",
+        (TC_ACT_OK, _) => "pass (to the node's stack)",
+        (TC_ACT_SHOT, _) => "drop",
+        (TC_ACT_REDIRECT, _) => "redirect",
         _ => "other",
     };
     let dst = if out.len() >= 34 {
@@ -331,9 +473,10 @@ pub fn trace(pin_dir: &Path, probe: &Probe) -> Result<TraceReport, TraceError> {
     } else {
         *probe.to.ip()
     };
+    let endpoints = Endpoints::open(pin_dir)?;
     let next_hop = next_hop(&endpoints, result.return_value, dst, outcome)?;
     Ok(TraceReport {
-        hook: "pod veth (tc ingress, ferry_from_pod)",
+        hook,
         packet: format!(
             "{} {} -> {}{}",
             protocol_name(probe.protocol),
@@ -357,20 +500,28 @@ pub fn trace(pin_dir: &Path, probe: &Probe) -> Result<TraceReport, TraceError> {
     })
 }
 
-/// The frontend `probe` is addressed to, as the pod hook looks it up
-/// (a ClusterIP, else an external address as pods reach it).
-fn frontend_of(pin_dir: &Path, probe: &Probe) -> Result<Option<FrontendMatch>, TraceError> {
+/// The frontend `probe` is addressed to, as the hook `on` looks it up:
+/// the pod's, a ClusterIP, else an external address as pods reach it; the
+/// uplink's, an external address (NodePort, LoadBalancer IP, externalIP).
+fn frontend_of(pin_dir: &Path, probe: &Probe, on: On) -> Result<Option<FrontendMatch>, TraceError> {
     if probe.protocol != PROTO_TCP && probe.protocol != PROTO_UDP {
         return Ok(None);
     }
     let table = ServiceTable::open(pin_dir)?;
-    for (scope, scope_name) in [
-        (SCOPE_CLUSTER_IP, "ClusterIP"),
-        (
-            SCOPE_EXTERNAL_FROM_PODS,
-            "external address (as pods reach it)",
-        ),
-    ] {
+    let scopes: &[(u8, &'static str)] = match on {
+        On::Pod => &[
+            (SCOPE_CLUSTER_IP, "ClusterIP"),
+            (
+                SCOPE_EXTERNAL_FROM_PODS,
+                "external address (as pods reach it)",
+            ),
+        ],
+        On::Uplink { .. } => &[(
+            SCOPE_EXTERNAL,
+            "external address (NodePort, LoadBalancer IP or externalIP)",
+        )],
+    };
+    for &(scope, scope_name) in scopes {
         let key = ServiceKey {
             addr: probe.to.ip().octets(),
             port: probe.to.port(),

@@ -41,6 +41,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 #[inline(never)]
 fn icmp(skb: *mut __sk_buff) -> deliver::Finished {
     let ctx = TcContext::new(skb);
+    let traced = is_trace(&ctx);
     let len = ctx.len();
     let decision = match parse(&ctx) {
         Parsed::Icmp(dst) => icmp_error::translate(&ctx, Side::Network)
@@ -48,7 +49,7 @@ fn icmp(skb: *mut __sk_buff) -> deliver::Finished {
         // `is_icmp` leaves nothing else but a bad IPv4 header.
         _ => Decision::not_ours(),
     };
-    deliver::finish(&ctx, len, decision, false)
+    deliver::finish(&ctx, len, decision, traced)
 }
 
 #[inline(never)]
