@@ -276,9 +276,7 @@ struct CaptureFile(std::path::PathBuf);
 impl CaptureFile {
     fn write(frames: &[&[u8]]) -> Self {
         let mut f = Vec::new();
-        for word in [0xa1b2_c3d4u32] {
-            f.extend_from_slice(&word.to_le_bytes());
-        }
+        f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
         f.extend_from_slice(&2u16.to_le_bytes());
         f.extend_from_slice(&4u16.to_le_bytes());
         f.extend_from_slice(&[0; 8]);
