@@ -4,7 +4,10 @@
 //! the pod IP, (d)/(e) kube-proxy's iptables and nftables rule sets, (f)/(g)
 //! ferry's ClusterIP translated at connect() (socket LB) with 10 and with
 //! the large set — as connection rate and request/response latency, every
-//! figure the median over rounds and a ratio against (a).
+//! figure the median over rounds and a ratio against (a). (b) is measured
+//! once more with `ferry-agent monitor --type all` listening: the cost of
+//! a listener (with none, the events cost nothing but a flag test on a new
+//! flow or a drop).
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
@@ -45,6 +48,44 @@ struct ClientPath<'a> {
     samples: Vec<Sample>,
     /// Counter movements over this path's measurements (socket-LB rows).
     proof: Proof,
+    /// A node to run `ferry-agent monitor --type all` on while this path
+    /// is measured (the listener's cost), and the events it printed.
+    monitor: Option<&'a Node>,
+    monitor_events: u64,
+}
+
+/// `ferry-agent monitor --type all` on `node`, its events counted as they
+/// are printed, until the returned guard is finished.
+struct Listener {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<u64>,
+}
+
+impl Listener {
+    fn start(node: &Node) -> Result<Self> {
+        use std::io::{BufRead, BufReader};
+        let mut child = node.spawn_monitor(&["--type", "all"])?;
+        // It says "listening" on stderr once the events are switched on.
+        let stderr = child.stderr.take().expect("piped");
+        let mut ready = String::new();
+        BufReader::new(stderr).read_line(&mut ready)?;
+        if !ready.contains("listening") {
+            let _ = child.kill();
+            bail!("ferry-agent monitor did not start: {ready}");
+        }
+        let stdout = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || BufReader::new(stdout).lines().count() as u64);
+        Ok(Self { child, reader })
+    }
+
+    /// Stop it (it switches the events off as it goes); the events it saw.
+    fn finish(mut self) -> Result<u64> {
+        // SIGINT: the monitor's clean stop.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait()?;
+        Ok(self.reader.join().unwrap_or(0))
+    }
 }
 
 /// What a node's counters moved by while a socket-LB row was measured,
@@ -98,6 +139,7 @@ struct Sample {
 /// concurrent clients, then latency on one connection.
 fn measure(path: &mut ClientPath, load: &Path, opts: &Opts) -> Result<Sample> {
     let before = path.socket_lb.map(counters).transpose()?;
+    let listener = path.monitor.map(Listener::start).transpose()?;
     let crr = concurrent_in(&path.client_ns, path.cgroup, load, "crr", path.target, opts)?;
     let rr = load_json_in(
         &path.client_ns,
@@ -109,6 +151,9 @@ fn measure(path: &mut ClientPath, load: &Path, opts: &Opts) -> Result<Sample> {
             opts.seconds.to_string(),
         ],
     )?;
+    if let Some(listener) = listener {
+        path.monitor_events += listener.finish()?;
+    }
     if let Some(e) = first_error(&crr) {
         eprintln!("    {}: first connection error: {e}", path.label);
     }
@@ -147,6 +192,8 @@ pub fn run<'a>(
         target: target.into(),
         samples: vec![],
         proof: Proof::default(),
+        monitor: None,
+        monitor_events: 0,
     };
     // The same node, maps and target as (b)/(c); the client in the client
     // pod's cgroup, where the node's connect4 program translates it.
@@ -172,6 +219,14 @@ pub fn run<'a>(
             bed.ferry_large.client.netns.path(),
             (large_vip, SERVICE_PORT),
         ),
+        ClientPath {
+            monitor: Some(&bed.ferry_small.node),
+            ..path(
+                "(b) with `ferry-agent monitor --type all` on".into(),
+                bed.ferry_small.client.netns.path(),
+                (small_vip, SERVICE_PORT),
+            )
+        },
         path(
             "    ferry direct to pod IP (no translation)".into(),
             bed.ferry_small.client.netns.path(),
@@ -295,17 +350,28 @@ pub fn run<'a>(
             }
         ));
     }
+    // The listener's cost: the same path as (b), a monitor printing every
+    // new flow meanwhile. With nobody listening, (b) is the cost.
+    let listened = &paths[3];
+    report.line(format!(
+        "(b) with a monitor listening: {:.3}x (b)'s connection rate, p50 {:.3}x; the monitor printed {} events ({:.2} per connection)",
+        medians[3].0 / medians[1].0,
+        medians[3].1 / medians[1].1,
+        listened.monitor_events,
+        listened.monitor_events as f64
+            / (medians[3].0 * opts.seconds * opts.rounds as f64).max(1.0),
+    ));
     let rate = |i: usize| medians[i].0 / base_rate;
     for (what, i, goal) in [
         ("(b)", 1, TARGET_CLUSTER_IP_RATE),
         ("(c)", 2, TARGET_CLUSTER_IP_RATE),
         (
             "ferry direct to pod IP (no translation)",
-            3,
+            4,
             TARGET_NO_TRANSLATION_RATE,
         ),
-        ("(f)", 6, TARGET_SOCKET_LB_RATE),
-        ("(g)", 7, TARGET_SOCKET_LB_RATE),
+        ("(f)", 7, TARGET_SOCKET_LB_RATE),
+        ("(g)", 8, TARGET_SOCKET_LB_RATE),
     ] {
         report.target(Target {
             what: format!("{what} >= {goal:.2}x (a) connection rate"),
