@@ -29,6 +29,8 @@ pub struct NatTarget {
     pub peer_addr: [u8; 4],
     /// The port paired with `peer_addr`.
     pub peer_port: u16,
+    /// The frontend the flow belongs to (`ferry_svc_stats`).
+    pub service_id: u32,
 }
 
 #[inline(always)]
@@ -111,6 +113,7 @@ pub fn track(pkt: &L4Packet, direction: u8) -> Option<NatTarget> {
         port: e.nat_port,
         peer_addr: e.peer_nat_addr,
         peer_port: e.peer_nat_port,
+        service_id: e.service_id,
     })
 }
 
@@ -130,6 +133,7 @@ pub fn peek(key: &CtKey) -> Option<NatTarget> {
         port: e.nat_port,
         peer_addr: e.peer_nat_addr,
         peer_port: e.peer_nat_port,
+        service_id: e.service_id,
     })
 }
 
@@ -221,6 +225,7 @@ pub fn create(
         port: backend_port,
         peer_addr,
         peer_port,
+        service_id,
     })
 }
 

@@ -14,7 +14,12 @@
 //! for a local pod) to the kernel uncounted.
 use ferry_common::outcome;
 
-use crate::{maps::COUNTERS, parse::L4Packet};
+use ferry_common::{ServiceStats, service_drop_slot};
+
+use crate::{
+    maps::{COUNTERS, SERVICE_STATS},
+    parse::L4Packet,
+};
 
 /// Where a tc hook sends a packet that goes on towards `dst`.
 #[derive(Clone, Copy)]
@@ -65,18 +70,39 @@ pub enum XdpVerdict {
     HandToTc,
 }
 
-/// One packet's decision: its outcome (an index of `ferry_counters`) and
-/// what the hook does with it.
+/// One packet's decision: its outcome (an index of `ferry_counters`),
+/// what the hook does with it, and the frontend it is counted for.
 #[derive(Clone, Copy)]
 pub struct Decision<V> {
     pub outcome: u32,
     pub verdict: V,
+    /// The frontend's service id (`ferry_svc_stats`), 0 for none, with
+    /// `NEW_FLOW` set when the packet started the flow.
+    pub service: u32,
 }
+
+/// `Decision::service`: the packet started its flow. Service ids stay far
+/// below it (`SERVICE_STATS_SLOTS`).
+pub const NEW_FLOW: u32 = 1 << 31;
 
 impl<V> Decision<V> {
     #[inline(always)]
     pub fn new(outcome: u32, verdict: V) -> Self {
-        Self { outcome, verdict }
+        Self {
+            outcome,
+            verdict,
+            service: 0,
+        }
+    }
+
+    /// The same decision, counted for the frontend `service_id` too;
+    /// `new_flow`: the packet started the flow.
+    #[inline(always)]
+    pub fn for_service(self, service_id: u32, new_flow: bool) -> Self {
+        Self {
+            service: service_id | if new_flow { NEW_FLOW } else { 0 },
+            ..self
+        }
     }
 }
 
@@ -130,4 +156,40 @@ pub fn count(outcome: u32, len: u32) {
             (*c).bytes += u64::from(len);
         }
     }
+}
+
+/// Count one packet of `len` bytes under `outcome` for the frontend
+/// `service` (`Decision::service`): a drop under its reason, anything else
+/// as a packet of the frontend's flows. Only the finishing steps call this.
+#[inline(always)]
+pub fn count_for_service(service: u32, outcome: u32, len: u32) {
+    if service == 0 {
+        return;
+    }
+    let Some(s) = service_stats(service & !NEW_FLOW) else {
+        return;
+    };
+    match service_drop_slot(outcome) {
+        Some(slot) => {
+            if let Some(drops) = s.drops.get_mut(slot) {
+                *drops += 1;
+            }
+        }
+        None => {
+            s.packets += 1;
+            s.bytes += u64::from(len);
+            if service & NEW_FLOW != 0 {
+                s.new_connections += 1;
+            }
+        }
+    }
+}
+
+/// This CPU's `ferry_svc_stats` slot of the frontend `service_id`.
+#[inline(always)]
+pub fn service_stats(service_id: u32) -> Option<&'static mut ServiceStats> {
+    // SAFETY: per-CPU slot; nothing else on this CPU runs concurrently.
+    SERVICE_STATS
+        .get_ptr_mut(service_id)
+        .map(|s| unsafe { &mut *s })
 }

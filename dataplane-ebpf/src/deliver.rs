@@ -14,7 +14,7 @@ use ferry_common::{
 };
 
 use crate::{
-    decision::{Decision, Delivery, TcVerdict, count},
+    decision::{Decision, Delivery, TcVerdict, count, count_for_service},
     forward,
     maps::ENDPOINTS,
     monitor,
@@ -78,6 +78,7 @@ fn act(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>, traced: bool) -
         unsafe { (*ctx.skb.skb).cb[TRACE_CB_OUTCOME] = outcome };
     } else {
         count(decision.outcome, len);
+        count_for_service(decision.service, decision.outcome, len);
     }
     action
 }

@@ -11,9 +11,9 @@ use ferry_common::{
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, Endpoint,
     EndpointKey, FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, MonitorConfig,
     MonitorEvent, NodeConfig, PodSource, ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES,
-    SERVICE_STATS_SLOTS, SERVICES_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
-    ServiceName, ServiceOptions, ServiceRange, ServiceStats, ServiceValue, SockConfig, SockRevKey, SockRevValue,
-    SourceRangeKey, outcome, with_map_names,
+    SERVICE_STATS_SLOTS, SERVICES_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    ServiceKey, ServiceName, ServiceOptions, ServiceRange, ServiceStats, ServiceValue, SockConfig,
+    SockRevKey, SockRevValue, SourceRangeKey, outcome, with_map_names,
 };
 
 macro_rules! declare_maps {

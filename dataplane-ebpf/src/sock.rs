@@ -24,7 +24,7 @@ use ferry_common::{
 
 use crate::{
     balance,
-    decision::count,
+    decision::{count, count_for_service, service_stats},
     maps::{NODE, SERVICES, SOCK_CONFIG, SOCK_REVERSE},
 };
 
@@ -169,12 +169,14 @@ pub fn forward(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
         NewFlow::Direct(b) | NewFlow::LocalPolicy(b) | NewFlow::SourceNat(b) => b,
         NewFlow::Reject => {
             count(outcome::SOCK_REJECTED_NO_ENDPOINTS, 0);
+            count_for_service(service.service_id, outcome::SOCK_REJECTED_NO_ENDPOINTS, 0);
             // SAFETY: allowed in connect4 and sendmsg4.
             unsafe { bpf_set_retval(-ECONNREFUSED) };
             return REJECT;
         }
         NewFlow::Drop(outcome::DROP_SOURCE_RANGE) => {
             count(outcome::SOCK_DROP_SOURCE_RANGE, 0);
+            count_for_service(service.service_id, outcome::SOCK_DROP_SOURCE_RANGE, 0);
             return REJECT;
         }
         NewFlow::Drop(_) => {
@@ -206,6 +208,15 @@ pub fn forward(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
     sa.user_ip4 = u32::from_ne_bytes(backend.addr);
     sa.user_port = u32::from(backend.port.to_be());
     count(outcome::SOCK_TRANSLATED, 0);
+    // A connect() starts a connection; a datagram sent unconnected is one
+    // packet (whose size this hook does not see).
+    if let Some(stats) = service_stats(service.service_id) {
+        if sendmsg {
+            stats.packets += 1;
+        } else {
+            stats.new_connections += 1;
+        }
+    }
     PROCEED
 }
 

@@ -23,18 +23,20 @@ pub fn to_frontend(
     client: Client,
     via: Delivery,
 ) -> Decision<TcVerdict> {
-    let target = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
-        Some(target) => target,
+    let (target, new) = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
+        Some(target) => (target, false),
         None => match new_flow::start(ctx, pkt, service, client) {
-            Ok(target) => target,
-            Err(decision) => return decision,
+            Ok(target) => (target, true),
+            Err(decision) => return decision.for_service(service.service_id, false),
         },
     };
-    if nat::translate(ctx, pkt, &target, Way::Original).is_err() {
-        return Decision::drop(outcome::DROP_REWRITE_FAILED);
-    }
-    fragment::record(ctx, pkt, CT_DIR_ORIGINAL);
-    Decision::deliver(outcome::TRANSLATED, target.addr, via)
+    let decision = if nat::translate(ctx, pkt, &target, Way::Original).is_err() {
+        Decision::drop(outcome::DROP_REWRITE_FAILED)
+    } else {
+        fragment::record(ctx, pkt, CT_DIR_ORIGINAL);
+        Decision::deliver(outcome::TRANSLATED, target.addr, via)
+    };
+    decision.for_service(service.service_id, new)
 }
 
 /// A backend answering a flow this node translated (for one of its pods,
@@ -45,7 +47,9 @@ pub fn to_frontend(
 pub fn reply(ctx: &TcContext, pkt: &L4Packet) -> Option<Decision<TcVerdict>> {
     let target = conntrack::track(pkt, CT_DIR_REPLY)?;
     if nat::translate(ctx, pkt, &target, Way::Reply).is_err() {
-        return Some(Decision::drop(outcome::DROP_REWRITE_FAILED));
+        return Some(
+            Decision::drop(outcome::DROP_REWRITE_FAILED).for_service(target.service_id, false),
+        );
     }
     fragment::record(ctx, pkt, CT_DIR_REPLY);
     let dst = if target.peer_addr == conntrack::NO_ADDR {
@@ -55,9 +59,8 @@ pub fn reply(ctx: &TcContext, pkt: &L4Packet) -> Option<Decision<TcVerdict>> {
     };
     // Its source is a frontend (a node or load-balancer address for an
     // external client) now: ferry sends it, not the kernel.
-    Some(Decision::deliver(
-        outcome::REVERSE_TRANSLATED,
-        dst,
-        Delivery::OnwardRewritten,
-    ))
+    Some(
+        Decision::deliver(outcome::REVERSE_TRANSLATED, dst, Delivery::OnwardRewritten)
+            .for_service(target.service_id, false),
+    )
 }

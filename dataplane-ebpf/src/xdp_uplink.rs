@@ -18,7 +18,7 @@ use ferry_common::{
 use crate::{
     balance,
     conntrack::{self, NO_ADDR, NatTarget},
-    decision::{Decision, NextHop, XdpVerdict, count},
+    decision::{Decision, NextHop, XdpVerdict, count, count_for_service, service_stats},
     fib::{self, Fib},
     forward,
     maps::CONNTRACK,
@@ -54,6 +54,7 @@ fn finish(ctx: &XdpContext, frame: &Frame, decision: Decision<XdpVerdict>) -> u3
         return XDP_PASS;
     };
     count(decision.outcome, frame.len as u32);
+    count_for_service(decision.service, decision.outcome, frame.len as u32);
     if frame.store(0, hop.macs).is_none() {
         return XDP_PASS;
     }
@@ -82,17 +83,21 @@ fn decide(ctx: &XdpContext, frame: &Frame, pkt: &L4Packet) -> Option<Decision<Xd
         // The client's next hop, before anything is written.
         let hop = next_hop(ctx, e.peer_nat_addr)?;
         let target = conntrack::track(pkt, CT_DIR_REPLY)?;
-        return transmit(frame, pkt, &target, Way::Reply, hop);
+        return transmit(frame, pkt, &target, Way::Reply, hop)
+            .map(|d| d.for_service(target.service_id, false));
     }
     let service = balance::frontend(pkt, SCOPE_EXTERNAL)?;
     let target = match conntrack::track(pkt, CT_DIR_ORIGINAL) {
-        // Local backends are the tc path's (bpf_redirect_peer).
-        Some(target) if target.peer_addr == NO_ADDR => return None,
         Some(target) => target,
         None => start(pkt, &service)?,
     };
+    // Local backends are the tc path's (bpf_redirect_peer).
+    if target.peer_addr == NO_ADDR {
+        return None;
+    }
     let hop = next_hop(ctx, native_route_to(target.addr)?)?;
     transmit(frame, pkt, &target, Way::Original, hop)
+        .map(|d| d.for_service(service.service_id, false))
 }
 
 #[inline(always)]
@@ -119,17 +124,23 @@ fn transmit(
 /// source-NAT port too: tc tries again and counts the drop.
 #[inline(always)]
 fn start(pkt: &L4Packet, service: &ServiceValue) -> Option<NatTarget> {
-    match new_flow::plan(pkt, service, Client::External) {
+    let id = service.service_id;
+    let target = match new_flow::plan(pkt, service, Client::External) {
         NewFlow::SourceNat((backend, seed)) => {
             native_route_to(backend.addr)?;
-            conntrack::create_snat(pkt, service.service_id, backend.addr, backend.port, seed).ok()
+            conntrack::create_snat(pkt, id, backend.addr, backend.port, seed).ok()?
         }
         NewFlow::Direct((backend, _)) => {
-            let _ = conntrack::create(pkt, service.service_id, backend.addr, backend.port, None);
-            None
+            conntrack::create(pkt, id, backend.addr, backend.port, None).ok()?
         }
-        NewFlow::LocalPolicy(_) | NewFlow::Reject | NewFlow::Drop(_) => None,
+        NewFlow::LocalPolicy(_) | NewFlow::Reject | NewFlow::Drop(_) => return None,
+    };
+    // The flow starts here, whoever sends its packets: tc follows a flow
+    // XDP recorded as one it finds, so the new flow is counted now.
+    if let Some(stats) = service_stats(id) {
+        stats.new_connections += 1;
     }
+    Some(target)
 }
 
 /// The address of the node owning `pod`'s CIDR, if native routing reaches

@@ -7,14 +7,17 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions},
 };
 use ferry_agent::{
     loader::{Dataplane, unpin_all},
     maps::{Conntrack, Counters, ServiceTable},
 };
-use ferry_common::{Backend, Counter, MAP_POD_SOURCES, PodSource, SCOPE_CLUSTER_IP, ServiceKey};
+use ferry_common::{
+    Backend, Counter, MAP_POD_SOURCES, MAP_SERVICE_STATS, PodSource, SCOPE_CLUSTER_IP, ServiceKey,
+    ServiceStats,
+};
 
 /// The ClusterIP frontend `addr:port` over `protocol`.
 pub fn frontend(addr: std::net::Ipv4Addr, port: u16, protocol: u8) -> ServiceKey {
@@ -227,6 +230,25 @@ impl Kernel {
 
     pub fn counters(&self) -> Vec<Counter> {
         self.counters.read().expect("read counters")
+    }
+
+    /// `ferry_svc_stats` of the frontend `service_id`, summed over CPUs.
+    pub fn service_stats(&self, service_id: u32) -> ServiceStats {
+        let map = MapData::from_pin(self.pin_dir().join(MAP_SERVICE_STATS))
+            .expect("open ferry_svc_stats");
+        let stats: PerCpuArray<MapData, ServiceStats> = Map::PerCpuArray(map)
+            .try_into()
+            .expect("ferry_svc_stats type");
+        let per_cpu = stats.get(&service_id, 0).expect("read ferry_svc_stats");
+        per_cpu.iter().fold(ServiceStats::default(), |mut sum, s| {
+            sum.packets += s.packets;
+            sum.bytes += s.bytes;
+            sum.new_connections += s.new_connections;
+            for (total, d) in sum.drops.iter_mut().zip(s.drops) {
+                *total += d;
+            }
+            sum
+        })
     }
 }
 
