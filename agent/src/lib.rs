@@ -6,6 +6,7 @@
 pub mod bpffs;
 pub mod cni;
 pub mod config;
+pub mod debug;
 /// The parsers' fuzz targets (`fuzz/`), shared with their corpus test.
 pub mod fuzzing;
 pub mod healthcheck;

@@ -21,11 +21,11 @@ use ferry_common::{
     ServiceName, ServiceOptions, ServiceRange, ServiceValue, SourceRangeKey, outcome,
 };
 use ferry_common::{
-    EVENTS_BYTES, FRONTEND_FILTER_WORDS, MAP_EVENTS, MAP_FRONTEND_FILTER, MAP_MONITOR,
-    MAP_POD_SOURCES, MAP_SERVICE_STATS, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE, MonitorConfig,
-    PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4, PIN_PROG_SOCK_RECVMSG4,
-    PIN_PROG_SOCK_SENDMSG4, PodSource, SERVICE_STATS_SLOTS, SOCK_REVERSE_MAX_ENTRIES, ServiceStats,
-    SockConfig, SockRevKey, SockRevValue,
+    DEBUG_SECTION, EVENTS_BYTES, FRONTEND_FILTER_WORDS, MAP_EVENTS, MAP_FRONTEND_FILTER,
+    MAP_MONITOR, MAP_POD_SOURCES, MAP_SERVICE_STATS, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE,
+    MonitorConfig, PIN_DEBUG, PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4,
+    PIN_PROG_SOCK_RECVMSG4, PIN_PROG_SOCK_SENDMSG4, PodSource, SERVICE_STATS_SLOTS,
+    SOCK_REVERSE_MAX_ENTRIES, ServiceStats, SockConfig, SockRevKey, SockRevValue,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs, ensure_private};
@@ -79,6 +79,8 @@ pub enum LoadError {
     Load(#[from] aya::EbpfError),
     #[error("cannot pin the program at {path}: {detail}")]
     PinProgram { path: String, detail: String },
+    #[error("cannot pin the debug switch at {path}: {detail}")]
+    PinDebug { path: String, detail: String },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
@@ -282,6 +284,7 @@ impl Dataplane {
     /// Pin the from-pod program under the pin directory, replacing an older
     /// pin, so the CNI plugin attaches this build's program to new pods.
     pub fn pin_programs(&mut self) -> Result<(), LoadError> {
+        self.pin_debug_switch()?;
         for (name, pin_name) in PROGRAMS {
             let path = self.pin_dir.join(pin_name);
             match std::fs::remove_file(&path) {
@@ -338,6 +341,24 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// Pin the debug switch of the programs just loaded (`PIN_DEBUG`),
+    /// replacing the one of programs an earlier agent loaded.
+    fn pin_debug_switch(&mut self) -> Result<(), LoadError> {
+        let path = self.pin_dir.join(PIN_DEBUG);
+        let _ = std::fs::remove_file(&path);
+        let pin_failed = |detail: String| LoadError::PinDebug {
+            path: path.display().to_string(),
+            detail,
+        };
+        self.ebpf
+            .map(DEBUG_SECTION)
+            .ok_or_else(|| pin_failed(format!("the object has no {DEBUG_SECTION} section")))?
+            .pin(&path)
+            .map_err(|e| pin_failed(e.to_string()))
+    }
+}
+
 /// The object's program `name` as its program type `P`.
 fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, ProgramError>
 where
@@ -360,6 +381,7 @@ pub fn unpin_all(pin_dir: &Path) -> std::io::Result<()> {
         &PIN_PROG_SOCK_SENDMSG4,
         &PIN_PROG_SOCK_RECVMSG4,
         &PIN_PROG_SOCK_GETPEERNAME4,
+        &PIN_DEBUG,
     ]) {
         match std::fs::remove_file(pin_dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -92,12 +92,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Debug lines from the programs: one per packet a tc hook settles
+    /// (interface, length, outcome, action, frontend), printed by the
+    /// running agent in its log (target ferry::datapath). Off at agent
+    /// start; costs a load and a branch per packet while off.
+    Debug {
+        #[arg(value_enum)]
+        switch: DebugSwitch,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Load the kernel programs and pin their maps (adopting maps already
     /// pinned there), then exit.
     Load {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DebugSwitch {
+    On,
+    Off,
+    Status,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -180,6 +197,25 @@ fn main() -> anyhow::Result<()> {
                 report.render()
             };
             write_stdout(&out)
+        }
+        Command::Debug { switch, pin_dir } => {
+            let on = match switch {
+                DebugSwitch::On => {
+                    ferry_agent::debug::set(&pin_dir, true)?;
+                    true
+                }
+                DebugSwitch::Off => {
+                    ferry_agent::debug::set(&pin_dir, false)?;
+                    false
+                }
+                DebugSwitch::Status => ferry_agent::debug::is_on(&pin_dir)?,
+            };
+            let out = if on {
+                "debug lines on: the agent prints one line per packet in its log (target ferry::datapath); `ferry-agent debug off` stops them\n"
+            } else {
+                "debug lines off\n"
+            };
+            write_stdout(out)
         }
         Command::Monitor {
             kind,

@@ -198,6 +198,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut dataplane = Dataplane::load(&pin_dir)
         .with_context(|| format!("loading the dataplane into {}", pin_dir.display()))?;
     dataplane.pin_programs()?;
+    // Held to the end: dropping it closes the programs' log ring buffer.
+    let _debug_printer = match crate::debug::spawn_printer(&mut dataplane.ebpf) {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(error) => {
+            tracing::warn!(%error, "`ferry-agent debug on` will print nothing");
+            None
+        }
+    };
     restore_pod_sources(&pin_dir)?;
     update_pod_links(&pin_dir);
     crate::socklb::apply(&pin_dir, cfg.socket_lb, cfg.cgroup_root.as_deref())
@@ -244,4 +252,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     tracing::info!("stopping; the dataplane keeps forwarding from the pinned maps");
     drop(dataplane);
     Ok(())
+}
+
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -74,6 +74,12 @@ pub const PIN_PROG_SOCK_CONNECT4: &str = "prog_sock_connect4";
 pub const PIN_PROG_SOCK_SENDMSG4: &str = "prog_sock_sendmsg4";
 pub const PIN_PROG_SOCK_RECVMSG4: &str = "prog_sock_recvmsg4";
 pub const PIN_PROG_SOCK_GETPEERNAME4: &str = "prog_sock_getpeername4";
+/// Pin name of the debug switch: the programs' `.data.ferry_debug` section
+/// (one u32, non-zero: debug lines on), pinned anew by each agent start
+/// for the programs it loaded.
+pub const PIN_DEBUG: &str = "ferry_debug";
+/// The data section the debug switch lives in (aya's name for its map).
+pub const DEBUG_SECTION: &str = ".data.ferry_debug";
 
 /// Capacity of the services map (frontends: ClusterIP x port x protocol).
 pub const SERVICES_MAX_ENTRIES: u32 = 65_536;

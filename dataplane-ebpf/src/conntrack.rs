@@ -383,6 +383,9 @@ pub fn create_snat(
         };
         failure = outcome::DROP_CONNTRACK_WRITE;
         let claimed = match old {
+            // A trace run takes nothing over: the port it found is the
+            // one the flow would get.
+            Some(_) if pkt.dry_run => false,
             Some(old_expires_ns) => match take_over(&mut key, old_expires_ns) {
                 Ok(claimed) => claimed,
                 Err(()) => continue,

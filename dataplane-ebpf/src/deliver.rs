@@ -14,7 +14,8 @@ use ferry_common::{
 };
 
 use crate::{
-    decision::{Decision, Delivery, TcVerdict, count, count_for_service},
+    debug::{self, Hook},
+    decision::{Decision, Delivery, NEW_FLOW, TcVerdict, count, count_for_service},
     forward,
     maps::ENDPOINTS,
     monitor,
@@ -24,21 +25,35 @@ use crate::{
 const PACKET_HOST: u32 = 0;
 
 /// A finished packet as a hook's deep frame hands it to its entry point:
-/// the tc action in the low 32 bits, and for a dropped or rejected packet
-/// its outcome + 1 above them (0: nothing to report; bit 63: a reject).
-/// The entry point, whose frame is nearly empty, reports it to the
-/// monitor (`settled`): the frames that decide have no stack left for it.
+/// the tc action in bits 0..32, the outcome in 32..40 and the frontend's
+/// service id in 40..58 (for the debug line), and above them what to
+/// report: `REPORT_DROP` / `REPORT_REJECT` (the monitor), `REPORT_COUNTED`
+/// (a packet ferry settled: the debug line). The entry point, whose frame
+/// is nearly empty, reports it (`settled`): the frames that decide have no
+/// stack left for it.
 pub type Finished = u64;
 
+const OUTCOME_SHIFT: u32 = 32;
+const SERVICE_SHIFT: u32 = 40;
+const SERVICE_MASK: u64 = (1 << 18) - 1;
+const REPORT_COUNTED: u64 = 1 << 61;
+const REPORT_DROP: u64 = 1 << 62;
 const REPORT_REJECT: u64 = 1 << 63;
+const _: () = assert!(ferry_common::SERVICE_STATS_SLOTS as u64 <= SERVICE_MASK);
+const _: () = assert!(ferry_common::outcome::COUNTER_SLOTS <= 256);
 
 /// The entry point's last step: report what `finished` asks to the
-/// monitor, and return its tc action.
+/// monitor and, while `ferry-agent debug on`, to the debug log; return its
+/// tc action.
 #[inline(always)]
-pub fn settled(skb: *mut aya_ebpf::bindings::__sk_buff, finished: Finished) -> i32 {
-    let report = (finished >> 32) & 0x7fff_ffff;
-    if report != 0 {
-        monitor::dropped(skb, report as u32 - 1, finished & REPORT_REJECT != 0);
+pub fn settled(skb: *mut aya_ebpf::bindings::__sk_buff, finished: Finished, hook: Hook) -> i32 {
+    let outcome = ((finished >> OUTCOME_SHIFT) & 0xff) as u32;
+    if finished & (REPORT_DROP | REPORT_REJECT) != 0 {
+        monitor::dropped(skb, outcome, finished & REPORT_REJECT != 0);
+    }
+    if finished & REPORT_COUNTED != 0 && debug::enabled() {
+        let service = ((finished >> SERVICE_SHIFT) & SERVICE_MASK) as u32;
+        debug::packet(skb, hook, outcome, service, finished as u32 as i32);
     }
     finished as u32 as i32
 }
@@ -52,23 +67,29 @@ pub fn settled(skb: *mut aya_ebpf::bindings::__sk_buff, finished: Finished) -> i
 pub fn finish(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>, traced: bool) -> Finished {
     let report = match decision.verdict {
         _ if traced => 0,
-        TcVerdict::Drop => u64::from(decision.outcome + 1) << 32,
-        TcVerdict::Redirected => (u64::from(decision.outcome + 1) << 32) | REPORT_REJECT,
+        TcVerdict::Drop => REPORT_DROP,
+        TcVerdict::Redirected => REPORT_REJECT,
         _ => 0,
     };
-    report | u64::from(act(ctx, len, decision, traced) as u32)
+    let (action, counted) = act(ctx, len, decision, traced);
+    let described = (u64::from(decision.outcome & 0xff) << OUTCOME_SHIFT)
+        | ((u64::from(decision.service & !NEW_FLOW) & SERVICE_MASK) << SERVICE_SHIFT);
+    let counted = if counted { REPORT_COUNTED } else { 0 };
+    report | counted | described | u64::from(action as u32)
 }
 
+/// The tc action, and whether the packet was counted (ferry's and no
+/// trace).
 #[inline(always)]
-fn act(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>, traced: bool) -> i32 {
+fn act(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>, traced: bool) -> (i32, bool) {
     let action = match decision.verdict {
-        TcVerdict::NotOurs => return TC_ACT_OK,
+        TcVerdict::NotOurs => return (TC_ACT_OK, false),
         TcVerdict::Pass => TC_ACT_OK,
         TcVerdict::Drop => TC_ACT_SHOT,
         TcVerdict::Redirected => TC_ACT_REDIRECT,
         TcVerdict::Deliver { dst, via } => match deliver(ctx, dst, via) {
             Some(action) => action,
-            None => return TC_ACT_OK,
+            None => return (TC_ACT_OK, false),
         },
     };
     if traced {
@@ -76,11 +97,12 @@ fn act(ctx: &TcContext, len: u32, decision: Decision<TcVerdict>, traced: bool) -
         let outcome = decision.outcome | TRACE_OUTCOME_WRITTEN;
         // SAFETY: writing a field of our own skb, which tc may write.
         unsafe { (*ctx.skb.skb).cb[TRACE_CB_OUTCOME] = outcome };
+        (action, false)
     } else {
         count(decision.outcome, len);
         count_for_service(decision.service, decision.outcome, len);
+        (action, true)
     }
-    action
 }
 
 /// The tc action sending the packet on to `dst`; None when it is not

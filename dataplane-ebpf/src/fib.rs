@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup as fib_lookup,
 };
 
-use crate::decision::NextHop;
+use crate::{decision::NextHop, maps::FIB_SCRATCH};
 
 pub const AF_INET: u8 = 2;
 
@@ -25,16 +25,25 @@ pub enum Fib {
 /// is the program's context (the skb, or the xdp_md).
 #[inline(always)]
 pub fn lookup(ctx: *mut c_void, dst: [u8; 4], ifindex: u32) -> Fib {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid argument.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    // The helper's 64-byte argument lives in a per-CPU scratch slot, not on
+    // the stack: the uplink's deepest frame has no 64 bytes to spare.
+    let Some(params) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return Fib::NoRoute;
+    };
+    // SAFETY: this CPU's slot, used by this program run only; an all-zero
+    // bpf_fib_lookup is a valid argument.
+    let params = unsafe {
+        *params = core::mem::zeroed();
+        &mut *params
+    };
     params.family = AF_INET;
     params.ifindex = ifindex;
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-    // SAFETY: params is a valid, fully initialised struct on our stack.
+    // SAFETY: params is a valid, fully initialised struct.
     let rc = unsafe {
         fib_lookup(
             ctx,
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )

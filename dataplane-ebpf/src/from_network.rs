@@ -8,10 +8,11 @@ use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use ferry_common::outcome;
 
 use crate::{
+    debug::Hook,
     decision::{Decision, Delivery, TcVerdict, passed},
     deliver, external, fragment,
     icmp_error::{self, Side},
-    parse::{L4Packet, Parsed, is_icmp, parse},
+    parse::{L4Packet, Parsed, is_icmp, is_trace, parse, parse_traced},
     translate,
 };
 
@@ -24,12 +25,17 @@ pub fn handle(ctx: &TcContext) -> i32 {
     // the verifier caps the frames of a call chain at 512 bytes together,
     // and the rest's frame alone nearly fills that. Only a look at the
     // protocol happens before the split, so the caller's frame stays empty.
+    // A trace run (`ferry-agent trace --on uplink`) gets a copy of its own
+    // in which every write is compiled out: reading the marker deep down
+    // would cost the real packets' frame the stack it has not got.
     let finished = if is_icmp(ctx) {
         icmp(ctx.skb.skb)
+    } else if is_trace(ctx) {
+        settle::<true>(ctx.skb.skb)
     } else {
-        settle(ctx.skb.skb)
+        settle::<false>(ctx.skb.skb)
     };
-    deliver::settled(ctx.skb.skb, finished)
+    deliver::settled(ctx.skb.skb, finished, Hook::FromNetwork)
 }
 
 #[inline(never)]
@@ -46,10 +52,10 @@ fn icmp(skb: *mut __sk_buff) -> deliver::Finished {
 }
 
 #[inline(never)]
-fn settle(skb: *mut __sk_buff) -> deliver::Finished {
+fn settle<const TRACED: bool>(skb: *mut __sk_buff) -> deliver::Finished {
     let ctx = TcContext::new(skb);
     let len = ctx.len();
-    let decision = match parse(&ctx) {
+    let decision = match parse_traced(&ctx, TRACED) {
         Parsed::L4(pkt) => decide(&ctx, &pkt),
         Parsed::Icmp(dst) | Parsed::OtherIpv4(dst) => {
             Decision::deliver(outcome::PASSED, dst, LOCAL_POD_ONLY)
@@ -64,7 +70,7 @@ fn settle(skb: *mut __sk_buff) -> deliver::Finished {
         // Not ours to judge: the kernel handles what is not for a pod.
         Parsed::NotIpv4 | Parsed::MalformedIpv4 | Parsed::TruncatedL4 => Decision::not_ours(),
     };
-    deliver::finish(&ctx, len, decision, false)
+    deliver::finish(&ctx, len, decision, TRACED)
 }
 
 #[inline(always)]

@@ -4,6 +4,7 @@ use ferry_common::{SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_FROM_PODS, new_flow::Client,
 
 use crate::{
     balance, conntrack,
+    debug::Hook,
     decision::{Decision, Delivery, TcVerdict, passed},
     deliver, fragment,
     icmp_error::{self, Side},
@@ -21,7 +22,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
             Decision::drop(outcome::DROP_SPOOFED_SOURCE),
             is_trace(ctx),
         );
-        return deliver::settled(ctx.skb.skb, finished);
+        return deliver::settled(ctx.skb.skb, finished, Hook::FromPod);
     }
     // ICMP and the rest each get a frame of their own (BPF-to-BPF calls):
     // the verifier caps the frames of a call chain at 512 bytes together,
@@ -33,7 +34,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     } else {
         settle(ctx.skb.skb)
     };
-    deliver::settled(ctx.skb.skb, finished)
+    deliver::settled(ctx.skb.skb, finished, Hook::FromPod)
 }
 
 /// An IPv4 packet whose source is not the address of the pod behind this

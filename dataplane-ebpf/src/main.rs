@@ -5,6 +5,7 @@
 
 mod balance;
 mod conntrack;
+mod debug;
 mod decision;
 mod deliver;
 mod external;

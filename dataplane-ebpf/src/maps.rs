@@ -163,3 +163,8 @@ macro_rules! declare_maps {
 }
 
 with_map_names!(declare_maps);
+
+/// Scratch space for `bpf_fib_lookup`'s argument (`fib`), per CPU: not
+/// pinned, nothing outlives a program run in it.
+#[btf_map]
+pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup, 1> = PerCpuArray::new();

@@ -39,8 +39,7 @@ pub struct L4Packet {
     /// write no map.
     pub dry_run: bool,
     /// A new flow of this packet is reported to `ferry-agent monitor`
-    /// (`monitor::new_flow`). The pod hook only: the uplink's frames have
-    /// no stack to spare for it.
+    /// (`monitor::new_flow`) while a monitor asks for flows.
     pub reports_flows: bool,
 }
 
@@ -130,10 +129,8 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     parse_frame(&Frame::of_tc(ctx), false, false)
 }
 
-/// `parse`, for a hook that honours trace runs (`L4Packet::dry_run`) and
-/// reports new flows to the monitor. Only the pod's hook does: the
-/// uplink's TCP/UDP path has no stack to spare for either (the verifier's
-/// 512 bytes), so it is never traced and its new flows are not reported.
+/// `parse`, for the tc hooks' TCP/UDP path, which honours trace runs
+/// (`L4Packet::dry_run`) and reports new flows to the monitor.
 #[inline(always)]
 pub fn parse_traced(ctx: &TcContext, traced: bool) -> Parsed {
     pull_headers(ctx);

@@ -34,7 +34,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         end: ctx.data_end(),
         len: ctx.data_end() - ctx.data(),
     };
-    let decision = match parse_frame(&frame, false, false) {
+    let decision = match parse_frame(&frame, false, true) {
         // A first fragment's ports must be recorded for the rest of its
         // datagram, which only tc can follow (`fragment`): all fragments
         // are tc's.

@@ -463,6 +463,19 @@ impl Node {
             .context("starting ferry-sock-client")
     }
 
+    /// `ferry-agent debug SWITCH` (on, off, status) against this node's
+    /// pins; what it printed.
+    pub fn debug(&self, switch: &str) -> Result<String> {
+        let out = Command::new(&self.bins.agent)
+            .args(["debug", switch, "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("debug {switch}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `ferry-agent inspect WHAT` against this node's pins.
     pub fn inspect(&self, what: &str) -> Result<String> {
         let out = Command::new(&self.bins.agent)

@@ -140,10 +140,19 @@ impl Kernel {
     /// source; (verdict, output bytes, the outcome handed back).
     pub fn run_traced(&mut self, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
         self.set_sender(ipv4_source(input).unwrap_or(Ipv4Addr::UNSPECIFIED));
+        self.run_traced_program(ferry_agent::loader::PROG_FROM_POD, input)
+    }
+
+    /// `run_traced` through the from-network program (`trace --on uplink`).
+    pub fn run_traced_from_network(&mut self, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
+        self.run_traced_program(ferry_agent::loader::PROG_FROM_NETWORK, input)
+    }
+
+    fn run_traced_program(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
         let ctx_in = ferry_agent::trace::trace_context(0);
         let mut ctx_out = [0u8; ferry_agent::trace::SKB_CTX_LEN];
         let mut out = vec![0u8; input.len() + 256];
-        let prog = self.dataplane.program(ferry_agent::loader::PROG_FROM_POD);
+        let prog = self.dataplane.program(name);
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(input),

@@ -94,3 +94,70 @@ fn a_trace_neither_records_nor_refreshes_affinity() {
         "nor refreshed by a trace"
     );
 }
+
+/// The uplink's program under the trace marker (`trace --on uplink`): an
+/// external client's SYN to a NodePort whose backend is on another node
+/// gets the same rewrite (DNAT and source NAT to a free node port) as the
+/// real packet would, and takes no port, records no flow, counts nothing.
+#[test]
+fn an_uplink_trace_is_decided_as_a_real_packet_and_writes_nothing() {
+    use std::collections::BTreeMap;
+
+    use ferry_agent::maps::{NodeMap, Routes};
+    use ferry_common::{ROUTE_MODE_NATIVE, Route, SCOPE_EXTERNAL, ServiceKey};
+
+    let node = Ipv4Addr::new(192, 168, 77, 11);
+    let client = Ipv4Addr::new(192, 0, 2, 50);
+    let mut k = Kernel::load();
+    NodeMap::open(k.pin_dir())
+        .unwrap()
+        .set_address(Some(node))
+        .unwrap();
+    let mut routes = BTreeMap::new();
+    routes.insert(
+        "10.244.2.0/24".parse().unwrap(),
+        Route {
+            node_addr: [192, 168, 77, 12],
+            mode: ROUTE_MODE_NATIVE,
+            ifindex: 1,
+            vni: 0,
+        },
+    );
+    Routes::open(k.pin_dir()).unwrap().sync(&routes).unwrap();
+    let node_port = ServiceKey {
+        addr: node.octets(),
+        port: 30080,
+        protocol: PROTO_TCP,
+        scope: SCOPE_EXTERNAL,
+    };
+    let id = k
+        .services
+        .upsert_frontend(node_port, &[backend(POD, 8080)], "default/web:http", 0)
+        .unwrap();
+    let syn = Packet::tcp((client, 40000), (node, 30080), TCP_SYN, b"").bytes();
+
+    let counters = k.counters();
+    let (verdict, out, seen) = k.run_traced_from_network(&syn);
+    assert_eq!(seen, Some(outcome::TRANSLATED));
+    assert_eq!(out[26..30], node.octets(), "source NAT to the node");
+    assert_eq!(out[30..34], POD.octets(), "DNAT to the remote backend");
+    assert!(k.flows().is_empty(), "a trace recorded a flow");
+    assert_eq!(k.counters(), counters, "a trace counted");
+    assert_eq!(k.service_stats(id), Default::default());
+
+    // The real packet: same verdict and destination; its source port is
+    // drawn afresh, so only the addresses are compared.
+    let (real_verdict, real_out) = k.run_from_network(&syn);
+    assert_eq!(verdict, real_verdict);
+    assert_eq!(real_out[26..34], out[26..34]);
+    assert_eq!(k.flows().len(), 2, "the real packet recorded its flow");
+    assert_eq!(k.service_stats(id).new_connections, 1);
+
+    // A trace of the flow's next packet finds it and leaves it as it was.
+    let before = k.flows();
+    let ack = Packet::tcp((client, 40000), (node, 30080), TCP_ACK, b"x").bytes();
+    let (_, out, seen) = k.run_traced_from_network(&ack);
+    assert_eq!(seen, Some(outcome::TRANSLATED));
+    assert_eq!(out[26..34], real_out[26..34]);
+    assert_eq!(k.flows(), before);
+}
