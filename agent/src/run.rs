@@ -99,7 +99,7 @@ impl Agent {
             }
         };
         self.metrics
-            .record_sync((done - parsed).as_secs_f64(), &programming);
+            .record_sync((done - parsed).as_secs_f64(), &programming, r.failed() == 0);
         self.metrics.record_terminated_sockets(r.terminated_sockets);
         if r.routes.changed() + r.kernel_routes.changed() > 0 {
             tracing::info!(
@@ -158,7 +158,7 @@ impl Agent {
                         self.apply(snapshot, &name, true);
                     }
                 }
-                _ = gc.tick() => self.reconciler.collect_garbage(monotonic_now_ns()),
+                _ = gc.tick() => self.metrics.record_conntrack(self.reconciler.collect_garbage(monotonic_now_ns())),
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
             }

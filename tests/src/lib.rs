@@ -5,6 +5,7 @@ pub mod capture;
 pub mod client;
 pub mod fixture;
 pub mod fuzz;
+pub mod metrics;
 pub mod service_cidrs;
 pub mod spoofing;
 /// The packet builder lives in the harness so that the benchmark builds its

@@ -83,14 +83,14 @@ async fn the_endpoints_keep_their_answers() {
         body(&not_ready),
         "not ready: the first full sync has not been written yet\n"
     );
-    m.record_sync(0.001, &[]);
+    m.record_sync(0.001, &[], true);
     let ready = get(addr, "/readyz?verbose").await;
     assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
 
     let scrape = get(addr, "/metrics").await;
     assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n"), "{scrape}");
     assert!(
-        scrape.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"),
+        scrape.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
         "{scrape}"
     );
     assert!(body(&scrape).contains("ferry_syncs_total 1\n"), "{scrape}");

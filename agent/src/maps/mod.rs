@@ -17,6 +17,7 @@ pub mod frontend_filter;
 pub mod node;
 pub mod routes;
 pub mod service_ranges;
+pub mod service_stats;
 pub mod services;
 
 pub use affinity::AffinityTable;
@@ -27,6 +28,7 @@ pub use frontend_filter::FrontendFilter;
 pub use node::NodeMap;
 pub use routes::Routes;
 pub use service_ranges::ServiceRanges;
+pub use service_stats::ServiceStatsTable;
 pub use services::{ServiceTable, SyncError};
 
 #[derive(Debug, thiserror::Error)]

@@ -14,12 +14,16 @@ use std::{
 use aya::maps::{HashMap, MapData, MapError, lpm_trie};
 use ferry_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_FRONTEND_FILTER, MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICES, MAP_SOURCE_RANGES,
-    MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
-    SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
+    MAP_FRONTEND_FILTER, MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_SOURCE_RANGES, MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
+    SERVICE_STATS_SLOTS, SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions,
+    ServiceValue, SourceRangeKey,
 };
 
-use super::{FrontendFilter, OpenError, found, is_not_found, missing_is_fine, open_pinned};
+use super::{
+    FrontendFilter, OpenError, found, is_not_found, missing_is_fine, open_pinned,
+    service_stats::ServiceStatsTable,
+};
 use crate::net::Ipv4Net;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +93,9 @@ pub struct ServiceTable {
     source_ranges: SourceRanges,
     /// Which addresses may hold a frontend (`ferry_fe_filter`).
     filter: FrontendFilter,
+    /// Per-frontend counts, zeroed when an id is handed out. None only for
+    /// the pins of an agent older than the map (the CLI reading them).
+    stats: Option<ServiceStatsTable>,
     used_ids: BTreeSet<u32>,
     /// What `source_ranges` holds, by service id (read once at open).
     ranges_by_id: BTreeMap<u32, BTreeSet<Ipv4Net>>,
@@ -155,6 +162,7 @@ impl ServiceTable {
         let filter = FrontendFilter::open(pin_dir, &services)?;
         Ok(Self {
             filter,
+            stats: ServiceStatsTable::open(pin_dir).ok(),
             services,
             backends,
             names,
@@ -174,6 +182,14 @@ impl ServiceTable {
                 break;
             }
             id = used.checked_add(1).ok_or(SyncError::NoFreeId)?;
+        }
+        // The id may have been another frontend's: its counts go before
+        // the new frontend can be looked up (and counted), so a new Service
+        // starts from zero rather than from a removed one's totals.
+        // (An id past the map's slots has none: the datapath counts
+        // nothing for it either.)
+        if let Some(stats) = self.stats.as_mut().filter(|_| id < SERVICE_STATS_SLOTS) {
+            stats.zero(id).map_err(write_failed(MAP_SERVICE_STATS))?;
         }
         self.used_ids.insert(id);
         Ok(id)

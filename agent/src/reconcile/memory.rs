@@ -173,8 +173,8 @@ impl FlowTable for MemoryHost {
         Ok(stale.len())
     }
 
-    fn collect_garbage(&mut self, _now_ns: u64) -> TargetResult<usize> {
-        Ok(0)
+    fn collect_garbage(&mut self, _now_ns: u64) -> TargetResult<super::targets::GcReport> {
+        Ok(Default::default())
     }
 }
 

@@ -25,6 +25,7 @@ use targets::{
 
 use crate::{
     config::PortRange,
+    maps::conntrack::ConntrackSummary,
     net::Ipv4Net,
     plan::{
         DesiredFrontend, NodePlan,
@@ -145,6 +146,18 @@ pub struct Report {
     pub failures: usize,
 }
 
+impl Report {
+    /// Entries and targets that could not be written (retried at the next
+    /// sync); 0: the node holds the plan.
+    pub fn failed(&self) -> usize {
+        self.services.failed
+            + self.service_ranges.failed
+            + self.routes.failed
+            + self.kernel_routes.failed
+            + self.failures
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error(
@@ -190,11 +203,20 @@ impl Reconciler {
     }
 
     /// Remove expired flows (the agent's periodic garbage collection).
-    pub fn collect_garbage(&mut self, now_ns: u64) {
+    /// Returns what the walk saw of the flows left (None if it failed), for
+    /// the metrics.
+    pub fn collect_garbage(&mut self, now_ns: u64) -> Option<ConntrackSummary> {
         match self.targets.flows.collect_garbage(now_ns) {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "conntrack garbage collected"),
-            Err(e) => tracing::warn!(error = %e, "conntrack garbage collection failed"),
+            Ok(report) => {
+                if report.removed > 0 {
+                    tracing::debug!(removed = report.removed, "conntrack garbage collected");
+                }
+                Some(report.summary)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "conntrack garbage collection failed");
+                None
+            }
         }
     }
 

@@ -100,8 +100,8 @@ impl FlowTable for Conntrack {
         Ok(flows)
     }
 
-    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<usize> {
-        Conntrack::collect_garbage(self, now_ns).map_err(TargetError::new)
+    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<super::targets::GcReport> {
+        Conntrack::collect_garbage_and_count(self, now_ns).map_err(TargetError::new)
     }
 }
 

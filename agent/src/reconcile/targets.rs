@@ -44,6 +44,9 @@ pub trait Table<K, V> {
     fn remove(&mut self, key: &K) -> TargetResult<()>;
 }
 
+/// What a garbage collection did and saw.
+pub use crate::maps::conntrack::GcReport;
+
 /// A flow to remove: tracked connections of `protocol` to the frontend
 /// `addr:port` that were sent to `backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,8 +64,8 @@ pub trait FlowTable {
     /// flows went.
     fn remove_flows(&mut self, stale: &[StaleFlows]) -> TargetResult<usize>;
     /// Remove the flows that have expired by `now_ns`; returns how many
-    /// entries went.
-    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<usize>;
+    /// entries went and what the walk saw of the flows left.
+    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<GcReport>;
 }
 
 /// The sockets socket-level load balancing connected to a backend, as far
