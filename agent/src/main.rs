@@ -63,11 +63,12 @@ enum Command {
         /// first packet).
         #[arg(long, default_value = "S")]
         flags: String,
-        /// The hook: the sending pod's veth, or the node's uplink.
+        /// The hook: the sending pod's veth, the node's uplink (tc), or the
+        /// uplink's XDP program.
         #[arg(long, value_enum, default_value = "pod")]
         on: TraceHook,
-        /// With --on uplink: the uplink device (default: the one the agent
-        /// attached its program to).
+        /// With --on uplink or xdp: the uplink device (default: the one the
+        /// agent attached its program to).
         #[arg(long, value_name = "IFACE")]
         dev: Option<String>,
         /// Trace every packet of this capture (pcap or pcapng, Ethernet or
@@ -141,6 +142,7 @@ enum MonitorKind {
 enum TraceHook {
     Pod,
     Uplink,
+    Xdp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -215,6 +217,9 @@ fn main() -> anyhow::Result<()> {
             let on = match on {
                 TraceHook::Pod => On::Pod,
                 TraceHook::Uplink => On::Uplink {
+                    ifindex: trace::uplink_ifindex(&pin_dir, dev.as_deref())?,
+                },
+                TraceHook::Xdp => On::Xdp {
                     ifindex: trace::uplink_ifindex(&pin_dir, dev.as_deref())?,
                 },
             };

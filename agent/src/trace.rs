@@ -10,12 +10,13 @@ use std::{
     path::Path,
 };
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
 use ferry_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS, ServiceKey,
-    outcome,
-    trace::{TRACE_CB_OUTCOME, TRACE_MARK, TRACE_OUTCOME_WRITTEN, TRACE_PRIORITY},
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CtKey, PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD,
+    PIN_PROG_XDP_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL,
+    SCOPE_EXTERNAL_FROM_PODS, ServiceKey, outcome,
+    trace::{TRACE_CB_OUTCOME, TRACE_MARK, TRACE_META_LEN, TRACE_OUTCOME_WRITTEN, TRACE_PRIORITY},
 };
 use serde::Serialize;
 
@@ -92,6 +93,38 @@ pub fn trace_context(ifindex: u32) -> [u8; SKB_CTX_LEN] {
     ctx[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
+}
+
+/// `struct xdp_md`'s size.
+pub const XDP_CTX_LEN: usize = 24;
+
+/// An XDP trace run's input: the marker as metadata before `frame`, and
+/// the context saying so (`ferry_common::trace::TRACE_META_LEN`), the
+/// packet arriving on `ifindex` (queue 0).
+pub fn xdp_trace_input(frame: &[u8], ifindex: u32) -> (Vec<u8>, [u8; XDP_CTX_LEN]) {
+    let mut data = Vec::with_capacity(TRACE_META_LEN + frame.len());
+    // Priority first: its top bit is clear, so the first word tells the
+    // marker left as it was from an outcome written over it.
+    data.extend_from_slice(&TRACE_PRIORITY.to_ne_bytes());
+    data.extend_from_slice(&TRACE_MARK.to_ne_bytes());
+    data.extend_from_slice(frame);
+    let mut ctx = [0u8; XDP_CTX_LEN];
+    // data, data_end, data_meta (offsets into the input), ingress_ifindex.
+    ctx[0..4].copy_from_slice(&(TRACE_META_LEN as u32).to_ne_bytes());
+    ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    (data, ctx)
+}
+
+/// An XDP trace run's output split: the outcome it handed back in the
+/// metadata (None: it left the packet to tc), and the frame.
+pub fn xdp_trace_output(out: &[u8]) -> (Option<u32>, &[u8]) {
+    let Some(word) = out.get(..4) else {
+        return (None, out);
+    };
+    let word = u32::from_ne_bytes(word.try_into().expect("4 bytes"));
+    let outcome = (word & TRACE_OUTCOME_WRITTEN != 0).then_some(word & !TRACE_OUTCOME_WRITTEN);
+    (outcome, out.get(TRACE_META_LEN..).unwrap_or_default())
 }
 
 /// The outcome a trace run left in its context (`outcome::*`), if any.
@@ -293,6 +326,8 @@ pub enum On {
     Pod,
     /// The node's uplink, the device with this ifindex (`ferry_from_network`).
     Uplink { ifindex: u32 },
+    /// The uplink's XDP program (`ferry_xdp_uplink`), before tc.
+    Xdp { ifindex: u32 },
 }
 
 /// Run `probe` through the hook `on` pinned under `pin_dir`: on `Pod`, as
@@ -304,7 +339,9 @@ pub fn trace(pin_dir: &Path, probe: &Probe, on: On) -> Result<TraceReport, Trace
             let pod = local_pod(pin_dir, *probe.from.ip())?;
             frame(probe, (pod.host_mac, pod.pod_mac))
         }
-        On::Uplink { ifindex } => frame(probe, (uplink_mac(ifindex), EXTERNAL_MAC)),
+        On::Uplink { ifindex } | On::Xdp { ifindex } => {
+            frame(probe, (uplink_mac(ifindex), EXTERNAL_MAC))
+        }
     };
     run(pin_dir, probe, input, on)
 }
@@ -416,38 +453,28 @@ pub fn uplink_ifindex(pin_dir: &Path, dev: Option<&str>) -> Result<u32, TraceErr
 }
 
 fn run(pin_dir: &Path, probe: &Probe, input: Vec<u8>, on: On) -> Result<TraceReport, TraceError> {
-    let (pin, ifindex, hook) = match on {
-        On::Pod => (
-            PIN_PROG_FROM_POD,
-            local_pod(pin_dir, *probe.from.ip())?.ifindex,
-            "pod veth (tc ingress, ferry_from_pod)",
-        ),
+    let (hook, ran) = match on {
+        On::Pod => {
+            let ifindex = local_pod(pin_dir, *probe.from.ip())?.ifindex;
+            (
+                "pod veth (tc ingress, ferry_from_pod)",
+                run_tc(pin_dir, PIN_PROG_FROM_POD, ifindex, &input)?,
+            )
+        }
         On::Uplink { ifindex } => (
-            PIN_PROG_FROM_NETWORK,
-            ifindex,
             "uplink (tc ingress, ferry_from_network)",
+            run_tc(pin_dir, PIN_PROG_FROM_NETWORK, ifindex, &input)?,
+        ),
+        On::Xdp { ifindex } => (
+            "uplink (XDP, ferry_xdp_uplink)",
+            run_xdp(pin_dir, ifindex, &input)?,
         ),
     };
-    let path = pin_dir.join(pin);
-    let program = SchedClassifier::from_pin(&path).map_err(|source| TraceError::Program {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let ctx_in = trace_context(ifindex);
-    let mut ctx_out = [0u8; SKB_CTX_LEN];
-    let mut out = vec![0u8; input.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(&input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx_in),
-            ctx_out: Some(&mut ctx_out),
-            ..TestRunOptions::new()
-        })
-        .map_err(TraceError::Run)?;
-    out.truncate(result.data_size_out as usize);
-    let outcome = traced_outcome(&ctx_out);
-
+    let Ran {
+        action,
+        out,
+        outcome,
+    } = ran;
     let frontend = frontend_of(pin_dir, probe, on)?;
     let flow = flow_of(pin_dir, probe, frontend.is_some())?;
     let translated = outcome == Some(outcome::TRANSLATED);
@@ -460,21 +487,21 @@ fn run(pin_dir: &Path, probe: &Probe, input: Vec<u8>, on: On) -> Result<TraceRep
             _ => "?".into(),
         }
     });
-    let verdict = match (result.return_value, outcome) {
-        // The uplink hands what is not ferry's to the kernel unjudged.
-        (TC_ACT_OK, None) => "pass (not ferry's: the node's own traffic)",
-        (TC_ACT_OK, _) => "pass (to the node's stack)",
-        (TC_ACT_SHOT, _) => "drop",
-        (TC_ACT_REDIRECT, _) => "redirect",
-        _ => "other",
-    };
-    let dst = if out.len() >= 34 {
-        Ipv4Addr::new(out[30], out[31], out[32], out[33])
-    } else {
-        *probe.to.ip()
-    };
     let endpoints = Endpoints::open(pin_dir)?;
-    let next_hop = next_hop(&endpoints, result.return_value, dst, outcome)?;
+    let (verdict, next_hop) = match on {
+        On::Xdp { .. } => xdp_verdict(action),
+        On::Pod | On::Uplink { .. } => {
+            let dst = if out.len() >= 34 {
+                Ipv4Addr::new(out[30], out[31], out[32], out[33])
+            } else {
+                *probe.to.ip()
+            };
+            (
+                tc_verdict(action, outcome),
+                next_hop(&endpoints, action, dst, outcome)?,
+            )
+        }
+    };
     Ok(TraceReport {
         hook,
         packet: format!(
@@ -500,6 +527,105 @@ fn run(pin_dir: &Path, probe: &Probe, input: Vec<u8>, on: On) -> Result<TraceRep
     })
 }
 
+/// What a test run gave: the program's action, the frame it left and the
+/// outcome it handed back.
+struct Ran {
+    action: u32,
+    out: Vec<u8>,
+    outcome: Option<u32>,
+}
+
+/// Run the pinned tc program `pin` on `input` under the trace marker, as
+/// arriving on `ifindex`.
+fn run_tc(pin_dir: &Path, pin: &str, ifindex: u32, input: &[u8]) -> Result<Ran, TraceError> {
+    let path = pin_dir.join(pin);
+    let program = SchedClassifier::from_pin(&path).map_err(|source| TraceError::Program {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let ctx_in = trace_context(ifindex);
+    let mut ctx_out = [0u8; SKB_CTX_LEN];
+    let mut out = vec![0u8; input.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::new()
+        })
+        .map_err(TraceError::Run)?;
+    out.truncate(result.data_size_out as usize);
+    Ok(Ran {
+        action: result.return_value,
+        out,
+        outcome: traced_outcome(&ctx_out),
+    })
+}
+
+/// Run the pinned XDP program on `input` under the trace marker, as
+/// arriving on `ifindex` (whose routes and neighbours its next hop comes
+/// from).
+fn run_xdp(pin_dir: &Path, ifindex: u32, input: &[u8]) -> Result<Ran, TraceError> {
+    let path = pin_dir.join(PIN_PROG_XDP_UPLINK);
+    let program =
+        Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| TraceError::Program {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let (data, ctx_in) = xdp_trace_input(input, ifindex);
+    let mut out = vec![0u8; data.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(&data),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ..TestRunOptions::new()
+        })
+        .map_err(TraceError::Run)?;
+    out.truncate(result.data_size_out as usize);
+    let (outcome, frame) = xdp_trace_output(&out);
+    Ok(Ran {
+        action: result.return_value,
+        out: frame.to_vec(),
+        outcome,
+    })
+}
+
+fn tc_verdict(action: u32, outcome: Option<u32>) -> &'static str {
+    match (action, outcome) {
+        // The uplink hands what is not ferry's to the kernel unjudged.
+        (TC_ACT_OK, None) => "pass (not ferry's: the node's own traffic)",
+        (TC_ACT_OK, _) => "pass (to the node's stack)",
+        (TC_ACT_SHOT, _) => "drop",
+        (TC_ACT_REDIRECT, _) => "redirect",
+        _ => "other",
+    }
+}
+
+/// XDP's verdict, and where the packet goes.
+fn xdp_verdict(action: u32) -> (&'static str, String) {
+    const XDP_PASS: u32 = 2;
+    const XDP_TX: u32 = 3;
+    const XDP_REDIRECT: u32 = 4;
+    match action {
+        XDP_PASS => (
+            "pass (left to tc)",
+            "the uplink's tc program, which settles it: XDP sends only a packet of an external flow to a backend on another node whose neighbour is resolved (`trace --on uplink` shows what tc does)"
+                .into(),
+        ),
+        XDP_TX => (
+            "transmit (XDP_TX)",
+            "back out of the uplink, towards the backend's node or the client".into(),
+        ),
+        XDP_REDIRECT => (
+            "redirect (XDP)",
+            "out of another interface, towards the backend's node or the client".into(),
+        ),
+        _ => ("other", "-".into()),
+    }
+}
+
 /// The frontend `probe` is addressed to, as the hook `on` looks it up:
 /// the pod's, a ClusterIP, else an external address as pods reach it; the
 /// uplink's, an external address (NodePort, LoadBalancer IP, externalIP).
@@ -516,7 +642,7 @@ fn frontend_of(pin_dir: &Path, probe: &Probe, on: On) -> Result<Option<FrontendM
                 "external address (as pods reach it)",
             ),
         ],
-        On::Uplink { .. } => &[(
+        On::Uplink { .. } | On::Xdp { .. } => &[(
             SCOPE_EXTERNAL,
             "external address (NodePort, LoadBalancer IP or externalIP)",
         )],

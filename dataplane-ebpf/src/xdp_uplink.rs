@@ -6,13 +6,18 @@
 //! Everything else is handed to the tc programs, which share the conntrack
 //! map, so a flow is the same flow on either path.
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_PASS, XDP_TX},
+    bindings::{
+        xdp_action::{XDP_PASS, XDP_TX},
+        xdp_md,
+    },
     helpers::generated::bpf_redirect,
     programs::XdpContext,
 };
 use ferry_common::{
     CT_DIR_ORIGINAL, CT_DIR_REPLY, ROUTE_MODE_NATIVE, SCOPE_EXTERNAL, ServiceValue,
-    new_flow::Client, outcome,
+    new_flow::Client,
+    outcome,
+    trace::{TRACE_MARK, TRACE_META_LEN, TRACE_OUTCOME_WRITTEN, TRACE_PRIORITY},
 };
 
 use crate::{
@@ -29,32 +34,73 @@ use crate::{
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
+    // A trace run (`ferry-agent trace --on xdp`) gets a copy of its own in
+    // which every write is compiled out; both copies are frames of their
+    // own, as one would not fit on top of the other.
+    if is_trace(ctx) {
+        run::<true>(ctx.ctx)
+    } else {
+        run::<false>(ctx.ctx)
+    }
+}
+
+/// A trace run carries the trace marker (`ferry_common::trace`) in its
+/// first 8 bytes of XDP metadata; a real packet has no metadata (nothing
+/// before ferry's program on the uplink writes any).
+#[inline(always)]
+fn is_trace(ctx: &XdpContext) -> bool {
+    let meta = ctx.metadata();
+    if meta + TRACE_META_LEN > ctx.data() {
+        return false;
+    }
+    // SAFETY: bounds checked against `data` just above.
+    let marker = unsafe { *(meta as *const [u32; 2]) };
+    marker == [TRACE_PRIORITY, TRACE_MARK]
+}
+
+#[inline(never)]
+fn run<const TRACED: bool>(md: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(md);
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
         len: ctx.data_end() - ctx.data(),
     };
-    let decision = match parse_frame(&frame, false, true) {
+    let decision = match parse_frame(&frame, TRACED, true) {
         // A first fragment's ports must be recorded for the rest of its
         // datagram, which only tc can follow (`fragment`): all fragments
         // are tc's.
         Parsed::L4(pkt) if !pkt.first_fragment => {
-            decide(ctx, &frame, &pkt).unwrap_or_else(Decision::hand_to_tc)
+            decide(&ctx, &frame, &pkt).unwrap_or_else(Decision::hand_to_tc)
         }
         _ => Decision::hand_to_tc(),
     };
-    finish(ctx, &frame, decision)
+    finish::<TRACED>(&ctx, &frame, decision)
 }
 
 /// The XDP hook's finishing step: send what it translated (counted, under
-/// the counting policy in `decision`), hand the rest to tc uncounted.
+/// the counting policy in `decision`), hand the rest to tc uncounted. A
+/// trace counts nothing and hands the outcome of what it would send back
+/// in the metadata's first word instead (nothing there: left to tc).
 #[inline(always)]
-fn finish(ctx: &XdpContext, frame: &Frame, decision: Decision<XdpVerdict>) -> u32 {
+fn finish<const TRACED: bool>(
+    ctx: &XdpContext,
+    frame: &Frame,
+    decision: Decision<XdpVerdict>,
+) -> u32 {
     let XdpVerdict::Transmit(hop) = decision.verdict else {
         return XDP_PASS;
     };
-    count(decision.outcome, frame.len as u32);
-    count_for_service(decision.service, decision.outcome, frame.len as u32);
+    if TRACED {
+        let meta = ctx.metadata();
+        if meta + TRACE_META_LEN <= ctx.data() {
+            // SAFETY: bounds checked against `data` just above.
+            unsafe { *(meta as *mut u32) = decision.outcome | TRACE_OUTCOME_WRITTEN };
+        }
+    } else {
+        count(decision.outcome, frame.len as u32);
+        count_for_service(decision.service, decision.outcome, frame.len as u32);
+    }
     if frame.store(0, hop.macs).is_none() {
         return XDP_PASS;
     }
@@ -137,8 +183,10 @@ fn start(pkt: &L4Packet, service: &ServiceValue) -> Option<NatTarget> {
     };
     // The flow starts here, whoever sends its packets: tc follows a flow
     // XDP recorded as one it finds, so the new flow is counted now.
-    if let Some(stats) = service_stats(id) {
-        stats.new_connections += 1;
+    if !pkt.dry_run {
+        if let Some(stats) = service_stats(id) {
+            stats.new_connections += 1;
+        }
     }
     Some(target)
 }

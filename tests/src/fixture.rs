@@ -148,6 +148,25 @@ impl Kernel {
         self.run_traced_program(ferry_agent::loader::PROG_FROM_NETWORK, input)
     }
 
+    /// The uplink's XDP program under the trace marker; (XDP action, the
+    /// frame it leaves, the outcome handed back: None when left to tc).
+    pub fn run_xdp_traced(&mut self, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
+        let (data, ctx_in) = ferry_agent::trace::xdp_trace_input(input, 0);
+        let mut out = vec![0u8; data.len() + 256];
+        let prog = self.dataplane.xdp_program();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN (XDP trace)");
+        out.truncate(result.data_size_out as usize);
+        let (outcome, frame) = ferry_agent::trace::xdp_trace_output(&out);
+        (result.return_value, frame.to_vec(), outcome)
+    }
+
     fn run_traced_program(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
         let ctx_in = ferry_agent::trace::trace_context(0);
         let mut ctx_out = [0u8; ferry_agent::trace::SKB_CTX_LEN];

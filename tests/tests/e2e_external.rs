@@ -195,6 +195,46 @@ fn external(routing: &str) {
             .collect();
         assert_eq!(udp, both, "UDP NodePort on {name}\n{}", logs(&nodes));
     }
+    if routing == "native" {
+        // `trace --on xdp` on n1, which has no backend: XDP itself would
+        // send the SYN on to n2 or n3, source-NATed to n1, out of the
+        // uplink it came in on (XDP_TX), and records nothing doing so. (Now
+        // that n1 has sent to both, it knows both neighbours: XDP sends
+        // only to a resolved one.)
+        let flows_before = nodes[0].inspect("conntrack").unwrap();
+        let from = format!("{CLIENT_ADDR}:43000");
+        let to = format!("{}:{WEB_NODEPORT}", NODES[0].1);
+        let xdp = nodes[0]
+            .trace(&["--on", "xdp", "--from", &from, "--to", &to])
+            .unwrap();
+        assert_eq!(xdp["outcome"], "translated_xdp", "{xdp:#}");
+        assert_eq!(xdp["verdict"], "transmit (XDP_TX)", "{xdp:#}");
+        assert_eq!(xdp["frontend"]["service"], "default/web:http", "{xdp:#}");
+        let rewritten = |field: &str| {
+            xdp["rewrites"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["field"] == field)
+                .map(|r| r["after"].as_str().unwrap().to_string())
+        };
+        assert_eq!(
+            rewritten("ip.src").as_deref(),
+            Some("192.168.77.11"),
+            "{xdp:#}"
+        );
+        let dst = rewritten("ip.dst").unwrap();
+        assert!(
+            dst.starts_with("10.244.2.") || dst.starts_with("10.244.3."),
+            "{xdp:#}"
+        );
+        assert_eq!(
+            nodes[0].inspect("conntrack").unwrap(),
+            flows_before,
+            "an XDP trace recorded a flow"
+        );
+    }
+
     let frames: Vec<Vec<u8>> = captures.into_iter().flat_map(Capture::finish).collect();
     let checked: Vec<&Vec<u8>> = frames
         .iter()

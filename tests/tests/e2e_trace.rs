@@ -260,6 +260,14 @@ fn an_uplink_trace_explains_an_external_packet_and_changes_no_map() {
         reports[1]
     );
 
+    // XDP leaves a flow to a local backend to tc (bpf_redirect_peer).
+    let xdp = node
+        .trace(&["--on", "xdp", "--from", &from, "--to", &to])
+        .unwrap();
+    assert_eq!(xdp["verdict"], "pass (left to tc)", "{xdp:#}");
+    assert!(xdp["hook"].as_str().unwrap().contains("XDP"), "{xdp:#}");
+    assert_eq!(xdp["frontend"]["service"], "default/web:http", "{xdp:#}");
+
     let changed = changed_maps(&before, &node.dump_maps().unwrap());
     assert!(changed.is_empty(), "the traces changed maps {changed:?}");
     assert_eq!(

@@ -179,3 +179,30 @@ fn what_xdp_leaves_alone_it_does_not_record() {
     }
     assert!(k.conntrack.entries().unwrap().is_empty());
 }
+
+/// The XDP program under the trace marker (`trace --on xdp`): it decides
+/// as for the real packet and writes nothing. A test run has no next hop,
+/// so XDP leaves the SYN to tc, as it does the real one; but the trace
+/// records no flow where the real packet does.
+#[test]
+fn an_xdp_trace_decides_as_the_real_packet_and_records_nothing() {
+    let mut k = Kernel::load();
+    node(&k);
+    let id = k
+        .services
+        .upsert_frontend(node_port(), &[backend(REMOTE_POD)], "default/web:http", 0)
+        .unwrap();
+    let counters = k.counters();
+    let (action, out, outcome) = k.run_xdp_traced(&syn().bytes());
+    assert_eq!(action, XDP_PASS, "no next hop in a test run: left to tc");
+    assert_eq!(outcome, None, "a packet left to tc hands no outcome back");
+    assert_eq!(out, syn().bytes(), "the frame after the marker, untouched");
+    assert!(k.flows().is_empty(), "a trace recorded a flow");
+    assert_eq!(k.counters(), counters);
+    assert_eq!(k.service_stats(id), Default::default());
+
+    let (real, _) = k.run_xdp(&syn().bytes());
+    assert_eq!(real, action);
+    assert_eq!(k.flows().len(), 2, "the real packet recorded its flow");
+    assert_eq!(k.service_stats(id).new_connections, 1);
+}
