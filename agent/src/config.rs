@@ -7,6 +7,7 @@ use std::{fmt, net::Ipv4Addr, net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use crate::socklb::SocketLb;
 use crate::{
+    loader::MapSizes,
     net::Ipv4Net,
     plan::{PlanConfig, service_cidrs::MAX_SERVICE_CIDRS},
 };
@@ -226,6 +227,8 @@ pub struct RunConfig {
     /// The node and how it serves Services: everything the plan reads.
     pub plan: PlanConfig,
     pub gc_interval: Duration,
+    /// The capacities of the maps the agent creates.
+    pub map_sizes: MapSizes,
     /// The node's /proc/sys (for the reserved ports).
     pub proc_sys: PathBuf,
     /// Where to serve /healthz, /readyz and /metrics (None: not served).
@@ -239,6 +242,45 @@ pub struct RunConfig {
     /// ferry-cni's IPAM store (`--cni-data-dir`), where it records each
     /// pod's network namespace (`cni::podns`).
     pub cni_data_dir: PathBuf,
+}
+
+/// The capacities of the maps the agent creates (see README "Map sizes").
+/// A map already pinned keeps its own (its entries survive).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct MapSizeArgs {
+    /// Service frontends (one per address, port, protocol and scope): a
+    /// ClusterIP port is one, a NodePort one per node address and one more
+    /// as pods reach it.
+    #[arg(long, default_value_t = ferry_common::SERVICES_MAX_ENTRIES)]
+    pub max_frontends: u32,
+    /// Backend slots of all frontends together (each frontend's endpoints,
+    /// twice while a change is written).
+    #[arg(long, default_value_t = ferry_common::BACKENDS_MAX_ENTRIES)]
+    pub max_backends: u32,
+    /// Conntrack entries, two per flow (preallocated: 112 bytes each).
+    #[arg(long, default_value_t = ferry_common::CONNTRACK_MAX_ENTRIES)]
+    pub max_conntrack_entries: u32,
+    /// sessionAffinity ClientIP entries, one per (frontend, client).
+    #[arg(long, default_value_t = ferry_common::AFFINITY_MAX_ENTRIES)]
+    pub max_affinity_entries: u32,
+    /// Sockets translated at connect() (socket LB), one per (socket,
+    /// backend).
+    #[arg(long, default_value_t = ferry_common::SOCK_REVERSE_MAX_ENTRIES)]
+    pub max_socket_entries: u32,
+}
+
+impl MapSizeArgs {
+    pub fn sizes(&self) -> Result<MapSizes, ConfigError> {
+        let sizes = MapSizes {
+            frontends: self.max_frontends,
+            backends: self.max_backends,
+            conntrack: self.max_conntrack_entries,
+            affinity: self.max_affinity_entries,
+            sock_reverse: self.max_socket_entries,
+        };
+        sizes.check().map_err(ConfigError::MapSize)?;
+        Ok(sizes)
+    }
 }
 
 /// `ferry-agent run`'s command line.
@@ -287,6 +329,8 @@ pub struct RunArgs {
     /// Seconds between conntrack garbage collections.
     #[arg(long, default_value_t = 10)]
     pub gc_interval_secs: u64,
+    #[command(flatten)]
+    pub map_sizes: MapSizeArgs,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// The interface towards the other nodes. Without it, only this
@@ -366,6 +410,8 @@ pub enum XdpChoice {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("{0}")]
+    MapSize(String),
     #[error("{value:?} is not a port range ({why}); give one like {example}")]
     Range {
         value: String,
@@ -532,6 +578,7 @@ impl RunArgs {
                 node_ports_on_loopback: self.socket_lb != SocketLb::Off,
             },
             gc_interval: Duration::from_secs(self.gc_interval_secs.max(1)),
+            map_sizes: self.map_sizes.sizes()?,
             proc_sys: self.proc_sys,
             metrics_address,
             log_format: self.log_format,

@@ -282,6 +282,37 @@ pub fn service_cidrs(pin_dir: &Path) -> Result<Table> {
     Ok(t)
 }
 
+/// Every pinned map: its type, capacity and the kernel memory it holds,
+/// and their total.
+pub fn maps(pin_dir: &Path) -> Result<Table> {
+    let maps = crate::maps::memory::pinned(pin_dir);
+    if maps.is_empty() {
+        anyhow::bail!(
+            "no ferry map is pinned under {}: is the agent running with this --pin-dir?",
+            pin_dir.display()
+        );
+    }
+    let mib = |b: u64| format!("{:.2} MiB", b as f64 / 1048576.0);
+    let mut t = Table::new(vec!["MAP", "TYPE", "MAX_ENTRIES", "MEMORY"]);
+    for m in &maps {
+        t.rows.push(vec![
+            m.name.to_string(),
+            m.map_type.clone(),
+            m.max_entries.to_string(),
+            mib(m.memory_bytes),
+        ]);
+        t.json.push(json!({"map": m.name, "type": m.map_type, "max_entries": m.max_entries, "memory_bytes": m.memory_bytes}));
+    }
+    let total: u64 = maps.iter().map(|m| m.memory_bytes).sum();
+    t.rows.push(vec![
+        "(total)".into(),
+        String::new(),
+        String::new(),
+        mib(total),
+    ]);
+    Ok(t)
+}
+
 pub fn counters(pin_dir: &Path) -> Result<Table> {
     let c = Counters::open(pin_dir)?.read()?;
     let mut t = Table::new(vec!["OUTCOME", "PACKETS", "BYTES"]);

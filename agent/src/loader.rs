@@ -13,19 +13,20 @@ use aya::{
 use ferry_common::{
     AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
-    FRAGMENTS_MAX_ENTRIES, FragKey, FragPorts, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_COUNTERS, MAP_ENDPOINTS, MAP_FRAGMENTS, MAP_NODE, MAP_ROUTES, MAP_SERVICE_NAMES,
-    MAP_SERVICE_OPTIONS, MAP_SERVICE_RANGES, MAP_SERVICES, MAP_SOURCE_RANGES, NodeConfig,
-    PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS, ROUTES_MAX_ENTRIES,
-    Route, SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
-    ServiceName, ServiceOptions, ServiceRange, ServiceValue, SourceRangeKey, outcome,
+    FRAGMENTS_MAX_ENTRIES, FRONTENDS_LIMIT, FragKey, FragPorts, MAP_AFFINITY, MAP_BACKENDS,
+    MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_FRAGMENTS, MAP_NODE, MAP_ROUTES,
+    MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICE_RANGES, MAP_SERVICES, MAP_SOURCE_RANGES,
+    NodeConfig, PIN_PROG_FROM_NETWORK, PIN_PROG_FROM_POD, PIN_PROG_XDP_UPLINK, PINNED_MAPS,
+    ROUTES_MAX_ENTRIES, Route, SERVICE_CIDR_ENTRIES, SERVICES_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceName, ServiceOptions, ServiceRange, ServiceValue,
+    SourceRangeKey, outcome,
 };
 use ferry_common::{
     DEBUG_SECTION, EVENTS_BYTES, FRONTEND_FILTER_WORDS, MAP_EVENTS, MAP_FRONTEND_FILTER,
     MAP_MONITOR, MAP_POD_SOURCES, MAP_SERVICE_STATS, MAP_SOCK_CONFIG, MAP_SOCK_REVERSE,
     MonitorConfig, PIN_DEBUG, PIN_PROG_SOCK_CONNECT4, PIN_PROG_SOCK_GETPEERNAME4,
-    PIN_PROG_SOCK_RECVMSG4, PIN_PROG_SOCK_SENDMSG4, PodSource, SERVICE_STATS_SLOTS,
-    SOCK_REVERSE_MAX_ENTRIES, ServiceStats, SockConfig, SockRevKey, SockRevValue,
+    PIN_PROG_SOCK_RECVMSG4, PIN_PROG_SOCK_SENDMSG4, PodSource, SOCK_REVERSE_MAX_ENTRIES,
+    ServiceStats, SockConfig, SockRevKey, SockRevValue,
 };
 
 use crate::bpffs::{BpffsError, ensure_on_bpffs, ensure_private};
@@ -116,54 +117,111 @@ impl MapShape {
     }
 }
 
+/// The capacities of the maps whose size follows the agent's options
+/// (`--max-frontends` and the others); the rest are fixed by the programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// `ferry_services` (and the maps keyed by service id: names, options,
+    /// per-frontend stats, one more slot; the service ranges, 64 more).
+    pub frontends: u32,
+    /// `ferry_backends`: both banks of every frontend's backend slots.
+    pub backends: u32,
+    /// `ferry_conntrack`: two entries per flow.
+    pub conntrack: u32,
+    /// `ferry_affinity`: (frontend, client) pairs with ClientIP affinity.
+    pub affinity: u32,
+    /// `ferry_sock_rev`: (socket, backend) pairs translated at connect().
+    pub sock_reverse: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            frontends: SERVICES_MAX_ENTRIES,
+            backends: BACKENDS_MAX_ENTRIES,
+            conntrack: CONNTRACK_MAX_ENTRIES,
+            affinity: AFFINITY_MAX_ENTRIES,
+            sock_reverse: SOCK_REVERSE_MAX_ENTRIES,
+        }
+    }
+}
+
+impl MapSizes {
+    /// Sizes the programs and the kernel can take, or what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.frontends == 0 || self.frontends > FRONTENDS_LIMIT {
+            return Err(format!(
+                "--max-frontends {}: must be between 1 and {FRONTENDS_LIMIT}",
+                self.frontends
+            ));
+        }
+        for (flag, n) in [
+            ("--max-backends", self.backends),
+            ("--max-conntrack-entries", self.conntrack),
+            ("--max-affinity-entries", self.affinity),
+            ("--max-socket-entries", self.sock_reverse),
+        ] {
+            if n == 0 || n > 1 << 28 {
+                return Err(format!("{flag} {n}: must be between 1 and {}", 1u32 << 28));
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-frontend stats array's slots (ids from 1).
+    pub fn stats_slots(&self) -> u32 {
+        self.frontends + 1
+    }
+}
+
 /// Every map of `PINNED_MAPS`, in its order, as the kernel object declares
-/// it (dataplane-ebpf/src/maps.rs).
-fn expected_shapes() -> [MapShape; PINNED_MAPS.len()] {
+/// it (dataplane-ebpf/src/maps.rs), sized by `sizes`.
+fn expected_shapes(sizes: &MapSizes) -> [MapShape; PINNED_MAPS.len()] {
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
     let counters = MapShape::of::<u32, Counter>(MAP_COUNTERS, PerCpuArray, outcome::COUNTER_SLOTS);
     [
-        MapShape::of::<ServiceKey, ServiceValue>(MAP_SERVICES, Hash, SERVICES_MAX_ENTRIES),
-        MapShape::of::<BackendKey, Backend>(MAP_BACKENDS, Hash, BACKENDS_MAX_ENTRIES),
-        MapShape::of::<CtKey, CtEntry>(MAP_CONNTRACK, LruHash, CONNTRACK_MAX_ENTRIES),
+        MapShape::of::<ServiceKey, ServiceValue>(MAP_SERVICES, Hash, sizes.frontends),
+        MapShape::of::<BackendKey, Backend>(MAP_BACKENDS, Hash, sizes.backends),
+        MapShape::of::<CtKey, CtEntry>(MAP_CONNTRACK, LruHash, sizes.conntrack),
         MapShape {
             replaceable: true,
             ..counters
         },
         MapShape::of::<EndpointKey, Endpoint>(MAP_ENDPOINTS, Hash, ENDPOINTS_MAX_ENTRIES),
-        MapShape::of::<u32, ServiceName>(MAP_SERVICE_NAMES, Hash, SERVICES_MAX_ENTRIES),
+        MapShape::of::<u32, ServiceName>(MAP_SERVICE_NAMES, Hash, sizes.frontends),
         MapShape::of::<lpm_trie::Key<[u8; 4]>, Route>(MAP_ROUTES, LpmTrie, ROUTES_MAX_ENTRIES),
         MapShape::of::<u32, NodeConfig>(MAP_NODE, Array, 1),
         MapShape::of::<lpm_trie::Key<[u8; 4]>, ServiceRange>(
             MAP_SERVICE_RANGES,
             LpmTrie,
-            SERVICE_RANGES_MAX_ENTRIES,
+            sizes.frontends + SERVICE_CIDR_ENTRIES,
         ),
-        MapShape::of::<AffinityKey, AffinityEntry>(MAP_AFFINITY, LruHash, AFFINITY_MAX_ENTRIES),
-        MapShape::of::<u32, ServiceOptions>(MAP_SERVICE_OPTIONS, Hash, SERVICES_MAX_ENTRIES),
+        MapShape::of::<AffinityKey, AffinityEntry>(MAP_AFFINITY, LruHash, sizes.affinity),
+        MapShape::of::<u32, ServiceOptions>(MAP_SERVICE_OPTIONS, Hash, sizes.frontends),
         MapShape::of::<lpm_trie::Key<SourceRangeKey>, u32>(
             MAP_SOURCE_RANGES,
             LpmTrie,
             SOURCE_RANGES_MAX_ENTRIES,
         ),
         MapShape::of::<FragKey, FragPorts>(MAP_FRAGMENTS, LruHash, FRAGMENTS_MAX_ENTRIES),
-        MapShape::of::<SockRevKey, SockRevValue>(
-            MAP_SOCK_REVERSE,
-            LruHash,
-            SOCK_REVERSE_MAX_ENTRIES,
-        ),
+        MapShape::of::<SockRevKey, SockRevValue>(MAP_SOCK_REVERSE, LruHash, sizes.sock_reverse),
         MapShape::of::<u32, SockConfig>(MAP_SOCK_CONFIG, Array, 1),
         MapShape::of::<u32, u64>(MAP_FRONTEND_FILTER, Array, FRONTEND_FILTER_WORDS),
         MapShape::of::<u32, PodSource>(MAP_POD_SOURCES, Hash, ENDPOINTS_MAX_ENTRIES),
         MapShape::of::<(), ()>(MAP_EVENTS, RingBuf, EVENTS_BYTES),
         MapShape::of::<u32, MonitorConfig>(MAP_MONITOR, Array, 1),
-        MapShape::of::<u32, ServiceStats>(MAP_SERVICE_STATS, PerCpuArray, SERVICE_STATS_SLOTS),
+        // Counts only: one of another size is replaced.
+        MapShape {
+            replaceable: true,
+            ..MapShape::of::<u32, ServiceStats>(MAP_SERVICE_STATS, PerCpuArray, sizes.stats_slots())
+        },
     ]
 }
 
 /// Refuse to adopt a pinned map whose layout differs from this build's: the
 /// programs would read its entries with the wrong layout.
-fn check_pinned(pin_dir: &Path) -> Result<(), LoadError> {
-    for shape in expected_shapes() {
+fn check_pinned(pin_dir: &Path, sizes: &MapSizes) -> Result<(), LoadError> {
+    for shape in expected_shapes(sizes) {
         let path = pin_dir.join(shape.name);
         if !path.exists() {
             continue;
@@ -206,6 +264,19 @@ fn check_pinned(pin_dir: &Path) -> Result<(), LoadError> {
             );
             continue;
         }
+        if (found.0, found.1, found.2) == (want.0, want.1, want.2) && found.3 != want.3 {
+            // Only the capacity differs (the options changed, or an
+            // upgrade changed a default): the pinned map is kept, with its
+            // entries; tracked connections survive.
+            let pin = display;
+            tracing::warn!(
+                %pin,
+                pinned = found.3,
+                asked = want.3,
+                "keeping the pinned map at its capacity, with its entries; to resize it, stop the agent, remove the pin and start again (its entries are lost: for conntrack, established connections through Services)"
+            );
+            continue;
+        }
         if found != want {
             return Err(LoadError::IncompatiblePin {
                 path: display,
@@ -229,20 +300,31 @@ impl Dataplane {
     /// Load the programs, adopting or creating+pinning every map under
     /// `pin_dir`. Programs are loaded into the kernel but not attached.
     pub fn load(pin_dir: &Path) -> Result<Self, LoadError> {
+        Self::load_sized(pin_dir, &MapSizes::default())
+    }
+
+    /// `load`, creating the maps that are not pinned yet at `sizes`.
+    pub fn load_sized(pin_dir: &Path, sizes: &MapSizes) -> Result<Self, LoadError> {
         ensure_on_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir {
             path: pin_dir.display().to_string(),
             source,
         })?;
         ensure_private(pin_dir)?;
-        check_pinned(pin_dir)?;
-        let paths: Vec<(&'static str, PathBuf)> = expected_shapes()
+        check_pinned(pin_dir, sizes)?;
+        let shapes = expected_shapes(sizes);
+        let paths: Vec<(&'static str, PathBuf)> = shapes
             .iter()
             .map(|shape| (shape.name, pin_dir.join(shape.name)))
             .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
+        }
+        // A map created now gets the size asked for (a pinned one keeps
+        // its own: `check_pinned`). The ring buffer's size is its bytes.
+        for shape in shapes.iter().filter(|s| s.map_type != MapType::RingBuf) {
+            loader.map_max_entries(shape.name, shape.max_entries);
         }
         let mut ebpf = loader.load(crate::DATAPLANE_OBJECT)?;
         for (name, _) in PROGRAMS {
@@ -405,7 +487,10 @@ mod tests {
 
     #[test]
     fn the_shape_table_covers_every_pinned_map_in_order() {
-        let names: Vec<&str> = expected_shapes().iter().map(|s| s.name).collect();
+        let names: Vec<&str> = expected_shapes(&MapSizes::default())
+            .iter()
+            .map(|s| s.name)
+            .collect();
         assert_eq!(names, PINNED_MAPS);
     }
 }

@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum What {
+    /// Each pinned map: its type, capacity and the kernel memory it holds.
+    Maps,
     Services,
     Backends,
     Conntrack,
@@ -121,6 +123,8 @@ enum Command {
     Load {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        #[command(flatten)]
+        map_sizes: ferry_agent::config::MapSizeArgs,
     },
 }
 
@@ -187,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             json,
         } => {
             let table = match what {
+                What::Maps => inspect::maps(&pin_dir),
                 What::Services => inspect::services(&pin_dir),
                 What::Backends => inspect::backends(&pin_dir),
                 What::Conntrack => inspect::conntrack(&pin_dir),
@@ -309,11 +314,19 @@ fn main() -> anyhow::Result<()> {
             ferry_agent::monitor::run(&pin_dir, &filter, json, &mut out)?;
             Ok(())
         }
-        Command::Load { pin_dir } => {
-            let mut dp = Dataplane::load(&pin_dir)
+        Command::Load { pin_dir, map_sizes } => {
+            let mut dp = Dataplane::load_sized(&pin_dir, &map_sizes.sizes()?)
                 .with_context(|| format!("loading ferry with maps in {}", pin_dir.display()))?;
             dp.pin_programs()?;
-            println!("maps and program pinned under {}", pin_dir.display());
+            let memory: u64 = ferry_agent::maps::memory::pinned(&pin_dir)
+                .iter()
+                .map(|m| m.memory_bytes)
+                .sum();
+            println!(
+                "maps and program pinned under {} ({:.1} MiB of kernel memory in maps; `ferry-agent inspect maps` for each)",
+                pin_dir.display(),
+                memory as f64 / 1048576.0
+            );
             Ok(())
         }
     }

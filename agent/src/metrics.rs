@@ -73,6 +73,8 @@ pub struct MapSnapshot {
     pub services: Vec<ServiceRow>,
     /// Ports in the source-NAT range the datapath uses (None: unreadable).
     pub snat_capacity: Option<u64>,
+    /// Kernel memory each pinned map holds, bytes.
+    pub memory: Vec<(&'static str, u64)>,
 }
 
 /// Where the collector reads the maps from: the pin directory, or a test's
@@ -160,11 +162,16 @@ impl MapSource for PinnedMaps {
             .snat_capacity()
             .inspect_err(|e| tracing::debug!(error = %e, "cannot read the node map"))
             .ok();
+        let memory = crate::maps::memory::pinned(&self.0)
+            .into_iter()
+            .map(|m| (m.name, m.memory_bytes))
+            .collect();
         MapSnapshot {
             entries,
             counters,
             services,
             snat_capacity,
+            memory,
         }
     }
 }
@@ -242,6 +249,16 @@ impl Collector for MapCollector {
             MetricType::Gauge,
             snapshot
                 .entries
+                .iter()
+                .map(|(map, n)| ([("map", *map)], ConstGauge::new(*n))),
+        )?;
+        family(
+            e,
+            "ferry_map_memory_bytes",
+            "Kernel memory each pinned map holds (its fdinfo memlock): preallocated maps their whole capacity, the others what their entries use.",
+            MetricType::Gauge,
+            snapshot
+                .memory
                 .iter()
                 .map(|(map, n)| ([("map", *map)], ConstGauge::new(*n))),
         )?;
@@ -630,6 +647,7 @@ mod tests {
                 stats,
             }],
             snat_capacity: Some(4536),
+            memory: vec![(MAP_CONNTRACK, 14_680_064)],
         }
     }
 
@@ -693,6 +711,8 @@ mod tests {
         for line in [
             "# TYPE ferry_map_entries gauge",
             "ferry_map_entries{map=\"ferry_services\"} 2",
+            "# TYPE ferry_map_memory_bytes gauge",
+            "ferry_map_memory_bytes{map=\"ferry_conntrack\"} 14680064",
             "# TYPE ferry_datapath_packets_total counter",
             "ferry_datapath_packets_total{outcome=\"translated\"} 84",
             "ferry_datapath_bytes_total{outcome=\"translated\"} 6000",

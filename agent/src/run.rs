@@ -195,7 +195,7 @@ fn system_targets(cfg: &RunConfig) -> anyhow::Result<Targets> {
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let pin_dir = cfg.plan.pin_dir.clone();
-    let mut dataplane = Dataplane::load(&pin_dir)
+    let mut dataplane = Dataplane::load_sized(&pin_dir, &cfg.map_sizes)
         .with_context(|| format!("loading the dataplane into {}", pin_dir.display()))?;
     dataplane.pin_programs()?;
     // Held to the end: dropping it closes the programs' log ring buffer.

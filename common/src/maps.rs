@@ -81,22 +81,35 @@ pub const PIN_DEBUG: &str = "ferry_debug";
 /// The data section the debug switch lives in (aya's name for its map).
 pub const DEBUG_SECTION: &str = ".data.ferry_debug";
 
-/// Capacity of the services map (frontends: ClusterIP x port x protocol).
-pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of the backend slot map: both banks of every service.
-pub const BACKENDS_MAX_ENTRIES: u32 = 1_048_576;
-/// Capacity of the conntrack LRU (two entries per flow).
-pub const CONNTRACK_MAX_ENTRIES: u32 = 524_288;
+// Map capacities. The programs declare these; the agent sizes the maps it
+// creates from its options (`--max-frontends` and the others; the loader's
+// `MapSizes`), whose defaults are these: a small node's, about 30 MiB of
+// kernel memory in all with a few Services.
+
+/// Default capacity of the services map (frontends: one per address, port,
+/// protocol and scope). Not preallocated: memory follows the frontends.
+pub const SERVICES_MAX_ENTRIES: u32 = 16_384;
+/// Default capacity of the backend slot map (both banks of every
+/// frontend). Not preallocated.
+pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
+/// Default capacity of the conntrack LRU (two entries per flow); an LRU is
+/// always preallocated: 112 bytes an entry.
+pub const CONNTRACK_MAX_ENTRIES: u32 = 131_072;
 /// Capacity of the local endpoints map (pods on this node).
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 /// Capacity of the route map (one entry per other node's pod CIDR).
 pub const ROUTES_MAX_ENTRIES: u32 = 16_384;
+/// Service CIDRs the service-range map holds besides the ClusterIPs.
+pub const SERVICE_CIDR_ENTRIES: u32 = 64;
 /// Capacity of the service-range map: every allocated ClusterIP (at most
 /// one per frontend) and the service CIDRs.
-pub const SERVICE_RANGES_MAX_ENTRIES: u32 = SERVICES_MAX_ENTRIES + 64;
-/// Capacity of the session-affinity LRU: one entry per (frontend with
-/// `sessionAffinity: ClientIP`, client address) in use.
-pub const AFFINITY_MAX_ENTRIES: u32 = 262_144;
+pub const SERVICE_RANGES_MAX_ENTRIES: u32 = SERVICES_MAX_ENTRIES + SERVICE_CIDR_ENTRIES;
+/// Default capacity of the session-affinity LRU: one entry per (frontend
+/// with `sessionAffinity: ClientIP`, client address) in use.
+pub const AFFINITY_MAX_ENTRIES: u32 = 32_768;
+/// The most frontends the agent may be sized for: service ids must fit the
+/// bits a finished packet carries them in (dataplane-ebpf `deliver`).
+pub const FRONTENDS_LIMIT: u32 = (1 << 21) - 2;
 /// Capacity of the load-balancer source-range trie (all frontends' ranges).
 pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of the fragment LRU: datagrams in flight in fragments at once
@@ -113,7 +126,8 @@ pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 /// unconnected UDP socket one per backend it sent to. Cilium's default for
 /// its lb4_reverse_nat_sk is the same 256 Ki. A full map evicts the least
 /// recently used entry (counted: `sock_reverse_evictions` in the metrics).
-pub const SOCK_REVERSE_MAX_ENTRIES: u32 = 262_144;
+/// Default 32 Ki: a node's sockets to Services at once.
+pub const SOCK_REVERSE_MAX_ENTRIES: u32 = 32_768;
 /// Most backends one service frontend can have (slots 0..MAX).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
@@ -684,8 +698,8 @@ pub const fn service_drop_slot(outcome: u32) -> Option<usize> {
     }
 }
 
-/// Slots of `ferry_svc_stats`: one per service id (ids run from 1 to
-/// `SERVICES_MAX_ENTRIES`; slot 0 is never counted).
+/// Slots of `ferry_svc_stats`: one per service id (ids run from 1 to the
+/// services map's capacity; slot 0 is never counted).
 pub const SERVICE_STATS_SLOTS: u32 = SERVICES_MAX_ENTRIES + 1;
 
 /// Value of `ferry_svc_stats` (per-CPU array indexed by service id, the

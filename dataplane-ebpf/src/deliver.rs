@@ -26,7 +26,7 @@ const PACKET_HOST: u32 = 0;
 
 /// A finished packet as a hook's deep frame hands it to its entry point:
 /// the tc action in bits 0..32, the outcome in 32..40 and the frontend's
-/// service id in 40..58 (for the debug line), and above them what to
+/// service id in 40..61 (for the debug line), and above them what to
 /// report: `REPORT_DROP` / `REPORT_REJECT` (the monitor), `REPORT_COUNTED`
 /// (a packet ferry settled: the debug line). The entry point, whose frame
 /// is nearly empty, reports it (`settled`): the frames that decide have no
@@ -35,11 +35,11 @@ pub type Finished = u64;
 
 const OUTCOME_SHIFT: u32 = 32;
 const SERVICE_SHIFT: u32 = 40;
-const SERVICE_MASK: u64 = (1 << 18) - 1;
+const SERVICE_MASK: u64 = (1 << 21) - 1;
 const REPORT_COUNTED: u64 = 1 << 61;
 const REPORT_DROP: u64 = 1 << 62;
 const REPORT_REJECT: u64 = 1 << 63;
-const _: () = assert!(ferry_common::SERVICE_STATS_SLOTS as u64 <= SERVICE_MASK);
+const _: () = assert!(ferry_common::FRONTENDS_LIMIT as u64 + 1 <= SERVICE_MASK);
 const _: () = assert!(ferry_common::outcome::COUNTER_SLOTS <= 256);
 
 /// The entry point's last step: report what `finished` asks to the

@@ -39,13 +39,23 @@ macro_rules! declare_maps {
         MAP_MONITOR = $monitor:tt,
         MAP_SERVICE_STATS = $service_stats:tt,
     ) => {
+        /// Not preallocated (as the other maps only the agent writes):
+        /// their memory follows the Services, and a lookup costs the same.
         #[btf_map(name = $services)]
-        pub static SERVICES: HashMap<ServiceKey, ServiceValue, { SERVICES_MAX_ENTRIES as usize }> =
-            HashMap::new();
+        pub static SERVICES: HashMap<
+            ServiceKey,
+            ServiceValue,
+            { SERVICES_MAX_ENTRIES as usize },
+            { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
+        > = HashMap::new();
 
         #[btf_map(name = $backends)]
-        pub static BACKENDS: HashMap<BackendKey, Backend, { BACKENDS_MAX_ENTRIES as usize }> =
-            HashMap::new();
+        pub static BACKENDS: HashMap<
+            BackendKey,
+            Backend,
+            { BACKENDS_MAX_ENTRIES as usize },
+            { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
+        > = HashMap::new();
 
         #[btf_map(name = $conntrack)]
         pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_ENTRIES as usize }> =

@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
 pub mod frontend_filter;
+pub mod memory;
 pub mod node;
 pub mod routes;
 pub mod service_ranges;

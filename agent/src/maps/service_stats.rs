@@ -53,6 +53,11 @@ impl ServiceStatsTable {
         self.0.set(id, values, 0)
     }
 
+    /// The slots the map has (it is sized by the agent's options).
+    pub fn slots(&self) -> u32 {
+        self.0.len()
+    }
+
     /// Zero slot `id` on every CPU (the id is handed to a new frontend).
     pub fn zero(&mut self, id: u32) -> Result<(), MapError> {
         self.set_all(id, ServiceStats::default())

@@ -16,8 +16,7 @@ use ferry_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS,
     MAP_FRONTEND_FILTER, MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICE_STATS, MAP_SERVICES,
     MAP_SOURCE_RANGES, MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
-    SERVICE_STATS_SLOTS, SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions,
-    ServiceValue, SourceRangeKey,
+    SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
 };
 
 use super::{
@@ -37,13 +36,22 @@ pub enum SyncError {
         max: u16,
     },
     #[error(
-        "writing {map} failed: {source}; if the map is full, raise its size or remove Services"
+        "writing {map} failed: {source}; if the map is full (E2BIG), start the agent with a larger {} (README \"Map sizes\") or remove Services",
+        size_flag(map)
     )]
     Write { map: &'static str, source: MapError },
     #[error("reading {map} failed: {source}")]
     Read { map: &'static str, source: MapError },
     #[error("no free service id: more than 2^32 frontends")]
     NoFreeId,
+}
+
+/// The agent option that sizes `map`.
+fn size_flag(map: &str) -> &'static str {
+    match map {
+        MAP_BACKENDS => "--max-backends",
+        _ => "--max-frontends",
+    }
 }
 
 /// What a frontend does beyond drawing from its backends.
@@ -188,7 +196,7 @@ impl ServiceTable {
         // starts from zero rather than from a removed one's totals.
         // (An id past the map's slots has none: the datapath counts
         // nothing for it either.)
-        if let Some(stats) = self.stats.as_mut().filter(|_| id < SERVICE_STATS_SLOTS) {
+        if let Some(stats) = self.stats.as_mut().filter(|s| id < s.slots()) {
             stats.zero(id).map_err(write_failed(MAP_SERVICE_STATS))?;
         }
         self.used_ids.insert(id);

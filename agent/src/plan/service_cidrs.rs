@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv6Addr;
 
-use ferry_common::{SERVICE_RANGES_MAX_ENTRIES, SERVICES_MAX_ENTRIES};
+use ferry_common::SERVICE_CIDR_ENTRIES;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use super::problem::{ObjectProblems, Problem, object_name};
@@ -15,7 +15,7 @@ use crate::net::Ipv4Net;
 
 /// The CIDR slots of `ferry_svc_cidrs` (the rest hold one ClusterIP per
 /// frontend at most).
-pub const MAX_SERVICE_CIDRS: usize = (SERVICE_RANGES_MAX_ENTRIES - SERVICES_MAX_ENTRIES) as usize;
+pub const MAX_SERVICE_CIDRS: usize = SERVICE_CIDR_ENTRIES as usize;
 
 /// The union of `flag` and the objects' IPv4 ranges, at most
 /// `MAX_SERVICE_CIDRS`. The flag's come first (the configuration already
