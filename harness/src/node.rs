@@ -345,6 +345,38 @@ impl Node {
     }
 
     /// Stop the agent the hard way (SIGKILL), as a crash or OOM kill would.
+    /// The running agent's resident memory (VmRSS), bytes.
+    pub fn agent_rss_bytes(&self) -> Option<u64> {
+        let pid = self.agent.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Kernel memory held by the node's pinned maps, bytes
+    /// (`inspect maps --json`).
+    pub fn map_memory_bytes(&self) -> Result<u64> {
+        let out = Command::new(&self.bins.agent)
+            .args(["inspect", "maps", "--json", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("inspect maps: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let maps: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(maps
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["memory_bytes"].as_u64()).sum())
+            .unwrap_or(0))
+    }
+
     pub fn kill_agent(&mut self) -> Result<()> {
         if let Some(mut child) = self.agent.take() {
             // nsenter execs the agent, so the child is the agent itself.

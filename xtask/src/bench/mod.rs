@@ -181,7 +181,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     let (large, large_vip) = service_set(n);
 
     println!("==> bringing up five nodes (network namespaces), two pods each");
-    let bed = Testbed::create(&bins, &load)?;
+    let bed = Testbed::create(&bins, &load, n)?;
     println!(
         "==> {}: loading {n} services x {ENDPOINTS_PER_SERVICE} endpoints into each large node",
         programming::NAME

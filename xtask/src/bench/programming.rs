@@ -66,6 +66,17 @@ pub fn run(bed: &Testbed, small: &[ServiceSpec], large: &[ServiceSpec]) -> Resul
         nft_time.as_secs_f64() * 1e3,
         tool_version("nft")
     ));
+    let mib = |b: u64| b as f64 / 1048576.0;
+    for (label, ferry, services) in [
+        ("ferry-10", &bed.ferry_small, small.len()),
+        ("ferry-large", &bed.ferry_large, n),
+    ] {
+        report.line(format!(
+            "{label} ({services} services): kernel map memory {:.1} MiB, agent RSS {:.1} MiB",
+            mib(ferry.node.map_memory_bytes()?),
+            ferry.node.agent_rss_bytes().map_or(f64::NAN, mib),
+        ));
+    }
     Ok(report)
 }
 

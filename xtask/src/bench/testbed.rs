@@ -31,13 +31,16 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    pub fn create(bins: &Binaries, load: &Path) -> Result<Self> {
+    /// The bed; ferry-large's maps sized for `services` Services of
+    /// ENDPOINTS_PER_SERVICE endpoints (ferry-10's at the defaults).
+    pub fn create(bins: &Binaries, load: &Path, services: usize) -> Result<Self> {
         let plain_run = Cluster::new(bins.clone())?;
         let direct = PlainSetup::create(&plain_run.run_id, "direct", load)?;
         let iptables = PlainSetup::create(&plain_run.run_id, "kp-ipt", load)?;
         let nftables = PlainSetup::create(&plain_run.run_id, "kp-nft", load)?;
-        let ferry_small = FerryNode::create(bins, load, "ferry-10")?;
-        let ferry_large = FerryNode::create(bins, load, "ferry-large")?;
+        let ferry_small = FerryNode::create(bins, load, "ferry-10", &[])?;
+        let ferry_large =
+            FerryNode::create(bins, load, "ferry-large", &map_size_args(services))?;
         Ok(Self {
             ferry_large,
             ferry_small,
@@ -47,6 +50,19 @@ impl Testbed {
             _plain_run: plain_run,
         })
     }
+}
+
+/// The agent options that size the maps for `services` Services (one
+/// frontend each) of ENDPOINTS_PER_SERVICE endpoints, both backend banks
+/// in use, with a quarter to spare; never below the defaults.
+fn map_size_args(services: usize) -> Vec<String> {
+    let frontends = (services + services / 4).max(ferry_common::SERVICES_MAX_ENTRIES as usize);
+    let backends = (2 * super::ENDPOINTS_PER_SERVICE * frontends)
+        .max(ferry_common::BACKENDS_MAX_ENTRIES as usize);
+    vec![
+        format!("--max-frontends={frontends}"),
+        format!("--max-backends={backends}"),
+    ]
 }
 
 /// A ferry node, its own cluster and manifest, a client and a server pod.
@@ -63,10 +79,12 @@ pub struct FerryNode {
 }
 
 impl FerryNode {
-    fn create(bins: &Binaries, load: &Path, name: &str) -> Result<Self> {
+    fn create(bins: &Binaries, load: &Path, name: &str, extra: &[String]) -> Result<Self> {
         let cluster = Cluster::new(bins.clone())?;
         cluster.write_manifest(&manifest::node(name, POD_CIDR))?;
-        let node = cluster.node_with(name, &["--socket-lb=on"])?;
+        let mut args = vec!["--socket-lb=on".to_string()];
+        args.extend_from_slice(extra);
+        let node = cluster.node_with(name, &as_strs(&args))?;
         let client = node.add_pod("client")?;
         let mut server = node.add_pod("server")?;
         if (client.ip, server.ip) != (CLIENT_IP, SERVER_IP) {
