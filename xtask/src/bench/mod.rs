@@ -19,6 +19,7 @@
 //! all of them alike, and each figure is the median over rounds.
 mod kube_proxy;
 mod nodeport;
+mod plots;
 mod pod_to_service;
 mod program_cost;
 mod programming;
@@ -53,12 +54,30 @@ pub struct Opts {
     /// Concurrent connecting clients for the connection rate.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Services in the large scenarios (each with 10 endpoints).
-    #[arg(long, default_value_t = 10_000)]
-    services: usize,
+    /// Services in the large scenarios (each with 10 endpoints); a list
+    /// (`10000,100000`) measures each size in turn and plots them.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    services: Vec<usize>,
     /// Only the NodePort comparison.
     #[arg(long)]
     nodeport_only: bool,
+}
+
+impl Opts {
+    /// The sizes to measure, smallest first, each once.
+    fn sizes(&self) -> Vec<usize> {
+        let mut sizes: Vec<usize> = self.services.iter().copied().filter(|n| *n > 0).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        if sizes.is_empty() {
+            sizes.push(10_000);
+        }
+        sizes
+    }
+
+    fn largest(&self) -> usize {
+        *self.sizes().last().expect("one size at least")
+    }
 }
 
 /// One ClusterIP Service port of the benchmark's object set.
@@ -176,26 +195,37 @@ pub fn run(opts: &Opts) -> Result<()> {
         println!("{}", report.render());
         return Ok(());
     }
-    let n = opts.services;
+    let sizes = opts.sizes();
+    let largest = opts.largest();
     let (small, small_vip) = service_set(10);
-    let (large, large_vip) = service_set(n);
 
     println!("==> bringing up five nodes (network namespaces), two pods each");
-    let bed = Testbed::create(&bins, &load, n)?;
-    println!(
-        "==> {}: loading {n} services x {ENDPOINTS_PER_SERVICE} endpoints into each large node",
-        programming::NAME
-    );
-    let programmed = programming::run(&bed, &small, &large)?;
-    report.append(pod_to_service::run(
-        &bed, &load, opts, small_vip, large_vip,
-    )?);
-    report.append(programmed);
-    println!("==> {}: ferry's program per packet", program_cost::NAME);
-    report.append(program_cost::run(&bed.ferry_large, n, large_vip)?);
+    let bed = Testbed::create(&bins, &load, largest)?;
+    let mut points = Vec::new();
+    for &n in &sizes {
+        let (large, large_vip) = service_set(n);
+        println!(
+            "==> {}: loading {n} services x {ENDPOINTS_PER_SERVICE} endpoints into each large node",
+            programming::NAME
+        );
+        let (programmed, sync) = programming::run(&bed, &small, &large)?;
+        let (measured, rates) = pod_to_service::run(&bed, &load, opts, n, small_vip, large_vip)?;
+        report.append(measured);
+        report.append(programmed);
+        println!("==> {}: ferry's program per packet", program_cost::NAME);
+        report.append(program_cost::run(&bed.ferry_large, n, large_vip)?);
+        points.push(plots::Point {
+            services: n,
+            rates,
+            sync,
+        });
+    }
     // The one-node paths go first: their namespaces must not compete.
     drop(bed);
     report.append(nodeport::run(&bins, &load, opts)?);
+    for svg in plots::write(&root.join("target"), &points)? {
+        report.line(format!("plot: {}", svg.display()));
+    }
     let text = report.render();
     println!("\n{text}");
     let out = root.join("target/bench-latest.txt");

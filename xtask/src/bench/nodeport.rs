@@ -270,11 +270,11 @@ impl EntryPath {
 pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
     println!(
         "==> {NAME}: external client -> node without the backend -> backend on another node ({} services loaded)",
-        opts.services
+        opts.largest()
     );
     let (small, _) = service_set(10);
     // Not the ClusterIP benchmark's addresses: endpoints on the backend node.
-    let (large, _) = service_set(opts.services);
+    let (large, _) = service_set(opts.largest());
     let setup = NodePortSetup::create(bins, load, &small, &large)?;
     let mut paths = [
         EntryPath::new(
@@ -360,7 +360,7 @@ pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
     report.line(format!(
         "\nNodePort, external client -> node -> backend pod on another node (native routing), {} clients; ferry and kube-proxy hold {} Services",
         opts.clients,
-        opts.services + 1
+        opts.largest() + 1
     ));
     let mut table = Table::new(
         ("path (median over rounds)", 44),

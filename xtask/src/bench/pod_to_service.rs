@@ -34,6 +34,18 @@ const TARGET_NO_TRANSLATION_RATE: f64 = 1.00;
 /// ... the socket-LB ClusterIP rows (f), (g).
 const TARGET_SOCKET_LB_RATE: f64 = 1.00;
 
+/// Connections per second (medians) of the paths the plots show.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub direct: f64,
+    pub ferry_small: f64,
+    pub ferry_large: f64,
+    pub iptables: f64,
+    pub nftables: f64,
+    pub socket_lb_small: f64,
+    pub socket_lb_large: f64,
+}
+
 /// One path between the pods, and its samples so far.
 struct ClientPath<'a> {
     label: String,
@@ -180,10 +192,10 @@ pub fn run<'a>(
     bed: &'a Testbed,
     load: &Path,
     opts: &Opts,
+    n: usize,
     small_vip: Ipv4Addr,
     large_vip: Ipv4Addr,
-) -> Result<Report> {
-    let n = opts.services;
+) -> Result<(Report, Rates)> {
     let path = |label: String, client_ns: PathBuf, target: (Ipv4Addr, u16)| ClientPath {
         label,
         client_ns,
@@ -361,6 +373,15 @@ pub fn run<'a>(
         listened.monitor_events as f64
             / (medians[3].0 * opts.seconds * opts.rounds as f64).max(1.0),
     ));
+    let rates = Rates {
+        direct: medians[0].0,
+        ferry_small: medians[1].0,
+        ferry_large: medians[2].0,
+        iptables: medians[5].0,
+        nftables: medians[6].0,
+        socket_lb_small: medians[7].0,
+        socket_lb_large: medians[8].0,
+    };
     let rate = |i: usize| medians[i].0 / base_rate;
     for (what, i, goal) in [
         ("(b)", 1, TARGET_CLUSTER_IP_RATE),
@@ -379,5 +400,5 @@ pub fn run<'a>(
             goal,
         });
     }
-    Ok(report)
+    Ok((report, rates))
 }

@@ -24,7 +24,20 @@ const NFT_SERVICES_PER_TRANSACTION: usize = 500;
 /// Load `small` into ferry-10, then `large` (timed) into ferry-large, then
 /// change one endpoint (timed), then load kube-proxy's rules for the
 /// changed set into the iptables and nftables nodes (timed).
-pub fn run(bed: &Testbed, small: &[ServiceSpec], large: &[ServiceSpec]) -> Result<Report> {
+/// The times a sync took, for the plots (ms).
+#[derive(Clone, Copy, Debug)]
+pub struct SyncTimes {
+    pub ferry_full: f64,
+    pub ferry_one: f64,
+    pub iptables: f64,
+    pub nftables: f64,
+}
+
+pub fn run(
+    bed: &Testbed,
+    small: &[ServiceSpec],
+    large: &[ServiceSpec],
+) -> Result<(Report, SyncTimes)> {
     let n = large.len();
     bed.ferry_small.load_services(small)?;
     let full = bed.ferry_large.load_services(large)?;
@@ -39,6 +52,13 @@ pub fn run(bed: &Testbed, small: &[ServiceSpec], large: &[ServiceSpec]) -> Resul
         &[],
         &ipt_input,
     )?;
+    // An earlier size's table goes first (iptables-restore replaces the
+    // tables it is given by itself).
+    let _ = bed
+        .nftables
+        .node
+        .netns
+        .exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
     let mut nft_time = Duration::ZERO;
     for input in kube_proxy::nftables(&changed, NFT_SERVICES_PER_TRANSACTION) {
         nft_time += timed_load(&bed.nftables.node.netns, "nft", &["-f", "-"], &input)?;
@@ -77,7 +97,13 @@ pub fn run(bed: &Testbed, small: &[ServiceSpec], large: &[ServiceSpec]) -> Resul
             ferry.node.agent_rss_bytes().map_or(f64::NAN, mib),
         ));
     }
-    Ok(report)
+    let times = SyncTimes {
+        ferry_full: full.ms("elapsed_ms"),
+        ferry_one: one.ms("elapsed_ms"),
+        iptables: ipt_time.as_secs_f64() * 1e3,
+        nftables: nft_time.as_secs_f64() * 1e3,
+    };
+    Ok((report, times))
 }
 
 /// Feed `input` to `program args` inside `ns`; how long it took.

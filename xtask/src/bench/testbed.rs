@@ -39,8 +39,7 @@ impl Testbed {
         let iptables = PlainSetup::create(&plain_run.run_id, "kp-ipt", load)?;
         let nftables = PlainSetup::create(&plain_run.run_id, "kp-nft", load)?;
         let ferry_small = FerryNode::create(bins, load, "ferry-10", &[])?;
-        let ferry_large =
-            FerryNode::create(bins, load, "ferry-large", &map_size_args(services))?;
+        let ferry_large = FerryNode::create(bins, load, "ferry-large", &map_size_args(services))?;
         Ok(Self {
             ferry_large,
             ferry_small,

@@ -1,0 +1,172 @@
+//! The benchmark's pictures, next to its text report: connection rate
+//! against the number of Services for every path, and the time each
+//! programs the Service set. SVG (plotters), so no font is needed.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use super::{pod_to_service::Rates, programming::SyncTimes};
+
+/// One size's figures.
+pub struct Point {
+    pub services: usize,
+    pub rates: Rates,
+    pub sync: SyncTimes,
+}
+
+/// A named line: (services, value) points.
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
+/// Write the plots into `dir`; their paths.
+pub fn write(dir: &Path, points: &[Point]) -> Result<Vec<PathBuf>> {
+    if points.is_empty() {
+        return Ok(vec![]);
+    }
+    let at = |f: fn(&Point) -> f64| -> Vec<(f64, f64)> {
+        points.iter().map(|p| (p.services as f64, f(p))).collect()
+    };
+    // The 10-Service nodes are measured at every size: their median.
+    let small = |f: fn(&Rates) -> f64| -> Vec<(f64, f64)> {
+        let mut v: Vec<f64> = points.iter().map(|p| f(&p.rates)).collect();
+        v.sort_by(f64::total_cmp);
+        vec![(10.0, v[v.len() / 2])]
+    };
+    let mut ferry = small(|r| r.ferry_small);
+    ferry.extend(at(|p| p.rates.ferry_large));
+    let mut socket_lb = small(|r| r.socket_lb_small);
+    socket_lb.extend(at(|p| p.rates.socket_lb_large));
+    let rates: Vec<Series> = vec![
+        ("direct pod IP (no ferry)", BLACK, at(|p| p.rates.direct)),
+        ("ferry ClusterIP (tc)", BLUE, ferry),
+        ("ferry ClusterIP (socket LB)", CYAN, socket_lb),
+        ("kube-proxy iptables", RED, at(|p| p.rates.iptables)),
+        ("kube-proxy nftables", MAGENTA, at(|p| p.rates.nftables)),
+    ];
+    let sync: Vec<Series> = vec![
+        ("ferry full sync", BLUE, at(|p| p.sync.ferry_full)),
+        (
+            "ferry, one endpoint changed",
+            CYAN,
+            at(|p| p.sync.ferry_one),
+        ),
+        ("iptables-restore", RED, at(|p| p.sync.iptables)),
+        ("nft -f", MAGENTA, at(|p| p.sync.nftables)),
+    ];
+    let rates_svg = dir.join("bench-connection-rate.svg");
+    let sync_svg = dir.join("bench-sync-time.svg");
+    plot(
+        &rates_svg,
+        "Connections per second, pod to Service, by number of Services",
+        "connections/s",
+        &rates,
+    )?;
+    plot(
+        &sync_svg,
+        "Time to program the Service set (10 endpoints each)",
+        "ms",
+        &sync,
+    )?;
+    Ok(vec![rates_svg, sync_svg])
+}
+
+/// One chart: a log-scale axis of Services, a linear one of `unit`.
+fn plot(path: &Path, title: &str, unit: &str, series: &[Series]) -> Result<()> {
+    let all = series.iter().flat_map(|(_, _, v)| v.iter());
+    let (x_max, y_max) = all.fold((10.0f64, 1.0f64), |(x, y), &(px, py)| {
+        (x.max(px), if py.is_finite() { y.max(py) } else { y })
+    });
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((5.0f64..x_max * 2.0).log_scale(), 0.0f64..y_max * 1.15)
+        .map_err(draw)?;
+    chart
+        .configure_mesh()
+        .x_desc("Services (log scale)")
+        .y_desc(unit)
+        .draw()
+        .map_err(draw)?;
+    for (name, color, points) in series {
+        let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(draw)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .map_err(draw)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerLeft)
+        .draw()
+        .map_err(draw)?;
+    root.present().map_err(draw)?;
+    Ok(())
+}
+
+fn draw<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing a plot: {e:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_is_drawn_with_its_name() {
+        let rates = |scale: f64| Rates {
+            direct: 9000.0,
+            ferry_small: 8800.0,
+            ferry_large: 8700.0 * scale,
+            iptables: 6000.0 * scale,
+            nftables: 7000.0 * scale,
+            socket_lb_small: 9500.0,
+            socket_lb_large: 9400.0 * scale,
+        };
+        let sync = |n: f64| SyncTimes {
+            ferry_full: n / 100.0,
+            ferry_one: 1.0,
+            iptables: n / 10.0,
+            nftables: n / 5.0,
+        };
+        let points = [
+            Point {
+                services: 1000,
+                rates: rates(1.0),
+                sync: sync(1000.0),
+            },
+            Point {
+                services: 10_000,
+                rates: rates(0.9),
+                sync: sync(10_000.0),
+            },
+        ];
+        let dir = std::env::temp_dir().join(format!("ferry-plots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let written = write(&dir, &points).unwrap();
+        assert_eq!(written.len(), 2);
+        let rates_svg = std::fs::read_to_string(&written[0]).unwrap();
+        for name in [
+            "direct pod IP (no ferry)",
+            "ferry ClusterIP (tc)",
+            "kube-proxy iptables",
+            "kube-proxy nftables",
+        ] {
+            assert!(rates_svg.contains(name), "{name} missing");
+        }
+        assert!(rates_svg.contains("<polyline"), "no line drawn");
+        let sync_svg = std::fs::read_to_string(&written[1]).unwrap();
+        assert!(sync_svg.contains("iptables-restore") && sync_svg.contains("ferry full sync"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
