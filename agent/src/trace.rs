@@ -527,34 +527,32 @@ fn run(pin_dir: &Path, probe: &Probe, input: Vec<u8>, on: On) -> Result<TraceRep
     })
 }
 
-/// What a test run gave: the program's action, the frame it left and the
-/// outcome it handed back.
-struct Ran {
-    action: u32,
-    out: Vec<u8>,
-    outcome: Option<u32>,
+/// What a trace run gave: the program's action, the frame it left and the
+/// outcome it handed back (None: it wrote none).
+#[derive(Debug)]
+pub struct Ran {
+    pub action: u32,
+    pub out: Vec<u8>,
+    pub outcome: Option<u32>,
 }
 
-/// Run the pinned tc program `pin` on `input` under the trace marker, as
-/// arriving on `ifindex`.
-fn run_tc(pin_dir: &Path, pin: &str, ifindex: u32, input: &[u8]) -> Result<Ran, TraceError> {
-    let path = pin_dir.join(pin);
-    let program = SchedClassifier::from_pin(&path).map_err(|source| TraceError::Program {
-        path: path.display().to_string(),
-        source,
-    })?;
+/// Run the tc `program` on `input` under the trace marker, as arriving on
+/// `ifindex`.
+pub fn trace_run_tc(
+    program: &SchedClassifier,
+    ifindex: u32,
+    input: &[u8],
+) -> Result<Ran, aya::programs::ProgramError> {
     let ctx_in = trace_context(ifindex);
     let mut ctx_out = [0u8; SKB_CTX_LEN];
     let mut out = vec![0u8; input.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx_in),
-            ctx_out: Some(&mut ctx_out),
-            ..TestRunOptions::new()
-        })
-        .map_err(TraceError::Run)?;
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx_in),
+        ctx_out: Some(&mut ctx_out),
+        ..TestRunOptions::new()
+    })?;
     out.truncate(result.data_size_out as usize);
     Ok(Ran {
         action: result.return_value,
@@ -563,26 +561,22 @@ fn run_tc(pin_dir: &Path, pin: &str, ifindex: u32, input: &[u8]) -> Result<Ran, 
     })
 }
 
-/// Run the pinned XDP program on `input` under the trace marker, as
-/// arriving on `ifindex` (whose routes and neighbours its next hop comes
-/// from).
-fn run_xdp(pin_dir: &Path, ifindex: u32, input: &[u8]) -> Result<Ran, TraceError> {
-    let path = pin_dir.join(PIN_PROG_XDP_UPLINK);
-    let program =
-        Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| TraceError::Program {
-            path: path.display().to_string(),
-            source,
-        })?;
+/// Run the XDP `program` on `input` under the trace marker, as arriving
+/// on `ifindex` (whose routes and neighbours its next hop comes from; 0:
+/// none).
+pub fn trace_run_xdp(
+    program: &Xdp,
+    ifindex: u32,
+    input: &[u8],
+) -> Result<Ran, aya::programs::ProgramError> {
     let (data, ctx_in) = xdp_trace_input(input, ifindex);
     let mut out = vec![0u8; data.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(&data),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx_in),
-            ..TestRunOptions::new()
-        })
-        .map_err(TraceError::Run)?;
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(&data),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx_in),
+        ..TestRunOptions::new()
+    })?;
     out.truncate(result.data_size_out as usize);
     let (outcome, frame) = xdp_trace_output(&out);
     Ok(Ran {
@@ -590,6 +584,27 @@ fn run_xdp(pin_dir: &Path, ifindex: u32, input: &[u8]) -> Result<Ran, TraceError
         out: frame.to_vec(),
         outcome,
     })
+}
+
+/// Run the pinned tc program `pin` on `input` under the trace marker.
+fn run_tc(pin_dir: &Path, pin: &str, ifindex: u32, input: &[u8]) -> Result<Ran, TraceError> {
+    let path = pin_dir.join(pin);
+    let program = SchedClassifier::from_pin(&path).map_err(|source| TraceError::Program {
+        path: path.display().to_string(),
+        source,
+    })?;
+    trace_run_tc(&program, ifindex, input).map_err(TraceError::Run)
+}
+
+/// Run the pinned XDP program on `input` under the trace marker.
+fn run_xdp(pin_dir: &Path, ifindex: u32, input: &[u8]) -> Result<Ran, TraceError> {
+    let path = pin_dir.join(PIN_PROG_XDP_UPLINK);
+    let program =
+        Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| TraceError::Program {
+            path: path.display().to_string(),
+            source,
+        })?;
+    trace_run_xdp(&program, ifindex, input).map_err(TraceError::Run)
 }
 
 fn tc_verdict(action: u32, outcome: Option<u32>) -> &'static str {

@@ -42,6 +42,12 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
+/// This node's address on the fabric of the uplink tests (`Kernel::on_fabric`).
+pub const FABRIC_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
+/// The other node, and the pods it holds.
+pub const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 12);
+pub const REMOTE_PODS: &str = "10.244.2.0/24";
+
 /// The device BPF_PROG_TEST_RUN's skb comes in on: loopback. The from-pod
 /// program takes it for the pod veth the packet came through.
 pub const TEST_RUN_IFINDEX: u32 = 1;
@@ -151,42 +157,15 @@ impl Kernel {
     /// The uplink's XDP program under the trace marker; (XDP action, the
     /// frame it leaves, the outcome handed back: None when left to tc).
     pub fn run_xdp_traced(&mut self, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
-        let (data, ctx_in) = ferry_agent::trace::xdp_trace_input(input, 0);
-        let mut out = vec![0u8; data.len() + 256];
-        let prog = self.dataplane.xdp_program();
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&data),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx_in),
-                ..TestRunOptions::new()
-            })
+        let ran = ferry_agent::trace::trace_run_xdp(self.dataplane.xdp_program(), 0, input)
             .expect("BPF_PROG_TEST_RUN (XDP trace)");
-        out.truncate(result.data_size_out as usize);
-        let (outcome, frame) = ferry_agent::trace::xdp_trace_output(&out);
-        (result.return_value, frame.to_vec(), outcome)
+        (ran.action, ran.out, ran.outcome)
     }
 
     fn run_traced_program(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>, Option<u32>) {
-        let ctx_in = ferry_agent::trace::trace_context(0);
-        let mut ctx_out = [0u8; ferry_agent::trace::SKB_CTX_LEN];
-        let mut out = vec![0u8; input.len() + 256];
-        let prog = self.dataplane.program(name);
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx_in),
-                ctx_out: Some(&mut ctx_out),
-                ..TestRunOptions::new()
-            })
+        let ran = ferry_agent::trace::trace_run_tc(self.dataplane.program(name), 0, input)
             .expect("BPF_PROG_TEST_RUN (trace)");
-        out.truncate(result.data_size_out as usize);
-        (
-            result.return_value,
-            out,
-            ferry_agent::trace::traced_outcome(&ctx_out),
-        )
+        (ran.action, ran.out, ran.outcome)
     }
 
     /// The test-run device becomes the veth of the pod `owner`.
@@ -258,6 +237,46 @@ impl Kernel {
 
     pub fn counters(&self) -> Vec<Counter> {
         self.counters.read().expect("read counters")
+    }
+
+    /// This node on a fabric as the uplink tests have it: its address
+    /// `FABRIC_NODE` (for source NAT) and a native route to the other
+    /// node's pods, `REMOTE_PODS` via `REMOTE_NODE`.
+    pub fn on_fabric(&self) {
+        ferry_agent::maps::NodeMap::open(self.pin_dir())
+            .expect("open the node map")
+            .set_address(Some(FABRIC_NODE))
+            .expect("write the node's address");
+        let mut routes = std::collections::BTreeMap::new();
+        routes.insert(
+            REMOTE_PODS.parse().expect("a CIDR"),
+            ferry_common::Route {
+                node_addr: REMOTE_NODE.octets(),
+                mode: ferry_common::ROUTE_MODE_NATIVE,
+                ifindex: 1,
+                vni: 0,
+            },
+        );
+        ferry_agent::maps::Routes::open(self.pin_dir())
+            .expect("open the routes")
+            .sync(&routes)
+            .expect("write the route");
+    }
+
+    /// Record `addr` as a pod of this node (as ferry-cni does).
+    pub fn add_local_pod(&self, addr: Ipv4Addr) {
+        ferry_agent::maps::Endpoints::open(self.pin_dir())
+            .expect("open the endpoints")
+            .insert(
+                addr,
+                ferry_common::Endpoint {
+                    ifindex: 7,
+                    flags: 0,
+                    pod_mac: [2; 6],
+                    host_mac: [3; 6],
+                },
+            )
+            .expect("record the pod");
     }
 
     /// `ferry_svc_stats` of the frontend `service_id`, summed over CPUs.

@@ -4,13 +4,11 @@
 //! a refused packet under its reason, and nothing for any other frontend.
 use std::net::Ipv4Addr;
 
-use ferry_agent::maps::{Endpoints, NodeMap};
 use ferry_common::{
-    Endpoint, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SERVICE_DROP_OUTCOMES, ServiceKey,
-    ServiceStats, outcome,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SERVICE_DROP_OUTCOMES, ServiceKey, ServiceStats, outcome,
 };
 use ferry_tests::{
-    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT, backend, frontend},
+    fixture::{FABRIC_NODE, Kernel, TC_ACT_OK, TC_ACT_REDIRECT, backend, frontend},
     packet::{Packet, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 
@@ -152,25 +150,11 @@ fn a_trace_counts_nothing_for_the_frontend() {
 
 #[test]
 fn an_external_flow_started_in_xdp_and_carried_by_tc_counts_once() {
-    let node = Ipv4Addr::new(192, 168, 77, 11);
+    let node = FABRIC_NODE;
     let client = Ipv4Addr::new(192, 0, 2, 50);
     let mut k = Kernel::load();
-    NodeMap::open(k.pin_dir())
-        .unwrap()
-        .set_address(Some(node))
-        .unwrap();
-    Endpoints::open(k.pin_dir())
-        .unwrap()
-        .insert(
-            WEB_POD,
-            Endpoint {
-                ifindex: 7,
-                flags: 0,
-                pod_mac: [2; 6],
-                host_mac: [3; 6],
-            },
-        )
-        .unwrap();
+    k.on_fabric();
+    k.add_local_pod(WEB_POD);
     let node_port = ServiceKey {
         addr: node.octets(),
         port: 30080,

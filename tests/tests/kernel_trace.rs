@@ -101,29 +101,13 @@ fn a_trace_neither_records_nor_refreshes_affinity() {
 /// real packet would, and takes no port, records no flow, counts nothing.
 #[test]
 fn an_uplink_trace_is_decided_as_a_real_packet_and_writes_nothing() {
-    use std::collections::BTreeMap;
+    use ferry_common::{SCOPE_EXTERNAL, ServiceKey};
+    use ferry_tests::fixture::FABRIC_NODE;
 
-    use ferry_agent::maps::{NodeMap, Routes};
-    use ferry_common::{ROUTE_MODE_NATIVE, Route, SCOPE_EXTERNAL, ServiceKey};
-
-    let node = Ipv4Addr::new(192, 168, 77, 11);
+    let node = FABRIC_NODE;
     let client = Ipv4Addr::new(192, 0, 2, 50);
     let mut k = Kernel::load();
-    NodeMap::open(k.pin_dir())
-        .unwrap()
-        .set_address(Some(node))
-        .unwrap();
-    let mut routes = BTreeMap::new();
-    routes.insert(
-        "10.244.2.0/24".parse().unwrap(),
-        Route {
-            node_addr: [192, 168, 77, 12],
-            mode: ROUTE_MODE_NATIVE,
-            ifindex: 1,
-            vni: 0,
-        },
-    );
-    Routes::open(k.pin_dir()).unwrap().sync(&routes).unwrap();
+    k.on_fabric();
     let node_port = ServiceKey {
         addr: node.octets(),
         port: 30080,

@@ -3,21 +3,20 @@
 //! (one conntrack for both paths). Sending happens only with a resolved next
 //! hop, which a test run (no ingress device) never has: XDP then passes
 //! every packet, untouched, and the tc program continues the flow.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use ferry_agent::maps::{Endpoints, NodeMap, Routes};
 use ferry_common::{
-    Backend, Endpoint, PROTO_TCP, ROUTE_MODE_NATIVE, Route, SCOPE_EXTERNAL,
-    SERVICE_FLAG_LOCAL_ONLY, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceKey,
+    Backend, PROTO_TCP, SCOPE_EXTERNAL, SERVICE_FLAG_LOCAL_ONLY, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    ServiceKey,
 };
 use ferry_tests::{
-    fixture::{Kernel, TC_ACT_OK, TC_ACT_REDIRECT},
+    fixture::{FABRIC_NODE, Kernel, TC_ACT_OK, TC_ACT_REDIRECT},
     packet::{Packet, TCP_SYN},
 };
 
 const XDP_PASS: u32 = 2;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
-const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
+const NODE: Ipv4Addr = FABRIC_NODE;
 const NODE_PORT: u16 = 30080;
 const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
@@ -40,33 +39,8 @@ fn backend(addr: Ipv4Addr) -> Backend {
 }
 
 fn node(k: &Kernel) {
-    NodeMap::open(k.pin_dir())
-        .unwrap()
-        .set_address(Some(NODE))
-        .unwrap();
-    let mut routes = BTreeMap::new();
-    routes.insert(
-        "10.244.2.0/24".parse().unwrap(),
-        Route {
-            node_addr: [192, 168, 77, 12],
-            mode: ROUTE_MODE_NATIVE,
-            ifindex: 1,
-            vni: 0,
-        },
-    );
-    Routes::open(k.pin_dir()).unwrap().sync(&routes).unwrap();
-    Endpoints::open(k.pin_dir())
-        .unwrap()
-        .insert(
-            LOCAL_POD,
-            Endpoint {
-                ifindex: 7,
-                flags: 0,
-                pod_mac: [2; 6],
-                host_mac: [3; 6],
-            },
-        )
-        .unwrap();
+    k.on_fabric();
+    k.add_local_pod(LOCAL_POD);
 }
 
 fn syn() -> Packet {
