@@ -101,7 +101,7 @@ pub enum BatchError {
         "map {map} is per-CPU (one value per possible CPU): read it through its per-CPU typed map, not the batch API"
     )]
     PerCpu { map: String },
-    #[error("{op} on map {map} failed: {source}{}", hint(*op, source))]
+    #[error("{op} on map {map} failed: {source}{}", hint(op, source))]
     Syscall {
         op: &'static str,
         map: String,
