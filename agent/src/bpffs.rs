@@ -83,3 +83,18 @@ pub unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long
     }
     Ok(rc)
 }
+
+/// `sys_bpf` for the commands that write results back into `attr` (the
+/// batch commands' `count`).
+///
+/// # Safety
+/// As `sys_bpf`.
+pub unsafe fn sys_bpf_mut<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for attr; its size is passed along, and
+    // the kernel may write into it, which the exclusive borrow allows.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}

@@ -365,7 +365,7 @@ impl Collector for ConntrackCollector {
         family(
             e,
             "ferry_conntrack_flows",
-            "Live flows in ferry's conntrack by protocol (each flow once, whatever its entries), as of the agent's last garbage collection walk (every --gc-interval-secs).",
+            "Live flows in ferry's conntrack by protocol (each flow once, whatever its entries), as of the agent's last complete garbage collection pass (the map read in slices about a second apart, a pass every --gc-interval-secs on a full map).",
             MetricType::Gauge,
             summary
                 .flows
@@ -375,7 +375,7 @@ impl Collector for ConntrackCollector {
         family(
             e,
             "ferry_snat_ports_in_use",
-            "Source-NAT ports held per backend (address:port): flows from outside sent to another node's backend whose port a new connection may not take yet, as of the agent's last garbage collection walk. Out of ferry_snat_ports_capacity.",
+            "Source-NAT ports held per backend (address:port): flows from outside sent to another node's backend whose port a new connection may not take yet, as of the agent's last complete garbage collection pass. Out of ferry_snat_ports_capacity.",
             MetricType::Gauge,
             summary.snat_ports.iter().map(|((addr, port), n)| {
                 ([("backend", format!("{addr}:{port}"))], ConstGauge::new(*n))

@@ -141,7 +141,12 @@ impl Agent {
     async fn serve(&mut self, mut source: impl Source) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
-        let mut gc = tokio::time::interval(self.cfg.gc_interval);
+        // Garbage collection walks conntrack in steps, about one a second,
+        // each a slice sized so that a pass over a full map takes one
+        // --gc-interval-secs: the same removal delay as one walk of the
+        // whole map per interval, without its burst of CPU.
+        let gc_steps = gc_steps_per_pass(self.cfg.gc_interval);
+        let mut gc = tokio::time::interval(self.cfg.gc_interval / gc_steps);
         let mut resync = tokio::time::interval(RESYNC);
         resync.tick().await;
         let name = source.name();
@@ -158,12 +163,21 @@ impl Agent {
                         self.apply(snapshot, &name, true);
                     }
                 }
-                _ = gc.tick() => self.metrics.record_conntrack(self.reconciler.collect_garbage(monotonic_now_ns())),
+                _ = gc.tick() => {
+                    let pass = self.reconciler.collect_garbage(monotonic_now_ns(), gc_steps);
+                    self.metrics.record_conntrack(pass);
+                }
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
             }
         }
     }
+}
+
+/// Garbage collection steps per pass over conntrack: one a second of
+/// `interval` (at least one).
+fn gc_steps_per_pass(interval: Duration) -> u32 {
+    interval.as_secs().clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// The real targets on this node.

@@ -18,9 +18,39 @@ use ferry_common::{
     conntrack::{FLAG_SOURCE_NAT, snat_tuple_reusable},
 };
 
-use super::{OpenError, is_not_found, open_pinned};
+use super::{
+    OpenError,
+    batch::{BatchError, BatchMap, Cursor},
+    is_not_found, open_pinned,
+};
 
-pub struct Conntrack(HashMap<MapData, CtKey, CtEntry>);
+pub struct Conntrack {
+    /// Per-entry access: the lookups and removals that must judge one
+    /// entry as it is at that moment.
+    map: HashMap<MapData, CtKey, CtEntry>,
+    /// The same map (its own fd), read and written in batches.
+    batch: BatchMap<CtKey, CtEntry>,
+    /// Where the agent's incremental garbage collection is.
+    walk: GcWalk,
+}
+
+/// A conntrack read or write that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("{0}")]
+    Map(#[from] MapError),
+}
+
+/// A garbage collection pass in progress: where it is in the map and what
+/// it has counted so far.
+#[derive(Default)]
+struct GcWalk {
+    cursor: Cursor,
+    tally: SummaryPass,
+    removed: usize,
+}
 
 /// Should `(key, entry)` be removed at `now_ns`, given its partner's entry?
 pub fn is_dead(entry: &CtEntry, partner: Option<&CtEntry>, now_ns: u64) -> bool {
@@ -66,45 +96,94 @@ pub struct ConntrackSummary {
 /// the reply entry, the key that holds the tuple (the original entry when
 /// the reply entry is gone).
 pub fn summarize(entries: &[(CtKey, CtEntry)], dead: &[CtKey], now_ns: u64) -> ConntrackSummary {
-    let dead: HashSet<&CtKey> = dead.iter().collect();
-    // Only source-NATed flows look their reply up: a small map, not a
-    // second copy of the whole table.
-    let snat_replies: StdHashMap<&CtKey, &CtEntry> = entries
-        .iter()
-        .filter(|(k, e)| k.direction == CT_DIR_REPLY && e.flags & FLAG_SOURCE_NAT != 0)
-        .map(|(k, e)| (k, e))
-        .collect();
-    let mut summary = ConntrackSummary::default();
-    for (key, entry) in entries {
-        if key.direction != CT_DIR_ORIGINAL || dead.contains(key) {
-            continue;
-        }
-        *summary.flows.entry(key.protocol).or_default() += 1;
-        if entry.flags & FLAG_SOURCE_NAT == 0 {
-            continue;
-        }
-        let reply_key = partner_key(key, entry);
-        let holder = snat_replies
-            .get(&reply_key)
-            .filter(|r| partner_key(&reply_key, r) == *key)
-            .copied()
-            .unwrap_or(entry);
-        let (state, flags, expires) = (holder.state, holder.flags, holder.expires_ns);
-        if !snat_tuple_reusable(state, flags, expires, now_ns, key.protocol) {
-            let backend = (Ipv4Addr::from(entry.nat_addr), entry.nat_port);
-            *summary.snat_ports.entry(backend).or_default() += 1;
-        }
-    }
-    summary
+    let mut pass = SummaryPass::default();
+    pass.add(entries, dead, now_ns);
+    pass.finish()
 }
 
-/// What one garbage collection did and saw.
+/// `summarize` over a map read in slices (a garbage collection pass): each
+/// slice is added as it is read, judged at its own time, and the flows
+/// are counted when the pass ends. A source-NATed flow's two entries are
+/// usually in different slices (they hash to different buckets), so the
+/// pass keeps what it needs to pair them: per source-NATed original, its
+/// backend and whether it holds its port; per source-NATed reply, the key
+/// it names and the same verdict. That is two small records per
+/// source-NATed flow, not a copy of the map.
+#[derive(Debug, Default)]
+pub struct SummaryPass {
+    flows: BTreeMap<u8, u64>,
+    /// (the reply key it names, its own key, backend, holds its port by
+    /// its own entry).
+    snat_originals: Vec<(CtKey, CtKey, (Ipv4Addr, u16), bool)>,
+    /// reply key -> (the original key it names, holds its port).
+    snat_replies: StdHashMap<CtKey, (CtKey, bool)>,
+}
+
+impl SummaryPass {
+    /// Add `entries` (one slice), with `dead` (the keys of it that are
+    /// being removed) left out, judged at `now_ns`.
+    pub fn add(&mut self, entries: &[(CtKey, CtEntry)], dead: &[CtKey], now_ns: u64) {
+        let dead: HashSet<&CtKey> = dead.iter().collect();
+        let holds = |key: &CtKey, e: &CtEntry| {
+            !snat_tuple_reusable(e.state, e.flags, e.expires_ns, now_ns, key.protocol)
+        };
+        for (key, entry) in entries {
+            if entry.flags & FLAG_SOURCE_NAT == 0 && key.direction != CT_DIR_ORIGINAL {
+                continue;
+            }
+            if key.direction == CT_DIR_REPLY {
+                // The entry that holds a source-NATed tuple (the datapath
+                // judges reuse by it).
+                let names = partner_key(key, entry);
+                self.snat_replies.insert(*key, (names, holds(key, entry)));
+                continue;
+            }
+            // A source-NAT claim (direction 2) is no flow.
+            if key.direction != CT_DIR_ORIGINAL || dead.contains(key) {
+                continue;
+            }
+            *self.flows.entry(key.protocol).or_default() += 1;
+            if entry.flags & FLAG_SOURCE_NAT != 0 {
+                let backend = (Ipv4Addr::from(entry.nat_addr), entry.nat_port);
+                let reply = partner_key(key, entry);
+                self.snat_originals
+                    .push((reply, *key, backend, holds(key, entry)));
+            }
+        }
+    }
+
+    /// The summary of everything added. A source-NATed flow holds its port
+    /// as its reply entry says when that entry names the original back,
+    /// else as the original entry says.
+    pub fn finish(self) -> ConntrackSummary {
+        let mut snat_ports = BTreeMap::new();
+        for (reply, original, backend, held_by_original) in self.snat_originals {
+            let held = self
+                .snat_replies
+                .get(&reply)
+                .filter(|(names, _)| *names == original)
+                .map_or(held_by_original, |(_, held)| *held);
+            if held {
+                *snat_ports.entry(backend).or_default() += 1;
+            }
+        }
+        ConntrackSummary {
+            flows: self.flows,
+            snat_ports,
+        }
+    }
+}
+
+/// What one garbage collection step did and saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
-    /// Entries removed.
+    /// Entries removed by this step.
     pub removed: usize,
-    /// The flows left, as the walk saw them.
-    pub summary: ConntrackSummary,
+    /// Entries this step read.
+    pub walked: usize,
+    /// The flows left, as the pass saw them: Some when this step finished
+    /// a pass over the whole map.
+    pub summary: Option<ConntrackSummary>,
 }
 
 /// The flows among `entries` that `stale` names: (original key, its reply
@@ -135,54 +214,122 @@ pub fn flows_to(
 
 impl Conntrack {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
-        open_pinned(pin_dir, MAP_CONNTRACK).map(Self)
+        let map = open_pinned(pin_dir, MAP_CONNTRACK)?;
+        let batch = BatchMap::open(&pin_dir.join(MAP_CONNTRACK))?;
+        Ok(Self {
+            map,
+            batch,
+            walk: GcWalk::default(),
+        })
     }
 
-    /// Every entry. Entries that vanish while iterating are skipped.
-    pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-        let mut out = Vec::new();
-        for item in self.0.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+    /// The map's capacity.
+    pub fn max_entries(&self) -> u32 {
+        self.batch.max_entries()
+    }
+
+    /// Every entry, read in batches (thousands of entries a system call).
+    pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, CtError> {
+        Ok(self.batch.lookup_all()?)
     }
 
     /// One entry, if present (a lookup from user space leaves the LRU
     /// order alone).
     pub fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
-        super::found(self.0.get(key, 0))
+        super::found(self.map.get(key, 0))
     }
 
     pub fn insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), MapError> {
-        self.0.insert(key, entry, 0)
+        self.map.insert(key, entry, 0)
+    }
+
+    /// Write many entries in batches (tests and benchmarks fill the map
+    /// this way).
+    pub fn insert_many(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<(), CtError> {
+        let (keys, values): (Vec<CtKey>, Vec<CtEntry>) = entries.iter().copied().unzip();
+        Ok(self.batch.update(&keys, &values, 0)?)
     }
 
     /// Remove one entry; one already gone is fine.
     pub fn remove(&mut self, key: &CtKey) -> Result<(), MapError> {
-        match self.0.remove(key) {
+        match self.map.remove(key) {
             Err(e) if !is_not_found(&e) => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Remove the flows whose entries have all expired at `now_ns`.
-    /// Returns how many entries were removed.
-    pub fn collect_garbage(&mut self, now_ns: u64) -> Result<usize, MapError> {
+    /// Remove `keys` whatever their state, in batches; keys already gone
+    /// are fine. Returns how many were removed.
+    pub fn remove_many(&mut self, keys: &[CtKey]) -> Result<usize, CtError> {
+        Ok(self.batch.delete(keys)?)
+    }
+
+    /// Remove the flows whose entries have all expired at `now_ns`, in one
+    /// pass over the whole map. Returns how many entries were removed.
+    pub fn collect_garbage(&mut self, now_ns: u64) -> Result<usize, CtError> {
         self.collect_garbage_and_count(now_ns).map(|r| r.removed)
     }
 
-    /// `collect_garbage`, also counting what the same walk leaves in place
+    /// `collect_garbage`, also counting what the same pass leaves in place
     /// (the metrics' conntrack gauges: one walk, not one more per scrape).
-    pub fn collect_garbage_and_count(&mut self, now_ns: u64) -> Result<GcReport, MapError> {
-        let snapshot = self.entries()?;
-        let dead = dead_keys(&snapshot, now_ns);
-        let summary = summarize(&snapshot, &dead, now_ns);
-        let removed = self.remove_dead(dead, now_ns)?;
-        Ok(GcReport { removed, summary })
+    pub fn collect_garbage_and_count(&mut self, now_ns: u64) -> Result<GcReport, CtError> {
+        let mut walk = GcWalk::default();
+        loop {
+            let step = self.gc_step(&mut walk, now_ns, usize::MAX)?;
+            if step.summary.is_some() {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// One step of the agent's incremental garbage collection: read the
+    /// next `slice` entries of the map (batch lookups, resuming where the
+    /// last step stopped), and remove the dead flows among them. The
+    /// agent sizes `slice` so that a pass over a full map takes one
+    /// `--gc-interval-secs` at a steady rate (`gc_slice`), instead of one
+    /// walk of the whole map every interval. `summary` is Some at the end
+    /// of each pass: the counts of that whole pass.
+    pub fn collect_garbage_slice(
+        &mut self,
+        now_ns: u64,
+        slice: usize,
+    ) -> Result<GcReport, CtError> {
+        let mut walk = std::mem::take(&mut self.walk);
+        let step = self.gc_step(&mut walk, now_ns, slice);
+        // A failed step starts the pass again next time (its tally is
+        // incomplete); a finished one starts the next pass.
+        if step.as_ref().is_ok_and(|s| s.summary.is_none()) {
+            self.walk = walk;
+        }
+        step
+    }
+
+    fn gc_step(
+        &mut self,
+        walk: &mut GcWalk,
+        now_ns: u64,
+        slice: usize,
+    ) -> Result<GcReport, CtError> {
+        let mut entries = Vec::new();
+        self.batch
+            .lookup_next(&mut walk.cursor, slice, &mut entries)?;
+        // Judged from the slice: an entry whose partner is in the slice and
+        // alive is kept without a look at the map. The rest is judged again
+        // entry by entry as it is removed (`remove_dead`), partner looked
+        // up wherever it is.
+        let candidates = dead_keys(&entries, now_ns);
+        let removed = self.remove_dead(candidates, now_ns)?;
+        walk.tally.add(&entries, &removed, now_ns);
+        walk.removed += removed.len();
+        let summary = walk
+            .cursor
+            .is_done()
+            .then(|| std::mem::take(&mut walk.tally).finish());
+        Ok(GcReport {
+            removed: removed.len(),
+            walked: entries.len(),
+            summary,
+        })
     }
 
     /// `collect_garbage` judging from `snapshot`, an earlier `entries()`:
@@ -193,24 +340,33 @@ impl Conntrack {
         now_ns: u64,
     ) -> Result<usize, MapError> {
         self.remove_dead(dead_keys(snapshot, now_ns), now_ns)
+            .map(|removed| removed.len())
     }
 
     /// Remove the keys of `dead` (judged from a snapshot) that are still
-    /// dead at `now_ns`.
-    fn remove_dead(&mut self, dead: Vec<CtKey>, now_ns: u64) -> Result<usize, MapError> {
-        let mut removed = 0;
+    /// dead at `now_ns`; returns the keys removed.
+    ///
+    /// Entry by entry on purpose, not a batch delete: the check and the
+    /// removal must be as close together as they can be. Between them a
+    /// packet may refresh the flow, or a new connection reuse its tuple
+    /// (under load a client port comes round every few seconds), and a
+    /// batch delete would widen that gap from one lookup (about a
+    /// microsecond) to the whole batch. The batch reads are where the
+    /// walk's cost was; only the dead entries pay these calls.
+    fn remove_dead(&mut self, dead: Vec<CtKey>, now_ns: u64) -> Result<Vec<CtKey>, MapError> {
+        let mut removed = Vec::new();
         for key in dead {
             // The snapshot is old by now: a packet may have refreshed the
             // flow, or a new connection reused its tuple and wrote fresh
             // entries under the same keys. Judge the entries as they are
             // now, so a live flow is never removed.
-            let current = match self.0.get(&key, 0) {
+            let current = match self.map.get(&key, 0) {
                 Ok(entry) => entry,
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(e),
             };
             let partner_k = partner_key(&key, &current);
-            let partner = match self.0.get(&partner_k, 0) {
+            let partner = match self.map.get(&partner_k, 0) {
                 Ok(p) if partner_key(&partner_k, &p) == key => Some(p),
                 Ok(_) => None,
                 Err(e) if is_not_found(&e) => None,
@@ -219,14 +375,22 @@ impl Conntrack {
             if !is_dead(&current, partner.as_ref(), now_ns) {
                 continue;
             }
-            match self.0.remove(&key) {
-                Ok(()) => removed += 1,
+            match self.map.remove(&key) {
+                Ok(()) => removed.push(key),
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(removed)
     }
+}
+
+/// Entries per garbage collection step so that `slices` steps cover a
+/// full map of `max_entries`: a pass at a steady rate, not a burst.
+pub fn gc_slice(max_entries: u32, slices: u32) -> usize {
+    (max_entries as usize)
+        .div_ceil(slices.max(1) as usize)
+        .max(1)
 }
 
 #[cfg(test)]
@@ -449,5 +613,43 @@ mod tests {
         );
         // Every one of them is a live flow.
         assert_eq!(summary.flows, BTreeMap::from([(6, 5)]));
+    }
+
+    #[test]
+    fn a_pass_in_slices_counts_what_one_walk_counts() {
+        use ferry_common::conntrack::{FLAG_CLOSED, STATE_TCP_CLOSING, STATE_TCP_ESTABLISHED};
+        let now = 100 * S;
+        let established = (STATE_TCP_ESTABLISHED, 0);
+        let closed = (STATE_TCP_CLOSING, FLAG_CLOSED);
+        let mut entries: Vec<(CtKey, CtEntry)> = Vec::new();
+        entries.extend(snat_flow(3000, 5, 61_000, established, now - S, now - S));
+        entries.extend(snat_flow(3003, 6, 61_002, closed, now - 5 * S, now - 5 * S));
+        entries.extend(snat_flow(3004, 7, 61_000, closed, now - 5 * S, now - S / 2));
+        entries.extend(flow(1000, 2));
+        let [lonely, _] = snat_flow(3005, 8, 61_003, established, now - S, now - S);
+        entries.push(lonely);
+        let whole = summarize(&entries, &dead_keys(&entries, now), now);
+        // The UDP flow has expired by now: four TCP flows.
+        assert_eq!(whole.flows, BTreeMap::from([(6, 4)]), "{whole:?}");
+        // Every split, the reply before or after its original.
+        for at in 0..=entries.len() {
+            for reversed in [false, true] {
+                let (a, b) = entries.split_at(at);
+                let (first, second) = if reversed { (b, a) } else { (a, b) };
+                let mut pass = SummaryPass::default();
+                for part in [first, second] {
+                    pass.add(part, &dead_keys(part, now), now);
+                }
+                assert_eq!(pass.finish(), whole, "split at {at}, reversed {reversed}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_slice_covers_a_full_map_in_the_given_steps() {
+        assert_eq!(gc_slice(524_288, 10), 52_429);
+        assert!(gc_slice(524_288, 10) * 10 >= 524_288);
+        assert_eq!(gc_slice(100, 0), 100);
+        assert_eq!(gc_slice(0, 10), 1);
     }
 }

@@ -10,6 +10,7 @@ use aya::maps::{Map, MapData, MapError, lpm_trie};
 use crate::net::Ipv4Net;
 
 pub mod affinity;
+pub mod batch;
 pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
@@ -38,6 +39,8 @@ pub enum OpenError {
         "cannot open pinned map {path}: {source}; is the agent loaded with this --pin-dir (run it once, or check the path)?"
     )]
     Open { path: String, source: MapError },
+    #[error(transparent)]
+    Batch(#[from] batch::BatchError),
 }
 
 /// Open the map pinned as `name` under `pin_dir` as the typed map `T`

@@ -173,7 +173,11 @@ impl FlowTable for MemoryHost {
         Ok(stale.len())
     }
 
-    fn collect_garbage(&mut self, _now_ns: u64) -> TargetResult<super::targets::GcReport> {
+    fn collect_garbage(
+        &mut self,
+        _now_ns: u64,
+        _steps_per_pass: u32,
+    ) -> TargetResult<super::targets::GcReport> {
         Ok(Default::default())
     }
 }

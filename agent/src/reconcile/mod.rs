@@ -202,16 +202,26 @@ impl Reconciler {
         }
     }
 
-    /// Remove expired flows (the agent's periodic garbage collection).
-    /// Returns what the walk saw of the flows left (None if it failed), for
-    /// the metrics.
-    pub fn collect_garbage(&mut self, now_ns: u64) -> Option<ConntrackSummary> {
-        match self.targets.flows.collect_garbage(now_ns) {
+    /// One step of the agent's periodic, incremental garbage collection:
+    /// remove the expired flows among the next slice of conntrack
+    /// (`steps_per_pass` steps cover a full map). Returns, when the step
+    /// ended a pass over the whole map, what that pass saw of the flows
+    /// left (None mid-pass and if it failed), for the metrics.
+    pub fn collect_garbage(
+        &mut self,
+        now_ns: u64,
+        steps_per_pass: u32,
+    ) -> Option<ConntrackSummary> {
+        match self.targets.flows.collect_garbage(now_ns, steps_per_pass) {
             Ok(report) => {
                 if report.removed > 0 {
-                    tracing::debug!(removed = report.removed, "conntrack garbage collected");
+                    tracing::debug!(
+                        removed = report.removed,
+                        walked = report.walked,
+                        "conntrack garbage collected"
+                    );
                 }
-                Some(report.summary)
+                report.summary
             }
             Err(e) => {
                 tracing::warn!(error = %e, "conntrack garbage collection failed");

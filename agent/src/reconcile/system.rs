@@ -91,17 +91,24 @@ impl FlowTable for Conntrack {
         let entries = self.entries().map_err(TargetError::new)?;
         let doomed = crate::maps::conntrack::flows_to(&entries, stale);
         let flows = doomed.len();
-        for (original, reply) in doomed {
-            self.remove(&original).map_err(TargetError::new)?;
-            if let Some(reply) = reply {
-                self.remove(&reply).map_err(TargetError::new)?;
-            }
-        }
+        // Both entries of each flow, whatever their state (their backend
+        // left): one batch delete.
+        let keys: Vec<_> = doomed
+            .into_iter()
+            .flat_map(|(original, reply)| std::iter::once(original).chain(reply))
+            .collect();
+        self.remove_many(&keys).map_err(TargetError::new)?;
         Ok(flows)
     }
 
-    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<super::targets::GcReport> {
-        Conntrack::collect_garbage_and_count(self, now_ns).map_err(TargetError::new)
+    fn collect_garbage(
+        &mut self,
+        now_ns: u64,
+        steps_per_pass: u32,
+    ) -> TargetResult<super::targets::GcReport> {
+        let slice = crate::maps::conntrack::gc_slice(self.max_entries(), steps_per_pass);
+        self.collect_garbage_slice(now_ns, slice)
+            .map_err(TargetError::new)
     }
 }
 

@@ -63,9 +63,12 @@ pub trait FlowTable {
     /// Remove both entries of every flow `stale` names; returns how many
     /// flows went.
     fn remove_flows(&mut self, stale: &[StaleFlows]) -> TargetResult<usize>;
-    /// Remove the flows that have expired by `now_ns`; returns how many
-    /// entries went and what the walk saw of the flows left.
-    fn collect_garbage(&mut self, now_ns: u64) -> TargetResult<GcReport>;
+    /// One step of the incremental garbage collection: remove the expired
+    /// flows (at `now_ns`) among the next slice of the table, sized so
+    /// that `steps_per_pass` steps cover a full table; returns how many
+    /// entries went and, when the step ended a pass, what the pass saw of
+    /// the flows left.
+    fn collect_garbage(&mut self, now_ns: u64, steps_per_pass: u32) -> TargetResult<GcReport>;
 }
 
 /// The sockets socket-level load balancing connected to a backend, as far
