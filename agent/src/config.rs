@@ -326,7 +326,8 @@ pub struct RunArgs {
     /// Pod interface MTU (written into the conflist).
     #[arg(long, default_value_t = 1500)]
     pub mtu: u32,
-    /// Seconds between conntrack garbage collections.
+    /// Seconds a conntrack garbage collection pass takes over a full map:
+    /// the map is read in slices, one step about every second.
     #[arg(long, default_value_t = 10)]
     pub gc_interval_secs: u64,
     #[command(flatten)]
