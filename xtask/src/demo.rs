@@ -114,7 +114,7 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
     println!("==> look inside yourself:");
     let agent = cluster.bins.agent.display();
     let pins = node.pin_dir.display();
-    for what in ["services", "backends", "conntrack", "endpoints", "counters"] {
+    for what in ["services", "backends", "conntrack", "endpoints", "counters", "maps"] {
         println!("    {agent} inspect {what} --pin-dir {pins}");
     }
     println!("    bpftool map dump pinned {pins}/ferry_services");
@@ -125,6 +125,9 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
         cluster.run_id, client.ip
     );
     println!("    {agent} monitor --pin-dir {pins}   # then connect, below");
+    println!(
+        "    {agent} debug on --pin-dir {pins}   # a line per packet in the agent log; debug off to stop"
+    );
     println!(
         "    nsenter --net=/var/run/netns/fry-{}-{NODE}-client -- bash -c 'exec 3<>/dev/tcp/{VIP}/80; printf ? >&3; head -1 <&3'",
         cluster.run_id
