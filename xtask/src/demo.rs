@@ -114,7 +114,14 @@ pub fn run(keep: bool, nodes: bool) -> Result<()> {
     println!("==> look inside yourself:");
     let agent = cluster.bins.agent.display();
     let pins = node.pin_dir.display();
-    for what in ["services", "backends", "conntrack", "endpoints", "counters", "maps"] {
+    for what in [
+        "services",
+        "backends",
+        "conntrack",
+        "endpoints",
+        "counters",
+        "maps",
+    ] {
         println!("    {agent} inspect {what} --pin-dir {pins}");
     }
     println!("    bpftool map dump pinned {pins}/ferry_services");
