@@ -32,25 +32,32 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
+        use std::fmt::Write as _;
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.len());
             }
         }
-        let line = |cells: Vec<&str>| {
-            let mut s = cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ");
-            s.truncate(s.trim_end().len());
-            s + "\n"
+        // Written straight into one string: a full conntrack table has
+        // millions of cells.
+        let mut out = String::with_capacity(
+            (self.rows.len() + 1) * (widths.iter().sum::<usize>() + 2 * widths.len()),
+        );
+        let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+            let start = out.len();
+            for (i, (c, w)) in cells.zip(&widths).enumerate() {
+                if i > 0 {
+                    out.push_str("  ");
+                }
+                let _ = write!(out, "{c:<w$}");
+            }
+            out.truncate(start + out[start..].trim_end().len());
+            out.push('\n');
         };
-        let mut out = line(self.header.clone());
+        line(&mut self.header.iter().copied());
         for row in &self.rows {
-            out += &line(row.iter().map(String::as_str).collect());
+            line(&mut row.iter().map(String::as_str));
         }
         out
     }
@@ -145,7 +152,9 @@ pub fn backends(pin_dir: &Path) -> Result<Table> {
     Ok(t)
 }
 
-pub fn conntrack(pin_dir: &Path) -> Result<Table> {
+/// `ferry_conntrack`, as a table (`json` false) or as JSON (true): only
+/// the form asked for is built, a full map having half a million entries.
+pub fn conntrack(pin_dir: &Path, json: bool) -> Result<Table> {
     let ct = Conntrack::open(pin_dir)?;
     let now = monotonic_now_ns();
     let mut entries = ct.entries()?;
@@ -200,21 +209,24 @@ pub fn conntrack(pin_dir: &Path) -> Result<Table> {
         };
         let src = addr_port(k.src_addr, k.src_port);
         let dst = addr_port(k.dst_addr, k.dst_port);
-        t.rows.push(vec![
-            protocol_name(k.protocol).into(),
-            dir.into(),
-            src.clone(),
-            dst.clone(),
-            nat.clone(),
-            state_label(e.state, e.flags).into(),
-            expires.clone(),
-            e.service_id.to_string(),
-        ]);
-        t.json.push(json!({
-            "protocol": protocol_name(k.protocol), "direction": dir, "source": src,
-            "destination": dst, "nat": nat, "state": state_label(e.state, e.flags),
-            "expires": expires, "service_id": e.service_id,
-        }));
+        if json {
+            t.json.push(json!({
+                "protocol": protocol_name(k.protocol), "direction": dir, "source": src,
+                "destination": dst, "nat": nat, "state": state_label(e.state, e.flags),
+                "expires": expires, "service_id": e.service_id,
+            }));
+        } else {
+            t.rows.push(vec![
+                protocol_name(k.protocol).into(),
+                dir.into(),
+                src,
+                dst,
+                nat,
+                state_label(e.state, e.flags).into(),
+                expires,
+                e.service_id.to_string(),
+            ]);
+        }
     }
     Ok(t)
 }

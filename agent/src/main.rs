@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
                 What::Maps => inspect::maps(&pin_dir),
                 What::Services => inspect::services(&pin_dir),
                 What::Backends => inspect::backends(&pin_dir),
-                What::Conntrack => inspect::conntrack(&pin_dir),
+                What::Conntrack => inspect::conntrack(&pin_dir, json),
                 What::Endpoints => inspect::endpoints(&pin_dir),
                 What::Counters => inspect::counters(&pin_dir),
                 What::ServiceCidrs => inspect::service_cidrs(&pin_dir),

@@ -105,6 +105,14 @@ impl Kernel {
         Self::open(dataplane, pins)
     }
 
+    /// `load` with the maps at `sizes` instead of the defaults.
+    pub fn load_sized(sizes: &ferry_agent::loader::MapSizes) -> Self {
+        require_root();
+        let pins = PinDirGuard(unique_pin_dir("k"));
+        let dataplane = Dataplane::load_sized(&pins.0, sizes).expect("load the kernel programs");
+        Self::open(dataplane, pins)
+    }
+
     fn open(dataplane: Dataplane, pins: PinDirGuard) -> Self {
         let services = ServiceTable::open(&pins.0).expect("open services");
         let conntrack = Conntrack::open(&pins.0).expect("open conntrack");

@@ -309,20 +309,26 @@ fn measure_the_cpu_of_a_collection_on_a_full_map() {
     assert!(removed_after >= doomed.len() * 99 / 100);
 }
 
-/// Run by hand: `ferry-agent inspect conntrack`'s table on a full map
-/// (the map read, sorted and formatted; not printed). Prints the time.
+/// Run by hand: `ferry-agent inspect conntrack`'s table on a full map of
+/// 524,288 entries (the map read, sorted, formatted and rendered as the
+/// CLI prints it; not printed). Prints the time.
 #[test]
 #[ignore = "a measurement: run by hand with --ignored --nocapture"]
 fn measure_inspect_conntrack_on_a_full_map() {
-    let mut k = Kernel::load();
+    let mut k = Kernel::load_sized(&ferry_agent::loader::MapSizes {
+        conntrack: 524_288,
+        ..Default::default()
+    });
     let max = k.conntrack.max_entries();
     let (entries, _) = flows(max / 2, monotonic_now_ns());
     k.conntrack.insert_many(&entries).unwrap();
     let start = std::time::Instant::now();
-    let table = ferry_agent::inspect::conntrack(k.pin_dir()).unwrap();
+    let table = ferry_agent::inspect::conntrack(k.pin_dir(), false).unwrap();
+    let text = table.render();
     eprintln!(
-        "inspect conntrack: {} rows in {:.0} ms",
+        "inspect conntrack: {} rows, {} bytes of table in {:.0} ms",
         table.rows.len(),
+        text.len(),
         start.elapsed().as_secs_f64() * 1e3
     );
     assert_eq!(table.rows.len(), entries.len());
