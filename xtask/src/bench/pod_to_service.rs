@@ -117,7 +117,7 @@ impl Proof {
 }
 
 /// The node's datapath counters: outcome name -> packets.
-fn counters(node: &Node) -> Result<BTreeMap<String, u64>> {
+pub(super) fn counters(node: &Node) -> Result<BTreeMap<String, u64>> {
     let text = node.inspect("counters")?;
     let map: BTreeMap<String, u64> = text
         .lines()
