@@ -213,7 +213,7 @@ pub fn run(opts: &Opts) -> Result<()> {
         report.append(measured);
         report.append(programmed);
         println!("==> {}: ferry's program per packet", program_cost::NAME);
-        report.append(program_cost::run(&bed.ferry_large, n, large_vip)?);
+        report.append(program_cost::run(&bed.ferry_large, n)?);
         points.push(plots::Point {
             services: n,
             rates,

@@ -6,10 +6,7 @@ use std::{net::Ipv4Addr, path::Path, process::Command};
 use anyhow::{Context, Result};
 use ferry_harness::packet::{Packet, TCP_ACK, TCP_SYN};
 
-use super::{
-    SERVER_IP, SERVER_PORT, SERVICE_PORT, pod_to_service::counters, report::Report,
-    testbed::FerryNode,
-};
+use super::{SERVER_IP, SERVER_PORT, pod_to_service::counters, report::Report, testbed::FerryNode};
 
 pub const NAME: &str = "program-cost";
 
@@ -24,16 +21,16 @@ const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 200), 45000);
 const NO_SERVICE_CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 200), 45001);
 
 /// Per-packet cost of ferry's from-pod program on `node`, which holds the
-/// `services` Services, `vip` among them.
-pub fn run(node: &FerryNode, services: usize, vip: Ipv4Addr) -> Result<Report> {
+/// `services` Services.
+pub fn run(node: &FerryNode, services: usize) -> Result<Report> {
     let prog = node.node.pin_dir.join("prog_from_pod");
     let scratch = node.cluster.root.join("frame.bin");
-    let vip = (vip, SERVICE_PORT);
+    // No translated packet: a test run's repeats reuse one skb, and the
+    // first run rewrites a packet for a frontend to its backend's address,
+    // so the repeats after it would measure the pod-IP path below (the
+    // counters proved it: one translated, the rest passed). The frontend
+    // is in the maps all the same, among `services`.
     let cost = [
-        (
-            "ClusterIP, flow's packets",
-            Packet::tcp(CLIENT, vip, TCP_ACK, &[]).bytes(),
-        ),
         (
             "pod IP, no translation",
             Packet::tcp(CLIENT, (SERVER_IP, SERVER_PORT), TCP_ACK, &[]).bytes(),
@@ -56,10 +53,7 @@ pub fn run(node: &FerryNode, services: usize, vip: Ipv4Addr) -> Result<Report> {
         &format!("update pinned {{}} key 1 0 0 0 value {a} {b} {c} {d}"),
     )?;
     let before = counters(&node.node)?;
-    // The first run creates the flow; the repeats measure its packets.
-    let syn = Packet::tcp(CLIENT, vip, TCP_SYN, &[]).bytes();
     let measured = (|| -> Result<Vec<String>> {
-        let _ = program_ns(&prog, &syn, &scratch)?;
         let mut costs = Vec::new();
         for (what, frame) in &cost {
             costs.push(format!(
@@ -73,8 +67,7 @@ pub fn run(node: &FerryNode, services: usize, vip: Ipv4Addr) -> Result<Report> {
     let costs = measured?;
     let after = counters(&node.node)?;
     // Every run is counted under its outcome: the path measured is proven
-    // by what moved (REPEAT runs of a flow's packet translated, 2 x REPEAT
-    // passed, nothing dropped).
+    // by what moved (every run passed, nothing dropped).
     let moved = |key: &str| after[key].saturating_sub(before[key]);
     let dropped: u64 = after
         .keys()
@@ -83,7 +76,7 @@ pub fn run(node: &FerryNode, services: usize, vip: Ipv4Addr) -> Result<Report> {
         .sum();
     let mut report = Report::default();
     report.line(format!(
-        "ferry's tc program per packet (BPF_PROG_TEST_RUN x{REPEAT}, {services}-Service maps): {}; over the runs the node counted translated +{}, passed +{}, dropped +{dropped}{}",
+        "ferry's tc program per packet (BPF_PROG_TEST_RUN x{REPEAT}, {services}-Service maps): {}; over the runs the node counted translated +{}, passed +{}, dropped +{dropped}{} (a translated packet is not measured: the repeats of a test run reuse the skb the first run rewrote)",
         costs.join(", "),
         moved("translated"),
         moved("passed"),
