@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData},
     programs::{TestRun, TestRunOptions},
 };
 use ferry_agent::{
@@ -15,8 +15,7 @@ use ferry_agent::{
     maps::{Conntrack, Counters, ServiceTable},
 };
 use ferry_common::{
-    Backend, Counter, MAP_POD_SOURCES, MAP_SERVICE_STATS, PodSource, SCOPE_CLUSTER_IP, ServiceKey,
-    ServiceStats,
+    Backend, Counter, MAP_POD_SOURCES, PodSource, SCOPE_CLUSTER_IP, ServiceKey, ServiceStats,
 };
 
 /// The ClusterIP frontend `addr:port` over `protocol`.
@@ -289,21 +288,10 @@ impl Kernel {
 
     /// `ferry_svc_stats` of the frontend `service_id`, summed over CPUs.
     pub fn service_stats(&self, service_id: u32) -> ServiceStats {
-        let map = MapData::from_pin(self.pin_dir().join(MAP_SERVICE_STATS))
-            .expect("open ferry_svc_stats");
-        let stats: PerCpuArray<MapData, ServiceStats> = Map::PerCpuArray(map)
-            .try_into()
-            .expect("ferry_svc_stats type");
-        let per_cpu = stats.get(&service_id, 0).expect("read ferry_svc_stats");
-        per_cpu.iter().fold(ServiceStats::default(), |mut sum, s| {
-            sum.packets += s.packets;
-            sum.bytes += s.bytes;
-            sum.new_connections += s.new_connections;
-            for (total, d) in sum.drops.iter_mut().zip(s.drops) {
-                *total += d;
-            }
-            sum
-        })
+        ferry_agent::maps::service_stats::ServiceStatsTable::open(self.pin_dir())
+            .expect("open ferry_svc_stats")
+            .read(service_id)
+            .expect("read ferry_svc_stats")
     }
 }
 
