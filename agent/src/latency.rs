@@ -29,9 +29,17 @@ fn trigger(slice: &EndpointSlice) -> Option<(&str, SystemTime)> {
 
 impl TriggerTimes {
     /// The trigger times of slices whose annotation changed since the last
-    /// call (a new slice's included); none at the first call.
-    pub fn new_triggers(&mut self, slices: &[EndpointSlice]) -> Vec<SystemTime> {
-        let mut now = BTreeMap::new();
+    /// call (a new slice's included); none at the first call. `all`: the
+    /// slices are all there are (the others are forgotten); otherwise
+    /// they are those that changed.
+    pub fn new_triggers(&mut self, slices: &[EndpointSlice], all: bool) -> Vec<SystemTime> {
+        let first = self.seen.is_none();
+        let seen = self.seen.get_or_insert_with(BTreeMap::new);
+        let before = if all {
+            std::mem::take(seen)
+        } else {
+            BTreeMap::new()
+        };
         let mut fresh = Vec::new();
         for slice in slices {
             let Some((value, at)) = trigger(slice) else {
@@ -42,13 +50,16 @@ impl TriggerTimes {
                 meta.namespace.clone().unwrap_or_default(),
                 meta.name.clone().unwrap_or_default(),
             );
-            let before = self.seen.as_ref().map(|seen| seen.get(&key));
-            if matches!(before, Some(b) if b.map(String::as_str) != Some(value)) {
+            let was = if all {
+                before.get(&key)
+            } else {
+                seen.get(&key)
+            };
+            if !first && was.map(String::as_str) != Some(value) {
                 fresh.push(at);
             }
-            now.insert(key, value.to_string());
+            seen.insert(key, value.to_string());
         }
-        self.seen = Some(now);
         fresh
     }
 }
@@ -74,17 +85,17 @@ mod tests {
         let mut t = TriggerTimes::default();
         let a = slice("a", Some("2026-11-30T05:00:00Z"));
         assert!(
-            t.new_triggers(std::slice::from_ref(&a)).is_empty(),
+            t.new_triggers(std::slice::from_ref(&a), true).is_empty(),
             "startup"
         );
         assert!(
-            t.new_triggers(std::slice::from_ref(&a)).is_empty(),
+            t.new_triggers(std::slice::from_ref(&a), true).is_empty(),
             "unchanged"
         );
         let a2 = slice("a", Some("2026-11-30T05:00:01.5Z"));
         let b = slice("b", Some("2026-11-30T05:00:02Z"));
         let plain = slice("c", None);
-        let got = t.new_triggers(&[a2, b, plain]);
+        let got = t.new_triggers(&[a2, b, plain], true);
         let expected: Vec<SystemTime> = ["2026-11-30T05:00:01.5Z", "2026-11-30T05:00:02Z"]
             .iter()
             .map(|s| SystemTime::from(s.parse::<Timestamp>().unwrap()))

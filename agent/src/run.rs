@@ -18,7 +18,7 @@ use crate::{
     loader::Dataplane,
     maps::{Conntrack, NodeMap, Routes, ServiceRanges, ServiceTable, monotonic_now_ns},
     metrics::Metrics,
-    plan::{self, problem::ProblemLog},
+    plan::{Changed, NeedsEverything, Planner, problem::ProblemLog},
     reconcile::{
         Reconciler, Targets,
         system::{KernelRoutes, ProcSys, SystemFiles, SystemLinks},
@@ -66,26 +66,42 @@ fn update_pod_links(pin_dir: &std::path::Path) {
 struct Agent {
     cfg: RunConfig,
     reconciler: Reconciler,
+    /// The plan, kept up to date Service by Service.
+    planner: Planner,
     metrics: Arc<Metrics>,
-    /// Problems with the objects, each logged once.
+    /// The source's own problems (an unreadable document), each logged once.
     problems: ProblemLog,
     /// EndpointSlice trigger times seen, for the programming latency.
     triggers: TriggerTimes,
 }
 
 impl Agent {
-    /// Make the node match `snapshot`. `resync`: the objects did not change
-    /// (logged as "resynced", so " synced " lines mark changes only).
-    fn apply(&mut self, snapshot: &Snapshot, source: &str, resync: bool) {
+    /// Make the node match `snapshot`: re-plan what it changed, then write
+    /// what that moved (everything, for a snapshot of everything).
+    fn apply(&mut self, snapshot: &Snapshot, source: &impl Source) {
         let parsed = Instant::now();
-        let triggers = self.triggers.new_triggers(&snapshot.objects.slices);
-        let (plan, mut problems) = plan::plan(&snapshot.objects, &self.cfg.plan);
-        problems.extend(snapshot.problems.iter().cloned());
-        for p in self.problems.new_ones(&problems) {
+        let full = snapshot.changed == Changed::Everything;
+        let triggers = self.triggers.new_triggers(&snapshot.objects.slices, full);
+        let update = match self.planner.update(&snapshot.objects, &snapshot.changed) {
+            Ok(update) => update,
+            Err(NeedsEverything) => {
+                let everything = source.everything();
+                self.planner
+                    .update(&everything, &Changed::Everything)
+                    .expect("a full update needs nothing more")
+            }
+        };
+        for p in update
+            .new_problems
+            .iter()
+            .chain(self.problems.new_ones(&snapshot.problems))
+        {
             tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
         }
         let planned = Instant::now();
-        let r = self.reconciler.reconcile(&plan);
+        let r = self
+            .reconciler
+            .reconcile_scoped(self.planner.plan(), &update.scope);
         let done = Instant::now();
         let services = r.services;
         // Only a sync that changed the maps programmed anything.
@@ -100,6 +116,36 @@ impl Agent {
         };
         self.metrics
             .record_sync((done - parsed).as_secs_f64(), &programming, r.failed() == 0);
+        let how = if full { "synced" } else { "synced changes" };
+        self.report(
+            &r,
+            source.name(),
+            how,
+            Some((snapshot.seen, parsed, planned)),
+        );
+    }
+
+    /// Write the whole plan again: what failed is retried, and what
+    /// something else changed (a route, a device) is put back.
+    fn resync(&mut self, source: &str) {
+        let start = Instant::now();
+        let r = self.reconciler.reconcile(self.planner.plan());
+        self.metrics
+            .record_sync(start.elapsed().as_secs_f64(), &[], r.failed() == 0);
+        self.report(&r, source.to_string(), "resynced", None);
+    }
+
+    /// Log what a sync did. `times`: when the change was seen, parsed and
+    /// planned (None: a resync, which plans nothing).
+    fn report(
+        &self,
+        r: &crate::reconcile::Report,
+        source: String,
+        how: &str,
+        times: Option<(Instant, Instant, Instant)>,
+    ) {
+        let plan = self.planner.plan();
+        let services = r.services;
         self.metrics.record_terminated_sockets(r.terminated_sockets);
         if r.routes.changed() + r.kernel_routes.changed() > 0 {
             tracing::info!(
@@ -113,6 +159,9 @@ impl Agent {
         if let (Some(path), Some(cidr)) = (&r.conflist, plan.pod_cidr) {
             tracing::info!(path = %path.display(), pod_cidr = %cidr, "CNI config written");
         }
+        let now = Instant::now();
+        let (seen, parsed, planned) = times.unwrap_or((now, now, now));
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             source,
             frontends = plan.frontends.len(),
@@ -122,17 +171,12 @@ impl Agent {
             stale_udp_flows = r.stale_flows,
             terminated_sockets = r.terminated_sockets,
             service_ranges_changed = r.service_ranges.changed(),
-            failed = services.failed
-                + r.service_ranges.failed
-                + r.routes.failed
-                + r.kernel_routes.failed
-                + r.failures,
-            parse_ms = (parsed - snapshot.seen).as_secs_f64() * 1e3,
-            model_ms = (planned - parsed).as_secs_f64() * 1e3,
-            maps_ms = planned.elapsed().as_secs_f64() * 1e3,
-            elapsed_ms = snapshot.seen.elapsed().as_secs_f64() * 1e3,
-            "{}",
-            if resync { "resynced" } else { "synced" }
+            failed = r.failed(),
+            parse_ms = ms(parsed - seen),
+            model_ms = ms(planned - parsed),
+            maps_ms = ms(now - planned),
+            elapsed_ms = ms(now - seen),
+            "{how}"
         );
     }
 
@@ -150,17 +194,16 @@ impl Agent {
         let mut resync = tokio::time::interval(RESYNC);
         resync.tick().await;
         let name = source.name();
-        let mut last: Option<Snapshot> = None;
+        let mut synced = false;
         loop {
             tokio::select! {
                 snapshot = source.next() => {
-                    self.apply(&snapshot, &name, false);
-                    last = Some(snapshot);
+                    self.apply(&snapshot, &source);
+                    synced = true;
                 }
                 _ = resync.tick() => {
-                    if let Some(snapshot) = &mut last {
-                        snapshot.seen = Instant::now();
-                        self.apply(snapshot, &name, true);
+                    if synced {
+                        self.resync(&name);
                     }
                 }
                 _ = gc.tick() => {
@@ -249,6 +292,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
     let mut agent = Agent {
+        planner: Planner::new(&cfg.plan),
         reconciler,
         metrics,
         problems: ProblemLog::default(),

@@ -20,7 +20,9 @@ use ferry_common::{
 };
 
 use super::{
-    FrontendFilter, OpenError, found, is_not_found, missing_is_fine, open_pinned,
+    FrontendFilter, OpenError,
+    batch::{BatchError, BatchMap},
+    found, missing_is_fine, open_pinned,
     service_stats::ServiceStatsTable,
 };
 use crate::net::Ipv4Net;
@@ -42,6 +44,22 @@ pub enum SyncError {
     Write { map: &'static str, source: MapError },
     #[error("reading {map} failed: {source}")]
     Read { map: &'static str, source: MapError },
+    #[error(
+        "writing {map} failed: {source}; if the map is full, start the agent with a larger {} (README \"Map sizes\") or remove Services",
+        size_flag(map)
+    )]
+    BatchWrite {
+        map: &'static str,
+        source: BatchError,
+    },
+    #[error("reading {map} failed: {source}")]
+    BatchRead {
+        map: &'static str,
+        source: BatchError,
+    },
+    /// A failure shared by several frontends (one call for all of them).
+    #[error("{0}")]
+    Shared(String),
     #[error("no free service id: more than 2^32 frontends")]
     NoFreeId,
 }
@@ -92,10 +110,54 @@ pub struct ServiceRecord {
 
 type SourceRanges = lpm_trie::LpmTrie<MapData, SourceRangeKey, u32>;
 
+/// One frontend as the plan wants it: its backends (slot order), its name
+/// for the CLI, `SERVICE_FLAG_LOCAL_ONLY` (the options' flags come from
+/// them) and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    pub backends: Vec<Backend>,
+    pub name: String,
+    pub flags: u8,
+    pub options: FrontendOptions,
+}
+
+/// Where a frontend's entries are, as the table wrote them.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    value: ServiceValue,
+    /// Slots the inactive bank may still hold (the set before the last
+    /// flip): cleared when that bank is written next, or with the frontend.
+    other_bank: u16,
+}
+
+/// Where every frontend's entries are, as this table wrote them (read from
+/// the maps once, at the first write), so a write needs no read.
+#[derive(Debug, Default)]
+struct Held {
+    placed: BTreeMap<ServiceKey, Placed>,
+    /// Backend slots of service ids no frontend holds (a removal cut short
+    /// by a crash), by (id, bank): cleared when the id is handed out again.
+    orphans: BTreeMap<(u32, u8), u16>,
+}
+
+/// One frontend's write in `ServiceTable::apply`.
+struct Write<'a> {
+    key: ServiceKey,
+    want: &'a DesiredFrontend,
+    service_id: u32,
+    bank: u8,
+    /// None: a new frontend.
+    before: Option<Placed>,
+    /// Slots of the written bank beyond the new set, to clear.
+    stale_to: u16,
+}
+
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, BackendKey, Backend>,
-    names: HashMap<MapData, u32, ServiceName>,
+    /// The same maps, for batched reads and writes.
+    services_batch: BatchMap<ServiceKey, ServiceValue>,
+    backends_batch: BatchMap<BackendKey, Backend>,
+    names_batch: BatchMap<u32, ServiceName>,
     options: HashMap<MapData, u32, ServiceOptions>,
     affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     source_ranges: SourceRanges,
@@ -107,6 +169,8 @@ pub struct ServiceTable {
     used_ids: BTreeSet<u32>,
     /// What `source_ranges` holds, by service id (read once at open).
     ranges_by_id: BTreeMap<u32, BTreeSet<Ipv4Net>>,
+    /// None until the first write (the CLI only reads the maps).
+    held: Option<Held>,
 }
 
 /// The trie key of `net` for service `id`.
@@ -154,15 +218,29 @@ fn read_failed(map: &'static str) -> impl Fn(MapError) -> SyncError {
     move |source| SyncError::Read { map, source }
 }
 
+/// `map_err` for a failed batch write of `map`.
+fn batch_write_failed(map: &'static str) -> impl Fn(BatchError) -> SyncError {
+    move |source| SyncError::BatchWrite { map, source }
+}
+
+fn backend_key(service_id: u32, bank: u8, slot: u16) -> BackendKey {
+    BackendKey {
+        service_id,
+        slot,
+        bank,
+        pad: 0,
+    }
+}
+
 impl ServiceTable {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
         let services: HashMap<MapData, ServiceKey, ServiceValue> =
             open_pinned(pin_dir, MAP_SERVICES)?;
-        let backends = open_pinned(pin_dir, MAP_BACKENDS)?;
-        let names = open_pinned(pin_dir, MAP_SERVICE_NAMES)?;
-        let used_ids = services
-            .iter()
-            .filter_map(Result::ok)
+        let services_batch: BatchMap<ServiceKey, ServiceValue> =
+            BatchMap::open(&pin_dir.join(MAP_SERVICES))?;
+        let used_ids = services_batch
+            .lookup_all()?
+            .into_iter()
             .map(|(_, v)| v.service_id)
             .collect();
         let source_ranges: SourceRanges = open_pinned(pin_dir, MAP_SOURCE_RANGES)?;
@@ -172,14 +250,54 @@ impl ServiceTable {
             filter,
             stats: ServiceStatsTable::open(pin_dir).ok(),
             services,
-            backends,
-            names,
+            services_batch,
+            backends_batch: BatchMap::open(&pin_dir.join(MAP_BACKENDS))?,
+            names_batch: BatchMap::open(&pin_dir.join(MAP_SERVICE_NAMES))?,
             options: open_pinned(pin_dir, MAP_SERVICE_OPTIONS)?,
             affinity: open_pinned(pin_dir, MAP_AFFINITY)?,
             source_ranges,
             used_ids,
             ranges_by_id,
+            held: None,
         })
+    }
+
+    /// Where the frontends' entries are, read in batches: each frontend's
+    /// value, what its inactive bank still holds, and slots no frontend
+    /// owns.
+    fn read_held(&self) -> Result<Held, SyncError> {
+        let batch_read = |map| move |source| SyncError::BatchRead { map, source };
+        let values = self
+            .services_batch
+            .lookup_all()
+            .map_err(batch_read(MAP_SERVICES))?;
+        // The highest slot + 1 of each (id, bank).
+        let mut lens: BTreeMap<(u32, u8), u16> = BTreeMap::new();
+        for (k, _) in self
+            .backends_batch
+            .lookup_all()
+            .map_err(batch_read(MAP_BACKENDS))?
+        {
+            let len = lens.entry((k.service_id, k.bank)).or_default();
+            *len = (*len).max(k.slot + 1);
+        }
+        let mut held = Held::default();
+        for (key, value) in values {
+            let id = value.service_id;
+            lens.remove(&(id, value.bank));
+            let other_bank = lens.remove(&(id, value.bank ^ 1)).unwrap_or(0);
+            held.placed.insert(key, Placed { value, other_bank });
+        }
+        held.orphans = lens;
+        Ok(held)
+    }
+
+    /// Read where the frontends are, once.
+    fn ensure_held(&mut self) -> Result<(), SyncError> {
+        if self.held.is_none() {
+            self.held = Some(self.read_held()?);
+        }
+        Ok(())
     }
 
     fn allocate_id(&mut self) -> Result<u32, SyncError> {
@@ -249,10 +367,7 @@ impl ServiceTable {
     }
 
     /// `upsert_frontend` with session affinity and source ranges (their
-    /// flags are added to `flags`). The settings a packet may read are in
-    /// place before the frontend's value points at them; what the old
-    /// value used goes after: affinity entries of backends that left (the
-    /// others renumbered to their new slots), ranges no longer listed.
+    /// flags are added to `flags`). One frontend's `apply`.
     pub fn upsert_with_options(
         &mut self,
         frontend: ServiceKey,
@@ -261,233 +376,477 @@ impl ServiceTable {
         flags: u8,
         options: &FrontendOptions,
     ) -> Result<u32, SyncError> {
-        if backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+        let want = DesiredFrontend {
+            backends: backends.to_vec(),
+            name: name.to_string(),
+            flags,
+            options: options.clone(),
+        };
+        if let Some((_, e)) = self.apply(&[(frontend, &want)], &[])?.pop() {
+            return Err(e);
+        }
+        let placed = self.held.as_ref().and_then(|h| h.placed.get(&frontend));
+        Ok(placed.map_or(0, |p| p.value.service_id))
+    }
+
+    /// Remove `frontend` and both of its banks. Missing is fine.
+    pub fn remove(&mut self, frontend: &ServiceKey) -> Result<(), SyncError> {
+        match self.apply(&[], std::slice::from_ref(frontend))?.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Write `upserts` (each with its whole backend set), then remove
+    /// `removes`, in batches: every backend slot of every written frontend
+    /// in one call per 16k, then the names, then the frontends' values in
+    /// one more. The order keeps the update protocol for each frontend: its
+    /// new slots (in the bank it is not using), its name, options, source
+    /// ranges and filter bit are in place before its value points at them;
+    /// what the old value used goes after. A batch that fails is redone
+    /// frontend by frontend, so one frontend that cannot be written (a full
+    /// map, too many backends) fails alone. Returns the frontends that
+    /// failed, each with its error; Err only when the maps cannot be read.
+    pub fn apply(
+        &mut self,
+        upserts: &[(ServiceKey, &DesiredFrontend)],
+        removes: &[ServiceKey],
+    ) -> Result<Vec<(ServiceKey, SyncError)>, SyncError> {
+        self.ensure_held()?;
+        let mut failed = Vec::new();
+        let mut writes = Vec::with_capacity(upserts.len());
+        for &(key, want) in upserts {
+            match self.prepare(key, want) {
+                Ok(w) => writes.push(w),
+                Err(e) => failed.push((key, e)),
+            }
+        }
+        let mut written = Vec::with_capacity(writes.len());
+        for chunk in self.write_slots(writes, &mut failed) {
+            written.push(chunk);
+        }
+        let written = self.write_names(written, &mut failed);
+        let written = self.write_settings(written, &mut failed);
+        let flipped = self.flip(written, &mut failed);
+        self.after_flip(&flipped, &mut failed);
+        self.remove_many(removes, &mut failed);
+        Ok(failed)
+    }
+
+    /// `key`'s service id and the bank to write.
+    fn prepare<'a>(
+        &mut self,
+        key: ServiceKey,
+        want: &'a DesiredFrontend,
+    ) -> Result<Write<'a>, SyncError> {
+        if want.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
             return Err(SyncError::TooManyBackends {
-                frontend: display_frontend(&frontend),
-                count: backends.len(),
+                frontend: display_frontend(&key),
+                count: want.backends.len(),
                 max: MAX_BACKENDS_PER_SERVICE,
             });
         }
-        let before = self.get(&frontend)?;
-        let (service_id, bank) = match before {
-            Some(v) => (v.service_id, v.bank ^ 1),
-            None => (self.allocate_id()?, 0),
+        let before = self.held.as_ref().and_then(|h| h.placed.get(&key)).copied();
+        let (service_id, bank, stale_to) = match before {
+            Some(p) => (p.value.service_id, p.value.bank ^ 1, p.other_bank),
+            None => {
+                let id = self.allocate_id()?;
+                let orphan = self
+                    .held
+                    .as_mut()
+                    .and_then(|h| h.orphans.remove(&(id, 0)))
+                    .unwrap_or(0);
+                (id, 0, orphan)
+            }
         };
-        for (slot, backend) in backends.iter().enumerate() {
-            let key = BackendKey {
-                service_id,
-                slot: slot as u16,
-                bank,
-                pad: 0,
-            };
-            self.backends
-                .insert(key, backend, 0)
-                .map_err(write_failed(MAP_BACKENDS))?;
+        Ok(Write {
+            key,
+            want,
+            service_id,
+            bank,
+            before,
+            stale_to,
+        })
+    }
+
+    /// A write that failed before its value was written: a new frontend's
+    /// id goes back.
+    fn abandon(&mut self, w: &Write, e: SyncError, failed: &mut Vec<(ServiceKey, SyncError)>) {
+        // Whatever of its slots were written stay in a bank nothing reads:
+        // remembered, so that they are cleared with the bank or the id.
+        let len = w.want.backends.len().max(w.stale_to as usize) as u16;
+        if let Some(h) = self.held.as_mut() {
+            match h.placed.get_mut(&w.key) {
+                Some(p) => p.other_bank = p.other_bank.max(len),
+                None if len > 0 => {
+                    h.orphans.insert((w.service_id, 0), len);
+                }
+                None => {}
+            }
+        }
+        if w.before.is_none() {
+            self.used_ids.remove(&w.service_id);
+        }
+        failed.push((w.key, e));
+    }
+
+    /// Every slot of every write into its bank, then the leftovers beyond
+    /// each new set cleared.
+    fn write_slots<'a>(
+        &mut self,
+        writes: Vec<Write<'a>>,
+        failed: &mut Vec<(ServiceKey, SyncError)>,
+    ) -> Vec<Write<'a>> {
+        let slots = |w: &Write| {
+            w.want
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(slot, b)| (backend_key(w.service_id, w.bank, slot as u16), *b))
+                .collect::<Vec<_>>()
+        };
+        let all: Vec<(BackendKey, Backend)> = writes.iter().flat_map(slots).collect();
+        let (keys, values): (Vec<_>, Vec<_>) = all.into_iter().unzip();
+        let mut ok = Vec::with_capacity(writes.len());
+        if self.backends_batch.update(&keys, &values, 0).is_ok() {
+            ok = writes;
+        } else {
+            for w in writes {
+                let (keys, values): (Vec<_>, Vec<_>) = slots(&w).into_iter().unzip();
+                match self.backends_batch.update(&keys, &values, 0) {
+                    Ok(()) => ok.push(w),
+                    Err(e) => self.abandon(&w, batch_write_failed(MAP_BACKENDS)(e), failed),
+                }
+            }
         }
         // Slots beyond the new count in this bank are leftovers of an older
         // set; nothing will read them once the count is written.
-        self.remove_slots(service_id, bank, backends.len() as u16)?;
-        self.names
-            .insert(service_id, ServiceName::new(name), 0)
-            .map_err(write_failed(MAP_SERVICE_NAMES))?;
+        let stale: Vec<BackendKey> = ok
+            .iter()
+            .flat_map(|w| {
+                (w.want.backends.len() as u16..w.stale_to)
+                    .map(|slot| backend_key(w.service_id, w.bank, slot))
+            })
+            .collect();
+        if let Err(e) = self.backends_batch.delete(&stale) {
+            // Harmless until the bank is used again: logged, retried then.
+            tracing::warn!(error = %e, "cannot clear leftover backend slots");
+        }
+        ok
+    }
+
+    /// Every written frontend's name (one call: comparing would cost as
+    /// much).
+    fn write_names<'a>(
+        &mut self,
+        writes: Vec<Write<'a>>,
+        failed: &mut Vec<(ServiceKey, SyncError)>,
+    ) -> Vec<Write<'a>> {
+        let (ids, names): (Vec<u32>, Vec<ServiceName>) = writes
+            .iter()
+            .map(|w| (w.service_id, ServiceName::new(&w.want.name)))
+            .unzip();
+        if self.names_batch.update(&ids, &names, 0).is_ok() {
+            return writes;
+        }
+        let mut ok = Vec::with_capacity(writes.len());
+        for w in writes {
+            let name = ServiceName::new(&w.want.name);
+            match self.names_batch.update(&[w.service_id], &[name], 0) {
+                Ok(()) => ok.push(w),
+                Err(e) => self.abandon(&w, batch_write_failed(MAP_SERVICE_NAMES)(e), failed),
+            }
+        }
+        ok
+    }
+
+    /// Affinity timeouts and source ranges (rare: entry by entry), and the
+    /// filter bits of new frontends.
+    fn write_settings<'a>(
+        &mut self,
+        writes: Vec<Write<'a>>,
+        failed: &mut Vec<(ServiceKey, SyncError)>,
+    ) -> Vec<Write<'a>> {
+        let mut ok = Vec::with_capacity(writes.len());
+        for w in writes {
+            match self.write_setting(&w) {
+                Ok(()) => ok.push(w),
+                Err(e) => self.abandon(&w, e, failed),
+            }
+        }
+        ok
+    }
+
+    fn write_setting(&mut self, w: &Write) -> Result<(), SyncError> {
+        let (id, options) = (w.service_id, &w.want.options);
         if options.affinity_timeout_s != 0 {
             let value = ServiceOptions {
                 affinity_timeout_s: options.affinity_timeout_s,
                 pad: 0,
             };
             self.options
-                .insert(service_id, value, 0)
+                .insert(id, value, 0)
                 .map_err(write_failed(MAP_SERVICE_OPTIONS))?;
         }
-        let had_ranges = self.ranges_by_id.remove(&service_id).unwrap_or_default();
+        let had = self.ranges_by_id.get(&id).cloned().unwrap_or_default();
         let ranges = options.source_ranges.clone().unwrap_or_default();
-        for net in ranges.difference(&had_ranges) {
-            let written =
-                self.source_ranges
-                    .insert(&range_key(service_id, net), SOURCE_RANGE_ALLOWED, 0);
-            if let Err(e) = written {
-                // Keep what is known to be there, so the next sync retries.
-                let partial = had_ranges.union(&ranges).copied();
-                self.ranges_by_id.insert(service_id, partial.collect());
-                return Err(SyncError::Write {
-                    map: MAP_SOURCE_RANGES,
-                    source: e,
-                });
-            }
+        for net in ranges.difference(&had) {
+            self.source_ranges
+                .insert(&range_key(id, net), SOURCE_RANGE_ALLOWED, 0)
+                .map_err(write_failed(MAP_SOURCE_RANGES))?;
+            // Known to be there from now on, so a removal finds it.
+            self.ranges_by_id.entry(id).or_default().insert(*net);
         }
-        let value = ServiceValue {
-            service_id,
-            backend_count: backends.len() as u16,
-            bank,
-            flags: flags | options.flags(),
-        };
         // A new frontend's address gets its filter bit first: the datapath
         // must never skip a frontend that exists.
-        if before.is_none() {
+        if w.before.is_none() {
             self.filter
-                .add(&frontend)
+                .add(&w.key)
                 .map_err(write_failed(MAP_FRONTEND_FILTER))?;
         }
-        if let Err(e) = self.services.insert(frontend, value, 0) {
-            if before.is_none() {
-                let _ = self.filter.remove(&frontend);
-            }
-            return Err(write_failed(MAP_SERVICES)(e));
-        }
-        for net in had_ranges.difference(&ranges) {
-            missing_is_fine(self.source_ranges.remove(&range_key(service_id, net)))
-                .map_err(write_failed(MAP_SOURCE_RANGES))?;
-        }
-        if !ranges.is_empty() {
-            self.ranges_by_id.insert(service_id, ranges);
-        }
-        if options.affinity_timeout_s == 0 {
-            missing_is_fine(self.options.remove(&service_id))
-                .map_err(write_failed(MAP_SERVICE_OPTIONS))?;
-        }
-        let kept = (options.affinity_timeout_s != 0).then_some(backends);
-        if before.is_some_and(|v| v.flags & SERVICE_FLAG_AFFINITY != 0) {
-            self.settle_affinity(service_id, kept)?;
-        }
-        Ok(service_id)
+        Ok(())
     }
 
-    /// After `service_id`'s backend set became `kept` (None: affinity is
-    /// off, or the frontend is gone): its clients' affinity entries follow.
-    /// An entry whose backend left is removed (the client draws again, as
-    /// kube-proxy ends the affinity of a removed endpoint), one whose
-    /// backend moved slot is renumbered, so the datapath keeps trusting it.
+    fn value_of(w: &Write) -> ServiceValue {
+        ServiceValue {
+            service_id: w.service_id,
+            backend_count: w.want.backends.len() as u16,
+            bank: w.bank,
+            flags: w.want.flags | w.want.options.flags(),
+        }
+    }
+
+    /// Point every frontend at its new bank: one batch update, each entry
+    /// atomic for the datapath.
+    fn flip<'a>(
+        &mut self,
+        writes: Vec<Write<'a>>,
+        failed: &mut Vec<(ServiceKey, SyncError)>,
+    ) -> Vec<Write<'a>> {
+        let keys: Vec<ServiceKey> = writes.iter().map(|w| w.key).collect();
+        let values: Vec<ServiceValue> = writes.iter().map(Self::value_of).collect();
+        if self.services_batch.update(&keys, &values, 0).is_ok() {
+            return writes;
+        }
+        let mut ok = Vec::with_capacity(writes.len());
+        for w in writes {
+            match self
+                .services_batch
+                .update(&[w.key], &[Self::value_of(&w)], 0)
+            {
+                Ok(()) => ok.push(w),
+                Err(e) => {
+                    if w.before.is_none() {
+                        let _ = self.filter.remove(&w.key);
+                    }
+                    self.abandon(&w, batch_write_failed(MAP_SERVICES)(e), failed)
+                }
+            }
+        }
+        ok
+    }
+
+    /// What the old values used and the new ones do not: ranges no longer
+    /// listed, an affinity timeout turned off, and the affinity entries of
+    /// backends that left (the others renumbered to their new slots). The
+    /// table then records what it wrote.
+    fn after_flip(&mut self, writes: &[Write], failed: &mut Vec<(ServiceKey, SyncError)>) {
+        let mut settle = BTreeMap::new();
+        for w in writes {
+            let (id, options) = (w.service_id, &w.want.options);
+            let ranges = options.source_ranges.clone().unwrap_or_default();
+            let had = self.ranges_by_id.remove(&id).unwrap_or_default();
+            let mut cleanup = Ok(());
+            for net in had.difference(&ranges) {
+                if let Err(e) = missing_is_fine(self.source_ranges.remove(&range_key(id, net))) {
+                    cleanup = Err(write_failed(MAP_SOURCE_RANGES)(e));
+                }
+            }
+            if !ranges.is_empty() {
+                self.ranges_by_id.insert(id, ranges);
+            }
+            if options.affinity_timeout_s == 0
+                && w.before
+                    .is_some_and(|p| p.value.flags & SERVICE_FLAG_AFFINITY != 0)
+                && let Err(e) = missing_is_fine(self.options.remove(&id))
+            {
+                cleanup = Err(write_failed(MAP_SERVICE_OPTIONS)(e));
+            }
+            if w.before
+                .is_some_and(|p| p.value.flags & SERVICE_FLAG_AFFINITY != 0)
+            {
+                let kept = (options.affinity_timeout_s != 0).then(|| w.want.backends.clone());
+                settle.insert(id, (w.key, kept));
+            }
+            let held = self.held.as_mut().expect("read by apply");
+            let other_bank = w.before.map_or(0, |p| p.value.backend_count);
+            let placed = Placed {
+                value: Self::value_of(w),
+                other_bank,
+            };
+            held.placed.insert(w.key, placed);
+            if let Err(e) = cleanup {
+                failed.push((w.key, e));
+            }
+        }
+        self.settle_affinity(&settle, failed);
+    }
+
+    /// After each service id's backend set became `kept` (None: affinity is
+    /// off, or the frontend is gone): its clients' affinity entries follow,
+    /// in one walk of the affinity map. An entry whose backend left is
+    /// removed (the client draws again, as kube-proxy ends the affinity of
+    /// a removed endpoint), one whose backend moved slot is renumbered, so
+    /// the datapath keeps trusting it.
     fn settle_affinity(
         &mut self,
-        service_id: u32,
-        kept: Option<&[Backend]>,
-    ) -> Result<(), SyncError> {
+        sets: &BTreeMap<u32, (ServiceKey, Option<Vec<Backend>>)>,
+        failed: &mut Vec<(ServiceKey, SyncError)>,
+    ) {
+        if sets.is_empty() {
+            return;
+        }
         let mut entries = Vec::new();
         for item in self.affinity.iter() {
-            let (key, entry) = item.map_err(read_failed(MAP_AFFINITY))?;
-            if key.service_id == service_id {
-                entries.push((key, entry));
+            match item {
+                Ok((key, entry)) if sets.contains_key(&key.service_id) => {
+                    entries.push((key, entry))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let e = read_failed(MAP_AFFINITY)(e).to_string();
+                    for (key, _) in sets.values() {
+                        failed.push((*key, SyncError::Shared(e.clone())));
+                    }
+                    return;
+                }
             }
         }
         for (key, mut entry) in entries {
-            let slot = kept.and_then(|set| {
+            let (frontend, kept) = &sets[&key.service_id];
+            let slot = kept.as_ref().and_then(|set| {
                 set.iter()
                     .position(|b| b.addr == entry.backend_addr && b.port == entry.backend_port)
             });
-            match slot {
-                Some(slot) if slot as u16 == entry.slot => {}
+            let result = match slot {
+                Some(slot) if slot as u16 == entry.slot => Ok(()),
                 Some(slot) => {
                     entry.slot = slot as u16;
                     // BPF_EXIST: an entry the LRU evicted meanwhile stays gone.
-                    let renumbered = self.affinity.insert(key, entry, 2);
-                    if let Err(e) = renumbered
-                        && !is_not_found(&e)
-                    {
-                        return Err(SyncError::Write {
-                            map: MAP_AFFINITY,
-                            source: e,
-                        });
-                    }
+                    missing_is_fine(self.affinity.insert(key, entry, 2))
                 }
-                None => missing_is_fine(self.affinity.remove(&key))
-                    .map_err(write_failed(MAP_AFFINITY))?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Remove `frontend` and both of its banks. Missing is fine.
-    pub fn remove(&mut self, frontend: &ServiceKey) -> Result<(), SyncError> {
-        let Some(value) = self.get(frontend)? else {
-            return Ok(());
-        };
-        missing_is_fine(self.services.remove(frontend)).map_err(write_failed(MAP_SERVICES))?;
-        self.filter
-            .remove(frontend)
-            .map_err(write_failed(MAP_FRONTEND_FILTER))?;
-        self.remove_slots(value.service_id, 0, 0)?;
-        self.remove_slots(value.service_id, 1, 0)?;
-        missing_is_fine(self.names.remove(&value.service_id))
-            .map_err(write_failed(MAP_SERVICE_NAMES))?;
-        missing_is_fine(self.options.remove(&value.service_id))
-            .map_err(write_failed(MAP_SERVICE_OPTIONS))?;
-        for net in self
-            .ranges_by_id
-            .remove(&value.service_id)
-            .unwrap_or_default()
-        {
-            missing_is_fine(
-                self.source_ranges
-                    .remove(&range_key(value.service_id, &net)),
-            )
-            .map_err(write_failed(MAP_SOURCE_RANGES))?;
-        }
-        if value.flags & SERVICE_FLAG_AFFINITY != 0 {
-            self.settle_affinity(value.service_id, None)?;
-        }
-        self.used_ids.remove(&value.service_id);
-        Ok(())
-    }
-
-    /// Remove the contiguous slots `from..` of one bank.
-    fn remove_slots(&mut self, service_id: u32, bank: u8, from: u16) -> Result<(), SyncError> {
-        for slot in from..MAX_BACKENDS_PER_SERVICE {
-            let key = BackendKey {
-                service_id,
-                slot,
-                bank,
-                pad: 0,
+                None => missing_is_fine(self.affinity.remove(&key)),
             };
-            match self.backends.remove(&key) {
-                Err(e) if is_not_found(&e) => break,
-                removed => removed.map_err(write_failed(MAP_BACKENDS))?,
+            if let Err(e) = result {
+                failed.push((*frontend, write_failed(MAP_AFFINITY)(e)));
             }
         }
-        Ok(())
     }
 
-    /// Every frontend with its active backends, sorted by frontend.
-    pub fn list(&self) -> Result<Vec<ServiceRecord>, SyncError> {
-        let mut frontends = BTreeMap::new();
-        for item in self.services.iter() {
-            let (k, v) = item.map_err(read_failed(MAP_SERVICES))?;
-            frontends.insert((k.addr, k.port, k.protocol, k.scope), (k, v));
+    /// Remove each of `keys` with both of its banks, its name, options,
+    /// ranges and affinity entries. Missing is fine.
+    fn remove_many(&mut self, keys: &[ServiceKey], failed: &mut Vec<(ServiceKey, SyncError)>) {
+        let held = self.held.as_ref().expect("read by apply");
+        let gone: Vec<(ServiceKey, Placed)> = keys
+            .iter()
+            .filter_map(|k| held.placed.get(k).map(|p| (*k, *p)))
+            .collect();
+        if gone.is_empty() {
+            return;
         }
-        // Read from the map, not the cache: the CLI lists what the datapath
-        // has.
+        let frontends: Vec<ServiceKey> = gone.iter().map(|(k, _)| *k).collect();
+        if let Err(e) = self.services_batch.delete(&frontends) {
+            // Nothing else is touched: the next sync retries them all.
+            let e = batch_write_failed(MAP_SERVICES)(e).to_string();
+            for k in frontends {
+                failed.push((k, SyncError::Shared(e.clone())));
+            }
+            return;
+        }
+        let mut slots = Vec::new();
+        let mut ids = Vec::new();
+        let mut settle = BTreeMap::new();
+        for (key, p) in &gone {
+            let id = p.value.service_id;
+            if let Err(e) = self.filter.remove(key) {
+                failed.push((*key, write_failed(MAP_FRONTEND_FILTER)(e)));
+            }
+            let active = (0..p.value.backend_count).map(|s| backend_key(id, p.value.bank, s));
+            let other = (0..p.other_bank).map(|s| backend_key(id, p.value.bank ^ 1, s));
+            slots.extend(active.chain(other));
+            ids.push(id);
+            if p.value.flags & SERVICE_FLAG_AFFINITY != 0 {
+                settle.insert(id, (*key, None));
+                if let Err(e) = missing_is_fine(self.options.remove(&id)) {
+                    failed.push((*key, write_failed(MAP_SERVICE_OPTIONS)(e)));
+                }
+            }
+            for net in self.ranges_by_id.remove(&id).unwrap_or_default() {
+                if let Err(e) = missing_is_fine(self.source_ranges.remove(&range_key(id, &net))) {
+                    failed.push((*key, write_failed(MAP_SOURCE_RANGES)(e)));
+                }
+            }
+        }
+        // Nothing reads them any more: a failure leaves garbage, not harm.
+        if let Err(e) = self.backends_batch.delete(&slots) {
+            tracing::warn!(error = %e, "cannot clear the backend slots of removed frontends");
+        }
+        if let Err(e) = self.names_batch.delete(&ids) {
+            tracing::warn!(error = %e, "cannot clear the names of removed frontends");
+        }
+        self.settle_affinity(&settle, failed);
+        let held = self.held.as_mut().expect("read by apply");
+        for (key, p) in gone {
+            held.placed.remove(&key);
+            self.used_ids.remove(&p.value.service_id);
+        }
+    }
+
+    /// Every frontend with its active backends, sorted by frontend, as
+    /// the maps hold them (the CLI lists what the datapath has): read in
+    /// batches.
+    pub fn list(&self) -> Result<Vec<ServiceRecord>, SyncError> {
+        let batch_read = |map| move |source| SyncError::BatchRead { map, source };
+        let mut frontends: Vec<(ServiceKey, ServiceValue)> = self
+            .services_batch
+            .lookup_all()
+            .map_err(batch_read(MAP_SERVICES))?;
+        frontends.sort_by_key(|(k, _)| (k.addr, k.port, k.protocol, k.scope));
+        let slots: std::collections::HashMap<BackendKey, Backend> = self
+            .backends_batch
+            .lookup_all()
+            .map_err(batch_read(MAP_BACKENDS))?
+            .into_iter()
+            .collect();
+        let names: std::collections::HashMap<u32, ServiceName> = self
+            .names_batch
+            .lookup_all()
+            .map_err(batch_read(MAP_SERVICE_NAMES))?
+            .into_iter()
+            .collect();
         let ranges = read_ranges(&self.source_ranges).map_err(read_failed(MAP_SOURCE_RANGES))?;
         let mut out = Vec::with_capacity(frontends.len());
-        for (_, (frontend, value)) in frontends {
-            let mut backends = Vec::with_capacity(value.backend_count as usize);
-            for slot in 0..value.backend_count {
-                let key = BackendKey {
-                    service_id: value.service_id,
-                    slot,
-                    bank: value.bank,
-                    pad: 0,
-                };
-                let backend = found(self.backends.get(&key, 0));
-                backends.extend(backend.map_err(read_failed(MAP_BACKENDS))?);
-            }
-            let name = match self.names.get(&value.service_id, 0) {
-                Ok(n) => n.as_str().to_string(),
-                Err(_) => String::new(),
-            };
+        for (frontend, value) in frontends {
+            let id = value.service_id;
+            let backends = (0..value.backend_count)
+                .map_while(|slot| slots.get(&backend_key(id, value.bank, slot)).copied())
+                .collect();
+            let name = names.get(&id).map(|n| n.as_str().to_string());
             let affinity_timeout_s = match value.flags & SERVICE_FLAG_AFFINITY {
                 0 => 0,
-                _ => found(self.options.get(&value.service_id, 0))
+                _ => found(self.options.get(&id, 0))
                     .map_err(read_failed(MAP_SERVICE_OPTIONS))?
                     .map_or(0, |o| o.affinity_timeout_s),
             };
             let source_ranges = match value.flags & SERVICE_FLAG_SOURCE_RANGES {
                 0 => None,
-                _ => Some(ranges.get(&value.service_id).cloned().unwrap_or_default()),
+                _ => Some(ranges.get(&id).cloned().unwrap_or_default()),
             };
             out.push(ServiceRecord {
                 frontend,
                 value,
                 backends,
-                name,
+                name: name.unwrap_or_default(),
                 options: FrontendOptions {
                     affinity_timeout_s,
                     source_ranges,

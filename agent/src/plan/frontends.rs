@@ -12,18 +12,7 @@ use super::{
     categorize::Categorized,
     services::{ParsedService, ServicePort},
 };
-pub use crate::maps::services::FrontendOptions;
-
-/// One frontend's desired backends and its name for the CLI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredFrontend {
-    pub backends: Vec<Backend>,
-    pub name: String,
-    /// `SERVICE_FLAG_LOCAL_ONLY` (the options' flags come from them).
-    pub flags: u8,
-    /// Session affinity and source ranges.
-    pub options: FrontendOptions,
-}
+pub use crate::maps::services::{DesiredFrontend, FrontendOptions};
 
 /// The options of a frontend of `svc`; `load_balancer_ip`: it is one of
 /// the Service's load-balancer IPs, which alone are fenced by

@@ -28,6 +28,7 @@ pub mod categorize;
 pub mod endpoints;
 pub mod frontends;
 pub mod health;
+pub mod incremental;
 pub mod network;
 pub mod nodes;
 pub mod problem;
@@ -37,6 +38,7 @@ pub mod unsupported;
 
 pub use frontends::DesiredFrontend;
 pub use health::HealthCheck;
+pub use incremental::{Changed, NeedsEverything, Planner, ServiceId};
 pub use nodes::PeerNode;
 pub use problem::Problem;
 
@@ -149,19 +151,10 @@ pub struct NodePlan {
     pub draining: BTreeSet<Backend>,
 }
 
-/// What the Services make: frontends, health checks and the allocated
-/// ClusterIPs.
-struct ServiceParts {
-    frontends: BTreeMap<ServiceKey, DesiredFrontend>,
-    health_checks: BTreeMap<u16, HealthCheck>,
-    cluster_ips: BTreeSet<Ipv4Addr>,
-    draining: BTreeSet<Backend>,
-}
-
 /// The service CIDRs and, as /32 entries, every ClusterIP of a proxied
 /// Service whatever its ports (kube-proxy's cluster-IP set); nothing
 /// without service CIDRs, so such packets pass as before.
-fn service_ranges(
+pub(crate) fn service_ranges(
     cidrs: &BTreeSet<Ipv4Net>,
     cluster_ips: &BTreeSet<Ipv4Addr>,
 ) -> BTreeMap<Ipv4Net, ServiceRange> {
@@ -186,103 +179,15 @@ fn service_ranges(
     nets.chain(ips).collect()
 }
 
-/// The frontends, health checks and ClusterIPs of every Service.
-fn service_parts(
-    objects: &Objects,
-    cfg: &PlanConfig,
-    nodeport_addresses: &[Ipv4Addr],
-    zone: Option<&str>,
-    problems: &mut Vec<Problem>,
-) -> ServiceParts {
-    for slice in &objects.slices {
-        unsupported::slice_fields(slice, problems);
-    }
-    let slices = endpoints::SliceIndex::new(&objects.slices);
-    let mut frontends = BTreeMap::new();
-    let mut health_checks = BTreeMap::new();
-    let mut cluster_ips = BTreeSet::new();
-    let mut draining = BTreeSet::new();
-    for svc in &objects.services {
-        let Some(svc) = services::parse_service(svc, cfg.nodeport_range, problems) else {
-            continue;
-        };
-        cluster_ips.extend(svc.cluster_ips.iter().copied());
-        let svc_slices = slices.for_service(&svc.namespace, &svc.name);
-        for port in &svc.ports {
-            let here = endpoints::Locality {
-                node_name: &cfg.node_name,
-                zone,
-            };
-            let endpoints = endpoints::endpoints_for_port(svc_slices, port, here, problems);
-            let backends = categorize::categorize(&endpoints, svc.policies);
-            draining.extend(backends.draining.iter().copied());
-            frontends.extend(frontends::cluster_ip_frontends(&svc, port, &backends));
-            if cfg.node_ports_on_loopback {
-                frontends.extend(frontends::loopback_node_port(&svc, port, &backends));
-            }
-            let external = frontends::external_addresses(&svc, port, nodeport_addresses);
-            if external.is_empty() {
-                continue;
-            }
-            frontends.extend(frontends::external_frontends(
-                &svc, port, &external, &backends,
-            ));
-            health::add_health_check(&mut health_checks, &svc, &backends);
-        }
-    }
-    ServiceParts {
-        frontends,
-        health_checks,
-        cluster_ips,
-        draining,
-    }
-}
-
-/// This node's plan, and what in the objects could not be used.
+/// This node's plan, and what in the objects could not be used: the
+/// incremental planner run once over everything.
 pub fn plan(objects: &Objects, cfg: &PlanConfig) -> (NodePlan, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let nodes = nodes::nodes(&objects.nodes, &cfg.node_name, &mut problems);
-    let nodeport_addresses = cfg
-        .nodeport_addresses
-        .clone()
-        .unwrap_or_else(|| nodes.own_ips.clone());
-    let services = service_parts(
-        objects,
-        cfg,
-        &nodeport_addresses,
-        nodes.zone.as_deref(),
-        &mut problems,
-    );
-    let uplink = cfg.uplink.as_ref();
-    let conflist = network::conflist(cfg, nodes.pod_cidr);
-    if cfg.cni.is_some() && conflist.is_none() {
-        problems.push(Problem {
-            object: format!("Node {}", cfg.node_name),
-            field: "spec.podCIDR".into(),
-            message: "this node has no Node object with a podCIDR yet: no CNI config written"
-                .into(),
-        });
-    }
-    let cidrs =
-        service_cidrs::service_cidrs(&cfg.service_cidrs, &objects.service_cidrs, &mut problems);
-    let plan = NodePlan {
-        service_ranges: service_ranges(&cidrs, &services.cluster_ips),
-        frontends: services.frontends,
-        health_checks: services.health_checks,
-        node: NodeAddress {
-            addr: nodes.own_addr(),
-            snat_ports: cfg.snat_ports,
-        },
-        links: cfg.links(),
-        routes: network::peer_routes(&nodes.peers, uplink),
-        kernel_routes: network::kernel_routes(&nodes.peers, uplink),
-        conflist,
-        reserved_ports: cfg.reserved_ports(),
-        draining: services.draining,
-        pod_cidr: nodes.pod_cidr,
-        peers: nodes.peers,
-    };
-    (plan, problems)
+    let mut planner = Planner::new(cfg);
+    planner
+        .update(objects, &Changed::Everything)
+        .expect("a full update needs nothing more");
+    let problems = planner.problems();
+    (planner.into_plan(), problems)
 }
 
 #[cfg(test)]

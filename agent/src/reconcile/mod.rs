@@ -105,6 +105,82 @@ pub fn apply_diff_from<K: Ord + Debug, V: PartialEq>(
     stats
 }
 
+/// What a sync looks at, per keyed map: every entry (None), or only those
+/// an event touched (the rest of the plan is unchanged since the last
+/// sync). The default looks at everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub frontends: Option<BTreeSet<ServiceKey>>,
+    pub service_ranges: Option<BTreeSet<Ipv4Net>>,
+}
+
+impl Scope {
+    /// Every entry of every map.
+    pub fn all() -> Self {
+        Self::default()
+    }
+}
+
+/// Bring `table` to `desired` for `keys` (None: every key), against
+/// `held`: what the table holds, read from it at the first sync and then
+/// kept as written, so a sync never reads a large map back. What differs
+/// goes to the table in one `apply` (written first, then removed); an entry
+/// that fails keeps its old value in `held`, so the next full sync (a
+/// resync) retries it.
+fn diff_held<K: Ord + Clone + Debug, V: PartialEq + Clone>(
+    what: &str,
+    table: &mut dyn Table<K, V>,
+    held: &mut Option<BTreeMap<K, V>>,
+    desired: &BTreeMap<K, V>,
+    keys: Option<&BTreeSet<K>>,
+) -> DiffStats {
+    let held = match held {
+        Some(held) => held,
+        None => match table.current() {
+            Ok(current) => held.insert(current),
+            Err(e) => return unreadable(what, &e, desired.len()),
+        },
+    };
+    let mut stats = DiffStats::default();
+    let mut upserts = Vec::new();
+    let mut removes = Vec::new();
+    let mut consider = |key: &K| match (held.get(key), desired.get(key)) {
+        (Some(h), Some(d)) if h == d => stats.unchanged += 1,
+        (_, Some(d)) => upserts.push((key.clone(), d)),
+        (Some(_), None) => removes.push(key.clone()),
+        (None, None) => {}
+    };
+    match keys {
+        Some(keys) => keys.iter().for_each(&mut consider),
+        None => {
+            desired.keys().for_each(&mut consider);
+            held.keys()
+                .filter(|k| !desired.contains_key(k))
+                .for_each(&mut consider);
+        }
+    }
+    let failed = table.apply(&upserts, &removes);
+    let mut failed_keys = BTreeSet::new();
+    for (key, e) in failed {
+        tracing::error!(table = what, entry = ?key, error = %e, "cannot write");
+        failed_keys.insert(key);
+    }
+    stats.failed = failed_keys.len();
+    for (key, value) in upserts {
+        if !failed_keys.contains(&key) {
+            held.insert(key, value.clone());
+            stats.upserted += 1;
+        }
+    }
+    for key in removes {
+        if !failed_keys.contains(&key) {
+            held.remove(&key);
+            stats.removed += 1;
+        }
+    }
+    stats
+}
+
 /// What the reconciler writes to.
 pub struct Targets {
     pub services: Box<dyn Table<ServiceKey, DesiredFrontend>>,
@@ -186,6 +262,10 @@ pub struct Reconciler {
     /// UDP backends that left a frontend's set while terminating: their
     /// flows drain, and go once the endpoint leaves the slice.
     draining_flows: DrainingFlows,
+    /// What the service maps hold (None until the first sync reads them).
+    held_frontends: Option<BTreeMap<ServiceKey, DesiredFrontend>>,
+    /// What `ferry_svc_cidrs` holds (likewise).
+    held_ranges: Option<BTreeMap<Ipv4Net, ServiceRange>>,
 }
 
 /// Per UDP frontend, the backends no longer in its set whose flows are kept
@@ -199,6 +279,8 @@ impl Reconciler {
             applied_links: None,
             applied_reserved: None,
             draining_flows: DrainingFlows::new(),
+            held_frontends: None,
+            held_ranges: None,
         }
     }
 
@@ -345,16 +427,39 @@ impl Reconciler {
         &mut self,
         desired: &BTreeMap<ServiceKey, DesiredFrontend>,
         draining: &BTreeSet<Backend>,
+        keys: Option<&BTreeSet<ServiceKey>>,
         departed: &mut Departed,
     ) -> DiffStats {
         let services = &mut *self.targets.services;
-        let current = match services.current() {
-            Ok(current) => current,
-            Err(e) => return unreadable("services", &e, desired.len()),
-        };
-        let stats = apply_diff_from("services", services, &current, desired);
-        let (stale, still_draining) =
-            stale_udp_flows(&current, desired, draining, &self.draining_flows);
+        if self.held_frontends.is_none() {
+            match services.current() {
+                Ok(current) => self.held_frontends = Some(current),
+                Err(e) => return unreadable("services", &e, desired.len()),
+            }
+        }
+        let held = self.held_frontends.as_ref().expect("read above");
+        // The UDP frontends looked at, as they were, and the backends
+        // draining among them.
+        let looked_at = |k: &&ServiceKey| keys.is_none_or(|keys| keys.contains(k));
+        let before: BTreeMap<ServiceKey, DesiredFrontend> = held
+            .iter()
+            .filter(|(k, _)| k.protocol == PROTO_UDP && looked_at(k))
+            .map(|(k, f)| (*k, f.clone()))
+            .collect();
+        let (held_draining, kept_draining): (DrainingFlows, DrainingFlows) =
+            std::mem::take(&mut self.draining_flows)
+                .into_iter()
+                .partition(|(k, _)| looked_at(&k));
+        let stats = diff_held(
+            "services",
+            services,
+            &mut self.held_frontends,
+            desired,
+            keys,
+        );
+        let (stale, mut still_draining) =
+            stale_udp_flows(&before, desired, draining, &held_draining);
+        still_draining.extend(kept_draining);
         self.draining_flows = still_draining;
         if !stale.is_empty() {
             match self.targets.flows.remove_flows(&stale) {
@@ -375,6 +480,15 @@ impl Reconciler {
 
     /// Bring everything to `plan`.
     pub fn reconcile(&mut self, plan: &NodePlan) -> Report {
+        self.reconcile_scoped(plan, &Scope::all())
+    }
+
+    /// Bring the node to `plan`, looking at the frontends and service
+    /// ranges of `scope` only (the rest of those maps already holds the
+    /// plan); links, routes and the rest are small and always compared.
+    pub fn reconcile_scoped(&mut self, plan: &NodePlan, scope: &Scope) -> Report {
+        let frontend_keys = scope.frontends.as_ref();
+        let range_keys = scope.service_ranges.as_ref();
         let mut report = Report::default();
         let mut failed = |what: &str, e: &dyn std::fmt::Display| {
             tracing::warn!(target_name = what, error = %e, "writing failed; retried at the next change or resync");
@@ -399,15 +513,22 @@ impl Reconciler {
             );
         }
         let mut departed = Departed::default();
-        report.services = self.reconcile_services(&plan.frontends, &plan.draining, &mut departed);
+        report.services = self.reconcile_services(
+            &plan.frontends,
+            &plan.draining,
+            frontend_keys,
+            &mut departed,
+        );
         report.stale_flows = departed.flows;
         report.terminated_sockets = departed.sockets;
         // After the frontends: a new Service's ClusterIP is served before it
         // stops being an unallocated address.
-        report.service_ranges = apply_diff(
+        report.service_ranges = diff_held(
             "service ranges",
             &mut *self.targets.service_ranges,
+            &mut self.held_ranges,
             &plan.service_ranges,
+            range_keys,
         );
         let (routes, missing) = self.route_entries(&plan.routes);
         match self.targets.routes.sync(&routes) {

@@ -57,6 +57,28 @@ impl Table<ServiceKey, DesiredFrontend> for ServiceTable {
     fn remove(&mut self, key: &ServiceKey) -> TargetResult<()> {
         ServiceTable::remove(self, key).map_err(TargetError::new)
     }
+
+    fn apply(
+        &mut self,
+        upserts: &[(ServiceKey, &DesiredFrontend)],
+        removes: &[ServiceKey],
+    ) -> Vec<(ServiceKey, TargetError)> {
+        match ServiceTable::apply(self, upserts, removes) {
+            Ok(failed) => failed
+                .into_iter()
+                .map(|(k, e)| (k, TargetError::new(e)))
+                .collect(),
+            Err(e) => {
+                // Unreadable maps: nothing was written.
+                let e = e.to_string();
+                let keys = upserts
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .chain(removes.iter().copied());
+                keys.map(|k| (k, TargetError::msg(e.clone()))).collect()
+            }
+        }
+    }
 }
 
 impl Table<Ipv4Net, ServiceRange> for ServiceRanges {

@@ -42,6 +42,27 @@ pub trait Table<K, V> {
     fn current(&self) -> TargetResult<BTreeMap<K, V>>;
     fn upsert(&mut self, key: &K, value: &V) -> TargetResult<()>;
     fn remove(&mut self, key: &K) -> TargetResult<()>;
+
+    /// Write `upserts`, then remove `removes`; the entries that failed,
+    /// each with its error (the others went on). A table that can write in
+    /// batches does (the service maps); this one goes entry by entry.
+    fn apply(&mut self, upserts: &[(K, &V)], removes: &[K]) -> Vec<(K, TargetError)>
+    where
+        K: Clone,
+    {
+        let mut failed = Vec::new();
+        for (key, value) in upserts {
+            if let Err(e) = self.upsert(key, value) {
+                failed.push((key.clone(), e));
+            }
+        }
+        for key in removes {
+            if let Err(e) = self.remove(key) {
+                failed.push((key.clone(), e));
+            }
+        }
+        failed
+    }
 }
 
 /// What a garbage collection did and saw.

@@ -4,13 +4,14 @@
 //! demos and tests.
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use serde_json::Value;
 
 use super::{Snapshot, Source};
-use crate::plan::{Objects, Problem};
+use crate::plan::{Changed, Objects, Problem};
 
 /// A manifest that is not YAML at all: nothing of it can be trusted, so the
 /// agent keeps what it has (a half-written file must not flush Services).
@@ -144,6 +145,8 @@ pub struct FileSource {
     /// until it changes or goes away.
     last_failure: Option<String>,
     pub poll: Duration,
+    /// The objects of the last snapshot, to say what the next one changed.
+    objects: Option<Arc<Objects>>,
 }
 
 type Stamp = (SystemTime, u64, u64);
@@ -156,6 +159,7 @@ impl FileSource {
             pending: None,
             last_failure: None,
             poll: Duration::from_millis(100),
+            objects: None,
         }
     }
 
@@ -200,6 +204,10 @@ impl Source for FileSource {
         self.path.display().to_string()
     }
 
+    fn everything(&self) -> Arc<Objects> {
+        self.objects.clone().unwrap_or_default()
+    }
+
     async fn next(&mut self) -> Snapshot {
         loop {
             match self.changed() {
@@ -210,8 +218,15 @@ impl Source for FileSource {
                             if self.last_failure.take().is_some() {
                                 tracing::info!(source = %self.path.display(), "the manifest is readable again");
                             }
+                            let changed = match &self.objects {
+                                Some(old) => super::difference(old, &objects),
+                                None => Changed::Everything,
+                            };
+                            let objects = Arc::new(objects);
+                            self.objects = Some(objects.clone());
                             return Snapshot {
                                 objects,
+                                changed,
                                 problems,
                                 seen,
                             };

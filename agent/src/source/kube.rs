@@ -9,10 +9,7 @@
 //! without them. The client dials `--k8s-api-server` when given (the API
 //! server's own address, so no ClusterIP, hence no kube-proxy, is needed),
 //! with the credentials of the kubeconfig or of the pod's service account.
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -25,16 +22,21 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
 use tokio::sync::{Notify, watch};
 
+use std::collections::{BTreeSet, HashMap};
+
 use super::{Snapshot, Source};
 use crate::{
     config::{ApiServerUrl, KubeApi},
-    plan::Objects,
+    plan::{
+        Changed, Objects, ServiceId,
+        incremental::{service_id, slice_service},
+    },
 };
 
 /// Services kube-proxy leaves alone, and so does ferry: another proxy
@@ -143,7 +145,170 @@ pub fn watched_resources() -> Vec<String> {
     ]
 }
 
-/// The reflectors and a signal that any of them changed.
+/// What changed since the last snapshot, as the watch events said.
+#[derive(Debug, Default)]
+struct Pending {
+    /// When the first of these changes was noticed.
+    since: Option<Instant>,
+    /// A store was listed again (after a 410, or an outage): objects may
+    /// have gone without a delete event, so everything is planned again.
+    everything: bool,
+    services: BTreeSet<ServiceId>,
+    nodes: bool,
+    service_cidrs: bool,
+}
+
+impl Pending {
+    fn mark(&mut self, change: impl FnOnce(&mut Self)) {
+        self.since.get_or_insert_with(Instant::now);
+        change(self);
+    }
+}
+
+/// Which EndpointSlices each Service has, kept from the slice events, so
+/// that a change reads only its Service's slices from the store.
+#[derive(Debug, Default)]
+struct SliceOwners {
+    /// (namespace, slice name) -> its Service.
+    owner: HashMap<(String, String), ServiceId>,
+    by_service: HashMap<ServiceId, BTreeSet<String>>,
+    /// Filled while a relist runs; replaces the rest when it is done.
+    relist: Option<HashMap<(String, String), ServiceId>>,
+}
+
+impl SliceOwners {
+    /// `slice` now belongs to `id` (None: deleted). The Services it
+    /// belonged to before and after.
+    fn set(&mut self, slice: (String, String), id: Option<ServiceId>) -> Vec<ServiceId> {
+        let mut touched = Vec::new();
+        let old = match &id {
+            Some(id) => self.owner.insert(slice.clone(), id.clone()),
+            None => self.owner.remove(&slice),
+        };
+        if let Some(old) = old {
+            if let Some(names) = self.by_service.get_mut(&old) {
+                names.remove(&slice.1);
+                if names.is_empty() {
+                    self.by_service.remove(&old);
+                }
+            }
+            touched.push(old);
+        }
+        if let Some(id) = id {
+            self.by_service
+                .entry(id.clone())
+                .or_default()
+                .insert(slice.1);
+            touched.push(id);
+        }
+        touched
+    }
+
+    /// A relist is complete: what it listed is all there is.
+    fn relisted(&mut self) {
+        let owners = self.relist.take().unwrap_or_default();
+        self.owner.clear();
+        self.by_service.clear();
+        for (slice, id) in owners {
+            self.set(slice, Some(id));
+        }
+    }
+}
+
+/// What the reflectors share with the source.
+#[derive(Debug, Default)]
+struct Tracker {
+    pending: std::sync::Mutex<Pending>,
+    slices: std::sync::Mutex<SliceOwners>,
+    changed: Notify,
+    /// The kinds whose first list is done (Service, EndpointSlice, Node,
+    /// ServiceCIDR): only a later list is a relist.
+    listed: std::sync::Mutex<[bool; 4]>,
+}
+
+impl Tracker {
+    /// A list of `kind` is complete: a relist, unless it is the first
+    /// (which the first snapshot, of everything, waits for).
+    fn listed(&self, kind: usize) {
+        let first = !std::mem::replace(&mut self.listed.lock().expect("not poisoned")[kind], true);
+        if !first {
+            self.mark(|p| p.everything = true);
+        }
+    }
+
+    fn mark(&self, change: impl FnOnce(&mut Pending)) {
+        self.pending.lock().expect("not poisoned").mark(change);
+        self.changed.notify_one();
+    }
+
+    fn on_service(&self, event: &watcher::Event<Service>) {
+        match event {
+            watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
+                let id = service_id(svc);
+                self.mark(|p| {
+                    p.services.insert(id);
+                });
+            }
+            watcher::Event::InitDone => self.listed(0),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    fn on_slice(&self, event: &watcher::Event<EndpointSlice>) {
+        let key = |s: &EndpointSlice| {
+            let meta = &s.metadata;
+            (
+                meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                meta.name.clone().unwrap_or_default(),
+            )
+        };
+        let mut owners = self.slices.lock().expect("not poisoned");
+        match event {
+            watcher::Event::Apply(s) => {
+                let touched = owners.set(key(s), Some(slice_service(s)));
+                drop(owners);
+                self.mark(|p| p.services.extend(touched));
+            }
+            watcher::Event::Delete(s) => {
+                let touched = owners.set(key(s), None);
+                drop(owners);
+                self.mark(|p| p.services.extend(touched));
+            }
+            watcher::Event::Init => owners.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(s) => {
+                owners
+                    .relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key(s), slice_service(s));
+            }
+            watcher::Event::InitDone => {
+                owners.relisted();
+                drop(owners);
+                self.listed(1);
+            }
+        }
+    }
+
+    fn on_node(&self, event: &watcher::Event<Node>) {
+        match event {
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => self.mark(|p| p.nodes = true),
+            watcher::Event::InitDone => self.listed(2),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    fn on_service_cidr(&self, event: &watcher::Event<ServiceCIDR>) {
+        match event {
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                self.mark(|p| p.service_cidrs = true)
+            }
+            watcher::Event::InitDone => self.listed(3),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+}
+
+/// The reflectors, and what changed in them since the last snapshot.
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
@@ -152,11 +317,9 @@ pub struct KubeSource {
     /// Turns true when the API server answered the ServiceCIDR list with
     /// 404: that store stays empty for the agent's life.
     service_cidrs_not_served: watch::Receiver<bool>,
-    changed: Arc<Notify>,
+    tracker: Arc<Tracker>,
     /// Every list is complete (or, for ServiceCIDRs, not served).
     ready: bool,
-    /// A change was noticed then and is not applied yet.
-    pending: Option<Instant>,
 }
 
 impl KubeSource {
@@ -167,37 +330,41 @@ impl KubeSource {
         tracing::info!(
             "watching Services, EndpointSlices, Nodes and ServiceCIDRs; the first sync waits for all their lists"
         );
-        let changed = Arc::new(Notify::new());
+        let tracker = Arc::new(Tracker::default());
+        let t = tracker.clone();
         let services = spawn_reflector(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(SERVICE_SELECTOR),
             "Service",
-            changed.clone(),
+            move |e| t.on_service(e),
             server.clone(),
             None,
         );
+        let t = tracker.clone();
         let slices = spawn_reflector(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default(),
             "EndpointSlice",
-            changed.clone(),
+            move |e| t.on_slice(e),
             server.clone(),
             None,
         );
+        let t = tracker.clone();
         let nodes = spawn_reflector(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             "Node",
-            changed.clone(),
+            move |e| t.on_node(e),
             server.clone(),
             None,
         );
         let (not_served, service_cidrs_not_served) = watch::channel(false);
+        let t = tracker.clone();
         let service_cidrs = spawn_reflector(
             Api::<ServiceCIDR>::all(client),
             watcher::Config::default(),
             "ServiceCIDR",
-            changed.clone(),
+            move |e| t.on_service_cidr(e),
             server,
             Some(NotServed {
                 flag: not_served,
@@ -212,9 +379,8 @@ impl KubeSource {
             nodes,
             service_cidrs,
             service_cidrs_not_served,
-            changed,
+            tracker,
             ready: false,
-            pending: None,
         }
     }
 
@@ -252,15 +418,25 @@ impl KubeSource {
         }
     }
 
-    /// Resolves when a store changed since the last call.
-    async fn changed(&self) {
-        self.changed.notified().await;
-    }
-
-    /// Forget a pending change signal (the caller is about to read the
-    /// stores anyway).
-    fn drain_changes(&self) {
-        let _ = futures::FutureExt::now_or_never(self.changed.notified());
+    /// The listed Services that exist, and all of their slices, as the
+    /// stores hold them now.
+    fn objects_of(&self, ids: &BTreeSet<ServiceId>) -> Objects {
+        let mut objects = Objects::default();
+        let owners = self.tracker.slices.lock().expect("not poisoned");
+        for (ns, name) in ids {
+            let svc = self.services.get(&ObjectRef::new(name).within(ns));
+            objects.services.extend(svc.map(|s| (*s).clone()));
+            for slice in owners
+                .by_service
+                .get(&(ns.clone(), name.clone()))
+                .into_iter()
+                .flatten()
+            {
+                let s = self.slices.get(&ObjectRef::new(slice).within(ns));
+                objects.slices.extend(s.map(|s| (*s).clone()));
+            }
+        }
+        objects
     }
 }
 
@@ -269,25 +445,61 @@ impl Source for KubeSource {
         "kube".into()
     }
 
+    fn everything(&self) -> Arc<Objects> {
+        Arc::new(self.objects())
+    }
+
+    /// Applied as soon as a change is seen: changes that arrive while the
+    /// agent writes the last ones are taken together at the next call.
     async fn next(&mut self) -> Snapshot {
         if !self.ready {
             self.wait_ready().await;
             self.ready = true;
-            self.drain_changes();
-        } else {
-            if self.pending.is_none() {
-                self.changed().await;
-                self.pending = Some(Instant::now());
-            }
-            // Changes arrive in bursts (a rollout touches many slices):
-            // let them pile up, then apply once.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            self.drain_changes();
+            let first = std::mem::take(&mut *self.tracker.pending.lock().expect("not poisoned"));
+            return Snapshot {
+                objects: Arc::new(self.objects()),
+                changed: Changed::Everything,
+                problems: Vec::new(),
+                seen: first.since.unwrap_or_else(Instant::now),
+            };
         }
-        Snapshot {
-            objects: self.objects(),
-            problems: Vec::new(),
-            seen: self.pending.take().unwrap_or_else(Instant::now),
+        loop {
+            // Registered before the check, so a change marked in between
+            // still wakes this call.
+            let notified = self.tracker.changed.notified();
+            let pending = std::mem::take(&mut *self.tracker.pending.lock().expect("not poisoned"));
+            let Some(seen) = pending.since else {
+                notified.await;
+                continue;
+            };
+            let (objects, changed) = if pending.everything {
+                (self.objects(), Changed::Everything)
+            } else {
+                let mut objects = self.objects_of(&pending.services);
+                if pending.nodes {
+                    objects.nodes = self.nodes.state().iter().map(|o| (**o).clone()).collect();
+                }
+                if pending.service_cidrs {
+                    objects.service_cidrs = self
+                        .service_cidrs
+                        .state()
+                        .iter()
+                        .map(|o| (**o).clone())
+                        .collect();
+                }
+                let changed = Changed::Some {
+                    services: pending.services,
+                    nodes: pending.nodes,
+                    service_cidrs: pending.service_cidrs,
+                };
+                (objects, changed)
+            };
+            return Snapshot {
+                objects: Arc::new(objects),
+                changed,
+                problems: Vec::new(),
+                seen,
+            };
         }
     }
 }
@@ -400,7 +612,7 @@ fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: &'static str,
-    changed: Arc<Notify>,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
     server: Arc<str>,
     optional: Option<NotServed>,
 ) -> Store<K>
@@ -419,9 +631,8 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Init) => {}
-                Ok(watcher::Event::InitApply(_)) => {}
-                Ok(_) => changed.notify_one(),
+                // The store already holds what the event says.
+                Ok(event) => on_event(&event),
                 Err(e) if optional.is_some() && not_served(&e) => {
                     if let Some(NotServed { flag, then }) = &optional {
                         tracing::warn!(kind, error = %e, "{then}");

@@ -1,0 +1,494 @@
+//! The plan kept between syncs: each Service's part of it is computed from
+//! that Service and its EndpointSlices alone, so a change re-plans only the
+//! Services it touched and says which frontends and service ranges moved.
+//! With 100,000 Services a changed endpoint costs one Service's planning,
+//! not the cluster's. `plan::plan` is this planner run once over
+//! everything, so the full and the incremental path cannot drift apart.
+//!
+//! Where two Services claim the same frontend (two Services with one
+//! externalIP and port) or health-check port, the first by
+//! namespace/name holds it, whatever order the objects arrive in; when it
+//! lets go, the next one takes over.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ferry_common::{Backend, SERVICE_RANGE_ALLOCATED, ServiceKey, ServiceRange};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{
+    HealthCheck, NodeAddress, NodePlan, Objects, PlanConfig, Problem, categorize, endpoints,
+    frontends, health, network, nodes, service_cidrs, services, unsupported,
+};
+use crate::{net::Ipv4Net, reconcile::Scope};
+
+/// A Service by namespace and name (an EndpointSlice belongs to the one
+/// its `kubernetes.io/service-name` label names).
+pub type ServiceId = (String, String);
+
+/// What changed since the last update, as a source knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Changed {
+    /// Anything may have: plan from scratch. The objects are all of them.
+    #[default]
+    Everything,
+    /// Only these. The objects hold each listed Service that exists and
+    /// all of its EndpointSlices; every Node if `nodes`; every
+    /// ServiceCIDR if `service_cidrs`.
+    Some {
+        services: BTreeSet<ServiceId>,
+        nodes: bool,
+        service_cidrs: bool,
+    },
+}
+
+/// The Service an EndpointSlice belongs to.
+pub fn slice_service(slice: &EndpointSlice) -> ServiceId {
+    let meta = &slice.metadata;
+    let name = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(endpoints::SERVICE_NAME_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        name,
+    )
+}
+
+/// A Service's id.
+pub fn service_id(svc: &Service) -> ServiceId {
+    let meta = &svc.metadata;
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// What one Service (with its slices) makes.
+#[derive(Debug, Default)]
+struct ServicePart {
+    frontends: Vec<(ServiceKey, super::DesiredFrontend)>,
+    health_checks: BTreeMap<u16, HealthCheck>,
+    cluster_ips: Vec<Ipv4Addr>,
+    draining: Vec<Backend>,
+    problems: Vec<Problem>,
+}
+
+/// How many Services claim each of a set of things, and which.
+type Claims<K> = BTreeMap<K, BTreeSet<ServiceId>>;
+
+/// What `update` did.
+#[derive(Debug, Default)]
+pub struct Update {
+    /// What the reconciler has to look at.
+    pub scope: Scope,
+    /// Problems that appeared with this update (each is reported once,
+    /// and again only after it went away and came back).
+    pub new_problems: Vec<Problem>,
+}
+
+/// `update` needs every object (the node's own addresses or zone changed,
+/// which every Service's frontends depend on): call it again with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedsEverything;
+
+/// The node plan, kept up to date by Service.
+pub struct Planner {
+    cfg: PlanConfig,
+    plan: NodePlan,
+    parts: BTreeMap<ServiceId, ServicePart>,
+    frontend_claims: Claims<ServiceKey>,
+    health_claims: Claims<u16>,
+    cluster_ips: BTreeMap<Ipv4Addr, usize>,
+    draining: BTreeMap<Backend, usize>,
+    /// This node's NodePort addresses and zone: every Service depends on them.
+    nodeport_addresses: Vec<Ipv4Addr>,
+    zone: Option<String>,
+    cidrs: BTreeSet<Ipv4Net>,
+    node_problems: Vec<Problem>,
+    cidr_problems: Vec<Problem>,
+}
+
+/// The problems of `now` not in `before`.
+fn appeared(before: &[Problem], now: &[Problem]) -> Vec<Problem> {
+    let before: BTreeSet<&Problem> = before.iter().collect();
+    now.iter()
+        .filter(|p| !before.contains(p))
+        .cloned()
+        .collect()
+}
+
+impl Planner {
+    pub fn new(cfg: &PlanConfig) -> Self {
+        let plan = NodePlan {
+            frontends: BTreeMap::new(),
+            service_ranges: BTreeMap::new(),
+            health_checks: BTreeMap::new(),
+            node: NodeAddress {
+                addr: None,
+                snat_ports: cfg.snat_ports,
+            },
+            pod_cidr: None,
+            peers: BTreeMap::new(),
+            links: cfg.links(),
+            routes: BTreeMap::new(),
+            kernel_routes: BTreeMap::new(),
+            conflist: None,
+            reserved_ports: cfg.reserved_ports(),
+            draining: BTreeSet::new(),
+        };
+        Self {
+            cfg: cfg.clone(),
+            plan,
+            parts: BTreeMap::new(),
+            frontend_claims: Claims::new(),
+            health_claims: Claims::new(),
+            cluster_ips: BTreeMap::new(),
+            draining: BTreeMap::new(),
+            nodeport_addresses: Vec::new(),
+            zone: None,
+            cidrs: BTreeSet::new(),
+            node_problems: Vec::new(),
+            cidr_problems: Vec::new(),
+        }
+    }
+
+    pub fn plan(&self) -> &NodePlan {
+        &self.plan
+    }
+
+    pub fn into_plan(self) -> NodePlan {
+        self.plan
+    }
+
+    /// Every problem known now.
+    pub fn problems(&self) -> Vec<Problem> {
+        let parts = self.parts.values().flat_map(|p| p.problems.iter());
+        let global = self.node_problems.iter().chain(&self.cidr_problems);
+        parts.chain(global).cloned().collect()
+    }
+
+    /// Bring the plan to `objects` after `changed`.
+    pub fn update(
+        &mut self,
+        objects: &Objects,
+        changed: &Changed,
+    ) -> Result<Update, NeedsEverything> {
+        match changed {
+            Changed::Everything => Ok(self.update_everything(objects)),
+            Changed::Some {
+                services,
+                nodes,
+                service_cidrs,
+            } => {
+                let mut new_problems = Vec::new();
+                if *nodes && self.update_nodes(objects, &mut new_problems) {
+                    return Err(NeedsEverything);
+                }
+                let mut frontends = BTreeSet::new();
+                let mut ranges = BTreeSet::new();
+                let slices = group_slices(&objects.slices);
+                let by_id: BTreeMap<ServiceId, &Service> = objects
+                    .services
+                    .iter()
+                    .map(|s| (service_id(s), s))
+                    .collect();
+                for id in services {
+                    let svc = by_id.get(id).copied();
+                    let slices = slices.get(id).map_or(&[][..], Vec::as_slice);
+                    let part = self.plan_service(svc, slices);
+                    let touched = self.replace(id, part, &mut new_problems);
+                    frontends.extend(touched.0);
+                    ranges.extend(touched.1);
+                }
+                // New service CIDRs: the ranges' diff looks at everything.
+                let service_ranges = if *service_cidrs {
+                    self.update_cidrs(objects, &mut new_problems);
+                    None
+                } else {
+                    Some(ranges)
+                };
+                let scope = Scope {
+                    frontends: Some(frontends),
+                    service_ranges,
+                };
+                Ok(Update {
+                    scope,
+                    new_problems,
+                })
+            }
+        }
+    }
+
+    /// Plan from scratch.
+    fn update_everything(&mut self, objects: &Objects) -> Update {
+        let before = self.problems();
+        let fresh = Self::new(&self.cfg);
+        *self = fresh;
+        let mut ignored = Vec::new();
+        self.update_nodes(objects, &mut ignored);
+        let slices = group_slices(&objects.slices);
+        let mut ids: BTreeSet<ServiceId> = slices.keys().cloned().collect();
+        let by_id: BTreeMap<ServiceId, &Service> = objects
+            .services
+            .iter()
+            .map(|s| (service_id(s), s))
+            .collect();
+        ids.extend(by_id.keys().cloned());
+        for id in &ids {
+            let svc = by_id.get(id).copied();
+            let slices = slices.get(id).map_or(&[][..], Vec::as_slice);
+            let part = self.plan_service(svc, slices);
+            self.replace(id, part, &mut ignored);
+        }
+        self.update_cidrs(objects, &mut ignored);
+        Update {
+            scope: Scope::all(),
+            new_problems: appeared(&before, &self.problems()),
+        }
+    }
+
+    /// Nodes: this node's address, pod CIDR and conflist, and the peers'
+    /// routes. True when what every Service depends on (this node's
+    /// NodePort addresses or zone) changed.
+    fn update_nodes(&mut self, objects: &Objects, new_problems: &mut Vec<Problem>) -> bool {
+        let cfg = &self.cfg;
+        let mut problems = Vec::new();
+        let nodes = nodes::nodes(&objects.nodes, &cfg.node_name, &mut problems);
+        let nodeport_addresses = cfg
+            .nodeport_addresses
+            .clone()
+            .unwrap_or_else(|| nodes.own_ips.clone());
+        let conflist = network::conflist(cfg, nodes.pod_cidr);
+        if cfg.cni.is_some() && conflist.is_none() {
+            problems.push(Problem {
+                object: format!("Node {}", cfg.node_name),
+                field: "spec.podCIDR".into(),
+                message: "this node has no Node object with a podCIDR yet: no CNI config written"
+                    .into(),
+            });
+        }
+        let uplink = cfg.uplink.as_ref();
+        self.plan.node = NodeAddress {
+            addr: nodes.own_addr(),
+            snat_ports: cfg.snat_ports,
+        };
+        self.plan.routes = network::peer_routes(&nodes.peers, uplink);
+        self.plan.kernel_routes = network::kernel_routes(&nodes.peers, uplink);
+        self.plan.conflist = conflist;
+        self.plan.pod_cidr = nodes.pod_cidr;
+        self.plan.peers = nodes.peers;
+        new_problems.extend(appeared(&self.node_problems, &problems));
+        self.node_problems = problems;
+        let moved = self.nodeport_addresses != nodeport_addresses || self.zone != nodes.zone;
+        self.nodeport_addresses = nodeport_addresses;
+        self.zone = nodes.zone;
+        moved
+    }
+
+    /// The service CIDRs, and the ranges they make with the ClusterIPs.
+    fn update_cidrs(&mut self, objects: &Objects, new_problems: &mut Vec<Problem>) {
+        let mut problems = Vec::new();
+        self.cidrs = service_cidrs::service_cidrs(
+            &self.cfg.service_cidrs,
+            &objects.service_cidrs,
+            &mut problems,
+        );
+        let cluster_ips: BTreeSet<Ipv4Addr> = self.cluster_ips.keys().copied().collect();
+        self.plan.service_ranges = super::service_ranges(&self.cidrs, &cluster_ips);
+        new_problems.extend(appeared(&self.cidr_problems, &problems));
+        self.cidr_problems = problems;
+    }
+
+    /// One Service's part: what `svc` (None: it does not exist, or is not
+    /// proxied) and its `slices` make.
+    fn plan_service(&self, svc: Option<&Service>, slices: &[&EndpointSlice]) -> ServicePart {
+        let cfg = &self.cfg;
+        let mut part = ServicePart::default();
+        let problems = &mut part.problems;
+        for slice in slices {
+            unsupported::slice_fields(slice, problems);
+        }
+        let Some(svc) = svc.and_then(|s| services::parse_service(s, cfg.nodeport_range, problems))
+        else {
+            return part;
+        };
+        part.cluster_ips = svc.cluster_ips.clone();
+        let ipv4: Vec<&EndpointSlice> = slices
+            .iter()
+            .copied()
+            .filter(|s| s.address_type == "IPv4")
+            .collect();
+        let here = endpoints::Locality {
+            node_name: &cfg.node_name,
+            zone: self.zone.as_deref(),
+        };
+        let mut draining = BTreeSet::new();
+        for port in &svc.ports {
+            let endpoints = endpoints::endpoints_for_port(&ipv4, port, here, problems);
+            let backends = categorize::categorize(&endpoints, svc.policies);
+            draining.extend(backends.draining.iter().copied());
+            let fronts = &mut part.frontends;
+            fronts.extend(frontends::cluster_ip_frontends(&svc, port, &backends));
+            if cfg.node_ports_on_loopback {
+                fronts.extend(frontends::loopback_node_port(&svc, port, &backends));
+            }
+            let external = frontends::external_addresses(&svc, port, &self.nodeport_addresses);
+            if external.is_empty() {
+                continue;
+            }
+            fronts.extend(frontends::external_frontends(
+                &svc, port, &external, &backends,
+            ));
+            health::add_health_check(&mut part.health_checks, &svc, &backends);
+        }
+        part.draining = draining.into_iter().collect();
+        part
+    }
+
+    /// Put `part` in place of `id`'s: the frontends and service ranges
+    /// that may have changed.
+    fn replace(
+        &mut self,
+        id: &ServiceId,
+        part: ServicePart,
+        new_problems: &mut Vec<Problem>,
+    ) -> (BTreeSet<ServiceKey>, BTreeSet<Ipv4Net>) {
+        let old = self.parts.remove(id).unwrap_or_default();
+        new_problems.extend(appeared(&old.problems, &part.problems));
+        let mut keys: BTreeSet<ServiceKey> = old.frontends.iter().map(|(k, _)| *k).collect();
+        for k in &keys {
+            release(&mut self.frontend_claims, k, id);
+        }
+        for (k, _) in &part.frontends {
+            self.frontend_claims
+                .entry(*k)
+                .or_default()
+                .insert(id.clone());
+            keys.insert(*k);
+        }
+        let mut ports: BTreeSet<u16> = old.health_checks.keys().copied().collect();
+        for p in &ports {
+            release(&mut self.health_claims, p, id);
+        }
+        for p in part.health_checks.keys() {
+            self.health_claims.entry(*p).or_default().insert(id.clone());
+            ports.insert(*p);
+        }
+        let mut ranges = BTreeSet::new();
+        for ip in &old.cluster_ips {
+            if count_down(&mut self.cluster_ips, ip) {
+                ranges.insert(host_range(*ip));
+            }
+        }
+        for ip in &part.cluster_ips {
+            if count_up(&mut self.cluster_ips, *ip) {
+                ranges.insert(host_range(*ip));
+            }
+        }
+        for b in &old.draining {
+            if count_down(&mut self.draining, b) {
+                self.plan.draining.remove(b);
+            }
+        }
+        for b in &part.draining {
+            if count_up(&mut self.draining, *b) {
+                self.plan.draining.insert(*b);
+            }
+        }
+        let exists = !(part.frontends.is_empty()
+            && part.health_checks.is_empty()
+            && part.cluster_ips.is_empty()
+            && part.problems.is_empty());
+        if exists {
+            self.parts.insert(id.clone(), part);
+        }
+        for k in &keys {
+            let winner = self.frontend_claims.get(k).and_then(|ids| ids.first());
+            let value = winner.and_then(|w| {
+                let part = self.parts.get(w)?;
+                part.frontends
+                    .iter()
+                    .find(|(fk, _)| fk == k)
+                    .map(|(_, v)| v)
+            });
+            match value {
+                Some(v) => self.plan.frontends.insert(*k, v.clone()),
+                None => self.plan.frontends.remove(k),
+            };
+        }
+        for p in &ports {
+            let winner = self.health_claims.get(p).and_then(|ids| ids.first());
+            let value = winner.and_then(|w| self.parts.get(w)?.health_checks.get(p));
+            match value {
+                Some(v) => self.plan.health_checks.insert(*p, v.clone()),
+                None => self.plan.health_checks.remove(p),
+            };
+        }
+        // Without service CIDRs there are no ranges at all.
+        if !self.cidrs.is_empty() {
+            for net in &ranges {
+                if self.cluster_ips.contains_key(&net.addr) {
+                    let range = ServiceRange {
+                        kind: SERVICE_RANGE_ALLOCATED,
+                    };
+                    self.plan.service_ranges.insert(*net, range);
+                } else {
+                    self.plan.service_ranges.remove(net);
+                }
+            }
+        }
+        (keys, ranges)
+    }
+}
+
+/// `id` no longer claims `key`.
+fn release<K: Ord>(claims: &mut Claims<K>, key: &K, id: &ServiceId) {
+    if let Some(ids) = claims.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            claims.remove(key);
+        }
+    }
+}
+
+/// One more of `key`; true when it is the first.
+fn count_up<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) -> bool {
+    let n = counts.entry(key).or_insert(0);
+    *n += 1;
+    *n == 1
+}
+
+/// One fewer of `key`; true when it was the last.
+fn count_down<K: Ord>(counts: &mut BTreeMap<K, usize>, key: &K) -> bool {
+    match counts.get_mut(key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(key);
+            true
+        }
+        None => false,
+    }
+}
+
+fn host_range(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net {
+        addr: ip,
+        prefix: 32,
+    }
+}
+
+/// Slices by the Service they belong to.
+fn group_slices(slices: &[EndpointSlice]) -> BTreeMap<ServiceId, Vec<&EndpointSlice>> {
+    let mut out: BTreeMap<ServiceId, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        out.entry(slice_service(slice)).or_default().push(slice);
+    }
+    out
+}
