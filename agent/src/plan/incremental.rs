@@ -492,3 +492,194 @@ fn group_slices(slices: &[EndpointSlice]) -> BTreeMap<ServiceId, Vec<&EndpointSl
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{difference, file::parse_manifest};
+
+    const EXTERNAL: &str = include_str!("../../testdata/external.yaml");
+    const CIDRS: &str = include_str!("../../testdata/service_cidrs.yaml");
+    const AFFINITY: &str = include_str!("../../testdata/affinity_ranges.yaml");
+    const TERMINATING: &str = include_str!("../../testdata/terminating.yaml");
+    const UNSUPPORTED: &str = include_str!("../../testdata/unsupported.yaml");
+
+    /// A Service claiming the `lb` Service's externalIP and port (it sorts
+    /// before `lb`, so it holds that frontend while it exists).
+    const RIVAL: &str = "apiVersion: v1
+kind: Service
+metadata: {name: a-rival, namespace: default}
+spec:
+  clusterIP: 10.96.0.99
+  externalIPs: [203.0.113.7]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 9090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-rival-1, namespace: default, labels: {kubernetes.io/service-name: a-rival}}
+addressType: IPv4
+ports: [{name: http, port: 9090, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.99], conditions: {ready: true}, nodeName: n1}
+";
+
+    fn objects(docs: &[&str]) -> Objects {
+        let text = docs.join("\n---\n");
+        let (objects, problems) = parse_manifest(&text).expect("YAML");
+        assert!(problems.is_empty(), "{problems:?}");
+        objects
+    }
+
+    /// `old` with an endpoint address of the slice `slice` replaced.
+    fn moved_endpoint(old: &Objects, slice: &str, to: &str) -> Objects {
+        let mut new = old.clone();
+        let s = new
+            .slices
+            .iter_mut()
+            .find(|s| s.metadata.name.as_deref() == Some(slice))
+            .expect("slice");
+        s.endpoints[0].addresses = vec![to.to_string()];
+        new
+    }
+
+    fn without_service(old: &Objects, name: &str) -> Objects {
+        let mut new = old.clone();
+        new.services
+            .retain(|s| s.metadata.name.as_deref() != Some(name));
+        new
+    }
+
+    /// Step the planner from `old` to `new` as a source would, and check
+    /// that it plans what a full plan of `new` does and that its scope
+    /// names every frontend and range that changed.
+    fn step(planner: &mut Planner, old: &Objects, new: &Objects) -> Update {
+        let cfg = PlanConfig {
+            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+            ..PlanConfig::for_node("n1")
+        };
+        let before = planner.plan().clone();
+        let update = match planner.update(new, &difference(old, new)) {
+            Ok(u) => u,
+            Err(NeedsEverything) => planner.update(new, &Changed::Everything).unwrap(),
+        };
+        let (full, problems) = super::super::plan(new, &cfg);
+        assert_eq!(
+            planner.plan(),
+            &full,
+            "the incremental plan is the full plan"
+        );
+        let mut known = planner.problems();
+        let mut expected = problems;
+        known.sort();
+        expected.sort();
+        assert_eq!(known, expected);
+        if let Some(keys) = &update.scope.frontends {
+            let changed = full
+                .frontends
+                .iter()
+                .filter(|(k, v)| before.frontends.get(k) != Some(v))
+                .map(|(k, _)| k)
+                .chain(
+                    before
+                        .frontends
+                        .keys()
+                        .filter(|k| !full.frontends.contains_key(k)),
+                );
+            for k in changed {
+                assert!(keys.contains(k), "{k:?} changed but is not in the scope");
+            }
+        }
+        if let Some(nets) = &update.scope.service_ranges {
+            let changed = full
+                .service_ranges
+                .iter()
+                .filter(|(k, v)| before.service_ranges.get(k) != Some(v))
+                .map(|(k, _)| k)
+                .chain(
+                    before
+                        .service_ranges
+                        .keys()
+                        .filter(|k| !full.service_ranges.contains_key(k)),
+                );
+            for k in changed {
+                assert!(nets.contains(k), "{k} changed but is not in the scope");
+            }
+        }
+        update
+    }
+
+    #[test]
+    fn every_change_plans_as_a_full_plan_would_and_names_what_moved() {
+        let cfg = PlanConfig {
+            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+            ..PlanConfig::for_node("n1")
+        };
+        let mut planner = Planner::new(&cfg);
+        let empty = Objects::default();
+        let base = objects(&[EXTERNAL, CIDRS, AFFINITY, TERMINATING, UNSUPPORTED]);
+        let first = step(&mut planner, &empty, &base);
+        assert!(!planner.plan().frontends.is_empty());
+        assert!(
+            !first.new_problems.is_empty(),
+            "unsupported fields reported"
+        );
+
+        // One endpoint: only that Service's frontends are looked at, and no
+        // problem is reported again.
+        let moved = moved_endpoint(&base, "lb-1", "10.244.1.7");
+        let update = step(&mut planner, &base, &moved);
+        let keys = update.scope.frontends.expect("touched only");
+        assert!(
+            keys.iter()
+                .all(|k| planner.plan().frontends[k].name.starts_with("default/lb:"))
+        );
+        assert!(update.new_problems.is_empty());
+
+        // A rival takes the shared externalIP frontend, and gives it back.
+        let rival = {
+            let mut o = moved.clone();
+            let r = objects(&[RIVAL]);
+            o.services.extend(r.services);
+            o.slices.extend(r.slices);
+            o
+        };
+        step(&mut planner, &moved, &rival);
+        let shared = ServiceKey {
+            addr: [203, 0, 113, 7],
+            port: 80,
+            protocol: ferry_common::PROTO_TCP,
+            scope: ferry_common::SCOPE_EXTERNAL,
+        };
+        assert!(
+            planner.plan().frontends[&shared]
+                .name
+                .starts_with("default/a-rival")
+        );
+        let gone = without_service(&rival, "a-rival");
+        step(&mut planner, &rival, &gone);
+        assert!(
+            planner.plan().frontends[&shared]
+                .name
+                .starts_with("default/lb")
+        );
+
+        // A Service leaves: its frontends and its ClusterIP's range go.
+        let fewer = without_service(&gone, "np");
+        step(&mut planner, &gone, &fewer);
+
+        // The node's address moves: every NodePort moves with it.
+        let mut readdressed = fewer.clone();
+        let node = &mut readdressed.nodes[0];
+        node.status.as_mut().unwrap().addresses.as_mut().unwrap()[0].address =
+            "192.168.77.12".into();
+        step(&mut planner, &fewer, &readdressed);
+
+        // ServiceCIDRs change.
+        let mut cidrs = readdressed.clone();
+        cidrs.service_cidrs.clear();
+        step(&mut planner, &readdressed, &cidrs);
+
+        // And back to where it started, in one step.
+        step(&mut planner, &cidrs, &base);
+    }
+}

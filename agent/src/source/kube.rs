@@ -39,6 +39,9 @@ use crate::{
     },
 };
 
+/// kubectl's copy of the object as last applied (client-side apply).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Services kube-proxy leaves alone, and so does ferry: another proxy
 /// serves them (service-proxy-name), or they are headless.
 pub const SERVICE_SELECTOR: &str =
@@ -626,7 +629,16 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    // What the dataplane never reads is not kept: managedFields and
+    // kubectl's copy of the last applied object are most of a typical
+    // object's size, and the stores hold every Service and slice.
+    let lean = watcher(api, config).modify(|o: &mut K| {
+        o.meta_mut().managed_fields = None;
+        if let Some(a) = o.meta_mut().annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
+    });
+    let stream = reflector::reflector(writer, lean).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
