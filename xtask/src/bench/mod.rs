@@ -213,7 +213,13 @@ pub fn run(opts: &Opts) -> Result<()> {
         report.append(measured);
         report.append(programmed);
         println!("==> {}: ferry's program per packet", program_cost::NAME);
-        report.append(program_cost::run(&bed.ferry_large, n)?);
+        report.append(program_cost::run(
+            &bed.ferry_small,
+            small_vip,
+            &bed.ferry_large,
+            large_vip,
+            n,
+        )?);
         points.push(plots::Point {
             services: n,
             rates,
