@@ -345,6 +345,11 @@ impl Node {
     }
 
     /// Stop the agent the hard way (SIGKILL), as a crash or OOM kill would.
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|a| a.id())
+    }
+
     /// The running agent's resident memory (VmRSS), bytes.
     pub fn agent_rss_bytes(&self) -> Option<u64> {
         let pid = self.agent.as_ref()?.id();

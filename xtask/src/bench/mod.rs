@@ -17,6 +17,7 @@
 //! generator and the same server; only what sits between the pods changes.
 //! Rounds interleave the paths so that a noisy moment on the machine hurts
 //! all of them alike, and each figure is the median over rounds.
+mod cpu;
 mod kube_proxy;
 mod nodeport;
 mod plots;

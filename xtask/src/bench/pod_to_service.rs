@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Result, bail};
 use ferry_harness::{Cgroup, Node};
 
+use super::cpu::CpuSampler;
 use super::{
     Opts, SERVER_IP, SERVER_PORT, SERVICE_PORT, datapath_drops,
     report::{Cell, Report, Table, Target},
@@ -274,6 +275,9 @@ pub fn run<'a>(
         opts.rounds, opts.seconds, opts.clients, opts.seconds
     );
     let count = paths.len();
+    // The agents' CPU over every round, in 1-s windows.
+    let sample = |f: &super::testbed::FerryNode| f.node.agent_pid().map(CpuSampler::start);
+    let cpu = (sample(&bed.ferry_small), sample(&bed.ferry_large));
     for round in 1..=opts.rounds {
         // Rotate the order each round: whatever the machine does at a given
         // moment (another tenant, the agents' conntrack sweep) should not
@@ -297,7 +301,20 @@ pub fn run<'a>(
         }
     }
 
+    let windows = |s: Option<CpuSampler>| s.map(CpuSampler::finish).unwrap_or_default();
+    let (cpu_small, cpu_large) = (windows(cpu.0), windows(cpu.1));
     let mut report = Report::default();
+    let busiest = cpu_small
+        .iter()
+        .chain(&cpu_large)
+        .copied()
+        .fold(0.0, f64::max);
+    report.line(format!(
+        "agent CPU during these runs: ferry-10 {}; ferry-large ({n} services) {}; no window above 10% of a core (issue 15): {}",
+        super::cpu::describe(&cpu_small),
+        super::cpu::describe(&cpu_large),
+        if busiest <= 0.10 { "met" } else { "NOT met" }
+    ));
     let medians: Vec<(f64, f64, f64, u64)> = paths
         .iter()
         .map(|p| {
