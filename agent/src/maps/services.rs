@@ -167,6 +167,9 @@ pub struct ServiceTable {
     /// the pins of an agent older than the map (the CLI reading them).
     stats: Option<ServiceStatsTable>,
     used_ids: BTreeSet<u32>,
+    /// No id below this is free: the search for a free id starts here, so
+    /// handing out n ids costs n steps, not n².
+    free_from: u32,
     /// What `source_ranges` holds, by service id (read once at open).
     ranges_by_id: BTreeMap<u32, BTreeSet<Ipv4Net>>,
     /// None until the first write (the CLI only reads the maps).
@@ -257,6 +260,7 @@ impl ServiceTable {
             affinity: open_pinned(pin_dir, MAP_AFFINITY)?,
             source_ranges,
             used_ids,
+            free_from: 1,
             ranges_by_id,
             held: None,
         })
@@ -302,13 +306,14 @@ impl ServiceTable {
 
     fn allocate_id(&mut self) -> Result<u32, SyncError> {
         // Ids start at 1 so that 0 never names a live service.
-        let mut id = 1u32;
-        for used in &self.used_ids {
+        let mut id = self.free_from.max(1);
+        for used in self.used_ids.range(id..) {
             if *used > id {
                 break;
             }
             id = used.checked_add(1).ok_or(SyncError::NoFreeId)?;
         }
+        self.free_from = id.saturating_add(1);
         // The id may have been another frontend's: its counts go before
         // the new frontend can be looked up (and counted), so a new Service
         // starts from zero rather than from a removed one's totals.
@@ -319,6 +324,11 @@ impl ServiceTable {
         }
         self.used_ids.insert(id);
         Ok(id)
+    }
+
+    fn release_id(&mut self, id: u32) {
+        self.used_ids.remove(&id);
+        self.free_from = self.free_from.min(id);
     }
 
     /// Bring `ferry_fe_filter` in line with the frontends present (before
@@ -485,7 +495,7 @@ impl ServiceTable {
             }
         }
         if w.before.is_none() {
-            self.used_ids.remove(&w.service_id);
+            self.release_id(w.service_id);
         }
         failed.push((w.key, e));
     }
@@ -795,10 +805,11 @@ impl ServiceTable {
             tracing::warn!(error = %e, "cannot clear the names of removed frontends");
         }
         self.settle_affinity(&settle, failed);
-        let held = self.held.as_mut().expect("read by apply");
         for (key, p) in gone {
-            held.placed.remove(&key);
-            self.used_ids.remove(&p.value.service_id);
+            if let Some(held) = self.held.as_mut() {
+                held.placed.remove(&key);
+            }
+            self.release_id(p.value.service_id);
         }
     }
 
