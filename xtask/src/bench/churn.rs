@@ -50,7 +50,7 @@ use super::{
     programming::timed_load,
     report::{Cell, Report, Table},
     service_set,
-    testbed::{SyncLine, map_size_args, sync_lines},
+    testbed::{SyncLine, map_size_args, sync_and_resync_lines, sync_lines},
 };
 
 pub const NAME: &str = "churn";
@@ -222,7 +222,8 @@ struct Phase {
     lost: usize,
     /// The poller's passes, ms each.
     passes_ms: Vec<f64>,
-    /// The agent's syncs from the first change until the last was seen.
+    /// The agent's syncs (and timed resyncs, which program whatever is
+    /// pending too) from the first change until the last was seen.
     syncs: Vec<SyncLine>,
 }
 
@@ -236,12 +237,13 @@ impl Measured {
         ));
         let logged = match &self.sync_line {
             Some(l) => format!(
-                "; the agent logged frontends={} parse {:.0}, model {:.0}, maps {:.0}, elapsed {:.0} ms",
+                "; the agent logged frontends={} parse {:.0}, model {:.0}, maps {:.0}, elapsed {:.0} ms, so its start-up and the LISTs took about {:.0} ms",
                 l.field("frontends").unwrap_or("?"),
                 l.ms("parse_ms"),
                 l.ms("model_ms"),
                 l.ms("maps_ms"),
-                l.ms("elapsed_ms")
+                l.ms("elapsed_ms"),
+                self.first_sync.as_secs_f64() * 1e3 - l.ms("elapsed_ms")
             ),
             None => "; the agent logged no sync line".to_string(),
         };
@@ -293,7 +295,7 @@ impl Measured {
                 median(&mut v)
             };
             r.line(format!(
-                "  {:.0}/s: the poller's pass over the outstanding changes took {pass:.2} ms (median; max {max_pass:.1}), +{} ms pause: the resolution; agent syncs meanwhile {} (median parse {:.0}, model {:.0}, maps {:.1}, elapsed {:.0} ms)",
+                "  {:.0}/s: the poller's pass over the outstanding changes took {pass:.2} ms (median; max {max_pass:.1}), +{} ms pause: the resolution; agent sync or resync lines meanwhile {} (a line follows all of its sync's writes, so a change can be seen before it; median parse {:.0}, model {:.0}, maps {:.1}, elapsed {:.0} ms)",
                 p.rate,
                 POLL_PAUSE.as_millis(),
                 p.syncs.len(),
@@ -499,7 +501,7 @@ fn churn_phase(
     rng: &mut fastrand::Rng,
     next_addr: &mut u32,
 ) -> Result<Phase> {
-    let syncs_before = sync_lines(&node.log).len();
+    let syncs_before = sync_and_resync_lines(&node.log).len();
     let busy: Arc<Mutex<HashSet<usize>>> = Arc::default();
     let (tx, rx) = mpsc::channel::<Change>();
     let poller = {
@@ -553,7 +555,7 @@ fn churn_phase(
         .join()
         .map_err(|_| anyhow!("the poller panicked"))??;
     issue?;
-    let syncs = sync_lines(&node.log)
+    let syncs = sync_and_resync_lines(&node.log)
         .split_off(syncs_before)
         .into_iter()
         .filter(|l| l.field("frontends").is_some())

@@ -159,9 +159,19 @@ impl SyncLine {
 }
 
 pub(super) fn sync_lines(log: &Path) -> Vec<SyncLine> {
+    lines_marked(log, &[" synced "])
+}
+
+/// The agent's "synced" and "resynced" lines (a resync, timed, reads the
+/// objects as they are then, so it programs any change pending too).
+pub(super) fn sync_and_resync_lines(log: &Path) -> Vec<SyncLine> {
+    lines_marked(log, &[" synced ", " resynced "])
+}
+
+fn lines_marked(log: &Path, markers: &[&str]) -> Vec<SyncLine> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
-        .filter(|l| l.contains(" synced "))
+        .filter(|l| markers.iter().any(|m| l.contains(m)))
         .map(|l| {
             SyncLine(
                 l.split_whitespace()
