@@ -386,8 +386,19 @@ fn list(shared: &Shared, req: &Request, kind: Kind, ns: Option<String>) -> Resul
         (None, Some(rv)) if exact => rv,
         _ => store.resource_version(),
     };
-    let Some(snapshot) = store.snapshot(kind, at) else {
-        return Err(if cont.is_some() {
+    let after = cont.map(|c| c.after);
+    // The real server counts what is left only without selectors.
+    let count_rest =
+        filter.labels == LabelSelector::default() && filter.fields == FieldSelector::default();
+    let Some((items, remaining)) = store.list_page(
+        kind,
+        at,
+        after.as_deref(),
+        limit.unwrap_or(usize::MAX),
+        |obj| filter.matches(obj),
+        count_rest,
+    ) else {
+        return Err(if after.is_some() {
             ApiError::new(
                 410,
                 "Expired",
@@ -400,17 +411,6 @@ fn list(shared: &Shared, req: &Request, kind: Kind, ns: Option<String>) -> Resul
     };
     drop(store);
 
-    let after = cont.map(|c| c.after);
-    let mut matching = snapshot
-        .into_iter()
-        .filter(|(key, _)| after.as_ref().is_none_or(|a| key > a))
-        .filter(|(_, obj)| filter.matches(obj));
-    let items: Vec<(String, Value)> = matching
-        .by_ref()
-        .take(limit.unwrap_or(usize::MAX))
-        .collect();
-    let remaining = matching.count();
-
     let mut metadata = json!({"resourceVersion": at.to_string()});
     if remaining > 0
         && let Some((last, _)) = items.last()
@@ -421,8 +421,7 @@ fn list(shared: &Shared, req: &Request, kind: Kind, ns: Option<String>) -> Resul
         }
         .encode()
         .into();
-        if filter.labels == LabelSelector::default() && filter.fields == FieldSelector::default() {
-            // The real server counts what is left only without selectors.
+        if count_rest {
             metadata["remainingItemCount"] = remaining.into();
         }
     }

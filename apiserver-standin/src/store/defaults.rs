@@ -117,7 +117,7 @@ impl Store {
         } else if given.is_empty() {
             self.free_cluster_ip()
         } else {
-            if given != "None" && self.cluster_ips_in_use(self_key).contains(&given) {
+            if given != "None" && self.cluster_ip_taken(&given, self_key) {
                 return Err(ApiError::invalid(
                     Kind::Service,
                     name,
@@ -140,19 +140,17 @@ impl Store {
         Ok(())
     }
 
-    fn cluster_ips_in_use(&self, except_key: &str) -> BTreeSet<String> {
-        self.objects
-            .iter()
-            .filter(|((k, key), _)| *k == Kind::Service && key != except_key)
-            .filter_map(|(_, o)| o["spec"]["clusterIP"].as_str().map(str::to_string))
-            .collect()
+    /// Whether a Service other than the one at `except_key` has `ip`.
+    fn cluster_ip_taken(&self, ip: &str, except_key: &str) -> bool {
+        self.cluster_ips
+            .get(ip)
+            .is_some_and(|key| key != except_key)
     }
 
     fn free_cluster_ip(&self) -> String {
-        let used = self.cluster_ips_in_use("");
         (u32::from(CLUSTER_IP_BASE)..)
             .map(|n| Ipv4Addr::from(n).to_string())
-            .find(|ip| !used.contains(ip))
+            .find(|ip| !self.cluster_ips.contains_key(ip))
             .unwrap_or_default()
     }
 

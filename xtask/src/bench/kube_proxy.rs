@@ -4,7 +4,7 @@
 //! Chain layout, matches and marks follow kube-proxy's proxier; chain name
 //! hashes are stand-ins (kube-proxy hashes the service port name with
 //! SHA-256, which changes nothing about how the kernel walks the rules).
-use std::fmt::Write;
+use std::{fmt::Write, net::Ipv4Addr};
 
 use super::ServiceSpec;
 
@@ -29,7 +29,7 @@ pub struct NodePortSpec {
     /// "tcp" or "udp".
     pub protocol: &'static str,
     pub node_port: u16,
-    pub endpoint: std::net::Ipv4Addr,
+    pub endpoint: Ipv4Addr,
     pub target_port: u16,
 }
 
@@ -197,36 +197,16 @@ pub fn nftables(services: &[ServiceSpec], per_transaction: usize) -> Vec<String>
         let mut elements = Vec::with_capacity(chunk.len());
         for (k, s) in chunk.iter().enumerate() {
             let i = chunk_index * per_transaction + k;
-            let svc_chain = format!(
-                "service-{}-default/{}/tcp/http",
-                &chain_hash("svc", i, 0)[..8],
-                s.name
-            );
-            let mut vmap = Vec::new();
+            let svc_chain = nft_service_chain(i, s);
+            let mut ep_chains = Vec::new();
             for (j, ep) in s.endpoints.iter().enumerate() {
-                let ep_chain = format!(
-                    "endpoint-{}-default/{}/tcp/http__{ep}/{}",
-                    &chain_hash("sep", i, j)[..8],
-                    s.name,
-                    s.target_port
-                );
-                writeln!(
-                    chains,
-                    "  chain {ep_chain} {{\n    ip saddr {ep} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ep}:{}\n  }}",
-                    s.target_port
-                )
-                .unwrap();
-                vmap.push(format!("{j} : goto {ep_chain}"));
+                let ep_chain = nft_endpoint_chain(i, j, s, *ep);
+                let [r1, r2] = nft_endpoint_rules(*ep, s.target_port);
+                writeln!(chains, "  chain {ep_chain} {{\n    {r1}\n    {r2}\n  }}").unwrap();
+                ep_chains.push(ep_chain);
             }
-            writeln!(
-                chains,
-                "  chain {svc_chain} {{\n    ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n    numgen random mod {} vmap {{ {} }}\n  }}",
-                s.vip,
-                s.port,
-                s.endpoints.len(),
-                vmap.join(", ")
-            )
-            .unwrap();
+            let [r1, r2] = nft_service_rules(s, &ep_chains);
+            writeln!(chains, "  chain {svc_chain} {{\n    {r1}\n    {r2}\n  }}").unwrap();
             elements.push(format!("{} . tcp . {} : goto {svc_chain}", s.vip, s.port));
         }
         transactions.push(format!(
@@ -235,4 +215,91 @@ pub fn nftables(services: &[ServiceSpec], per_transaction: usize) -> Vec<String>
         ));
     }
     transactions
+}
+
+/// The chain of service `i` (`s`) in [`nftables`].
+fn nft_service_chain(i: usize, s: &ServiceSpec) -> String {
+    format!(
+        "service-{}-default/{}/tcp/http",
+        &chain_hash("svc", i, 0)[..8],
+        s.name
+    )
+}
+
+/// The chain of endpoint `j` (address `ep`) of service `i` (`s`) in
+/// [`nftables`]: its name carries the address, as kube-proxy's does.
+fn nft_endpoint_chain(i: usize, j: usize, s: &ServiceSpec, ep: Ipv4Addr) -> String {
+    format!(
+        "endpoint-{}-default/{}/tcp/http__{ep}/{}",
+        &chain_hash("sep", i, j)[..8],
+        s.name,
+        s.target_port
+    )
+}
+
+/// The rules of an endpoint's chain.
+fn nft_endpoint_rules(ep: Ipv4Addr, target_port: u16) -> [String; 2] {
+    [
+        format!("ip saddr {ep} jump mark-for-masquerade"),
+        format!("meta l4proto tcp dnat to {ep}:{target_port}"),
+    ]
+}
+
+/// The rules of a service's chain, whose endpoints' chains are `ep_chains`.
+fn nft_service_rules(s: &ServiceSpec, ep_chains: &[String]) -> [String; 2] {
+    let vmap: Vec<String> = ep_chains
+        .iter()
+        .enumerate()
+        .map(|(j, c)| format!("{j} : goto {c}"))
+        .collect();
+    [
+        format!(
+            "ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+            s.vip, s.port
+        ),
+        format!(
+            "numgen random mod {} vmap {{ {} }}",
+            ep_chains.len(),
+            vmap.join(", ")
+        ),
+    ]
+}
+
+/// What kube-proxy's nftables mode writes in a partial sync after endpoint
+/// `j` of service `i` changed to `new`, against the table [`nftables`]
+/// loaded for `services`: one transaction that adds the new endpoint's
+/// chain, rewrites the service's chain (flush, then its rules) and flushes
+/// the old endpoint's chain, now stale; and the later transaction that
+/// deletes the stale chain (kube-proxy deletes stale chains a sync later).
+/// `services` is the set before the change; it is updated.
+pub fn nftables_endpoint_change(
+    services: &mut [ServiceSpec],
+    i: usize,
+    j: usize,
+    new: Ipv4Addr,
+) -> (String, String) {
+    let s = &mut services[i];
+    let stale = nft_endpoint_chain(i, j, s, s.endpoints[j]);
+    s.endpoints[j] = new;
+    let s = &services[i];
+    let added = nft_endpoint_chain(i, j, s, new);
+    let ep_chains: Vec<String> = s
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(k, ep)| nft_endpoint_chain(i, k, s, *ep))
+        .collect();
+    let svc_chain = nft_service_chain(i, s);
+    let mut tx = String::new();
+    writeln!(tx, "add chain ip kube-proxy {added}").unwrap();
+    writeln!(tx, "flush chain ip kube-proxy {added}").unwrap();
+    for rule in nft_endpoint_rules(new, s.target_port) {
+        writeln!(tx, "add rule ip kube-proxy {added} {rule}").unwrap();
+    }
+    writeln!(tx, "flush chain ip kube-proxy {svc_chain}").unwrap();
+    for rule in nft_service_rules(s, &ep_chains) {
+        writeln!(tx, "add rule ip kube-proxy {svc_chain} {rule}").unwrap();
+    }
+    writeln!(tx, "flush chain ip kube-proxy {stale}").unwrap();
+    (tx, format!("delete chain ip kube-proxy {stale}\n"))
 }

@@ -10,13 +10,17 @@
 //!   direct pod-IP path;
 //! - [`program_cost`]: ferry's tc program per packet (BPF_PROG_TEST_RUN);
 //! - [`nodeport`]: an external client through a NodePort to a backend on
-//!   another node.
+//!   another node;
+//! - [`churn`]: the agent on the Kubernetes API (the stand-in) with the
+//!   whole Service set: its first sync, and how long an endpoint change
+//!   takes to reach the maps while endpoints change at a steady rate.
 //!
 //! The first three share one [`testbed::Testbed`]: two pods per node, the
 //! same addressing (a /32 per pod, a link-local gateway), the same load
 //! generator and the same server; only what sits between the pods changes.
 //! Rounds interleave the paths so that a noisy moment on the machine hurts
 //! all of them alike, and each figure is the median over rounds.
+mod churn;
 mod cpu;
 mod kube_proxy;
 mod nodeport;
@@ -62,6 +66,13 @@ pub struct Opts {
     /// Only the NodePort comparison.
     #[arg(long)]
     nodeport_only: bool,
+    /// Only the churn scenario (the kube source under endpoint changes).
+    #[arg(long, conflicts_with = "nodeport_only")]
+    churn_only: bool,
+    /// Endpoint changes per second in the churn scenario, each rate for
+    /// `--seconds`.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    churn_rates: Vec<f64>,
 }
 
 impl Opts {
@@ -137,18 +148,23 @@ fn service_set(count: usize) -> (Vec<ServiceSpec>, Ipv4Addr) {
             endpoints: if i == measured {
                 vec![SERVER_IP]
             } else {
-                (0..ENDPOINTS_PER_SERVICE)
-                    .map(|j| {
-                        Ipv4Addr::from(
-                            u32::from(Ipv4Addr::new(10, 128, 0, 0))
-                                + (i * ENDPOINTS_PER_SERVICE + j) as u32,
-                        )
-                    })
-                    .collect()
+                endpoints_of(i)
             },
         })
         .collect();
     (services, vip(measured))
+}
+
+/// The ENDPOINTS_PER_SERVICE endpoints of Service `i` of [`service_set`]
+/// (but the measured one): addresses nothing answers, 10.128.0.0 onwards.
+fn endpoints_of(i: usize) -> Vec<Ipv4Addr> {
+    (0..ENDPOINTS_PER_SERVICE)
+        .map(|j| {
+            Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS_PER_SERVICE + j) as u32,
+            )
+        })
+        .collect()
 }
 
 /// What a node's datapath dropped or rejected, by outcome ("none" if
@@ -196,6 +212,15 @@ pub fn run(opts: &Opts) -> Result<()> {
         println!("{}", report.render());
         return Ok(());
     }
+    if opts.churn_only {
+        report.append(churn::run(&bins, opts, &root.join("target"), &[])?);
+        let text = report.render();
+        println!("\n{text}");
+        let out = root.join("target/bench-churn-latest.txt");
+        std::fs::write(&out, &text)?;
+        println!("(saved to {})", out.display());
+        return Ok(());
+    }
     let sizes = opts.sizes();
     let largest = opts.largest();
     let (small, small_vip) = service_set(10);
@@ -203,6 +228,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     println!("==> bringing up five nodes (network namespaces), two pods each");
     let bed = Testbed::create(&bins, &load, largest)?;
     let mut points = Vec::new();
+    let mut kube_proxy_changes = Vec::new();
     for &n in &sizes {
         let (large, large_vip) = service_set(n);
         println!(
@@ -221,6 +247,15 @@ pub fn run(opts: &Opts) -> Result<()> {
             large_vip,
             n,
         )?);
+        println!(
+            "==> {}: kube-proxy's rule writes for one endpoint change",
+            churn::NAME
+        );
+        kube_proxy_changes.push(churn::kube_proxy_change(
+            &bed.iptables.node.netns,
+            &bed.nftables.node.netns,
+            n,
+        )?);
         points.push(plots::Point {
             services: n,
             rates,
@@ -229,6 +264,12 @@ pub fn run(opts: &Opts) -> Result<()> {
     }
     // The one-node paths go first: their namespaces must not compete.
     drop(bed);
+    report.append(churn::run(
+        &bins,
+        opts,
+        &root.join("target"),
+        &kube_proxy_changes,
+    )?);
     report.append(nodeport::run(&bins, &load, opts)?);
     for svg in plots::write(&root.join("target"), &points)? {
         report.line(format!("plot: {}", svg.display()));

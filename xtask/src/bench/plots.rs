@@ -114,6 +114,88 @@ fn plot(path: &Path, title: &str, unit: &str, series: &[Series]) -> Result<()> {
     Ok(())
 }
 
+/// A histogram of latencies (ms) per named series, as lines over
+/// log-spaced buckets (ten a decade): the share of each series' values in
+/// each bucket, so series of different sizes compare.
+pub fn latency_histogram(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> Result<()> {
+    const PER_DECADE: f64 = 10.0;
+    const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let all = || {
+        series
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .filter(|v| *v > 0.0)
+    };
+    let lo = all().fold(f64::INFINITY, f64::min);
+    let hi = all().fold(0.0f64, f64::max);
+    let (lo, hi) = if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (1.0, 10.0)
+    };
+    let first = (lo.log10() * PER_DECADE).floor() as i32;
+    let last = (hi.log10() * PER_DECADE).floor() as i32;
+    let edge = |b: i32| 10f64.powf(f64::from(b) / PER_DECADE);
+    let mut lines = Vec::new();
+    let mut y_max = 1.0f64;
+    for (name, values) in series {
+        let mut counts = vec![0usize; (last - first + 1) as usize];
+        for v in values.iter().filter(|v| **v > 0.0) {
+            let b = ((v.log10() * PER_DECADE).floor() as i32).clamp(first, last);
+            counts[(b - first) as usize] += 1;
+        }
+        let total = values.len().max(1) as f64;
+        let points: Vec<(f64, f64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let b = first + k as i32;
+                ((edge(b) * edge(b + 1)).sqrt(), 100.0 * *c as f64 / total)
+            })
+            .collect();
+        y_max = points.iter().fold(y_max, |m, p| m.max(p.1));
+        lines.push((name.clone(), points));
+    }
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (edge(first)..edge(last + 1)).log_scale(),
+            0.0f64..y_max * 1.15,
+        )
+        .map_err(draw)?;
+    chart
+        .configure_mesh()
+        .x_desc("change -> map latency, ms (log scale)")
+        .y_desc("% of the changes, per bucket")
+        .draw()
+        .map_err(draw)?;
+    for (k, (name, points)) in lines.into_iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(draw)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(draw)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(draw)?;
+    root.present().map_err(draw)?;
+    Ok(())
+}
+
 fn draw<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a plot: {e:?}")
 }
@@ -167,6 +249,24 @@ mod tests {
         assert!(rates_svg.contains("<polyline"), "no line drawn");
         let sync_svg = std::fs::read_to_string(&written[1]).unwrap();
         assert!(sync_svg.contains("iptables-restore") && sync_svg.contains("ferry full sync"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn latency_histogram_draws_every_series() {
+        let dir = std::env::temp_dir().join(format!("ferry-churn-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("h.svg");
+        let series = vec![
+            (
+                "10000 services, 100/s".to_string(),
+                vec![21.0, 25.0, 30.0, 900.0],
+            ),
+            ("10000 services, 1000/s".to_string(), vec![]),
+        ];
+        latency_histogram(&path, "latency", &series).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("10000 services, 100/s") && svg.contains("<polyline"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

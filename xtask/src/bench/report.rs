@@ -12,6 +12,8 @@ pub enum Cell {
     Rate(f64),
     /// Microseconds, to a tenth.
     Micros(f64),
+    /// Milliseconds, to a tenth.
+    Millis(f64),
     /// A ratio against the table's baseline: `1.00x`.
     Ratio(f64),
     /// A count (failed connections).
@@ -22,7 +24,7 @@ impl Cell {
     fn render(self) -> String {
         match self {
             Cell::Rate(v) => format!("{v:.0}"),
-            Cell::Micros(v) => format!("{v:.1}"),
+            Cell::Micros(v) | Cell::Millis(v) => format!("{v:.1}"),
             Cell::Ratio(v) => format!("{v:.2}x"),
             Cell::Count(n) => n.to_string(),
         }

@@ -54,7 +54,7 @@ impl Testbed {
 /// The agent options that size the maps for `services` Services (one
 /// frontend each) of ENDPOINTS_PER_SERVICE endpoints, both backend banks
 /// in use, with a quarter to spare; never below the defaults.
-fn map_size_args(services: usize) -> Vec<String> {
+pub(super) fn map_size_args(services: usize) -> Vec<String> {
     let frontends = (services + services / 4).max(ferry_common::SERVICES_MAX_ENTRIES as usize);
     let backends = (2 * super::ENDPOINTS_PER_SERVICE * frontends)
         .max(ferry_common::BACKENDS_MAX_ENTRIES as usize);
@@ -144,18 +144,34 @@ pub struct SyncLine(Vec<(String, String)>);
 impl SyncLine {
     /// A duration field in milliseconds; NaN if it is missing.
     pub fn ms(&self, key: &str) -> f64 {
+        self.field(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// A field as logged.
+    pub fn field(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(f64::NAN)
+            .map(|(_, v)| v.as_str())
     }
 }
 
-fn sync_lines(log: &Path) -> Vec<SyncLine> {
+pub(super) fn sync_lines(log: &Path) -> Vec<SyncLine> {
+    lines_marked(log, &[" synced "])
+}
+
+/// The agent's "synced" and "resynced" lines (a resync, timed, reads the
+/// objects as they are then, so it programs any change pending too).
+pub(super) fn sync_and_resync_lines(log: &Path) -> Vec<SyncLine> {
+    lines_marked(log, &[" synced ", " resynced "])
+}
+
+fn lines_marked(log: &Path, markers: &[&str]) -> Vec<SyncLine> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
-        .filter(|l| l.contains(" synced "))
+        .filter(|l| markers.iter().any(|m| l.contains(m)))
         .map(|l| {
             SyncLine(
                 l.split_whitespace()
