@@ -1,5 +1,11 @@
 use std::path::PathBuf;
 
+/// mimalloc rather than glibc's malloc: planning 100,000 Services allocates
+/// millions of small objects from several threads, and took half the time
+/// (1.0 s instead of 1.7–2.1 s on a 2-CPU VM).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_agent::{

@@ -51,6 +51,8 @@ const ENOTSUPP: i32 = 524;
 /// buffers, and a call this size costs well under a millisecond, so a
 /// walk never holds the CPU in the kernel for long at a time.
 pub const LOOKUP_CHUNK: usize = 4096;
+/// From this many entries on, `update_parallel` writes from every CPU.
+const PARALLEL_FROM: usize = 65_536;
 /// Entries per UPDATE_BATCH / DELETE_BATCH call (the kernel reschedules
 /// between entries, so this only bounds the buffers).
 pub const WRITE_CHUNK: usize = 16_384;
@@ -459,6 +461,31 @@ impl<K: Pod, V: Pod> BatchMap<K, V> {
             }
         }
         Ok(())
+    }
+
+    /// `update`, split over the CPUs when there are many entries (a full
+    /// sync's million backend slots): the kernel locks a bucket per entry,
+    /// so writers of different keys go side by side.
+    pub fn update_parallel(&self, keys: &[K], values: &[V], flags: u64) -> Result<(), BatchError>
+    where
+        K: Sync,
+        V: Sync,
+    {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        if threads == 1 || keys.len() < PARALLEL_FROM {
+            return self.update(keys, values, flags);
+        }
+        let chunk = keys.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = keys
+                .chunks(chunk)
+                .zip(values.chunks(chunk))
+                .map(|(k, v)| scope.spawn(move || self.update(k, v, flags)))
+                .collect();
+            writers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("a batch write does not panic"))
+        })
     }
 
     fn update_one(&self, key: &K, value: &V, flags: u64) -> Result<(), BatchError> {

@@ -518,7 +518,11 @@ impl ServiceTable {
         let all: Vec<(BackendKey, Backend)> = writes.iter().flat_map(slots).collect();
         let (keys, values): (Vec<_>, Vec<_>) = all.into_iter().unzip();
         let mut ok = Vec::with_capacity(writes.len());
-        if self.backends_batch.update(&keys, &values, 0).is_ok() {
+        if self
+            .backends_batch
+            .update_parallel(&keys, &values, 0)
+            .is_ok()
+        {
             ok = writes;
         } else {
             for w in writes {
