@@ -611,6 +611,36 @@ fn transport_problem(e: &(dyn std::error::Error + 'static)) -> Option<Transport>
     }
 }
 
+/// What the dataplane never reads is not kept: the stores hold every
+/// Service, EndpointSlice and Node of the cluster, and managedFields,
+/// kubectl's copy of the last applied object, owner references and (in a
+/// slice) each endpoint's targetRef are most of their size. A watch keeps
+/// its own resourceVersion, so the stored objects need none of these.
+fn trim<K: kube::Resource + 'static>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    if let Some(slice) = (o as &mut dyn std::any::Any).downcast_mut::<EndpointSlice>() {
+        for e in &mut slice.endpoints {
+            e.target_ref = None;
+            e.deprecated_topology = None;
+        }
+    }
+    if let Some(node) = (o as &mut dyn std::any::Any).downcast_mut::<Node>()
+        && let Some(status) = node.status.as_mut()
+    {
+        // A node's images and its capacity and conditions are most of a
+        // Node object; the plan reads its addresses.
+        status.images = None;
+        status.conditions = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -629,15 +659,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    // What the dataplane never reads is not kept: managedFields and
-    // kubectl's copy of the last applied object are most of a typical
-    // object's size, and the stores hold every Service and slice.
-    let lean = watcher(api, config).modify(|o: &mut K| {
-        o.meta_mut().managed_fields = None;
-        if let Some(a) = o.meta_mut().annotations.as_mut() {
-            a.remove(LAST_APPLIED);
-        }
-    });
+    let lean = watcher(api, config).modify(|o: &mut K| trim(o));
     let stream = reflector::reflector(writer, lean).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -668,6 +690,48 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_objects_keep_what_the_plan_reads_and_nothing_heavy() {
+        let mut slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "web-1", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "web"},
+                    "annotations": {
+                        "endpoints.kubernetes.io/last-change-trigger-time": "2026-11-30T10:00:00Z",
+                        "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                    },
+                    "managedFields": [{"manager": "kube-controller-manager"}],
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}],
+                },
+                "addressType": "IPv4",
+                "endpoints": [{
+                    "addresses": ["10.244.1.5"], "nodeName": "n1", "zone": "a",
+                    "conditions": {"ready": true},
+                    "hints": {"forZones": [{"name": "a"}]},
+                    "targetRef": {"kind": "Pod", "name": "web-abc", "namespace": "default"},
+                }],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            }))
+            .unwrap();
+        let kept = {
+            let mut s = slice.clone();
+            s.metadata.managed_fields = None;
+            s.metadata.owner_references = None;
+            s.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .remove(super::LAST_APPLIED);
+            s.endpoints[0].target_ref = None;
+            s
+        };
+        super::trim(&mut slice);
+        assert_eq!(slice, kept);
+        let annotations = slice.metadata.annotations.unwrap();
+        assert!(annotations.contains_key(crate::latency::TRIGGER_TIME_ANNOTATION));
+    }
+
     #[test]
     fn the_selector_leaves_out_exactly_the_labels_the_file_source_skips() {
         let labels: Vec<String> = super::super::NOT_PROXIED_LABELS
