@@ -12,7 +12,6 @@ pub mod services;
 use std::{
     collections::BTreeMap,
     fmt::Debug,
-    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -141,7 +140,7 @@ impl MapSource for PinnedMaps {
     fn read(&self) -> MapSnapshot {
         let mut entries = Vec::new();
         for map in COUNTED_MAPS {
-            match count_keys(&self.0.join(map)) {
+            match crate::maps::batch::count_entries(&self.0.join(map)) {
                 Ok(n) => entries.push((map, n)),
                 Err(e) => tracing::debug!(map, error = %e, "cannot count map entries"),
             }
@@ -505,43 +504,6 @@ pub fn sock_reverse_evictions(new_entries: u64, removed: u64, present: u64) -> u
     new_entries.saturating_sub(removed).saturating_sub(present)
 }
 
-/// Keys in the pinned map at `path` (BPF_MAP_GET_NEXT_KEY until the end).
-fn count_keys(path: &Path) -> std::io::Result<u64> {
-    let data = aya::maps::MapData::from_pin(path).map_err(std::io::Error::other)?;
-    let key_size = data.info().map_err(std::io::Error::other)?.key_size() as usize;
-    let fd = data.fd().as_fd().as_raw_fd();
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        next_key: u64,
-    }
-    let mut key = vec![0u8; key_size];
-    let mut next = vec![0u8; key_size];
-    let mut n = 0u64;
-    let mut first = true;
-    loop {
-        let attr = Attr {
-            map_fd: fd as u32,
-            pad: 0,
-            key: if first { 0 } else { key.as_ptr() as u64 },
-            next_key: next.as_mut_ptr() as u64,
-        };
-        // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_GET_NEXT_KEY;
-        // both buffers are key_size bytes.
-        match unsafe { crate::bpffs::sys_bpf(BPF_MAP_GET_NEXT_KEY, &attr) } {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(n),
-            Err(e) => return Err(e),
-        }
-        n += 1;
-        first = false;
-        std::mem::swap(&mut key, &mut next);
-    }
-}
-
 /// The agent's own endpoints, over its metrics.
 struct Endpoints(Arc<Metrics>);
 
@@ -557,8 +519,8 @@ impl Handler for Endpoints {
                 "not ready: the first full sync has not been written yet\n",
             ),
             "/metrics" => {
-                // Counting map entries is a syscall per key: off the
-                // runtime's threads.
+                // Reading the maps (a batch walk per counted map, every
+                // Service's counters) blocks: off the runtime's threads.
                 let metrics = self.0.clone();
                 let body = tokio::task::spawn_blocking(move || metrics.render())
                     .await

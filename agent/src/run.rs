@@ -84,12 +84,18 @@ impl Agent {
         let triggers = self.triggers.new_triggers(&snapshot.objects.slices, full);
         let update = match self.planner.update(&snapshot.objects, &snapshot.changed) {
             Ok(update) => update,
-            Err(NeedsEverything) => {
-                let everything = source.everything();
-                self.planner
+            Err(NeedsEverything) => match source.everything() {
+                Some(everything) => self
+                    .planner
                     .update(&everything, &Changed::Everything)
-                    .expect("a full update needs nothing more")
-            }
+                    .expect("a full update needs nothing more"),
+                None => {
+                    tracing::warn!(
+                        "this node's addresses or zone changed, but the objects cannot be read again now; the Services keep their frontends until the next change"
+                    );
+                    return;
+                }
+            },
         };
         for p in update
             .new_problems

@@ -215,3 +215,28 @@ fn a_typed_view_of_the_wrong_size_is_refused() {
         .expect("a u32 key on the conntrack map");
     assert!(err.to_string().contains("restart the agent"), "{err}");
 }
+
+#[test]
+fn entries_are_counted_in_batches_or_key_by_key_where_a_map_has_no_batch() {
+    let k = Kernel::load();
+    let path = k.pin_dir().join(MAP_CONNTRACK);
+    assert_eq!(ferry_agent::maps::batch::count_entries(&path).unwrap(), 0);
+    let map = conntrack(&k);
+    // More than one batch's worth.
+    fill(&map, 10_000);
+    assert_eq!(
+        ferry_agent::maps::batch::count_entries(&path).unwrap(),
+        10_000
+    );
+    // An LPM trie has no batch lookup: counted key by key.
+    let mut ranges = ferry_agent::maps::ServiceRanges::open(k.pin_dir()).unwrap();
+    for i in 0..3u8 {
+        let net = format!("10.{i}.0.0/16").parse().unwrap();
+        let range = ferry_common::ServiceRange {
+            kind: ferry_common::SERVICE_RANGE_UNALLOCATED,
+        };
+        ranges.insert(&net, range).unwrap();
+    }
+    let trie = k.pin_dir().join(ferry_common::MAP_SERVICE_RANGES);
+    assert_eq!(ferry_agent::maps::batch::count_entries(&trie).unwrap(), 3);
+}

@@ -123,6 +123,23 @@ fn agent_http(node: &Node, path: &'static str) -> (u16, String) {
     .unwrap()
 }
 
+/// The fields of the agent's last "synced changes" line (a sync of what
+/// changed, not of everything), by name.
+fn last_sync_of_changes(node: &Node) -> impl Fn(&str) -> Option<u64> {
+    let log = node.agent_log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("synced changes"))
+        .unwrap_or_else(|| panic!("no sync of changes in the log:\n{log}"))
+        .to_string();
+    move |key: &str| {
+        line.split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+}
+
 /// Node n1 whose agent reads the objects from `api` (served inside the
 /// node's namespace) through a kubeconfig.
 fn node_fed_by(c: &Cluster, api: &ApiServer) -> Node {
@@ -153,6 +170,12 @@ fn services_follow_the_api_through_scale_delete_relist_and_proxy_name() {
         agent_http(&node, "/readyz").0 == 200
     });
 
+    // Another Service, which no change below touches.
+    let mut other = service(json!({}));
+    other["metadata"]["name"] = json!("other");
+    other["spec"]["clusterIP"] = json!("10.96.0.99");
+    other["spec"]["clusterIPs"] = json!(["10.96.0.99"]);
+    api.create(other).unwrap();
     // Create through the API: traffic works, TCP and UDP.
     api.create(service(json!({}))).unwrap();
     api.create(slice(&[&backends[0], &backends[1]])).unwrap();
@@ -174,6 +197,23 @@ fn services_follow_the_api_through_scale_delete_relist_and_proxy_name() {
         names(&client, 10).contains("b3")
     });
     println!("scaled -> b3 reached in {took:?}");
+    // Only the changed Service was looked at: its two frontends written,
+    // the other Service's not even compared (a full sync would count them
+    // unchanged).
+    // (The line follows the writes: wait for it.)
+    eventually(
+        "the change's sync logged",
+        &node,
+        Duration::from_secs(2),
+        || last_sync_of_changes(&node)("upserted") == Some(2),
+    );
+    let sync = last_sync_of_changes(&node);
+    assert_eq!(
+        (sync("upserted"), sync("removed"), sync("unchanged")),
+        (Some(2), Some(0), Some(0)),
+        "{}",
+        node.agent_log()
+    );
 
     // The API restarts with a new history: the agent's re-watch gets 410,
     // it relists; traffic never fails meanwhile.

@@ -570,6 +570,92 @@ impl<K: Pod, V: Pod> BatchMap<K, V> {
     }
 }
 
+/// How many entries the pinned map at `path` holds: a walk of
+/// LOOKUP_BATCH calls into scratch buffers, for any key and value size (a
+/// metrics scrape counts maps of a million entries), or key by key
+/// (GET_NEXT_KEY) where the map type has no batch lookup (an LPM trie).
+pub fn count_entries(path: &Path) -> io::Result<u64> {
+    let data = MapData::from_pin(path).map_err(io::Error::other)?;
+    let info = data.info().map_err(io::Error::other)?;
+    let key_size = info.key_size() as usize;
+    let per_cpu = matches!(
+        info.map_type(),
+        Ok(MapType::PerCpuHash | MapType::PerCpuArray | MapType::LruPerCpuHash)
+    );
+    let value_size = if per_cpu {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        (info.value_size() as usize).next_multiple_of(8) * cpus
+    } else {
+        info.value_size() as usize
+    };
+    let fd = data.fd().as_fd().as_raw_fd() as u32;
+    let words = token_words(key_size);
+    let (mut in_token, mut out_token) = (vec![0u64; words], vec![0u64; words]);
+    let mut chunk = LOOKUP_CHUNK;
+    let mut keys = vec![0u8; key_size * chunk];
+    let mut values = vec![0u8; value_size * chunk];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { in_token.as_ptr() as u64 },
+            out_batch: out_token.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd,
+            ..Default::default()
+        };
+        // SAFETY: the buffers hold `chunk` keys and values of the map's
+        // sizes, and the tokens its resume position.
+        let result = unsafe { sys_bpf_mut(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
+        match lookup_end(errno.unwrap_or(0), attr.count) {
+            LookupEnd::More => {
+                n += u64::from(attr.count);
+                in_token.copy_from_slice(&out_token);
+                first = false;
+            }
+            LookupEnd::End => return Ok(n + u64::from(attr.count)),
+            LookupEnd::TooSmall => {
+                chunk *= 2;
+                keys.resize(key_size * chunk, 0);
+                values.resize(value_size * chunk, 0);
+            }
+            LookupEnd::Unsupported if first => return count_by_key(fd, key_size),
+            LookupEnd::Unsupported | LookupEnd::Failed => {
+                return Err(result.err().unwrap_or_else(io::Error::last_os_error));
+            }
+        }
+    }
+}
+
+/// `count_entries` key by key.
+fn count_by_key(fd: u32, key_size: usize) -> io::Result<u64> {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let attr = ElemAttr {
+            map_fd: fd,
+            pad: 0,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            value: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: both buffers are key_size bytes.
+        match unsafe { sys_bpf(BPF_MAP_GET_NEXT_KEY, &attr) } {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -441,11 +441,18 @@ impl Reconciler {
         // The UDP frontends looked at, as they were, and the backends
         // draining among them.
         let looked_at = |k: &&ServiceKey| keys.is_none_or(|keys| keys.contains(k));
-        let before: BTreeMap<ServiceKey, DesiredFrontend> = held
-            .iter()
-            .filter(|(k, _)| k.protocol == PROTO_UDP && looked_at(k))
-            .map(|(k, f)| (*k, f.clone()))
-            .collect();
+        let udp = |(k, f): (&ServiceKey, &DesiredFrontend)| {
+            (k.protocol == PROTO_UDP).then(|| (*k, f.clone()))
+        };
+        // Only the keys looked at: a sync of one change costs one change.
+        let before: BTreeMap<ServiceKey, DesiredFrontend> = match keys {
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| held.get_key_value(k))
+                .filter_map(udp)
+                .collect(),
+            None => held.iter().filter_map(udp).collect(),
+        };
         let (held_draining, kept_draining): (DrainingFlows, DrainingFlows) =
             std::mem::take(&mut self.draining_flows)
                 .into_iter()

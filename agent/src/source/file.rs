@@ -145,8 +145,9 @@ pub struct FileSource {
     /// until it changes or goes away.
     last_failure: Option<String>,
     pub poll: Duration,
-    /// The objects of the last snapshot, to say what the next one changed.
-    objects: Option<Arc<Objects>>,
+    /// A fingerprint of the last snapshot's objects, to say what the next
+    /// one changed (the objects themselves go once they are planned).
+    digest: Option<super::Digest>,
 }
 
 type Stamp = (SystemTime, u64, u64);
@@ -159,7 +160,7 @@ impl FileSource {
             pending: None,
             last_failure: None,
             poll: Duration::from_millis(100),
-            objects: None,
+            digest: None,
         }
     }
 
@@ -204,8 +205,14 @@ impl Source for FileSource {
         self.path.display().to_string()
     }
 
-    fn everything(&self) -> Arc<Objects> {
-        self.objects.clone().unwrap_or_default()
+    /// The manifest read and parsed again: kept objects would double the
+    /// agent's memory for an event this rare (this node's own address or
+    /// zone changed).
+    fn everything(&self) -> Option<Arc<Objects>> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        parse_manifest(&text)
+            .ok()
+            .map(|(objects, _)| Arc::new(objects))
     }
 
     async fn next(&mut self) -> Snapshot {
@@ -218,12 +225,13 @@ impl Source for FileSource {
                             if self.last_failure.take().is_some() {
                                 tracing::info!(source = %self.path.display(), "the manifest is readable again");
                             }
-                            let changed = match &self.objects {
-                                Some(old) => super::difference(old, &objects),
+                            let digest = super::Digest::of(&objects);
+                            let changed = match &self.digest {
+                                Some(old) => old.changes(&digest),
                                 None => Changed::Everything,
                             };
+                            self.digest = Some(digest);
                             let objects = Arc::new(objects);
-                            self.objects = Some(objects.clone());
                             return Snapshot {
                                 objects,
                                 changed,

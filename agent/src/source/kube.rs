@@ -448,8 +448,8 @@ impl Source for KubeSource {
         "kube".into()
     }
 
-    fn everything(&self) -> Arc<Objects> {
-        Arc::new(self.objects())
+    fn everything(&self) -> Option<Arc<Objects>> {
+        Some(Arc::new(self.objects()))
     }
 
     /// Applied as soon as a change is seen: changes that arrive while the

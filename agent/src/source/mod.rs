@@ -48,54 +48,117 @@ pub trait Source {
 
     /// Every object as the source holds them now (for a plan that needs
     /// them all: the node's own addresses changed).
-    fn everything(&self) -> std::sync::Arc<Objects>;
+    /// None if they cannot be had now (the file went unreadable): the plan
+    /// then stays as it is until the next change.
+    fn everything(&self) -> Option<std::sync::Arc<Objects>>;
 }
 
-/// What differs between two complete sets of objects, by Service: a
-/// Service that changed, appeared or went, or one of whose EndpointSlices
-/// did; and whether the Nodes or the ServiceCIDRs differ at all.
-pub fn difference(old: &Objects, new: &Objects) -> Changed {
-    use std::collections::{BTreeMap, BTreeSet};
+/// A fingerprint of a complete set of objects, by Service (the Service
+/// and its EndpointSlices), and of the Nodes and the ServiceCIDRs: what a
+/// source that re-reads everything (the file source) keeps to say what the
+/// next read changed, instead of keeping the objects themselves.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Digest {
+    services: std::collections::BTreeMap<crate::plan::ServiceId, u64>,
+    nodes: u64,
+    service_cidrs: u64,
+}
 
-    use crate::plan::incremental::{ServiceId, service_id, slice_service};
-    fn by_service<T: PartialEq>(
-        objects: &[T],
-        id: impl Fn(&T) -> ServiceId,
-    ) -> BTreeMap<ServiceId, Vec<&T>> {
-        let mut out: BTreeMap<ServiceId, Vec<&T>> = BTreeMap::new();
-        for o in objects {
-            out.entry(id(o)).or_default().push(o);
+/// A hash of an object's JSON form (k8s-openapi's types have no `Hash`).
+fn json_hash<T: serde::Serialize>(object: &T, into: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    serde_json::to_vec(object).unwrap_or_default().hash(into);
+}
+
+impl Digest {
+    pub fn of(objects: &Objects) -> Self {
+        use std::{
+            collections::{BTreeMap, hash_map::DefaultHasher},
+            hash::Hasher,
+        };
+
+        use crate::plan::incremental::{service_id, slice_service};
+        // Per Service, the hashes of its own object(s) and its slices,
+        // sorted: the same objects give the same hash whatever their order
+        // in the file (and a duplicate document still counts).
+        let mut parts: BTreeMap<_, Vec<u64>> = BTreeMap::new();
+        let hash = |o: &dyn erased::Serialize| {
+            let mut h = DefaultHasher::new();
+            o.hash_into(&mut h);
+            h.finish()
+        };
+        for svc in &objects.services {
+            parts.entry(service_id(svc)).or_default().push(hash(svc));
         }
-        out
+        for slice in &objects.slices {
+            parts
+                .entry(slice_service(slice))
+                .or_default()
+                .push(hash(slice));
+        }
+        let services = parts
+            .into_iter()
+            .map(|(id, mut hashes)| {
+                hashes.sort_unstable();
+                let mut h = DefaultHasher::new();
+                hashes.iter().for_each(|x| h.write_u64(*x));
+                (id, h.finish())
+            })
+            .collect();
+        let all = |list: &[&dyn erased::Serialize]| {
+            let mut h = DefaultHasher::new();
+            for o in list {
+                o.hash_into(&mut h);
+            }
+            h.finish()
+        };
+        let nodes: Vec<&dyn erased::Serialize> = objects.nodes.iter().map(|n| n as _).collect();
+        let cidrs: Vec<&dyn erased::Serialize> =
+            objects.service_cidrs.iter().map(|c| c as _).collect();
+        Self {
+            services,
+            nodes: all(&nodes),
+            service_cidrs: all(&cidrs),
+        }
     }
-    fn differing<T: PartialEq>(
-        old: &BTreeMap<ServiceId, Vec<&T>>,
-        new: &BTreeMap<ServiceId, Vec<&T>>,
-        into: &mut BTreeSet<ServiceId>,
-    ) {
-        for (id, objects) in old {
-            if new.get(id) != Some(objects) {
-                into.insert(id.clone());
+
+    /// What differs from `self` in `new`: a Service that changed, appeared
+    /// or went, or one of whose EndpointSlices did; and whether the Nodes
+    /// or the ServiceCIDRs differ at all.
+    pub fn changes(&self, new: &Digest) -> Changed {
+        let mut services = std::collections::BTreeSet::new();
+        for (id, h) in &self.services {
+            if new.services.get(id) != Some(h) {
+                services.insert(id.clone());
             }
         }
-        for id in new.keys().filter(|id| !old.contains_key(*id)) {
-            into.insert(id.clone());
+        for id in new.services.keys() {
+            if !self.services.contains_key(id) {
+                services.insert(id.clone());
+            }
+        }
+        Changed::Some {
+            services,
+            nodes: self.nodes != new.nodes,
+            service_cidrs: self.service_cidrs != new.service_cidrs,
         }
     }
-    let mut services = BTreeSet::new();
-    differing(
-        &by_service(&old.services, service_id),
-        &by_service(&new.services, service_id),
-        &mut services,
-    );
-    differing(
-        &by_service(&old.slices, slice_service),
-        &by_service(&new.slices, slice_service),
-        &mut services,
-    );
-    Changed::Some {
-        services,
-        nodes: old.nodes != new.nodes,
-        service_cidrs: old.service_cidrs != new.service_cidrs,
+}
+
+/// Hashing any of the object types through one `dyn`.
+mod erased {
+    pub trait Serialize {
+        fn hash_into(&self, into: &mut std::collections::hash_map::DefaultHasher);
     }
+
+    impl<T: serde::Serialize> Serialize for T {
+        fn hash_into(&self, into: &mut std::collections::hash_map::DefaultHasher) {
+            super::json_hash(self, into);
+        }
+    }
+}
+
+/// What differs between two complete sets of objects (`Digest::changes`).
+pub fn difference(old: &Objects, new: &Objects) -> Changed {
+    Digest::of(old).changes(&Digest::of(new))
 }
