@@ -125,7 +125,7 @@ fn agent_http(node: &Node, path: &'static str) -> (u16, String) {
 
 /// The fields of the agent's last "synced changes" line (a sync of what
 /// changed, not of everything), by name.
-fn last_sync_of_changes(node: &Node) -> impl Fn(&str) -> Option<u64> {
+fn last_sync_of_changes(node: &Node) -> impl Fn(&str) -> Option<u64> + use<> {
     let log = node.agent_log();
     let line = log
         .lines()
