@@ -63,6 +63,13 @@ pub struct Opts {
     /// (`10000,100000`) measures each size in turn and plots them.
     #[arg(long, value_delimiter = ',', default_value = "10000")]
     services: Vec<usize>,
+    /// Load kube-proxy's rule sets only up to this many Services: above it
+    /// their load takes longer than the rest of the run (iptables-restore
+    /// over 10 minutes at 100,000 Services here, nft in transactions of
+    /// 500 growing with the square), so the larger sizes measure ferry
+    /// alone.
+    #[arg(long, default_value_t = 20_000)]
+    kube_proxy_up_to: usize,
     /// Only the NodePort comparison.
     #[arg(long)]
     nodeport_only: bool,
@@ -235,8 +242,10 @@ pub fn run(opts: &Opts) -> Result<()> {
             "==> {}: loading {n} services x {ENDPOINTS_PER_SERVICE} endpoints into each large node",
             programming::NAME
         );
-        let (programmed, sync) = programming::run(&bed, &small, &large)?;
-        let (measured, rates) = pod_to_service::run(&bed, &load, opts, n, small_vip, large_vip)?;
+        let kube_proxy = n <= opts.kube_proxy_up_to;
+        let (programmed, sync) = programming::run(&bed, &small, &large, kube_proxy)?;
+        let (measured, rates) =
+            pod_to_service::run(&bed, &load, opts, n, small_vip, large_vip, kube_proxy)?;
         report.append(measured);
         report.append(programmed);
         println!("==> {}: ferry's program per packet", program_cost::NAME);
@@ -247,15 +256,17 @@ pub fn run(opts: &Opts) -> Result<()> {
             large_vip,
             n,
         )?);
-        println!(
-            "==> {}: kube-proxy's rule writes for one endpoint change",
-            churn::NAME
-        );
-        kube_proxy_changes.push(churn::kube_proxy_change(
-            &bed.iptables.node.netns,
-            &bed.nftables.node.netns,
-            n,
-        )?);
+        if kube_proxy {
+            println!(
+                "==> {}: kube-proxy's rule writes for one endpoint change",
+                churn::NAME
+            );
+            kube_proxy_changes.push(churn::kube_proxy_change(
+                &bed.iptables.node.netns,
+                &bed.nftables.node.netns,
+                n,
+            )?);
+        }
         points.push(plots::Point {
             services: n,
             rates,

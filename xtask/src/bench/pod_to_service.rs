@@ -65,6 +65,8 @@ struct ClientPath<'a> {
     /// is measured (the listener's cost), and the events it printed.
     monitor: Option<&'a Node>,
     monitor_events: u64,
+    /// Not measured at this size (kube-proxy's rule sets not loaded).
+    skipped: bool,
 }
 
 /// `ferry-agent monitor --type all` on `node`, its events counted as they
@@ -196,6 +198,7 @@ pub fn run<'a>(
     n: usize,
     small_vip: Ipv4Addr,
     large_vip: Ipv4Addr,
+    kube_proxy: bool,
 ) -> Result<(Report, Rates)> {
     let path = |label: String, client_ns: PathBuf, target: (Ipv4Addr, u16)| ClientPath {
         label,
@@ -207,6 +210,7 @@ pub fn run<'a>(
         proof: Proof::default(),
         monitor: None,
         monitor_events: 0,
+        skipped: false,
     };
     // The same node, maps and target as (b)/(c); the client in the client
     // pod's cgroup, where the node's connect4 program translates it.
@@ -245,16 +249,22 @@ pub fn run<'a>(
             bed.ferry_small.client.netns.path(),
             (SERVER_IP, SERVER_PORT),
         ),
-        path(
-            format!("(d) kube-proxy iptables, {n} services"),
-            bed.iptables.client.netns.path(),
-            (large_vip, SERVICE_PORT),
-        ),
-        path(
-            format!("(e) kube-proxy nftables, {n} services"),
-            bed.nftables.client.netns.path(),
-            (large_vip, SERVICE_PORT),
-        ),
+        ClientPath {
+            skipped: !kube_proxy,
+            ..path(
+                format!("(d) kube-proxy iptables, {n} services"),
+                bed.iptables.client.netns.path(),
+                (large_vip, SERVICE_PORT),
+            )
+        },
+        ClientPath {
+            skipped: !kube_proxy,
+            ..path(
+                format!("(e) kube-proxy nftables, {n} services"),
+                bed.nftables.client.netns.path(),
+                (large_vip, SERVICE_PORT),
+            )
+        },
         socket_lb(
             "(f) ferry ClusterIP, socket LB, 10 services".into(),
             &bed.ferry_small,
@@ -266,7 +276,7 @@ pub fn run<'a>(
             large_vip,
         ),
     ];
-    for p in &paths {
+    for p in paths.iter().filter(|p| !p.skipped) {
         wait_reachable_in(&p.client_ns, p.cgroup, load, p.target)?;
     }
 
@@ -284,6 +294,9 @@ pub fn run<'a>(
         // always land on the same path.
         for k in 0..count {
             let p = &mut paths[(k + round - 1) % count];
+            if p.skipped {
+                continue;
+            }
             let sample = measure(p, load, opts)?;
             println!(
                 "    round {round}: {:<48} {:>9.0} conn/s  p50 {:>6.1} us  p99 {:>6.1} us{}",
@@ -340,8 +353,13 @@ pub fn run<'a>(
         ],
     );
     for (p, &(rate, p50, p99, errors)) in paths.iter().zip(&medians) {
+        let label = if p.skipped {
+            format!("{} (rules not loaded)", p.label)
+        } else {
+            p.label.clone()
+        };
         table.row(
-            &p.label,
+            &label,
             vec![
                 Cell::Rate(rate),
                 Cell::Ratio(rate / base_rate),

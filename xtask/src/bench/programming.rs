@@ -37,6 +37,7 @@ pub fn run(
     bed: &Testbed,
     small: &[ServiceSpec],
     large: &[ServiceSpec],
+    kube_proxy: bool,
 ) -> Result<(Report, SyncTimes)> {
     let n = large.len();
     bed.ferry_small.load_services(small)?;
@@ -45,24 +46,29 @@ pub fn run(
     let last = changed.len() - 1;
     changed[last].endpoints[0] = Ipv4Addr::new(10, 127, 255, 254);
     let one = bed.ferry_large.load_services(&changed)?;
-    let ipt_input = kube_proxy::iptables(&changed);
-    let ipt_time = timed_load(
-        &bed.iptables.node.netns,
-        "iptables-restore",
-        &[],
-        &ipt_input,
-    )?;
-    // An earlier size's table goes first (iptables-restore replaces the
-    // tables it is given by itself).
-    let _ = bed
-        .nftables
-        .node
-        .netns
-        .exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
-    let mut nft_time = Duration::ZERO;
-    for input in kube_proxy::nftables(&changed, NFT_SERVICES_PER_TRANSACTION) {
-        nft_time += timed_load(&bed.nftables.node.netns, "nft", &["-f", "-"], &input)?;
-    }
+    let (ipt_time, nft_time) = if kube_proxy {
+        let ipt_input = kube_proxy::iptables(&changed);
+        let ipt_time = timed_load(
+            &bed.iptables.node.netns,
+            "iptables-restore",
+            &[],
+            &ipt_input,
+        )?;
+        // An earlier size's table goes first (iptables-restore replaces the
+        // tables it is given by itself).
+        let _ = bed
+            .nftables
+            .node
+            .netns
+            .exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
+        let mut nft_time = Duration::ZERO;
+        for input in kube_proxy::nftables(&changed, NFT_SERVICES_PER_TRANSACTION) {
+            nft_time += timed_load(&bed.nftables.node.netns, "nft", &["-f", "-"], &input)?;
+        }
+        (Some(ipt_time), Some(nft_time))
+    } else {
+        (None, None)
+    };
 
     let mut report = Report::default();
     // Issue 15's targets for the agent's own part (objects in memory to
@@ -88,13 +94,18 @@ pub fn run(
         verdict(own(&one), 1.0),
         one.ms("elapsed_ms"),
     ));
-    report.line(format!(
-        "same rule set, kube-proxy style: iptables-restore {:.0} ms ({}), nft -f {:.0} ms in transactions of {NFT_SERVICES_PER_TRANSACTION} services ({})",
-        ipt_time.as_secs_f64() * 1e3,
-        tool_version("iptables-restore"),
-        nft_time.as_secs_f64() * 1e3,
-        tool_version("nft")
-    ));
+    match (ipt_time, nft_time) {
+        (Some(ipt), Some(nft)) => report.line(format!(
+            "same rule set, kube-proxy style: iptables-restore {:.0} ms ({}), nft -f {:.0} ms in transactions of {NFT_SERVICES_PER_TRANSACTION} services ({})",
+            ipt.as_secs_f64() * 1e3,
+            tool_version("iptables-restore"),
+            nft.as_secs_f64() * 1e3,
+            tool_version("nft")
+        )),
+        _ => report.line(format!(
+            "kube-proxy's rule sets not loaded at {n} services (above --kube-proxy-up-to): their rows are not measured at this size"
+        )),
+    }
     let mib = |b: u64| b as f64 / 1048576.0;
     for (label, ferry, services) in [
         ("ferry-10", &bed.ferry_small, small.len()),
@@ -109,8 +120,8 @@ pub fn run(
     let times = SyncTimes {
         ferry_full: full.ms("elapsed_ms"),
         ferry_one: one.ms("elapsed_ms"),
-        iptables: ipt_time.as_secs_f64() * 1e3,
-        nftables: nft_time.as_secs_f64() * 1e3,
+        iptables: ipt_time.map_or(f64::NAN, |t| t.as_secs_f64() * 1e3),
+        nftables: nft_time.map_or(f64::NAN, |t| t.as_secs_f64() * 1e3),
     };
     Ok((report, times))
 }
