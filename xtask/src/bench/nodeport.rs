@@ -136,9 +136,17 @@ impl NodePortSetup {
             .map(|(n, a, cidr, _)| manifest::node_with_address(n, cidr, *a))
             .collect();
         cluster.write_manifest(&manifest::join(&node_docs))?;
+        // Maps sized for the large set, as the ClusterIP nodes' are: at the
+        // defaults, more than 16,384 frontends fill the services map.
+        let sizes = super::testbed::map_size_args(large.len());
         let mut nodes = Vec::new();
         for (name, addr, _, extra) in NODEPORT_FERRY_NODES {
-            nodes.push(cluster.node_on_fabric_with(name, &fabric, addr, "native", extra)?);
+            let args: Vec<&str> = extra
+                .iter()
+                .copied()
+                .chain(sizes.iter().map(String::as_str))
+                .collect();
+            nodes.push(cluster.node_on_fabric_with(name, &fabric, addr, "native", &args)?);
         }
         let mut server = nodes[1].add_pod("server")?;
         server.spawn(load, &as_strs(&serve_args()))?;
