@@ -4,9 +4,11 @@
 //! EndpointSlice controller when a pod or Service change started the
 //! update), so the metric covers the whole path from the change to the
 //! maps, not only ferry's part.
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
-use k8s_openapi::{api::discovery::v1::EndpointSlice, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::plan::SliceObject;
 
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
@@ -14,17 +16,16 @@ pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-t
 #[derive(Debug, Default)]
 pub struct TriggerTimes {
     /// None until the first call: what exists at startup is no change.
-    seen: Option<BTreeMap<(String, String), String>>,
+    seen: Option<BTreeMap<SliceKey, Box<str>>>,
 }
 
-fn trigger(slice: &EndpointSlice) -> Option<(&str, SystemTime)> {
-    let value = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(TRIGGER_TIME_ANNOTATION)?;
+/// A slice's (namespace, name).
+type SliceKey = (Box<str>, Box<str>);
+
+fn trigger(slice: &SliceObject) -> Option<(&str, SystemTime)> {
+    let value = slice.trigger_time.as_deref()?;
     let at = value.parse::<Timestamp>().ok()?;
-    Some((value.as_str(), SystemTime::from(at)))
+    Some((value, SystemTime::from(at)))
 }
 
 impl TriggerTimes {
@@ -32,7 +33,7 @@ impl TriggerTimes {
     /// call (a new slice's included); none at the first call. `all`: the
     /// slices are all there are (the others are forgotten); otherwise
     /// they are those that changed.
-    pub fn new_triggers(&mut self, slices: &[EndpointSlice], all: bool) -> Vec<SystemTime> {
+    pub fn new_triggers(&mut self, slices: &[Arc<SliceObject>], all: bool) -> Vec<SystemTime> {
         let first = self.seen.is_none();
         let seen = self.seen.get_or_insert_with(BTreeMap::new);
         let before = if all {
@@ -45,20 +46,16 @@ impl TriggerTimes {
             let Some((value, at)) = trigger(slice) else {
                 continue;
             };
-            let meta = &slice.metadata;
-            let key = (
-                meta.namespace.clone().unwrap_or_default(),
-                meta.name.clone().unwrap_or_default(),
-            );
+            let key = (slice.namespace.clone(), slice.name.clone());
             let was = if all {
                 before.get(&key)
             } else {
                 seen.get(&key)
             };
-            if !first && was.map(String::as_str) != Some(value) {
+            if !first && was.map(|w| &**w) != Some(value) {
                 fresh.push(at);
             }
-            seen.insert(key, value.to_string());
+            seen.insert(key, value.into());
         }
         fresh
     }
@@ -68,8 +65,8 @@ impl TriggerTimes {
 mod tests {
     use super::*;
 
-    fn slice(name: &str, at: Option<&str>) -> EndpointSlice {
-        let mut s = EndpointSlice {
+    fn slice(name: &str, at: Option<&str>) -> Arc<SliceObject> {
+        let mut s = k8s_openapi::api::discovery::v1::EndpointSlice {
             address_type: "IPv4".into(),
             ..Default::default()
         };
@@ -77,7 +74,7 @@ mod tests {
         s.metadata.namespace = Some("default".into());
         s.metadata.annotations =
             at.map(|a| [(TRIGGER_TIME_ANNOTATION.to_string(), a.to_string())].into());
-        s
+        Arc::new(SliceObject::new(&s))
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn want(i: u32, n: u32) -> DesiredFrontend {
         backends: (0..n)
             .map(|j| backend(Ipv4Addr::from(0x0a80_0000 + i * 16 + j), 8080))
             .collect(),
-        name: format!("default/svc-{i}:http"),
+        name: format!("default/svc-{i}:http").into(),
         flags: 0,
         options: Default::default(),
     }
@@ -66,7 +66,7 @@ fn thousands_of_frontends_in_one_apply_then_replaced_and_removed_without_leftove
     assert_eq!(listed.len(), 3000);
     for r in &listed {
         let i = u32::from_be_bytes(r.frontend.addr) - 0x0a60_0000;
-        assert_eq!(r.backends, want(i, 10).backends, "frontend {i}");
+        assert_eq!(r.backends, *want(i, 10).backends, "frontend {i}");
         assert_eq!(r.name, format!("default/svc-{i}:http"));
         assert!(k.services.frontend_filter().covers(&r.frontend).unwrap());
     }
@@ -81,7 +81,7 @@ fn thousands_of_frontends_in_one_apply_then_replaced_and_removed_without_leftove
     let records = k.services.list().unwrap();
     for r in records.iter().take(100) {
         let i = u32::from_be_bytes(r.frontend.addr) - 0x0a60_0000;
-        assert_eq!(r.backends, want(i + 6000, 2).backends);
+        assert_eq!(r.backends, *want(i + 6000, 2).backends);
     }
     // Each shrunk frontend: 2 active + 3 in the bank it left.
     assert_eq!(backend_entries(&k).len(), 2900 * 10 + 100 * (2 + 3));
@@ -111,7 +111,7 @@ fn a_restarted_table_writes_the_bank_not_in_use_and_clears_its_leftovers() {
     let after = restarted.get(&key(1)).unwrap().expect("written");
     assert_eq!(after.service_id, before.service_id);
     assert_ne!(after.bank, before.bank, "the bank in use was left alone");
-    assert_eq!(restarted.list().unwrap()[0].backends, want(3, 2).backends);
+    assert_eq!(restarted.list().unwrap()[0].backends, *want(3, 2).backends);
     // 2 active + the 4 of the set before, nothing of the first set's 8.
     assert_eq!(backend_entries(&k).len(), 6);
     apply(&mut restarted, &[], &[key(1)]);

@@ -110,13 +110,19 @@ pub struct ServiceRecord {
 
 type SourceRanges = lpm_trie::LpmTrie<MapData, SourceRangeKey, u32>;
 
+/// A frontend's backends, slot order, shared between copies.
+pub type Backends = std::sync::Arc<[Backend]>;
+
 /// One frontend as the plan wants it: its backends (slot order), its name
 /// for the CLI, `SERVICE_FLAG_LOCAL_ONLY` (the options' flags come from
-/// them) and its options.
+/// them) and its options. The planner, the plan and the reconciler's
+/// record of what it wrote each hold every frontend: the backends and the
+/// name are shared between those copies (and between the frontends of one
+/// Service port), not repeated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredFrontend {
-    pub backends: Vec<Backend>,
-    pub name: String,
+    pub backends: Backends,
+    pub name: std::sync::Arc<str>,
     pub flags: u8,
     pub options: FrontendOptions,
 }
@@ -387,8 +393,8 @@ impl ServiceTable {
         options: &FrontendOptions,
     ) -> Result<u32, SyncError> {
         let want = DesiredFrontend {
-            backends: backends.to_vec(),
-            name: name.to_string(),
+            backends: backends.into(),
+            name: name.into(),
             flags,
             options: options.clone(),
         };
@@ -714,7 +720,7 @@ impl ServiceTable {
     /// the datapath keeps trusting it.
     fn settle_affinity(
         &mut self,
-        sets: &BTreeMap<u32, (ServiceKey, Option<Vec<Backend>>)>,
+        sets: &BTreeMap<u32, (ServiceKey, Option<Backends>)>,
         failed: &mut Vec<(ServiceKey, SyncError)>,
     ) {
         if sets.is_empty() {

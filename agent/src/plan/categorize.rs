@@ -2,7 +2,7 @@
 //! kube-proxy's pkg/proxy/topology.go `CategorizeEndpoints` does: readiness
 //! with the serving-terminating fallback, topology hints, and the traffic
 //! policies. Terminating endpoints drain (`draining`).
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use ferry_common::Backend;
 
@@ -55,13 +55,13 @@ impl Topology {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Categorized {
     /// ClusterIP traffic (internalTrafficPolicy applied).
-    pub cluster: Vec<Backend>,
+    pub cluster: Arc<[Backend]>,
     /// Traffic from outside the cluster to NodePorts, load-balancer IPs
     /// and externalIPs (externalTrafficPolicy applied).
-    pub external: Vec<Backend>,
+    pub external: Arc<[Backend]>,
     /// Traffic from this node's pods to those external addresses: any
     /// usable endpoint, whatever the policies (kube-proxy's short-circuit).
-    pub any: Vec<Backend>,
+    pub any: Arc<[Backend]>,
     /// Ready endpoints on this node, by address: what the
     /// healthCheckNodePort reports (terminating ones do not count, so a
     /// draining node fails its check).
@@ -101,8 +101,10 @@ pub fn categorize(endpoints: &[Endpoint], policies: TrafficPolicies) -> Categori
     let topology = topology(endpoints);
     let all = endpoints.iter().filter(|e| topology.admits(e));
     let local = endpoints.iter().filter(|e| e.local);
-    let any = usable(all);
-    let local_usable = usable(local.clone());
+    // Each set is shared by every frontend it serves (and by the copies
+    // the plan and the reconciler keep).
+    let any: Arc<[Backend]> = usable(all).into();
+    let local_usable: Arc<[Backend]> = usable(local.clone()).into();
     Categorized {
         cluster: if policies.internal_local {
             local_usable.clone()

@@ -1,11 +1,10 @@
 //! EndpointSlices: indexed by Service once, then read once per Service port
 //! into endpoints with their conditions. Which endpoints serve which
 //! traffic is decided by `categorize`, not here.
-use std::{collections::BTreeMap, collections::BTreeSet, net::Ipv4Addr};
-
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use super::{
+    objects::SliceObject,
     problem::{ObjectProblems, Problem, object_name},
     services::{ServicePort, protocol_number},
 };
@@ -70,45 +69,10 @@ pub struct Endpoint {
     pub node_hint: Hint,
 }
 
-/// IPv4 slices by (namespace, Service name).
-#[derive(Default)]
-pub struct SliceIndex<'a> {
-    /// namespace -> Service name -> slices.
-    by_service: BTreeMap<&'a str, BTreeMap<&'a str, Vec<&'a EndpointSlice>>>,
-}
-
-impl<'a> SliceIndex<'a> {
-    pub fn new(slices: &'a [EndpointSlice]) -> Self {
-        let mut by_service: BTreeMap<&str, BTreeMap<&str, Vec<_>>> = BTreeMap::new();
-        for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
-            let meta = &slice.metadata;
-            let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-                continue;
-            };
-            let ns = meta.namespace.as_deref().unwrap_or("default");
-            let services = by_service.entry(ns).or_default();
-            services.entry(service.as_str()).or_default().push(slice);
-        }
-        Self { by_service }
-    }
-
-    pub fn for_service(&self, namespace: &str, name: &str) -> &[&'a EndpointSlice] {
-        self.by_service
-            .get(namespace)
-            .and_then(|services| services.get(name))
-            .map_or(&[], Vec::as_slice)
-    }
-}
-
 /// Problems of `slice`.
-pub fn slice_problems<'a>(slice: &EndpointSlice, sink: &'a mut Vec<Problem>) -> ObjectProblems<'a> {
-    let meta = &slice.metadata;
+pub fn slice_problems<'a>(slice: &SliceObject, sink: &'a mut Vec<Problem>) -> ObjectProblems<'a> {
     ObjectProblems {
-        object: object_name(
-            "EndpointSlice",
-            meta.namespace.as_deref(),
-            meta.name.as_deref(),
-        ),
+        object: object_name("EndpointSlice", Some(&slice.namespace), Some(&slice.name)),
         sink,
     }
 }
@@ -117,7 +81,7 @@ pub fn slice_problems<'a>(slice: &EndpointSlice, sink: &'a mut Vec<Problem>) -> 
 /// name and protocol; the slice carries the resolved target port), sorted
 /// and without exact repeats. Bad fields become problems.
 pub fn endpoints_for_port(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceObject],
     port: &ServicePort,
     here: Locality,
     problems: &mut Vec<Problem>,
@@ -125,7 +89,7 @@ pub fn endpoints_for_port(
     let mut out = BTreeSet::new();
     for slice in slices {
         let mut problems = slice_problems(slice, problems);
-        for (pi, sp) in slice.ports.iter().flatten().enumerate() {
+        for (pi, sp) in slice.ports.iter().enumerate() {
             if sp.name.as_deref().unwrap_or("") != port.name
                 || protocol_number(sp.protocol.as_deref()) != Ok(Some(port.protocol))
             {
@@ -142,12 +106,11 @@ pub fn endpoints_for_port(
                 }
             };
             for (ei, ep) in slice.endpoints.iter().enumerate() {
-                let cond = ep.conditions.as_ref();
                 // The API: a nil `ready` or `serving` means true, a nil
                 // `terminating` false.
-                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving).unwrap_or(true);
-                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let ready = ep.ready.unwrap_or(true);
+                let serving = ep.serving.unwrap_or(true);
+                let terminating = ep.terminating.unwrap_or(false);
                 let local = ep.node_name.as_deref() == Some(here.node_name);
                 let hints = ep.hints.as_ref();
                 let zones = hints.and_then(|h| h.for_zones.as_ref());
@@ -159,9 +122,7 @@ pub fn endpoints_for_port(
                     Some(here.node_name),
                 );
                 for (ai, a) in ep.addresses.iter().enumerate() {
-                    let parsed = a
-                        .parse::<Ipv4Addr>()
-                        .map_err(|_| format!("{a:?} is not an IPv4 address"));
+                    let parsed = a.map_err(|a| format!("{a:?} is not an IPv4 address"));
                     let usable = parsed.and_then(|addr| match unroutable(addr) {
                         Some(why) => Err(format!("{addr}: {why}; not used")),
                         None => Ok(addr),

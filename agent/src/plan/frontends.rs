@@ -1,7 +1,7 @@
 //! Frontends of one Service port: its cluster IPs, and the addresses it is
 //! reached on from outside (NodePorts, load-balancer IPs, externalIPs),
 //! each with the backends `categorize` chose for that traffic.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use ferry_common::{
     Backend, LOOPBACK_ADDR, SCOPE_CLUSTER_IP, SCOPE_EXTERNAL, SCOPE_EXTERNAL_FROM_PODS,
@@ -34,7 +34,7 @@ fn frontend(
     port: u16,
     scope: u8,
     svc_port: &ServicePort,
-    backends: &[Backend],
+    backends: &Arc<[Backend]>,
     (flags, options): (u8, FrontendOptions),
 ) -> (ServiceKey, DesiredFrontend) {
     let key = ServiceKey {
@@ -44,7 +44,7 @@ fn frontend(
         scope,
     };
     let frontend = DesiredFrontend {
-        backends: backends.to_vec(),
+        backends: backends.clone(),
         name: svc_port.display.clone(),
         flags,
         options,

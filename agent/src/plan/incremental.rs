@@ -18,8 +18,8 @@ use ferry_common::{Backend, SERVICE_RANGE_ALLOCATED, ServiceKey, ServiceRange};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
-    HealthCheck, NodeAddress, NodePlan, Objects, PlanConfig, Problem, categorize, endpoints,
-    frontends, health, network, nodes, service_cidrs, services, unsupported,
+    HealthCheck, NodeAddress, NodePlan, Objects, PlanConfig, Problem, ServiceObject, SliceObject,
+    categorize, endpoints, frontends, health, network, nodes, problem, service_cidrs, unsupported,
 };
 use crate::{net::Ipv4Net, reconcile::Scope};
 
@@ -78,7 +78,35 @@ struct ServicePart {
 }
 
 /// How many Services claim each of a set of things, and which.
-type Claims<K> = BTreeMap<K, BTreeSet<ServiceId>>;
+type Claims<K> = BTreeMap<K, Claimants>;
+
+/// The Services claiming one thing, sorted: nearly always one, so a sorted
+/// `Vec` (48 bytes for one) rather than a `BTreeSet` (a 500-byte node).
+#[derive(Debug, Default)]
+struct Claimants(Vec<ServiceId>);
+
+impl Claimants {
+    fn insert(&mut self, id: ServiceId) {
+        if let Err(at) = self.0.binary_search(&id) {
+            self.0.insert(at, id);
+        }
+    }
+
+    fn remove(&mut self, id: &ServiceId) {
+        if let Ok(at) = self.0.binary_search(id) {
+            self.0.remove(at);
+        }
+    }
+
+    /// The holder: the first by namespace/name.
+    fn first(&self) -> Option<&ServiceId> {
+        self.0.first()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// What `update` did.
 #[derive(Debug, Default)]
@@ -327,22 +355,24 @@ impl Planner {
 
     /// One Service's part: what `svc` (None: it does not exist, or is not
     /// proxied) and its `slices` make.
-    fn plan_service(&self, svc: Option<&Service>, slices: &[&EndpointSlice]) -> ServicePart {
+    fn plan_service(&self, svc: Option<&ServiceObject>, slices: &[&SliceObject]) -> ServicePart {
         let cfg = &self.cfg;
         let mut part = ServicePart::default();
         let problems = &mut part.problems;
         for slice in slices {
             unsupported::slice_fields(slice, problems);
         }
-        let Some(svc) = svc.and_then(|s| services::parse_service(s, cfg.nodeport_range, problems))
-        else {
+        if let Some(svc) = svc {
+            problems.extend(svc.problems.iter().cloned());
+        }
+        let Some(svc) = svc.and_then(|s| s.parsed.as_ref()) else {
             return part;
         };
         part.cluster_ips = svc.cluster_ips.clone();
-        let ipv4: Vec<&EndpointSlice> = slices
+        let ipv4: Vec<&SliceObject> = slices
             .iter()
             .copied()
-            .filter(|s| s.address_type == "IPv4")
+            .filter(|s| &*s.address_type == "IPv4")
             .collect();
         let here = endpoints::Locality {
             node_name: &cfg.node_name,
@@ -350,22 +380,27 @@ impl Planner {
         };
         let mut draining = BTreeSet::new();
         for port in &svc.ports {
+            let mut of_service = problem::ObjectProblems {
+                object: problem::object_name("Service", Some(&svc.namespace), Some(&svc.name)),
+                sink: problems,
+            };
+            let port = &*port.in_range(cfg.nodeport_range, &mut of_service);
             let endpoints = endpoints::endpoints_for_port(&ipv4, port, here, problems);
             let backends = categorize::categorize(&endpoints, svc.policies);
             draining.extend(backends.draining.iter().copied());
             let fronts = &mut part.frontends;
-            fronts.extend(frontends::cluster_ip_frontends(&svc, port, &backends));
+            fronts.extend(frontends::cluster_ip_frontends(svc, port, &backends));
             if cfg.node_ports_on_loopback {
-                fronts.extend(frontends::loopback_node_port(&svc, port, &backends));
+                fronts.extend(frontends::loopback_node_port(svc, port, &backends));
             }
-            let external = frontends::external_addresses(&svc, port, &self.nodeport_addresses);
+            let external = frontends::external_addresses(svc, port, &self.nodeport_addresses);
             if external.is_empty() {
                 continue;
             }
             fronts.extend(frontends::external_frontends(
-                &svc, port, &external, &backends,
+                svc, port, &external, &backends,
             ));
-            health::add_health_check(&mut part.health_checks, &svc, &backends);
+            health::add_health_check(&mut part.health_checks, svc, &backends);
         }
         part.draining = draining.into_iter().collect();
         part
@@ -510,7 +545,7 @@ fn host_range(ip: Ipv4Addr) -> Ipv4Net {
 type IdRef<'a> = (&'a str, &'a str);
 
 /// A Service's objects: the Service (if it exists) and its slices.
-type Objectsof<'a> = (Option<&'a Service>, Vec<&'a EndpointSlice>);
+type Objectsof<'a> = (Option<&'a ServiceObject>, Vec<&'a SliceObject>);
 
 /// Below this many Services, planning stays on one thread.
 const PARALLEL_FROM: usize = 2000;
@@ -524,23 +559,13 @@ fn group<'a>(
     let wanted = |id: &IdRef| only.is_none_or(|only| only.contains(id));
     let mut out: BTreeMap<IdRef, Objectsof> = BTreeMap::new();
     for svc in &objects.services {
-        let meta = &svc.metadata;
-        let id = (
-            meta.namespace.as_deref().unwrap_or("default"),
-            meta.name.as_deref().unwrap_or_default(),
-        );
+        let id = (svc.id.0.as_str(), svc.id.1.as_str());
         if wanted(&id) {
             out.entry(id).or_default().0 = Some(svc);
         }
     }
     for slice in &objects.slices {
-        let meta = &slice.metadata;
-        let service = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(endpoints::SERVICE_NAME_LABEL))
-            .map_or("", String::as_str);
-        let id = (meta.namespace.as_deref().unwrap_or("default"), service);
+        let id = (&*slice.namespace, &*slice.service);
         if wanted(&id) {
             out.entry(id).or_default().1.push(slice);
         }
@@ -591,16 +616,16 @@ endpoints:
         let s = new
             .slices
             .iter_mut()
-            .find(|s| s.metadata.name.as_deref() == Some(slice))
+            .find(|s| &*s.name == slice)
             .expect("slice");
-        s.endpoints[0].addresses = vec![to.to_string()];
+        std::sync::Arc::make_mut(s).endpoints[0].addresses =
+            super::super::objects::Addresses::new(&[to.to_string()]);
         new
     }
 
     fn without_service(old: &Objects, name: &str) -> Objects {
         let mut new = old.clone();
-        new.services
-            .retain(|s| s.metadata.name.as_deref() != Some(name));
+        new.services.retain(|s| s.id.1 != name);
         new
     }
 
@@ -768,7 +793,7 @@ endpoints:
             service_cidrs: Vec::new(),
         };
         serial.update(&first_half, &Changed::Everything).unwrap();
-        let ids: Vec<ServiceId> = all.services.iter().map(service_id).collect();
+        let ids: Vec<ServiceId> = all.services.iter().map(|s| s.id.clone()).collect();
         for half in ids.chunks(n / 2 + 1) {
             let changed = Changed::Some {
                 services: half.iter().cloned().collect(),

@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::PathBuf,
+    sync::Arc,
 };
 
 use ferry_common::{
@@ -31,6 +32,7 @@ pub mod health;
 pub mod incremental;
 pub mod network;
 pub mod nodes;
+pub mod objects;
 pub mod problem;
 pub mod service_cidrs;
 pub mod services;
@@ -40,6 +42,7 @@ pub use frontends::DesiredFrontend;
 pub use health::HealthCheck;
 pub use incremental::{Changed, NeedsEverything, Planner, ServiceId};
 pub use nodes::PeerNode;
+pub use objects::{ServiceObject, SliceObject};
 pub use problem::Problem;
 
 use crate::{
@@ -47,15 +50,29 @@ use crate::{
     net::Ipv4Net,
 };
 
-/// Everything the agent reads.
+/// Everything the agent reads: Services and EndpointSlices as ferry keeps
+/// them (shared with the source that holds them, not copied), the few
+/// Nodes and ServiceCIDRs as the API gives them.
 #[derive(Debug, Default, Clone)]
 pub struct Objects {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    pub services: Vec<Arc<ServiceObject>>,
+    pub slices: Vec<Arc<SliceObject>>,
     pub nodes: Vec<Node>,
     /// `networking.k8s.io/v1` ServiceCIDRs (none from an API server that
     /// does not serve them).
     pub service_cidrs: Vec<ServiceCIDR>,
+}
+
+impl Objects {
+    /// Keep `svc` as ferry does.
+    pub fn add_service(&mut self, svc: &Service) {
+        self.services.push(Arc::new(ServiceObject::new(svc)));
+    }
+
+    /// Keep `slice` as ferry does.
+    pub fn add_slice(&mut self, slice: &EndpointSlice) {
+        self.slices.push(Arc::new(SliceObject::new(slice)));
+    }
 }
 
 pub const DEFAULT_NODEPORT_RANGE: PortRange = PortRange::new(30000, 32767);

@@ -4,7 +4,7 @@ use std::fmt;
 
 /// An object (or part of one) that was skipped or is not fully served, and
 /// why.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Problem {
     /// "Service default/web", "EndpointSlice default/web-abc", "Node n1".
     pub object: String,

@@ -14,7 +14,7 @@ use crate::{config::PortRange, net::Ipv4Net};
 pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// How a Service's traffic policies narrow its endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct TrafficPolicies {
     /// `internalTrafficPolicy: Local`: ClusterIP traffic to this node's
     /// endpoints only.
@@ -25,7 +25,7 @@ pub struct TrafficPolicies {
 }
 
 /// A Service as the plan uses it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ParsedService {
     pub namespace: String,
     pub name: String,
@@ -49,16 +49,19 @@ pub struct ParsedService {
 }
 
 /// One TCP or UDP port of a Service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServicePort {
+    /// Its place in `spec.ports`, for the field paths of problems.
+    pub index: usize,
     /// `spec.ports[i].name` ("" when unnamed): what slices match on.
     pub name: String,
     pub protocol: u8,
     pub port: u16,
-    /// Its nodePort, when the Service type has one and it is in range.
+    /// Its nodePort, when the Service type has one (whether it is in the
+    /// cluster's NodePort range is the plan's to check: see `in_range`).
     pub node_port: Option<u16>,
-    /// "namespace/name:port" for the CLI.
-    pub display: String,
+    /// "namespace/name:port" for the CLI (shared by its frontends).
+    pub display: std::sync::Arc<str>,
 }
 
 /// `spec.ports[].protocol` (default TCP) as an IP protocol number; None
@@ -99,12 +102,9 @@ fn ipv4_list<'a>(
 }
 
 /// Parse a Service; None when it is not proxied (headless, ExternalName,
-/// no cluster IP yet).
-pub fn parse_service(
-    svc: &Service,
-    nodeport_range: PortRange,
-    problems: &mut Vec<Problem>,
-) -> Option<ParsedService> {
+/// no cluster IP yet). Nothing here depends on the agent's configuration,
+/// so a Service is parsed once, when it arrives.
+pub fn parse_service(svc: &Service, problems: &mut Vec<Problem>) -> Option<ParsedService> {
     let meta = &svc.metadata;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let name = meta.name.clone().unwrap_or_default();
@@ -167,13 +167,7 @@ pub fn parse_service(
         .flatten()
         .enumerate()
         .filter_map(|(i, port)| {
-            parse_port(
-                port,
-                &format!("spec.ports[{i}]"),
-                (&namespace, &name),
-                has_node_ports.then_some(nodeport_range),
-                &mut problems,
-            )
+            parse_port(port, i, (&namespace, &name), has_node_ports, &mut problems)
         })
         .collect();
     Some(ParsedService {
@@ -289,14 +283,15 @@ fn source_ranges(svc: &Service, problems: &mut ObjectProblems) -> Option<Vec<Ipv
     Some(ranges)
 }
 
-/// One port; `nodeport_range`: Some when the Service type has NodePorts.
+/// `spec.ports[index]`; `has_node_ports`: the Service type has NodePorts.
 fn parse_port(
     port: &k8s_openapi::api::core::v1::ServicePort,
-    field: &str,
+    index: usize,
     (namespace, service): (&str, &str),
-    nodeport_range: Option<PortRange>,
+    has_node_ports: bool,
     problems: &mut ObjectProblems,
 ) -> Option<ServicePort> {
+    let field = &format!("spec.ports[{index}]");
     let protocol = match protocol_number(port.protocol.as_deref()) {
         Ok(Some(p)) => p,
         Ok(None) => {
@@ -322,18 +317,18 @@ fn parse_port(
             return None;
         }
     };
-    let node_port = match (nodeport_range, port.node_port.filter(|p| *p != 0)) {
-        (Some(range), Some(np)) => match u16::try_from(np) {
-            Ok(np) if range.contains(np) => Some(np),
-            _ => {
+    let node_port = match port.node_port.filter(|p| *p != 0 && has_node_ports) {
+        Some(np) => match u16::try_from(np) {
+            Ok(np) => Some(np),
+            Err(_) => {
                 problems.push(
                     format!("{field}.nodePort"),
-                    format!("{np} is outside the NodePort range {range}"),
+                    format!("{np} is not a port number"),
                 );
                 None
             }
         },
-        _ => None,
+        None => None,
     };
     let name = port.name.clone().unwrap_or_default();
     let display = if name.is_empty() {
@@ -342,10 +337,35 @@ fn parse_port(
         format!("{namespace}/{service}:{name}")
     };
     Some(ServicePort {
+        index,
         name,
         protocol,
         port: number,
         node_port,
-        display,
+        display: display.into(),
     })
+}
+
+impl ServicePort {
+    /// This port with its nodePort only if it is in `range`, the cluster's
+    /// NodePort range (kube-proxy's check too); one outside is reported.
+    pub fn in_range(
+        &self,
+        range: PortRange,
+        problems: &mut ObjectProblems,
+    ) -> std::borrow::Cow<'_, ServicePort> {
+        match self.node_port {
+            Some(np) if !range.contains(np) => {
+                problems.push(
+                    format!("spec.ports[{}].nodePort", self.index),
+                    format!("{np} is outside the NodePort range {range}"),
+                );
+                std::borrow::Cow::Owned(ServicePort {
+                    node_port: None,
+                    ..self.clone()
+                })
+            }
+            _ => std::borrow::Cow::Borrowed(self),
+        }
+    }
 }

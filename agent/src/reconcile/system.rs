@@ -37,8 +37,8 @@ impl Table<ServiceKey, DesiredFrontend> for ServiceTable {
             .map(|r| {
                 // The options' own flags are read back as the options.
                 let frontend = DesiredFrontend {
-                    backends: r.backends,
-                    name: r.name,
+                    backends: r.backends.into(),
+                    name: r.name.into(),
                     flags: r.value.flags & !r.options.flags(),
                     options: r.options,
                 };

@@ -403,7 +403,7 @@ fn udp_flows_of_a_terminating_backend_are_kept_until_it_leaves_the_slice() {
     let mut plan = node_plan("", &PlanConfig::for_node("n1"));
     // Backend 1 is terminating: out of the set, its flows drain.
     plan.frontends = BTreeMap::from([(udp, fe(&[2]))]);
-    plan.draining = fe(&[1]).backends.into_iter().collect();
+    plan.draining = fe(&[1]).backends.iter().copied().collect();
     assert_eq!(reconciler.reconcile(&plan).stale_flows, 0);
     assert!(host.0.borrow().removed_flows.is_empty());
     // Gone from the slice: its flows go.
@@ -564,7 +564,7 @@ fn sockets_of_a_draining_backend_are_kept_until_it_leaves_the_slice() {
     let mut plan = node_plan("", &PlanConfig::for_node("n1"));
     // Backend 1 is terminating: out of the set, its sockets kept.
     plan.frontends = BTreeMap::from([(udp, fe(&[2]))]);
-    plan.draining = fe(&[1]).backends.into_iter().collect();
+    plan.draining = fe(&[1]).backends.iter().copied().collect();
     assert_eq!(reconciler.reconcile(&plan).terminated_sockets, 0);
     assert!(host.0.borrow().terminated_sockets.is_empty());
     // Still draining at the next sync: still kept.

@@ -106,11 +106,11 @@ fn add_value(value: Value, doc: usize, objects: &mut Objects, problems: &mut Vec
         "Service" => match decode(value) {
             // The same Services as the kube source's label selector.
             Ok(s) if super::is_not_proxied(&s) => {}
-            Ok(s) => objects.services.push(s),
+            Ok(s) => objects.add_service(&s),
             Err(e) => problems.push(problem(e)),
         },
         "EndpointSlice" => match decode(value) {
-            Ok(s) => objects.slices.push(s),
+            Ok(s) => objects.add_slice(&s),
             Err(e) => problems.push(problem(e)),
         },
         "Node" => match decode(value) {
@@ -280,11 +280,7 @@ spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
 "#;
         let (objects, problems) = parse_manifest(yaml).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
-        let names: Vec<_> = objects
-            .services
-            .iter()
-            .filter_map(|s| s.metadata.name.as_deref())
-            .collect();
+        let names: Vec<_> = objects.services.iter().map(|s| s.id.1.as_str()).collect();
         assert_eq!(names, ["ours"]);
     }
 

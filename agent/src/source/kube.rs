@@ -22,7 +22,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
-        reflector::{self, ObjectRef, Store},
+        reflector::{self, Store},
         watcher,
     },
 };
@@ -33,10 +33,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::{Snapshot, Source};
 use crate::{
     config::{ApiServerUrl, KubeApi},
-    plan::{
-        Changed, Objects, ServiceId,
-        incremental::{service_id, slice_service},
-    },
+    plan::{Changed, Objects, ServiceId, ServiceObject, SliceObject, incremental::service_id},
 };
 
 /// kubectl's copy of the object as last applied (client-side apply).
@@ -168,125 +165,177 @@ impl Pending {
     }
 }
 
-/// Which EndpointSlices each Service has, kept from the slice events, so
-/// that a change reads only its Service's slices from the store.
+/// A (namespace, name).
+type Key = (String, String);
+
+/// The Services as ferry keeps them (`ServiceObject`), from the watch
+/// events. As kube-rs's reflector store, a list replaces the whole set only
+/// once it is complete.
 #[derive(Debug, Default)]
-struct SliceOwners {
-    /// (namespace, slice name) -> its Service.
-    owner: HashMap<(String, String), ServiceId>,
-    by_service: HashMap<ServiceId, BTreeSet<String>>,
-    /// Filled while a relist runs; replaces the rest when it is done.
-    relist: Option<HashMap<(String, String), ServiceId>>,
+struct Services {
+    kept: HashMap<ServiceId, Arc<ServiceObject>>,
+    /// Filled while a list runs.
+    relist: Option<HashMap<ServiceId, Arc<ServiceObject>>>,
 }
 
-impl SliceOwners {
-    /// `slice` now belongs to `id` (None: deleted). The Services it
-    /// belonged to before and after.
-    fn set(&mut self, slice: (String, String), id: Option<ServiceId>) -> Vec<ServiceId> {
+/// The EndpointSlices as ferry keeps them (`SliceObject`), and which
+/// slices each Service has, so that a change reads only its Service's.
+#[derive(Debug, Default)]
+struct Slices {
+    kept: HashMap<Key, Arc<SliceObject>>,
+    by_service: HashMap<ServiceId, BTreeSet<String>>,
+    /// Filled while a list runs.
+    relist: Option<HashMap<Key, Arc<SliceObject>>>,
+}
+
+impl Slices {
+    /// Keep `slice` under `key` (None: deleted). The Services it belonged
+    /// to before and after.
+    fn set(&mut self, key: Key, slice: Option<Arc<SliceObject>>) -> Vec<ServiceId> {
         let mut touched = Vec::new();
-        let old = match &id {
-            Some(id) => self.owner.insert(slice.clone(), id.clone()),
-            None => self.owner.remove(&slice),
+        let old = match &slice {
+            Some(s) => self.kept.insert(key.clone(), s.clone()),
+            None => self.kept.remove(&key),
         };
         if let Some(old) = old {
-            if let Some(names) = self.by_service.get_mut(&old) {
-                names.remove(&slice.1);
+            let id = old.service_id();
+            if let Some(names) = self.by_service.get_mut(&id) {
+                names.remove(&key.1);
                 if names.is_empty() {
-                    self.by_service.remove(&old);
+                    self.by_service.remove(&id);
                 }
             }
-            touched.push(old);
+            touched.push(id);
         }
-        if let Some(id) = id {
-            self.by_service
-                .entry(id.clone())
-                .or_default()
-                .insert(slice.1);
+        if let Some(slice) = slice {
+            let id = slice.service_id();
+            self.by_service.entry(id.clone()).or_default().insert(key.1);
             touched.push(id);
         }
         touched
     }
 
-    /// A relist is complete: what it listed is all there is.
+    /// A list is complete: what it listed is all there is.
     fn relisted(&mut self) {
-        let owners = self.relist.take().unwrap_or_default();
-        self.owner.clear();
+        let listed = self.relist.take().unwrap_or_default();
+        self.kept.clear();
         self.by_service.clear();
-        for (slice, id) in owners {
-            self.set(slice, Some(id));
+        for (key, slice) in listed {
+            self.set(key, Some(slice));
         }
     }
 }
 
-/// What the reflectors share with the source.
-#[derive(Debug, Default)]
+/// What the watches share with the source.
+#[derive(Debug)]
 struct Tracker {
     pending: std::sync::Mutex<Pending>,
-    slices: std::sync::Mutex<SliceOwners>,
+    services: std::sync::Mutex<Services>,
+    slices: std::sync::Mutex<Slices>,
     changed: Notify,
     /// The kinds whose first list is done (Service, EndpointSlice, Node,
     /// ServiceCIDR): only a later list is a relist.
-    listed: std::sync::Mutex<[bool; 4]>,
+    listed: watch::Sender<[bool; 4]>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self {
+            pending: Default::default(),
+            services: Default::default(),
+            slices: Default::default(),
+            changed: Notify::new(),
+            listed: watch::Sender::new([false; 4]),
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("not poisoned")
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 impl Tracker {
     /// A list of `kind` is complete: a relist, unless it is the first
     /// (which the first snapshot, of everything, waits for).
     fn listed(&self, kind: usize) {
-        let first = !std::mem::replace(&mut self.listed.lock().expect("not poisoned")[kind], true);
+        let mut first = false;
+        self.listed
+            .send_modify(|l| first = !std::mem::replace(&mut l[kind], true));
         if !first {
             self.mark(|p| p.everything = true);
         }
     }
 
     fn mark(&self, change: impl FnOnce(&mut Pending)) {
-        self.pending.lock().expect("not poisoned").mark(change);
+        lock(&self.pending).mark(change);
         self.changed.notify_one();
     }
 
-    fn on_service(&self, event: &watcher::Event<Service>) {
+    fn on_service(&self, event: watcher::Event<Service>) {
+        let kept = |svc: &Service| Arc::new(ServiceObject::new(svc));
         match event {
-            watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
-                let id = service_id(svc);
+            watcher::Event::Apply(svc) => {
+                let svc = kept(&svc);
+                let id = svc.id.clone();
+                lock(&self.services).kept.insert(id.clone(), svc);
                 self.mark(|p| {
                     p.services.insert(id);
                 });
             }
-            watcher::Event::InitDone => self.listed(0),
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            watcher::Event::Delete(svc) => {
+                let id = service_id(&svc);
+                lock(&self.services).kept.remove(&id);
+                self.mark(|p| {
+                    p.services.insert(id);
+                });
+            }
+            watcher::Event::Init => lock(&self.services).relist = Some(HashMap::new()),
+            watcher::Event::InitApply(svc) => {
+                let svc = kept(&svc);
+                lock(&self.services)
+                    .relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(svc.id.clone(), svc);
+            }
+            watcher::Event::InitDone => {
+                {
+                    let mut services = lock(&self.services);
+                    services.kept = services.relist.take().unwrap_or_default();
+                }
+                self.listed(0);
+            }
         }
     }
 
-    fn on_slice(&self, event: &watcher::Event<EndpointSlice>) {
-        let key = |s: &EndpointSlice| {
-            let meta = &s.metadata;
-            (
-                meta.namespace.clone().unwrap_or_else(|| "default".into()),
-                meta.name.clone().unwrap_or_default(),
-            )
-        };
-        let mut owners = self.slices.lock().expect("not poisoned");
+    fn on_slice(&self, event: watcher::Event<EndpointSlice>) {
+        let kept = |s: &EndpointSlice| Arc::new(SliceObject::new(s));
         match event {
             watcher::Event::Apply(s) => {
-                let touched = owners.set(key(s), Some(slice_service(s)));
-                drop(owners);
+                let slice = kept(&s);
+                let touched = lock(&self.slices).set(key_of(&s.metadata), Some(slice));
                 self.mark(|p| p.services.extend(touched));
             }
             watcher::Event::Delete(s) => {
-                let touched = owners.set(key(s), None);
-                drop(owners);
+                let touched = lock(&self.slices).set(key_of(&s.metadata), None);
                 self.mark(|p| p.services.extend(touched));
             }
-            watcher::Event::Init => owners.relist = Some(HashMap::new()),
+            watcher::Event::Init => lock(&self.slices).relist = Some(HashMap::new()),
             watcher::Event::InitApply(s) => {
-                owners
+                let slice = kept(&s);
+                lock(&self.slices)
                     .relist
                     .get_or_insert_with(HashMap::new)
-                    .insert(key(s), slice_service(s));
+                    .insert(key_of(&s.metadata), slice);
             }
             watcher::Event::InitDone => {
-                owners.relisted();
-                drop(owners);
+                lock(&self.slices).relisted();
                 self.listed(1);
             }
         }
@@ -311,10 +360,8 @@ impl Tracker {
     }
 }
 
-/// The reflectors, and what changed in them since the last snapshot.
+/// The watches, and what changed since the last snapshot.
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     service_cidrs: Store<ServiceCIDR>,
     /// Turns true when the API server answered the ServiceCIDR list with
@@ -334,19 +381,25 @@ impl KubeSource {
             "watching Services, EndpointSlices, Nodes and ServiceCIDRs; the first sync waits for all their lists"
         );
         let tracker = Arc::new(Tracker::default());
+        // Services and slices are kept as ferry keeps them, not as
+        // k8s-openapi objects: there are as many as the cluster has.
         let t = tracker.clone();
-        let services = spawn_reflector(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default().labels(SERVICE_SELECTOR),
+        spawn_watch(
+            watcher(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default().labels(SERVICE_SELECTOR),
+            ),
             "Service",
             move |e| t.on_service(e),
             server.clone(),
             None,
         );
         let t = tracker.clone();
-        let slices = spawn_reflector(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
+        spawn_watch(
+            watcher(
+                Api::<EndpointSlice>::all(client.clone()),
+                watcher::Config::default(),
+            ),
             "EndpointSlice",
             move |e| t.on_slice(e),
             server.clone(),
@@ -355,7 +408,6 @@ impl KubeSource {
         let t = tracker.clone();
         let nodes = spawn_reflector(
             Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
             "Node",
             move |e| t.on_node(e),
             server.clone(),
@@ -365,7 +417,6 @@ impl KubeSource {
         let t = tracker.clone();
         let service_cidrs = spawn_reflector(
             Api::<ServiceCIDR>::all(client),
-            watcher::Config::default(),
             "ServiceCIDR",
             move |e| t.on_service_cidr(e),
             server,
@@ -377,8 +428,6 @@ impl KubeSource {
             }),
         );
         Self {
-            services,
-            slices,
             nodes,
             service_cidrs,
             service_cidrs_not_served,
@@ -389,8 +438,8 @@ impl KubeSource {
 
     /// Resolves once every store holds a complete first list.
     async fn wait_ready(&self) {
-        let _ = self.services.wait_until_ready().await;
-        let _ = self.slices.wait_until_ready().await;
+        let mut listed = self.tracker.listed.subscribe();
+        let _ = listed.wait_for(|l| l[0] && l[1]).await;
         let _ = self.nodes.wait_until_ready().await;
         let mut not_served = self.service_cidrs_not_served.clone();
         tokio::select! {
@@ -401,23 +450,27 @@ impl KubeSource {
         }
     }
 
-    /// The objects as the stores hold them now.
+    fn nodes(&self) -> Vec<Node> {
+        self.nodes.state().iter().map(|o| (**o).clone()).collect()
+    }
+
+    fn service_cidrs(&self) -> Vec<ServiceCIDR> {
+        let cidrs = self.service_cidrs.state();
+        cidrs.iter().map(|o| (**o).clone()).collect()
+    }
+
+    /// The objects as the stores hold them now (the Services and slices
+    /// shared with the stores, not copied).
     fn objects(&self) -> Objects {
         Objects {
-            services: self
-                .services
-                .state()
-                .iter()
-                .map(|o| (**o).clone())
+            services: lock(&self.tracker.services)
+                .kept
+                .values()
+                .cloned()
                 .collect(),
-            slices: self.slices.state().iter().map(|o| (**o).clone()).collect(),
-            nodes: self.nodes.state().iter().map(|o| (**o).clone()).collect(),
-            service_cidrs: self
-                .service_cidrs
-                .state()
-                .iter()
-                .map(|o| (**o).clone())
-                .collect(),
+            slices: lock(&self.tracker.slices).kept.values().cloned().collect(),
+            nodes: self.nodes(),
+            service_cidrs: self.service_cidrs(),
         }
     }
 
@@ -425,18 +478,13 @@ impl KubeSource {
     /// stores hold them now.
     fn objects_of(&self, ids: &BTreeSet<ServiceId>) -> Objects {
         let mut objects = Objects::default();
-        let owners = self.tracker.slices.lock().expect("not poisoned");
-        for (ns, name) in ids {
-            let svc = self.services.get(&ObjectRef::new(name).within(ns));
-            objects.services.extend(svc.map(|s| (*s).clone()));
-            for slice in owners
-                .by_service
-                .get(&(ns.clone(), name.clone()))
-                .into_iter()
-                .flatten()
-            {
-                let s = self.slices.get(&ObjectRef::new(slice).within(ns));
-                objects.slices.extend(s.map(|s| (*s).clone()));
+        let services = lock(&self.tracker.services);
+        let slices = lock(&self.tracker.slices);
+        for id in ids {
+            objects.services.extend(services.kept.get(id).cloned());
+            for name in slices.by_service.get(id).into_iter().flatten() {
+                let key = (id.0.clone(), name.clone());
+                objects.slices.extend(slices.kept.get(&key).cloned());
             }
         }
         objects
@@ -458,7 +506,7 @@ impl Source for KubeSource {
         if !self.ready {
             self.wait_ready().await;
             self.ready = true;
-            let first = std::mem::take(&mut *self.tracker.pending.lock().expect("not poisoned"));
+            let first = std::mem::take(&mut *lock(&self.tracker.pending));
             return Snapshot {
                 objects: Arc::new(self.objects()),
                 changed: Changed::Everything,
@@ -470,7 +518,7 @@ impl Source for KubeSource {
             // Registered before the check, so a change marked in between
             // still wakes this call.
             let notified = self.tracker.changed.notified();
-            let pending = std::mem::take(&mut *self.tracker.pending.lock().expect("not poisoned"));
+            let pending = std::mem::take(&mut *lock(&self.tracker.pending));
             let Some(seen) = pending.since else {
                 notified.await;
                 continue;
@@ -480,15 +528,10 @@ impl Source for KubeSource {
             } else {
                 let mut objects = self.objects_of(&pending.services);
                 if pending.nodes {
-                    objects.nodes = self.nodes.state().iter().map(|o| (**o).clone()).collect();
+                    objects.nodes = self.nodes();
                 }
                 if pending.service_cidrs {
-                    objects.service_cidrs = self
-                        .service_cidrs
-                        .state()
-                        .iter()
-                        .map(|o| (**o).clone())
-                        .collect();
+                    objects.service_cidrs = self.service_cidrs();
                 }
                 let changed = Changed::Some {
                     services: pending.services,
@@ -611,23 +654,17 @@ fn transport_problem(e: &(dyn std::error::Error + 'static)) -> Option<Transport>
     }
 }
 
-/// What the dataplane never reads is not kept: the stores hold every
-/// Service, EndpointSlice and Node of the cluster, and managedFields,
-/// kubectl's copy of the last applied object, owner references and (in a
-/// slice) each endpoint's targetRef are most of their size. A watch keeps
-/// its own resourceVersion, so the stored objects need none of these.
+/// What the dataplane never reads is not kept: the stores hold every Node
+/// (and ServiceCIDR) of the cluster, and managedFields, kubectl's copy of
+/// the last applied object, owner references and a Node's images and
+/// conditions are most of their size. A watch keeps its own
+/// resourceVersion, so the stored objects need none of these.
 fn trim<K: kube::Resource + 'static>(o: &mut K) {
     let meta = o.meta_mut();
     meta.managed_fields = None;
     meta.owner_references = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED);
-    }
-    if let Some(slice) = (o as &mut dyn std::any::Any).downcast_mut::<EndpointSlice>() {
-        for e in &mut slice.endpoints {
-            e.target_ref = None;
-            e.deprecated_topology = None;
-        }
     }
     if let Some(node) = (o as &mut dyn std::any::Any).downcast_mut::<Node>()
         && let Some(status) = node.status.as_mut()
@@ -641,9 +678,10 @@ fn trim<K: kube::Resource + 'static>(o: &mut K) {
     }
 }
 
+/// A reflector for a kind with few objects (Nodes, ServiceCIDRs): kube-rs
+/// keeps them, trimmed.
 fn spawn_reflector<K>(
     api: Api<K>,
-    config: watcher::Config,
     kind: &'static str,
     on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
     server: Arc<str>,
@@ -659,14 +697,30 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let lean = watcher(api, config).modify(|o: &mut K| trim(o));
-    let stream = reflector::reflector(writer, lean).default_backoff();
+    let lean = watcher(api, watcher::Config::default()).modify(|o: &mut K| trim(o));
+    // The store already holds what an event says when `on_event` sees it.
+    let stream = reflector::reflector(writer, lean);
+    spawn_watch(stream, kind, move |e| on_event(&e), server, optional);
+    reader
+}
+
+/// Follow `stream` on its own task, retrying errors with backoff, handing
+/// each event to `on_event`.
+fn spawn_watch<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    kind: &'static str,
+    on_event: impl Fn(watcher::Event<K>) + Send + 'static,
+    server: Arc<str>,
+    optional: Option<NotServed>,
+) where
+    K: kube::Resource<DynamicType = ()> + Send + 'static,
+{
+    let stream = stream.default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                // The store already holds what the event says.
-                Ok(event) => on_event(&event),
+                Ok(event) => on_event(event),
                 Err(e) if optional.is_some() && not_served(&e) => {
                     if let Some(NotServed { flag, then }) = &optional {
                         tracing::warn!(kind, error = %e, "{then}");
@@ -685,51 +739,46 @@ where
             }
         }
     });
-    reader
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn stored_objects_keep_what_the_plan_reads_and_nothing_heavy() {
-        let mut slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+    fn stored_nodes_keep_what_the_plan_reads_and_nothing_heavy() {
+        let mut node: k8s_openapi::api::core::v1::Node =
             serde_json::from_value(serde_json::json!({
                 "metadata": {
-                    "name": "web-1", "namespace": "default",
-                    "labels": {"kubernetes.io/service-name": "web"},
-                    "annotations": {
-                        "endpoints.kubernetes.io/last-change-trigger-time": "2026-11-30T10:00:00Z",
-                        "kubectl.kubernetes.io/last-applied-configuration": "{...}",
-                    },
-                    "managedFields": [{"manager": "kube-controller-manager"}],
-                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}],
+                    "name": "n1",
+                    "labels": {"topology.kubernetes.io/zone": "a"},
+                    "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                    "managedFields": [{"manager": "kubelet"}],
                 },
-                "addressType": "IPv4",
-                "endpoints": [{
-                    "addresses": ["10.244.1.5"], "nodeName": "n1", "zone": "a",
-                    "conditions": {"ready": true},
-                    "hints": {"forZones": [{"name": "a"}]},
-                    "targetRef": {"kind": "Pod", "name": "web-abc", "namespace": "default"},
-                }],
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "spec": {"podCIDR": "10.244.1.0/24"},
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": "192.168.1.1"}],
+                    "images": [{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 320000}],
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "volumesInUse": ["kubernetes.io/csi/x"],
+                },
             }))
             .unwrap();
         let kept = {
-            let mut s = slice.clone();
-            s.metadata.managed_fields = None;
-            s.metadata.owner_references = None;
-            s.metadata
+            let mut n = node.clone();
+            n.metadata.managed_fields = None;
+            n.metadata
                 .annotations
                 .as_mut()
                 .unwrap()
                 .remove(super::LAST_APPLIED);
-            s.endpoints[0].target_ref = None;
-            s
+            let status = n.status.as_mut().unwrap();
+            status.images = None;
+            status.conditions = None;
+            status.volumes_in_use = None;
+            n
         };
-        super::trim(&mut slice);
-        assert_eq!(slice, kept);
-        let annotations = slice.metadata.annotations.unwrap();
-        assert!(annotations.contains_key(crate::latency::TRIGGER_TIME_ANNOTATION));
+        super::trim(&mut node);
+        assert_eq!(node, kept);
+        assert!(node.status.unwrap().addresses.is_some());
     }
 
     #[test]

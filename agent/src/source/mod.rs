@@ -65,34 +65,36 @@ pub struct Digest {
 }
 
 /// A hash of an object's JSON form (k8s-openapi's types have no `Hash`).
-fn json_hash<T: serde::Serialize>(object: &T, into: &mut impl std::hash::Hasher) {
-    use std::hash::Hash;
-    serde_json::to_vec(object).unwrap_or_default().hash(into);
+fn json_hash<T: serde::Serialize>(objects: &[T]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for o in objects {
+        serde_json::to_vec(o).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 impl Digest {
     pub fn of(objects: &Objects) -> Self {
         use std::{
             collections::{BTreeMap, hash_map::DefaultHasher},
-            hash::Hasher,
+            hash::{Hash, Hasher},
         };
-
-        use crate::plan::incremental::{service_id, slice_service};
         // Per Service, the hashes of its own object(s) and its slices,
         // sorted: the same objects give the same hash whatever their order
         // in the file (and a duplicate document still counts).
         let mut parts: BTreeMap<_, Vec<u64>> = BTreeMap::new();
-        let hash = |o: &dyn erased::Serialize| {
+        fn hash(o: &impl Hash) -> u64 {
             let mut h = DefaultHasher::new();
-            o.hash_into(&mut h);
+            o.hash(&mut h);
             h.finish()
-        };
+        }
         for svc in &objects.services {
-            parts.entry(service_id(svc)).or_default().push(hash(svc));
+            parts.entry(svc.id.clone()).or_default().push(hash(svc));
         }
         for slice in &objects.slices {
             parts
-                .entry(slice_service(slice))
+                .entry(slice.service_id())
                 .or_default()
                 .push(hash(slice));
         }
@@ -100,25 +102,13 @@ impl Digest {
             .into_iter()
             .map(|(id, mut hashes)| {
                 hashes.sort_unstable();
-                let mut h = DefaultHasher::new();
-                hashes.iter().for_each(|x| h.write_u64(*x));
-                (id, h.finish())
+                (id, hash(&hashes))
             })
             .collect();
-        let all = |list: &[&dyn erased::Serialize]| {
-            let mut h = DefaultHasher::new();
-            for o in list {
-                o.hash_into(&mut h);
-            }
-            h.finish()
-        };
-        let nodes: Vec<&dyn erased::Serialize> = objects.nodes.iter().map(|n| n as _).collect();
-        let cidrs: Vec<&dyn erased::Serialize> =
-            objects.service_cidrs.iter().map(|c| c as _).collect();
         Self {
             services,
-            nodes: all(&nodes),
-            service_cidrs: all(&cidrs),
+            nodes: json_hash(&objects.nodes),
+            service_cidrs: json_hash(&objects.service_cidrs),
         }
     }
 
@@ -141,19 +131,6 @@ impl Digest {
             services,
             nodes: self.nodes != new.nodes,
             service_cidrs: self.service_cidrs != new.service_cidrs,
-        }
-    }
-}
-
-/// Hashing any of the object types through one `dyn`.
-mod erased {
-    pub trait Serialize {
-        fn hash_into(&self, into: &mut std::collections::hash_map::DefaultHasher);
-    }
-
-    impl<T: serde::Serialize> Serialize for T {
-        fn hash_into(&self, into: &mut std::collections::hash_map::DefaultHasher) {
-            super::json_hash(self, into);
         }
     }
 }

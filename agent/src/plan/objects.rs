@@ -1,0 +1,282 @@
+//! What ferry keeps of each Service and EndpointSlice: only what the plan
+//! reads, parsed once when the object arrives. A node holds every Service
+//! and slice of the cluster; as k8s-openapi objects, 100,000 Services with
+//! 10 endpoints each took 740 MB (an endpoint alone is over 400 bytes of
+//! mostly empty optional fields), kept as below they take a small fraction
+//! of that. Nothing the plan reads is lost: a field that does not parse is
+//! kept as written, so its problem is still reported with its path.
+use std::{
+    collections::HashSet,
+    hash::{Hash, Hasher},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::api::{
+    core::v1::Service,
+    discovery::v1::{EndpointHints, EndpointPort, EndpointSlice},
+};
+
+use super::{
+    ServiceId,
+    endpoints::SERVICE_NAME_LABEL,
+    problem::Problem,
+    services::{self, ParsedService},
+};
+use crate::latency::TRIGGER_TIME_ANNOTATION;
+
+/// A Service as ferry keeps it: parsed, with what parsing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceObject {
+    pub id: ServiceId,
+    /// None: not proxied (headless, ExternalName, no ClusterIP yet).
+    pub parsed: Option<ParsedService>,
+    /// What could not be used, with field paths.
+    pub problems: Vec<Problem>,
+}
+
+impl ServiceObject {
+    pub fn new(svc: &Service) -> Self {
+        let mut problems = Vec::new();
+        let parsed = services::parse_service(svc, &mut problems);
+        Self {
+            id: super::incremental::service_id(svc),
+            parsed,
+            problems,
+        }
+    }
+}
+
+/// An EndpointSlice as ferry keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceObject {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    /// Its `kubernetes.io/service-name` label ("" without one).
+    pub service: Box<str>,
+    pub address_type: Box<str>,
+    pub ports: Box<[EndpointPort]>,
+    pub endpoints: Box<[SliceEndpoint]>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, as written.
+    pub trigger_time: Option<Box<str>>,
+}
+
+/// One endpoint of a slice: about 48 bytes, against over 400 for
+/// k8s-openapi's `Endpoint`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceEndpoint {
+    pub addresses: Addresses,
+    /// `conditions.ready`, `.serving`, `.terminating` as given (None: nil).
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    /// `nodeName`, shared between the endpoints of one node.
+    pub node_name: Option<Arc<str>>,
+    /// `hints` (rare: only with topology-aware routing).
+    pub hints: Option<Box<EndpointHints>>,
+}
+
+/// An endpoint's `addresses`: nearly always exactly one IPv4 address,
+/// kept without an allocation; anything else as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Addresses {
+    One(Ipv4Addr),
+    AsWritten(Box<Vec<String>>),
+}
+
+impl Addresses {
+    pub fn new(written: &[String]) -> Self {
+        match written {
+            [one] => match one.parse() {
+                Ok(addr) => Addresses::One(addr),
+                Err(_) => Addresses::AsWritten(Box::new(written.to_vec())),
+            },
+            _ => Addresses::AsWritten(Box::new(written.to_vec())),
+        }
+    }
+
+    /// Each address, or its text when it is no IPv4 address.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Ipv4Addr, &str>> {
+        let (one, written) = match self {
+            Addresses::One(addr) => (Some(Ok(*addr)), &[][..]),
+            Addresses::AsWritten(list) => (None, list.as_slice()),
+        };
+        one.into_iter()
+            .chain(written.iter().map(|a| a.parse().map_err(|_| a.as_str())))
+    }
+}
+
+impl SliceObject {
+    pub fn new(slice: &EndpointSlice) -> Self {
+        let meta = &slice.metadata;
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let cond = ep.conditions.as_ref();
+                SliceEndpoint {
+                    addresses: Addresses::new(&ep.addresses),
+                    ready: cond.and_then(|c| c.ready),
+                    serving: cond.and_then(|c| c.serving),
+                    terminating: cond.and_then(|c| c.terminating),
+                    node_name: ep.node_name.as_deref().map(node_name),
+                    hints: ep.hints.clone().map(Box::new),
+                }
+            })
+            .collect();
+        Self {
+            namespace: meta.namespace.as_deref().unwrap_or("default").into(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            service: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .map_or("", String::as_str)
+                .into(),
+            address_type: slice.address_type.as_str().into(),
+            ports: slice.ports.clone().unwrap_or_default().into(),
+            endpoints,
+            trigger_time: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+                .map(|t| t.as_str().into()),
+        }
+    }
+
+    /// The Service it belongs to.
+    pub fn service_id(&self) -> ServiceId {
+        (self.namespace.to_string(), self.service.to_string())
+    }
+}
+
+/// k8s-openapi's port and hint types have no `Hash`: their JSON is hashed.
+impl Hash for SliceObject {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.namespace.hash(state);
+        self.name.hash(state);
+        self.service.hash(state);
+        self.address_type.hash(state);
+        serde_json::to_vec(&self.ports)
+            .unwrap_or_default()
+            .hash(state);
+        for ep in &self.endpoints {
+            ep.addresses.hash(state);
+            (ep.ready, ep.serving, ep.terminating).hash(state);
+            ep.node_name.hash(state);
+            serde_json::to_vec(&ep.hints)
+                .unwrap_or_default()
+                .hash(state);
+        }
+        self.trigger_time.hash(state);
+    }
+}
+
+/// Node names are few and every endpoint names one: each is kept once.
+/// The set only grows with the cluster's node names; should it ever hold
+/// more than a cluster could have, it starts over (names stay correct, only
+/// less shared).
+fn node_name(name: &str) -> Arc<str> {
+    const MAX_NAMES: usize = 100_000;
+    static NAMES: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(kept) = names.get(name) {
+        return kept.clone();
+    }
+    if names.len() >= MAX_NAMES {
+        names.clear();
+    }
+    let kept: Arc<str> = name.into();
+    names.insert(kept.clone());
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_small() {
+        assert!(std::mem::size_of::<SliceEndpoint>() <= 48);
+        assert!(std::mem::size_of::<Addresses>() <= 16);
+    }
+
+    #[test]
+    fn addresses_keep_what_does_not_parse() {
+        let one = Addresses::new(&["10.0.0.1".into()]);
+        assert_eq!(one, Addresses::One(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            one.iter().collect::<Vec<_>>(),
+            [Ok(Ipv4Addr::new(10, 0, 0, 1))]
+        );
+        let odd = Addresses::new(&["10.0.0.1".into(), "fd00::1".into()]);
+        assert_eq!(
+            odd.iter().collect::<Vec<_>>(),
+            [Ok(Ipv4Addr::new(10, 0, 0, 1)), Err("fd00::1")]
+        );
+        assert_eq!(
+            Addresses::new(&["nope".into()]).iter().collect::<Vec<_>>(),
+            [Err("nope")]
+        );
+    }
+
+    #[test]
+    fn a_kept_slice_has_what_the_plan_reads() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-1", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"},
+                "annotations": {
+                    "endpoints.kubernetes.io/last-change-trigger-time": "2026-11-30T10:00:00Z",
+                },
+                "managedFields": [{"manager": "kube-controller-manager"}],
+            },
+            "addressType": "IPv4",
+            "endpoints": [
+                {
+                    "addresses": ["10.244.1.5"], "nodeName": "n1", "zone": "a",
+                    "conditions": {"ready": false, "serving": true, "terminating": true},
+                    "hints": {"forZones": [{"name": "a"}]},
+                    "targetRef": {"kind": "Pod", "name": "web-abc", "namespace": "default"},
+                },
+                {"addresses": ["10.244.2.5"]},
+            ],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }))
+        .unwrap();
+        let kept = SliceObject::new(&slice);
+        assert_eq!(
+            (
+                &*kept.namespace,
+                &*kept.name,
+                &*kept.service,
+                &*kept.address_type
+            ),
+            ("default", "web-1", "web", "IPv4")
+        );
+        assert_eq!(kept.service_id(), ("default".into(), "web".into()));
+        assert_eq!(&*kept.ports, slice.ports.as_deref().unwrap());
+        assert_eq!(kept.trigger_time.as_deref(), Some("2026-11-30T10:00:00Z"));
+        let first = &kept.endpoints[0];
+        assert_eq!(
+            first.addresses,
+            Addresses::One(Ipv4Addr::new(10, 244, 1, 5))
+        );
+        assert_eq!(
+            (first.ready, first.serving, first.terminating),
+            (Some(false), Some(true), Some(true))
+        );
+        assert_eq!(first.node_name.as_deref(), Some("n1"));
+        assert_eq!(first.hints.as_deref(), slice.endpoints[0].hints.as_ref());
+        let second = &kept.endpoints[1];
+        assert_eq!((second.ready, second.node_name.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn endpoints_on_one_node_share_its_name() {
+        let a = node_name("n-shared");
+        let b = node_name("n-shared");
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+}
