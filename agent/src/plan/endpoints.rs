@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use super::{
     objects::SliceObject,
-    problem::{ObjectProblems, Problem, object_name},
+    problem::{ObjectProblems, Problem},
     services::{ServicePort, protocol_number},
 };
 
@@ -70,9 +70,14 @@ pub struct Endpoint {
 }
 
 /// Problems of `slice`.
-pub fn slice_problems<'a>(slice: &SliceObject, sink: &'a mut Vec<Problem>) -> ObjectProblems<'a> {
+pub fn slice_problems<'a>(
+    slice: &'a SliceObject,
+    sink: &'a mut Vec<Problem>,
+) -> ObjectProblems<'a> {
     ObjectProblems {
-        object: object_name("EndpointSlice", Some(&slice.namespace), Some(&slice.name)),
+        kind: "EndpointSlice",
+        namespace: Some(&slice.namespace),
+        name: Some(&slice.name),
         sink,
     }
 }

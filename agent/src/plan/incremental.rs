@@ -10,7 +10,7 @@
 //! namespace/name holds it, whatever order the objects arrive in; when it
 //! lets go, the next one takes over.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -75,6 +75,29 @@ struct ServicePart {
     cluster_ips: Vec<Ipv4Addr>,
     draining: Vec<Backend>,
     problems: Vec<Problem>,
+}
+
+impl ServicePart {
+    /// Whether the planner keeps it (a Service that makes nothing and
+    /// has no problem is as if it were not there).
+    fn exists(&self) -> bool {
+        !(self.frontends.is_empty()
+            && self.health_checks.is_empty()
+            && self.cluster_ips.is_empty()
+            && self.problems.is_empty())
+    }
+}
+
+/// Sorted `items` counted, as `count_up` would have.
+fn counted<K: Ord + Copy>(items: Vec<K>) -> BTreeMap<K, usize> {
+    let mut counts: Vec<(K, usize)> = Vec::new();
+    for k in items {
+        match counts.last_mut() {
+            Some((last, n)) if *last == k => *n += 1,
+            _ => counts.push((k, 1)),
+        }
+    }
+    counts.into_iter().collect()
 }
 
 /// How many Services claim each of a set of things, and which.
@@ -227,7 +250,7 @@ impl Planner {
                 for id in &only {
                     inputs.entry(*id).or_default();
                 }
-                let inputs: Vec<_> = inputs.into_iter().collect();
+                let inputs = sorted(inputs);
                 let parts = self.plan_many(&inputs);
                 for ((id, _), part) in inputs.iter().zip(parts) {
                     let id = (id.0.to_string(), id.1.to_string());
@@ -261,17 +284,83 @@ impl Planner {
         *self = fresh;
         let mut ignored = Vec::new();
         self.update_nodes(objects, &mut ignored);
-        let inputs: Vec<_> = group(objects, None).into_iter().collect();
+        let inputs = sorted(group(objects, None));
         let parts = self.plan_many(&inputs);
-        for ((id, _), part) in inputs.iter().zip(parts) {
-            let id = (id.0.to_string(), id.1.to_string());
-            self.replace(&id, part, &mut ignored);
-        }
+        let planned = inputs
+            .iter()
+            .zip(parts)
+            .map(|((id, _), part)| ((id.0.to_string(), id.1.to_string()), part))
+            .collect();
+        self.place_all(planned);
         self.update_cidrs(objects, &mut ignored);
         Update {
             scope: Scope::all(),
             new_problems: appeared(&before, &self.problems()),
         }
+    }
+
+    /// Every Service's part into an empty planner, in bulk: what `replace`
+    /// does one Service at a time, but with sorts instead of a tree walk
+    /// per claim (a full plan of 100,000 Services spent 0.7 s in `replace`).
+    /// `planned` is in id order, so the first claimant of a key is the one
+    /// that sorts first.
+    fn place_all(&mut self, planned: Vec<(ServiceId, ServicePart)>) {
+        let mut fronts: Vec<(ServiceKey, usize, usize)> = Vec::new();
+        let mut health: Vec<(u16, usize)> = Vec::new();
+        let mut ips: Vec<Ipv4Addr> = Vec::new();
+        let mut draining: Vec<Backend> = Vec::new();
+        for (i, (_, part)) in planned.iter().enumerate() {
+            fronts.extend(
+                part.frontends
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (k, _))| (*k, i, j)),
+            );
+            health.extend(part.health_checks.keys().map(|p| (*p, i)));
+            ips.extend(&part.cluster_ips);
+            draining.extend(&part.draining);
+        }
+        fronts.sort_unstable();
+        health.sort_unstable();
+        ips.sort_unstable();
+        draining.sort_unstable();
+        let mut frontends = Vec::new();
+        let mut frontend_claims: Vec<(ServiceKey, Claimants)> = Vec::new();
+        for (k, i, j) in fronts {
+            match frontend_claims.last_mut() {
+                Some((last, claimants)) if *last == k => claimants.insert(planned[i].0.clone()),
+                _ => {
+                    frontends.push((k, planned[i].1.frontends[j].1.clone()));
+                    let mut claimants = Claimants::default();
+                    claimants.insert(planned[i].0.clone());
+                    frontend_claims.push((k, claimants));
+                }
+            }
+        }
+        let mut health_checks = Vec::new();
+        let mut health_claims: Vec<(u16, Claimants)> = Vec::new();
+        for (p, i) in health {
+            match health_claims.last_mut() {
+                Some((last, claimants)) if *last == p => claimants.insert(planned[i].0.clone()),
+                _ => {
+                    health_checks.push((p, planned[i].1.health_checks[&p].clone()));
+                    let mut claimants = Claimants::default();
+                    claimants.insert(planned[i].0.clone());
+                    health_claims.push((p, claimants));
+                }
+            }
+        }
+        self.plan.frontends = frontends.into_iter().collect();
+        self.plan.health_checks = health_checks.into_iter().collect();
+        self.frontend_claims = frontend_claims.into_iter().collect();
+        self.health_claims = health_claims.into_iter().collect();
+        self.cluster_ips = counted(ips);
+        self.draining = counted(draining);
+        self.plan.draining = self.draining.keys().copied().collect();
+        self.parts = planned
+            .into_iter()
+            .filter(|(_, part)| part.exists())
+            .collect();
     }
 
     /// Nodes: this node's address, pod CIDR and conflist, and the peers'
@@ -381,7 +470,9 @@ impl Planner {
         let mut draining = BTreeSet::new();
         for port in &svc.ports {
             let mut of_service = problem::ObjectProblems {
-                object: problem::object_name("Service", Some(&svc.namespace), Some(&svc.name)),
+                kind: "Service",
+                namespace: Some(&svc.namespace),
+                name: Some(&svc.name),
                 sink: problems,
             };
             let port = &*port.in_range(cfg.nodeport_range, &mut of_service);
@@ -456,11 +547,7 @@ impl Planner {
                 self.plan.draining.insert(*b);
             }
         }
-        let exists = !(part.frontends.is_empty()
-            && part.health_checks.is_empty()
-            && part.cluster_ips.is_empty()
-            && part.problems.is_empty());
-        if exists {
+        if part.exists() {
             self.parts.insert(id.clone(), part);
         }
         for k in &keys {
@@ -547,17 +634,24 @@ type IdRef<'a> = (&'a str, &'a str);
 /// A Service's objects: the Service (if it exists) and its slices.
 type Objectsof<'a> = (Option<&'a ServiceObject>, Vec<&'a SliceObject>);
 
+/// Grouped objects in id order.
+fn sorted<'a>(grouped: HashMap<IdRef<'a>, Objectsof<'a>>) -> Vec<(IdRef<'a>, Objectsof<'a>)> {
+    let mut out: Vec<_> = grouped.into_iter().collect();
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// Below this many Services, planning stays on one thread.
 const PARALLEL_FROM: usize = 2000;
 
-/// Every Service's objects (only those of `only`, when given), by id, in
-/// id order.
+/// Every Service's objects (only those of `only`, when given), by id
+/// (`sorted` puts them in id order).
 fn group<'a>(
     objects: &'a Objects,
     only: Option<&HashSet<IdRef>>,
-) -> BTreeMap<IdRef<'a>, Objectsof<'a>> {
+) -> HashMap<IdRef<'a>, Objectsof<'a>> {
     let wanted = |id: &IdRef| only.is_none_or(|only| only.contains(id));
-    let mut out: BTreeMap<IdRef, Objectsof> = BTreeMap::new();
+    let mut out: HashMap<IdRef, Objectsof> = HashMap::with_capacity(objects.services.len());
     for svc in &objects.services {
         let id = (svc.id.0.as_str(), svc.id.1.as_str());
         if wanted(&id) {

@@ -65,7 +65,9 @@ pub fn nodes(objects: &[Node], node_name: &str, problems: &mut Vec<Problem>) -> 
             continue;
         };
         let mut problems = ObjectProblems {
-            object: object_name("Node", None, Some(name)),
+            kind: "Node",
+            namespace: None,
+            name: Some(name),
             sink: problems,
         };
         if name == node_name {

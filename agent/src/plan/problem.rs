@@ -27,16 +27,20 @@ pub fn object_name(kind: &str, namespace: Option<&str>, name: Option<&str>) -> S
     }
 }
 
-/// Problems of one object, so each call site names only the field.
+/// Problems of one object, so each call site names only the field. The
+/// object's name is written only when there is a problem: planning 100,000
+/// Services makes many of these, and nearly all stay empty.
 pub struct ObjectProblems<'a> {
-    pub object: String,
+    pub kind: &'static str,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
     pub sink: &'a mut Vec<Problem>,
 }
 
 impl ObjectProblems<'_> {
     pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.sink.push(Problem {
-            object: self.object.clone(),
+            object: object_name(self.kind, self.namespace, self.name),
             field: field.into(),
             message: message.into(),
         });

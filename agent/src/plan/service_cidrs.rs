@@ -10,7 +10,7 @@ use std::net::Ipv6Addr;
 use ferry_common::SERVICE_CIDR_ENTRIES;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
-use super::problem::{ObjectProblems, Problem, object_name};
+use super::problem::{ObjectProblems, Problem};
 use crate::net::Ipv4Net;
 
 /// The CIDR slots of `ferry_svc_cidrs` (the rest hold one ClusterIP per
@@ -32,7 +32,9 @@ pub fn service_cidrs(
     objects.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for obj in objects {
         let mut problems = ObjectProblems {
-            object: object_name("ServiceCIDR", None, obj.metadata.name.as_deref()),
+            kind: "ServiceCIDR",
+            namespace: None,
+            name: obj.metadata.name.as_deref(),
             sink: problems,
         };
         let ranges = obj.spec.as_ref().and_then(|s| s.cidrs.as_ref());

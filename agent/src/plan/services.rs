@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ferry_common::{PROTO_TCP, PROTO_UDP};
 use k8s_openapi::api::core::v1::Service;
 
-use super::problem::{ObjectProblems, Problem, object_name};
+use super::problem::{ObjectProblems, Problem};
 use crate::{config::PortRange, net::Ipv4Net};
 
 /// The annotation kube-proxy falls back on when
@@ -109,7 +109,9 @@ pub fn parse_service(svc: &Service, problems: &mut Vec<Problem>) -> Option<Parse
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let name = meta.name.clone().unwrap_or_default();
     let mut problems = ObjectProblems {
-        object: object_name("Service", Some(&namespace), Some(&name)),
+        kind: "Service",
+        namespace: Some(&namespace),
+        name: Some(&name),
         sink: problems,
     };
     let spec = svc.spec.as_ref()?;

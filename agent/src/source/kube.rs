@@ -178,12 +178,14 @@ struct Services {
     relist: Option<HashMap<ServiceId, Arc<ServiceObject>>>,
 }
 
-/// The EndpointSlices as ferry keeps them (`SliceObject`), and which
-/// slices each Service has, so that a change reads only its Service's.
+/// The EndpointSlices as ferry keeps them (`SliceObject`), and each
+/// Service's, so that a change reads only its Service's slices.
 #[derive(Debug, Default)]
 struct Slices {
     kept: HashMap<Key, Arc<SliceObject>>,
-    by_service: HashMap<ServiceId, BTreeSet<String>>,
+    /// The same slices by Service (nearly always one each: a `Vec`, not a
+    /// set, which would cost a 300-byte node per Service).
+    by_service: HashMap<ServiceId, Vec<Arc<SliceObject>>>,
     /// Filled while a list runs.
     relist: Option<HashMap<Key, Arc<SliceObject>>>,
 }
@@ -194,14 +196,14 @@ impl Slices {
     fn set(&mut self, key: Key, slice: Option<Arc<SliceObject>>) -> Vec<ServiceId> {
         let mut touched = Vec::new();
         let old = match &slice {
-            Some(s) => self.kept.insert(key.clone(), s.clone()),
+            Some(s) => self.kept.insert(key, s.clone()),
             None => self.kept.remove(&key),
         };
         if let Some(old) = old {
             let id = old.service_id();
-            if let Some(names) = self.by_service.get_mut(&id) {
-                names.remove(&key.1);
-                if names.is_empty() {
+            if let Some(slices) = self.by_service.get_mut(&id) {
+                slices.retain(|s| !Arc::ptr_eq(s, &old));
+                if slices.is_empty() {
                     self.by_service.remove(&id);
                 }
             }
@@ -209,7 +211,7 @@ impl Slices {
         }
         if let Some(slice) = slice {
             let id = slice.service_id();
-            self.by_service.entry(id.clone()).or_default().insert(key.1);
+            self.by_service.entry(id.clone()).or_default().push(slice);
             touched.push(id);
         }
         touched
@@ -482,10 +484,9 @@ impl KubeSource {
         let slices = lock(&self.tracker.slices);
         for id in ids {
             objects.services.extend(services.kept.get(id).cloned());
-            for name in slices.by_service.get(id).into_iter().flatten() {
-                let key = (id.0.clone(), name.clone());
-                objects.slices.extend(slices.kept.get(&key).cloned());
-            }
+            objects
+                .slices
+                .extend(slices.by_service.get(id).into_iter().flatten().cloned());
         }
         objects
     }
