@@ -175,7 +175,18 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay` (its `mi_option_e` in mimalloc.h, the
+/// same in v2 and v3); libmimalloc-sys names only the options that are
+/// stable across versions.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> anyhow::Result<()> {
+    // Freed memory goes back to the system at once instead of after 10 ms
+    // of quiet: a full sync of 100,000 Services frees 100 MB of working
+    // memory, which otherwise often stays counted in the agent's RSS
+    // (measured: 295 against 261 MiB for the plan of 100,000 Services).
+    // SAFETY: set before any other thread exists; takes no pointers.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     match Cli::parse().command {
         Command::Run(args) => {
             let dry_run = args.dry_run;

@@ -116,8 +116,8 @@ pub fn endpoints_for_port(
                 let ready = ep.ready.unwrap_or(true);
                 let serving = ep.serving.unwrap_or(true);
                 let terminating = ep.terminating.unwrap_or(false);
-                let local = ep.node_name.as_deref() == Some(here.node_name);
-                let hints = ep.hints.as_ref();
+                let local = ep.node_name.as_deref().map(String::as_str) == Some(here.node_name);
+                let hints = ep.hints();
                 let zones = hints.and_then(|h| h.for_zones.as_ref());
                 let nodes = hints.and_then(|h| h.for_nodes.as_ref());
                 let zone_hint =
@@ -126,7 +126,7 @@ pub fn endpoints_for_port(
                     nodes.map(|n| n.iter().map(|n| n.name.as_str())),
                     Some(here.node_name),
                 );
-                for (ai, a) in ep.addresses.iter().enumerate() {
+                for (ai, a) in ep.addresses().enumerate() {
                     let parsed = a.map_err(|a| format!("{a:?} is not an IPv4 address"));
                     let usable = parsed.and_then(|addr| match unroutable(addr) {
                         Some(why) => Err(format!("{addr}: {why}; not used")),

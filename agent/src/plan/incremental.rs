@@ -712,8 +712,8 @@ endpoints:
             .iter_mut()
             .find(|s| &*s.name == slice)
             .expect("slice");
-        std::sync::Arc::make_mut(s).endpoints[0].addresses =
-            super::super::objects::Addresses::new(&[to.to_string()]);
+        let moved = s.endpoints[0].with_addresses(&[to.to_string()]);
+        std::sync::Arc::make_mut(s).endpoints[0] = moved;
         new
     }
 
