@@ -4,7 +4,12 @@
 //! EndpointSlice controller when a pod or Service change started the
 //! update), so the metric covers the whole path from the change to the
 //! maps, not only ferry's part.
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -12,20 +17,27 @@ use crate::plan::SliceObject;
 
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
-/// The trigger-time annotations seen so far, by slice.
+/// The trigger time each slice had when last seen.
 #[derive(Debug, Default)]
 pub struct TriggerTimes {
     /// None until the first call: what exists at startup is no change.
-    seen: Option<BTreeMap<SliceKey, Box<str>>>,
+    /// By a 64-bit hash of the slice's namespace and name rather than the
+    /// names themselves: every slice of the cluster has an entry (100,000
+    /// of them would hold 14 MB of names), and two slices of even a
+    /// million sharing a hash is a chance of about 3 in 10^8, which would
+    /// cost one latency sample, not a write.
+    seen: Option<HashMap<u64, SystemTime>>,
 }
 
-/// A slice's (namespace, name).
-type SliceKey = (Box<str>, Box<str>);
+/// The annotation's time; None without one, or when it does not parse.
+pub fn parse_trigger_time(value: &str) -> Option<SystemTime> {
+    value.parse::<Timestamp>().ok().map(SystemTime::from)
+}
 
-fn trigger(slice: &SliceObject) -> Option<(&str, SystemTime)> {
-    let value = slice.trigger_time.as_deref()?;
-    let at = value.parse::<Timestamp>().ok()?;
-    Some((value, SystemTime::from(at)))
+fn slice_key(slice: &SliceObject) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&*slice.namespace, &*slice.name).hash(&mut h);
+    h.finish()
 }
 
 impl TriggerTimes {
@@ -35,27 +47,27 @@ impl TriggerTimes {
     /// they are those that changed.
     pub fn new_triggers(&mut self, slices: &[Arc<SliceObject>], all: bool) -> Vec<SystemTime> {
         let first = self.seen.is_none();
-        let seen = self.seen.get_or_insert_with(BTreeMap::new);
+        let seen = self.seen.get_or_insert_with(HashMap::new);
         let before = if all {
             std::mem::take(seen)
         } else {
-            BTreeMap::new()
+            HashMap::new()
         };
         let mut fresh = Vec::new();
         for slice in slices {
-            let Some((value, at)) = trigger(slice) else {
+            let Some(at) = slice.trigger_time else {
                 continue;
             };
-            let key = (slice.namespace.clone(), slice.name.clone());
+            let key = slice_key(slice);
             let was = if all {
                 before.get(&key)
             } else {
                 seen.get(&key)
             };
-            if !first && was.map(|w| &**w) != Some(value) {
+            if !first && was != Some(&at) {
                 fresh.push(at);
             }
-            seen.insert(key, value.into());
+            seen.insert(key, at);
         }
         fresh
     }

@@ -3,7 +3,7 @@
 //! externalTrafficPolicy Local traffic only to nodes that can serve it.
 use std::collections::BTreeMap;
 
-use super::{categorize::Categorized, services::ParsedService};
+use super::{ServiceId, categorize::Categorized, services::ParsedService};
 
 /// A healthCheckNodePort to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,7 @@ pub struct HealthCheck {
 /// (the most of any of its ports), when it has one.
 pub fn add_health_check(
     checks: &mut BTreeMap<u16, HealthCheck>,
+    (namespace, name): &ServiceId,
     svc: &ParsedService,
     backends: &Categorized,
 ) {
@@ -24,8 +25,8 @@ pub fn add_health_check(
         return;
     };
     let check = checks.entry(port).or_insert_with(|| HealthCheck {
-        namespace: svc.namespace.clone(),
-        name: svc.name.clone(),
+        namespace: namespace.clone(),
+        name: name.clone(),
         local_endpoints: 0,
     });
     check.local_endpoints = check.local_endpoints.max(backends.ready_local);

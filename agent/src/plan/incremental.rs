@@ -454,10 +454,10 @@ impl Planner {
         if let Some(svc) = svc {
             problems.extend(svc.problems.iter().cloned());
         }
-        let Some(svc) = svc.and_then(|s| s.parsed.as_ref()) else {
+        let Some((id, svc)) = svc.and_then(|s| Some((&s.id, s.parsed.as_ref()?))) else {
             return part;
         };
-        part.cluster_ips = svc.cluster_ips.clone();
+        part.cluster_ips = svc.cluster_ips.to_vec();
         let ipv4: Vec<&SliceObject> = slices
             .iter()
             .copied()
@@ -471,8 +471,8 @@ impl Planner {
         for port in &svc.ports {
             let mut of_service = problem::ObjectProblems {
                 kind: "Service",
-                namespace: Some(&svc.namespace),
-                name: Some(&svc.name),
+                namespace: Some(&id.0),
+                name: Some(&id.1),
                 sink: problems,
             };
             let port = &*port.in_range(cfg.nodeport_range, &mut of_service);
@@ -491,7 +491,7 @@ impl Planner {
             fronts.extend(frontends::external_frontends(
                 svc, port, &external, &backends,
             ));
-            health::add_health_check(&mut part.health_checks, svc, &backends);
+            health::add_health_check(&mut part.health_checks, id, svc, &backends);
         }
         part.draining = draining.into_iter().collect();
         part

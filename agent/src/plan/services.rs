@@ -27,25 +27,23 @@ pub struct TrafficPolicies {
 /// A Service as the plan uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ParsedService {
-    pub namespace: String,
-    pub name: String,
-    pub cluster_ips: Vec<Ipv4Addr>,
+    pub cluster_ips: Box<[Ipv4Addr]>,
     /// `spec.externalIPs`.
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Box<[Ipv4Addr]>,
     /// Load-balancer ingress IPs captured on the node (LoadBalancer only;
     /// `ipMode: Proxy` excluded).
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Box<[Ipv4Addr]>,
     pub policies: TrafficPolicies,
     /// Answered by the agent (LoadBalancer with externalTrafficPolicy
     /// Local only).
     pub health_check_node_port: Option<u16>,
-    pub ports: Vec<ServicePort>,
+    pub ports: Box<[ServicePort]>,
     /// `sessionAffinity: ClientIP`: its timeout in seconds; None without
     /// affinity.
     pub affinity_timeout_s: Option<u32>,
     /// `loadBalancerSourceRanges` (or its annotation), LoadBalancer only:
     /// the clients admitted to the load-balancer IPs (None: all).
-    pub source_ranges: Option<Vec<Ipv4Net>>,
+    pub source_ranges: Option<Box<[Ipv4Net]>>,
 }
 
 /// One TCP or UDP port of a Service.
@@ -173,20 +171,18 @@ pub fn parse_service(svc: &Service, problems: &mut Vec<Problem>) -> Option<Parse
         })
         .collect();
     Some(ParsedService {
-        cluster_ips,
-        external_ips,
+        cluster_ips: cluster_ips.into(),
+        external_ips: external_ips.into(),
         load_balancer_ips: if is_load_balancer {
-            ingress_ips
+            ingress_ips.into()
         } else {
-            Vec::new()
+            Box::default()
         },
         policies,
         health_check_node_port,
         ports,
         affinity_timeout_s,
-        source_ranges,
-        namespace,
-        name,
+        source_ranges: source_ranges.map(Vec::into_boxed_slice),
     })
 }
 
