@@ -208,7 +208,9 @@ struct Measured {
     count_pass: Duration,
     /// The agent's first " synced " line after its start.
     sync_line: Option<SyncLine>,
+    /// The agent's RSS after the first sync, and after all the changes.
     rss_mib: f64,
+    rss_after_mib: f64,
     phases: Vec<Phase>,
 }
 
@@ -248,10 +250,22 @@ impl Measured {
             None => "; the agent logged no sync line".to_string(),
         };
         r.line(format!(
-            "agent start -> all {n} frontends in the maps (list, then first sync written): {:.0} ms (the map counted in {:.0} ms a pass){logged}; agent RSS {:.0} MiB",
+            "agent start -> all {n} frontends in the maps (list, then first sync written): {:.0} ms (the map counted in {:.0} ms a pass){logged}",
             self.first_sync.as_secs_f64() * 1e3,
             self.count_pass.as_secs_f64() * 1e3,
-            self.rss_mib
+        ));
+        // Issue 15's target: under 300 MB (286 MiB) at 100,000 x 10.
+        let rss_max = self.rss_mib.max(self.rss_after_mib);
+        let verdict = if n < 100_000 {
+            String::new()
+        } else if rss_max * 1_048_576.0 < 300e6 {
+            " (target < 300 MB at 100,000 Services: met)".into()
+        } else {
+            " (target < 300 MB at 100,000 Services: NOT met)".into()
+        };
+        r.line(format!(
+            "agent RSS {:.0} MiB after the first sync, {:.0} MiB after the changes{verdict}",
+            self.rss_mib, self.rss_after_mib
         ));
         let mut table = Table::new(
             ("endpoint change -> new backend in the active bank", 50),
@@ -395,6 +409,9 @@ fn churn_at(bins: &Binaries, opts: &Opts, n: usize) -> Result<Measured> {
         );
         phases.push(phase);
     }
+    let rss_after_mib = node
+        .agent_rss_bytes()
+        .map_or(f64::NAN, |b| b as f64 / 1048576.0);
     Ok(Measured {
         services: n,
         fill,
@@ -402,6 +419,7 @@ fn churn_at(bins: &Binaries, opts: &Opts, n: usize) -> Result<Measured> {
         count_pass,
         sync_line,
         rss_mib,
+        rss_after_mib,
         phases,
     })
 }

@@ -91,26 +91,47 @@ fn plot(path: &Path, title: &str, unit: &str, series: &[Series]) -> Result<()> {
         .y_desc(unit)
         .draw()
         .map_err(draw)?;
-    for (name, color, points) in series {
-        let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1.is_finite()).collect();
-        let color = *color;
+    let lines = series.iter().map(|(name, color, points)| {
+        let points = points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        (name.to_string(), *color, points)
+    });
+    draw_lines(&mut chart, lines, 4, SeriesLabelPosition::LowerLeft)?;
+    root.present().map_err(draw)?;
+    Ok(())
+}
+
+/// Each named line with a marker on its points, and the legend at `legend`.
+fn draw_lines<'a, DB: DrawingBackend + 'a, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    lines: impl Iterator<Item = (String, RGBColor, Vec<(f64, f64)>)>,
+    marker: u32,
+    legend: SeriesLabelPosition,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (name, color, points) in lines {
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(draw)?
-            .label(*name)
+            .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new(*p, marker, color.filled())),
+            )
             .map_err(draw)?;
     }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(legend)
         .draw()
         .map_err(draw)?;
-    root.present().map_err(draw)?;
     Ok(())
 }
 
@@ -174,24 +195,11 @@ pub fn latency_histogram(path: &Path, title: &str, series: &[(String, Vec<f64>)]
         .y_desc("% of the changes, per bucket")
         .draw()
         .map_err(draw)?;
-    for (k, (name, points)) in lines.into_iter().enumerate() {
-        let color = COLORS[k % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(draw)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(draw)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(draw)?;
+    let lines = lines
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, points))| (name, COLORS[k % COLORS.len()], points));
+    draw_lines(&mut chart, lines, 3, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(draw)?;
     Ok(())
 }
