@@ -89,15 +89,17 @@ impl Agent {
     /// what that moved (everything, for a snapshot of everything).
     fn apply(&mut self, snapshot: &Snapshot, source: &impl Source) {
         let parsed = Instant::now();
-        let full = snapshot.changed == Changed::Everything;
+        let mut full = snapshot.changed == Changed::Everything;
         let triggers = self.triggers.new_triggers(&snapshot.objects.slices, full);
         let update = match self.planner.update(&snapshot.objects, &snapshot.changed) {
             Ok(update) => update,
             Err(NeedsEverything) => match source.everything() {
-                Some(everything) => self
-                    .planner
-                    .update(&everything, &Changed::Everything)
-                    .expect("a full update needs nothing more"),
+                Some(everything) => {
+                    full = true;
+                    self.planner
+                        .update(&everything, &Changed::Everything)
+                        .expect("a full update needs nothing more")
+                }
                 None => {
                     tracing::warn!(
                         "this node's addresses or zone changed, but the objects cannot be read again now; the Services keep their frontends until the next change"

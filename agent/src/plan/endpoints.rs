@@ -1,5 +1,6 @@
-//! EndpointSlices: indexed by Service once, then read once per Service port
-//! into endpoints with their conditions. Which endpoints serve which
+//! EndpointSlices (as `plan::objects` keeps them, grouped by Service by the
+//! planner): read once per Service port into endpoints with their
+//! conditions. Which endpoints serve which
 //! traffic is decided by `categorize`, not here.
 use std::{collections::BTreeSet, net::Ipv4Addr};
 

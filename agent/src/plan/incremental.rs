@@ -15,7 +15,7 @@ use std::{
 };
 
 use ferry_common::{Backend, SERVICE_RANGE_ALLOCATED, ServiceKey, ServiceRange};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
 use super::{
     HealthCheck, NodeAddress, NodePlan, Objects, PlanConfig, Problem, ServiceObject, SliceObject,
@@ -41,21 +41,6 @@ pub enum Changed {
         nodes: bool,
         service_cidrs: bool,
     },
-}
-
-/// The Service an EndpointSlice belongs to.
-pub fn slice_service(slice: &EndpointSlice) -> ServiceId {
-    let meta = &slice.metadata;
-    let name = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(endpoints::SERVICE_NAME_LABEL))
-        .cloned()
-        .unwrap_or_default();
-    (
-        meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        name,
-    )
 }
 
 /// A Service's id.
@@ -855,6 +840,33 @@ endpoints:
 
         // And back to where it started, in one step.
         step(&mut planner, &cidrs, &base);
+    }
+
+    /// A full plan places claims in bulk (`place_all`); the holder leaving
+    /// afterwards must hand the frontend over as `replace` would.
+    #[test]
+    fn a_frontend_contested_in_a_full_plan_passes_on_when_its_holder_leaves() {
+        let cfg = PlanConfig {
+            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+            ..PlanConfig::for_node("n1")
+        };
+        let contested = objects(&[EXTERNAL, CIDRS, RIVAL]);
+        let mut planner = Planner::new(&cfg);
+        planner.update(&contested, &Changed::Everything).unwrap();
+        let shared = ServiceKey {
+            addr: [203, 0, 113, 7],
+            port: 80,
+            protocol: ferry_common::PROTO_TCP,
+            scope: ferry_common::SCOPE_EXTERNAL,
+        };
+        let holder = |p: &Planner| p.plan().frontends[&shared].name.to_string();
+        assert!(holder(&planner).starts_with("default/a-rival"));
+        let gone = without_service(&contested, "a-rival");
+        step(&mut planner, &contested, &gone);
+        assert!(holder(&planner).starts_with("default/lb"));
+        // And back: the rival, first by name, takes it again.
+        step(&mut planner, &gone, &contested);
+        assert!(holder(&planner).starts_with("default/a-rival"));
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl SliceEndpoint {
     }
 
     /// This endpoint with `addresses` as given (for tests that move one).
+    #[cfg(test)]
     pub fn with_addresses(&self, addresses: &[String]) -> Self {
         let mut ep = k8s_openapi::api::discovery::v1::Endpoint {
             addresses: addresses.to_vec(),
@@ -195,15 +196,18 @@ impl Hash for SliceObject {
         self.service.hash(state);
         self.address_type.hash(state);
         self.ports.hash(state);
+        self.endpoints.len().hash(state);
         for ep in &self.endpoints {
+            ep.addresses().count().hash(state);
             for a in ep.addresses() {
                 a.hash(state);
             }
             (ep.ready, ep.serving, ep.terminating).hash(state);
             ep.node_name.hash(state);
-            serde_json::to_vec(&ep.hints())
-                .unwrap_or_default()
-                .hash(state);
+            ep.hints().is_some().hash(state);
+            if let Some(hints) = ep.hints() {
+                serde_json::to_vec(hints).unwrap_or_default().hash(state);
+            }
         }
         self.trigger_time.hash(state);
     }

@@ -1,7 +1,9 @@
 //! `--source kube`: Services, EndpointSlices, Nodes and ServiceCIDRs from
-//! the Kubernetes API, through kube-rs reflectors (list, then watch from the
-//! list's resourceVersion, relist on 410). A reflector swaps its store only
-//! once a relist is complete, and watch errors are retried with backoff
+//! the Kubernetes API, through kube-rs watchers (list, then watch from the
+//! list's resourceVersion, relist on 410). Services and EndpointSlices are
+//! kept as `plan::objects` keeps them (there are as many as the cluster
+//! has), Nodes and ServiceCIDRs in kube-rs reflector stores. Every store
+//! is swapped only once a relist is complete, and watch errors are retried with backoff
 //! while the stores keep their last state: the dataplane is never flushed
 //! by an API outage, it just stops following changes until the API is
 //! back. An API server older than 1.33 does not serve ServiceCIDRs
@@ -771,6 +773,106 @@ fn spawn_watch<K>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn slice(name: &str, service: &str) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.5"]}],
+        }))
+        .unwrap()
+    }
+
+    fn id(name: &str) -> ServiceId {
+        ("default".into(), name.into())
+    }
+
+    fn services_of(t: &Tracker, service: &str) -> Vec<String> {
+        let slices = lock(&t.slices);
+        let mut names: Vec<String> = slices
+            .by_service
+            .get(&id(service))
+            .into_iter()
+            .flatten()
+            .map(|s| s.name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn taken(t: &Tracker) -> Pending {
+        std::mem::take(&mut *lock(&t.pending))
+    }
+
+    #[test]
+    fn slice_events_keep_each_services_slices_and_mark_old_and_new_owner() {
+        let t = Tracker::default();
+        // The first list: kept once it is complete, and no relist marked.
+        t.on_slice(watcher::Event::Init);
+        t.on_slice(watcher::Event::InitApply(slice("a-1", "a")));
+        t.on_slice(watcher::Event::InitApply(slice("a-2", "a")));
+        assert!(lock(&t.slices).kept.is_empty(), "not before the list ends");
+        t.on_slice(watcher::Event::InitDone);
+        assert_eq!(services_of(&t, "a"), ["a-1", "a-2"]);
+        assert!(!taken(&t).everything);
+
+        // A slice moves to another Service: both are marked, and it is
+        // kept under the new one only.
+        t.on_slice(watcher::Event::Apply(slice("a-2", "b")));
+        let p = taken(&t);
+        assert_eq!(p.services, BTreeSet::from([id("a"), id("b")]));
+        assert_eq!(services_of(&t, "a"), ["a-1"]);
+        assert_eq!(services_of(&t, "b"), ["a-2"]);
+
+        // Deleted: gone, its Service marked.
+        t.on_slice(watcher::Event::Delete(slice("a-1", "a")));
+        assert_eq!(taken(&t).services, BTreeSet::from([id("a")]));
+        assert!(!lock(&t.slices).by_service.contains_key(&id("a")));
+
+        // A relist that no longer has a-2: once complete it replaces
+        // everything, and everything is planned again.
+        t.on_slice(watcher::Event::Init);
+        t.on_slice(watcher::Event::InitApply(slice("c-1", "c")));
+        assert_eq!(services_of(&t, "b"), ["a-2"], "kept until the relist ends");
+        t.on_slice(watcher::Event::InitDone);
+        assert!(services_of(&t, "b").is_empty());
+        assert_eq!(services_of(&t, "c"), ["c-1"]);
+        assert_eq!(lock(&t.slices).kept.len(), 1);
+        assert!(taken(&t).everything);
+    }
+
+    #[test]
+    fn service_events_replace_the_kept_service_and_a_delete_removes_it() {
+        let t = Tracker::default();
+        let svc = |ip: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
+            }))
+            .unwrap()
+        };
+        t.on_service(watcher::Event::Init);
+        t.on_service(watcher::Event::InitApply(svc("10.96.0.1")));
+        t.on_service(watcher::Event::InitDone);
+        t.on_service(watcher::Event::Apply(svc("10.96.0.2")));
+        assert_eq!(taken(&t).services, BTreeSet::from([id("web")]));
+        {
+            let services = lock(&t.services);
+            let kept = &services.kept.get(&id("web")).unwrap().0;
+            let parsed = kept.parsed.as_ref().unwrap();
+            assert_eq!(
+                &*parsed.cluster_ips,
+                ["10.96.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
+            );
+            assert_eq!(services.kept.len(), 1);
+        }
+        t.on_service(watcher::Event::Delete(svc("10.96.0.2")));
+        assert!(lock(&t.services).kept.is_empty());
+        assert_eq!(taken(&t).services, BTreeSet::from([id("web")]));
+    }
+
     #[test]
     fn stored_nodes_keep_what_the_plan_reads_and_nothing_heavy() {
         let mut node: k8s_openapi::api::core::v1::Node =
@@ -821,8 +923,6 @@ mod tests {
     use std::path::PathBuf;
 
     use kube::config::{KubeConfigOptions, Kubeconfig};
-
-    use super::*;
 
     /// A kubeconfig with a token and a TLS server name, whose server is
     /// the `kubernetes` ClusterIP.
