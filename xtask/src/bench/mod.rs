@@ -255,6 +255,8 @@ pub fn run(opts: &Opts) -> Result<()> {
             &bed.ferry_large,
             large_vip,
             n,
+            &load,
+            opts,
         )?);
         if kube_proxy {
             println!(

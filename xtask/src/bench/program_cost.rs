@@ -4,15 +4,22 @@
 //! part of a connection's time that is ferry's, and whether it stays flat
 //! as Services are added. A test run's repeats reuse one skb, which the
 //! first run rewrites, so a translated packet is timed in runs of one
-//! packet each; the kernel times the program alone in both cases.
+//! packet each; the kernel times the program alone in both cases. Those
+//! single runs carry a cold-cache cost of about 10 us that swings from run
+//! to run, so translated packets are also measured in traffic: the
+//! kernel's run-time statistics of the program (BPF_ENABLE_STATS) over
+//! real ClusterIP connections on each node, which the verdict rests on.
 use std::{net::Ipv4Addr, path::Path, process::Command};
 
 use anyhow::{Context, Result};
 use ferry_harness::packet::{Packet, TCP_ACK, TCP_SYN};
 
 use super::{
-    SERVER_IP, SERVER_PORT, SERVICE_PORT, pod_to_service::counters, report::Report,
+    Opts, SERVER_IP, SERVER_PORT, SERVICE_PORT,
+    pod_to_service::counters,
+    report::Report,
     testbed::FerryNode,
+    traffic::{concurrent_in, median},
 };
 
 pub const NAME: &str = "program-cost";
@@ -55,10 +62,13 @@ pub fn run(
     large: &FerryNode,
     large_vip: Ipv4Addr,
     services: usize,
+    load: &Path,
+    opts: &Opts,
 ) -> Result<Report> {
     let mut report = Report::default();
     let (ten, proof_small) = measure(small, small_vip)?;
     let (many, proof_large) = measure(large, large_vip)?;
+    let traffic = in_traffic(small, small_vip, large, large_vip, load, opts)?;
     let line = |what: &str, a: f64, b: f64| {
         format!(
             "{what}: 10 Services {a:.0} ns, {services} Services {b:.0} ns ({:.2}x)",
@@ -96,15 +106,91 @@ pub fn run(
             many.new_connection
         )
     ));
-    let worst = (many.flow_packet / ten.flow_packet).max(many.new_connection / ten.new_connection);
-    report.line(format!(
-        "  translated packets at {services} Services within 10% of 10 Services (issue 15): {}",
-        if worst <= 1.10 { "met" } else { "NOT met" }
-    ));
     report.line(format!(
         "  paths proven by the counters: ferry-10 {proof_small}; ferry-large {proof_large}"
     ));
+    report.line(format!(
+        "  in traffic (the kernel's own run-time statistics of the program, BPF_ENABLE_STATS, over {} s of ClusterIP connections per node, median of {} alternating runs; every packet of those connections, both directions, translated): 10 Services {:.0} ns over {} packets, {services} Services {:.0} ns over {} packets ({:.2}x)",
+        opts.seconds,
+        TRAFFIC_RUNS,
+        traffic.small_ns,
+        traffic.small_packets,
+        traffic.large_ns,
+        traffic.large_packets,
+        traffic.large_ns / traffic.small_ns
+    ));
+    // The verdict rests on the in-traffic figure: a test run of one packet
+    // carries a cold-cache cost of about 10 us that swings from run to
+    // run far more than the program's own work.
+    let ratio = traffic.large_ns / traffic.small_ns;
+    report.line(format!(
+        "  translated packets at {services} Services within 10% of 10 Services, in traffic (issue 15): {}",
+        if ratio <= 1.10 { "met" } else { "NOT met" }
+    ));
     Ok(report)
+}
+
+/// Alternating runs per node for the in-traffic figure.
+const TRAFFIC_RUNS: usize = 3;
+
+/// The from-pod program's mean cost per packet on each node while a
+/// client opens connections to its ClusterIP.
+struct InTraffic {
+    small_ns: f64,
+    small_packets: u64,
+    large_ns: f64,
+    large_packets: u64,
+}
+
+fn in_traffic(
+    small: &FerryNode,
+    small_vip: Ipv4Addr,
+    large: &FerryNode,
+    large_vip: Ipv4Addr,
+    load: &Path,
+    opts: &Opts,
+) -> Result<InTraffic> {
+    // Run-time statistics cost every BPF program two clock reads a run:
+    // on only while this runs, off when the descriptor closes.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("BPF_ENABLE_STATS (needs root and kernel 5.8+)")?;
+    let one = |node: &FerryNode, vip: Ipv4Addr| -> Result<(f64, u64)> {
+        let prog = node.node.pin_dir.join("prog_from_pod");
+        let read = || -> Result<(u64, u64)> {
+            let info = aya::programs::ProgramInfo::from_pin(&prog)
+                .with_context(|| format!("reading {}", prog.display()))?;
+            Ok((info.run_time().as_nanos() as u64, info.run_count()))
+        };
+        let before = read()?;
+        concurrent_in(
+            &node.client.netns.path(),
+            None,
+            load,
+            "crr",
+            std::net::SocketAddr::from((vip, SERVICE_PORT)),
+            opts,
+        )?;
+        let after = read()?;
+        let runs = after.1.saturating_sub(before.1);
+        let ns = after.0.saturating_sub(before.0) as f64 / runs.max(1) as f64;
+        Ok((ns, runs))
+    };
+    let (mut small_ns, mut large_ns) = (Vec::new(), Vec::new());
+    let (mut small_packets, mut large_packets) = (0, 0);
+    for _ in 0..TRAFFIC_RUNS {
+        let (ns, n) = one(small, small_vip)?;
+        small_ns.push(ns);
+        small_packets += n;
+        let (ns, n) = one(large, large_vip)?;
+        large_ns.push(ns);
+        large_packets += n;
+    }
+    Ok(InTraffic {
+        small_ns: median(small_ns),
+        small_packets,
+        large_ns: median(large_ns),
+        large_packets,
+    })
 }
 
 /// The figures of `node`, and what its counters say the runs did.
