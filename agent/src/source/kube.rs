@@ -328,7 +328,15 @@ impl Tracker {
             watcher::Event::Init => lock(&self.services).relist = Some(HashSet::new()),
             watcher::Event::InitApply(svc) => {
                 let svc = kept(&svc);
-                lock(&self.services)
+                let mut services = lock(&self.services);
+                // An object the relist did not change stays the one kept:
+                // the old set and the new one share it until the swap,
+                // rather than holding every Service twice.
+                let svc = match services.kept.get(&svc.id) {
+                    Some(k) if *k.0 == *svc => k.0.clone(),
+                    _ => svc,
+                };
+                services
                     .relist
                     .get_or_insert_with(HashSet::new)
                     .replace(KeptService(svc));
@@ -358,10 +366,17 @@ impl Tracker {
             watcher::Event::Init => lock(&self.slices).relist = Some(HashMap::new()),
             watcher::Event::InitApply(s) => {
                 let slice = kept(&s);
-                lock(&self.slices)
+                let key = key_of(&s.metadata);
+                let mut slices = lock(&self.slices);
+                // Unchanged: shared with the set kept until the swap.
+                let slice = match slices.kept.get(&key) {
+                    Some(k) if **k == *slice => k.clone(),
+                    _ => slice,
+                };
+                slices
                     .relist
                     .get_or_insert_with(HashMap::new)
-                    .insert(key_of(&s.metadata), slice);
+                    .insert(key, slice);
             }
             watcher::Event::InitDone => {
                 lock(&self.slices).relisted();
@@ -833,6 +848,9 @@ mod tests {
 
         // A relist that no longer has a-2: once complete it replaces
         // everything, and everything is planned again.
+        t.on_slice(watcher::Event::Apply(slice("c-1", "c")));
+        let c1 = |t: &Tracker| lock(&t.slices).kept[&id("c-1")].clone();
+        let before = c1(&t);
         t.on_slice(watcher::Event::Init);
         t.on_slice(watcher::Event::InitApply(slice("c-1", "c")));
         assert_eq!(services_of(&t, "b"), ["a-2"], "kept until the relist ends");
@@ -841,6 +859,14 @@ mod tests {
         assert_eq!(services_of(&t, "c"), ["c-1"]);
         assert_eq!(lock(&t.slices).kept.len(), 1);
         assert!(taken(&t).everything);
+        // Listed again unchanged: the object kept before, not a copy.
+        assert!(Arc::ptr_eq(&before, &c1(&t)));
+        // Changed in a relist: the new one.
+        t.on_slice(watcher::Event::Init);
+        t.on_slice(watcher::Event::InitApply(slice("c-1", "d")));
+        t.on_slice(watcher::Event::InitDone);
+        assert!(!Arc::ptr_eq(&before, &c1(&t)));
+        assert_eq!(services_of(&t, "d"), ["c-1"]);
     }
 
     #[test]
@@ -868,6 +894,14 @@ mod tests {
             );
             assert_eq!(services.kept.len(), 1);
         }
+        // Listed again unchanged: the object kept before, not a copy.
+        let web = |t: &Tracker| lock(&t.services).kept.get(&id("web")).unwrap().0.clone();
+        let before = web(&t);
+        t.on_service(watcher::Event::Init);
+        t.on_service(watcher::Event::InitApply(svc("10.96.0.2")));
+        t.on_service(watcher::Event::InitDone);
+        assert!(Arc::ptr_eq(&before, &web(&t)));
+        taken(&t);
         t.on_service(watcher::Event::Delete(svc("10.96.0.2")));
         assert!(lock(&t.services).kept.is_empty());
         assert_eq!(taken(&t).services, BTreeSet::from([id("web")]));
