@@ -11,7 +11,7 @@ use aya::{
     programs::{CgroupSockAddr, Program, ProgramError, SchedClassifier, Xdp},
 };
 use ferry_common::{
-    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
+    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend,
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, Endpoint, EndpointKey,
     FRAGMENTS_MAX_ENTRIES, FRONTENDS_LIMIT, FragKey, FragPorts, MAP_AFFINITY, MAP_BACKENDS,
     MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_FRAGMENTS, MAP_NODE, MAP_ROUTES,
@@ -124,7 +124,8 @@ pub struct MapSizes {
     /// `ferry_services` (and the maps keyed by service id: names, options,
     /// per-frontend stats, one more slot; the service ranges, 64 more).
     pub frontends: u32,
-    /// `ferry_backends`: both banks of every frontend's backend slots.
+    /// `ferry_backends`: the active and the standby run of every
+    /// frontend's backend slots.
     pub backends: u32,
     /// `ferry_conntrack`: two entries per flow.
     pub conntrack: u32,
@@ -181,7 +182,7 @@ fn expected_shapes(sizes: &MapSizes) -> [MapShape; PINNED_MAPS.len()] {
     let counters = MapShape::of::<u32, Counter>(MAP_COUNTERS, PerCpuArray, outcome::COUNTER_SLOTS);
     [
         MapShape::of::<ServiceKey, ServiceValue>(MAP_SERVICES, Hash, sizes.frontends),
-        MapShape::of::<BackendKey, Backend>(MAP_BACKENDS, Hash, sizes.backends),
+        MapShape::of::<u32, Backend>(MAP_BACKENDS, Array, sizes.backends),
         MapShape::of::<CtKey, CtEntry>(MAP_CONNTRACK, LruHash, sizes.conntrack),
         MapShape {
             replaceable: true,

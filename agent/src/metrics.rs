@@ -140,7 +140,14 @@ impl MapSource for PinnedMaps {
     fn read(&self) -> MapSnapshot {
         let mut entries = Vec::new();
         for map in COUNTED_MAPS {
-            match crate::maps::batch::count_entries(&self.0.join(map)) {
+            let count = if map == MAP_BACKENDS {
+                // An array has every entry: what counts is the slots the
+                // frontends' active sets use.
+                crate::maps::services::active_slots(&self.0).map_err(|e| e.to_string())
+            } else {
+                crate::maps::batch::count_entries(&self.0.join(map)).map_err(|e| e.to_string())
+            };
+            match count {
                 Ok(n) => entries.push((map, n)),
                 Err(e) => tracing::debug!(map, error = %e, "cannot count map entries"),
             }

@@ -11,7 +11,7 @@ pub const MAX_TIMEOUT_S: u32 = 86_400;
 /// Does `entry` send a new flow at `now_ns` to its backend? Only if the
 /// client's last new flow is at most `timeout_s` old (kube-proxy counts from
 /// the last new connection, not the last packet) and the slot the entry
-/// names, read from the frontend's active bank (`at_slot`, None when the
+/// names, read from the frontend's active set (`at_slot`, None when the
 /// slot is beyond the set or missing), still holds that backend: a backend
 /// that left ends its clients' affinity even before the agent removes their
 /// entries.

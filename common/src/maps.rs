@@ -89,8 +89,9 @@ pub const DEBUG_SECTION: &str = ".data.ferry_debug";
 /// Default capacity of the services map (frontends: one per address, port,
 /// protocol and scope). Not preallocated: memory follows the frontends.
 pub const SERVICES_MAX_ENTRIES: u32 = 16_384;
-/// Default capacity of the backend slot map (both banks of every
-/// frontend). Not preallocated.
+/// Default capacity of the backend slot array (the active and the standby
+/// run of every frontend): an array, so allocated whole, 8 bytes a slot
+/// (2 MiB at this default).
 pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
 /// Default capacity of the conntrack LRU (two entries per flow); an LRU is
 /// always preallocated: 112 bytes an entry.
@@ -223,37 +224,42 @@ pub struct ServiceKey {
 
 /// Value of `ferry_services`.
 ///
-/// The backend set of a frontend lives in one of two banks of
-/// `ferry_backends`. An update writes the whole new set into the bank not in
-/// use, then replaces this value (one atomic map update) to point at it, so a
-/// packet sees either the old set or the new one, never a mixture.
+/// A frontend's backend set is a run of `backend_count` consecutive slots
+/// of `ferry_backends` from `backend_base`. Every frontend owns two runs:
+/// the active one and a standby. An update writes the whole new set into
+/// the standby run, then replaces this value (one atomic map update) to
+/// point at it, so a packet sees either the old set or the new one, never
+/// a mixture; the old run becomes the standby, untouched until the next
+/// update of this frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ServiceValue {
     /// Agent-assigned id, stable for the frontend's lifetime; host order.
     pub service_id: u32,
-    /// Number of backend slots in the active bank (0 = reject); host order.
+    /// Index in `ferry_backends` of the active set's slot 0; host order.
+    pub backend_base: u32,
+    /// Number of backend slots in the active set (0 = reject); host order.
     pub backend_count: u16,
-    /// Active bank, 0 or 1.
-    pub bank: u8,
     /// `SERVICE_FLAG_*` bits.
     pub flags: u8,
-}
-
-/// Key of `ferry_backends`: one slot of one bank of one service.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct BackendKey {
-    /// `ServiceValue::service_id`, host order.
-    pub service_id: u32,
-    /// Slot index, 0..backend_count, host order.
-    pub slot: u16,
-    /// Bank, 0 or 1.
-    pub bank: u8,
     pub pad: u8,
 }
 
-/// Value of `ferry_backends`: where a slot sends traffic.
+impl ServiceValue {
+    /// The `ferry_backends` index of `slot` of the active set, None
+    /// outside the set.
+    #[inline(always)]
+    pub fn slot_index(&self, slot: u16) -> Option<u32> {
+        if slot >= self.backend_count {
+            return None;
+        }
+        self.backend_base.checked_add(u32::from(slot))
+    }
+}
+
+/// Value of `ferry_backends`, an array indexed by slot (`u32`, host
+/// order), memory-mapped by the agent (`BPF_F_MMAPABLE`) so a sync writes
+/// backend sets without a system call per slot: where a slot sends traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct Backend {
@@ -585,7 +591,7 @@ pub struct AffinityEntry {
     pub backend_addr: [u8; 4],
     /// The backend's port, host order.
     pub backend_port: u16,
-    /// The backend's slot in the frontend's active bank; host order. The
+    /// The backend's slot in the frontend's active set; host order. The
     /// datapath trusts the entry only while that slot still holds this
     /// backend (the agent renumbers entries when the set changes and removes
     /// those of backends that left).
@@ -737,8 +743,7 @@ const _: () = {
 
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<ServiceValue>() == 8);
-    assert!(size_of::<BackendKey>() == 8);
+    assert!(size_of::<ServiceValue>() == 12);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<CtKey>() == 16);
     assert!(size_of::<CtEntry>() == 32);
@@ -774,7 +779,6 @@ mod user {
     // pattern valid.
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for NodeConfig {}

@@ -78,9 +78,10 @@ mod tests {
     fn service(backend_count: u16, flags: u8) -> ServiceValue {
         ServiceValue {
             service_id: 1,
+            backend_base: 0,
             backend_count,
-            bank: 0,
             flags,
+            pad: 0,
         }
     }
 

@@ -1,11 +1,11 @@
 //! Service frontends and load balancing: the frontend a packet is
 //! addressed to, whether a new flow's client may reach it
 //! (loadBalancerSourceRanges), and its backend: the client's affine backend
-//! (sessionAffinity ClientIP), else one drawn uniformly from the active bank
+//! (sessionAffinity ClientIP), else one drawn uniformly from the active set
 //! of its frontend.
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_get_prandom_u32};
 use ferry_common::{
-    AffinityEntry, AffinityKey, Backend, BackendKey, SERVICE_FLAG_AFFINITY, ServiceKey,
+    AffinityEntry, AffinityKey, Backend, SERVICE_FLAG_AFFINITY, ServiceKey,
     ServiceValue, SourceRangeKey, affinity, frontend_filter_slot,
 };
 
@@ -49,21 +49,11 @@ pub fn in_source_ranges(service: &ServiceValue, client: [u8; 4]) -> bool {
     SOURCE_RANGES.get(&Key::new(64, key)).is_some()
 }
 
-/// The backend in `slot` of `service`'s active bank, if the slot is in the
-/// set and present.
+/// The backend in `slot` of `service`'s active set, if the slot is in the
+/// set and inside the array.
 #[inline(always)]
 fn at_slot(service: &ServiceValue, slot: u16) -> Option<Backend> {
-    if slot >= service.backend_count {
-        return None;
-    }
-    let key = BackendKey {
-        service_id: service.service_id,
-        slot,
-        bank: service.bank,
-        pad: 0,
-    };
-    // SAFETY: copied out at once.
-    (unsafe { BACKENDS.get(key) }).copied()
+    BACKENDS.get(service.slot_index(slot)?).copied()
 }
 
 /// A backend of `service` for a new flow from `client`, and a random number

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use ferry_common::{
-    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend, BackendKey,
+    AFFINITY_MAX_ENTRIES, AffinityEntry, AffinityKey, BACKENDS_MAX_ENTRIES, Backend,
     CONNTRACK_MAX_ENTRIES, Counter, CtEntry, CtKey, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES, Endpoint,
     EndpointKey, FRAGMENTS_MAX_ENTRIES, FRONTEND_FILTER_WORDS, FragKey, FragPorts, MonitorConfig,
     MonitorEvent, NodeConfig, PodSource, ROUTES_MAX_ENTRIES, Route, SERVICE_RANGES_MAX_ENTRIES,
@@ -50,12 +50,13 @@ macro_rules! declare_maps {
         > = HashMap::new();
 
         #[btf_map(name = $backends)]
-        pub static BACKENDS: HashMap<
-            BackendKey,
+        // Memory-mapped by the agent, which writes backend sets straight
+        // into it: a sync of a million slots costs no system call per slot.
+        pub static BACKENDS: Array<
             Backend,
             { BACKENDS_MAX_ENTRIES as usize },
-            { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
-        > = HashMap::new();
+            { aya_ebpf::bindings::BPF_F_MMAPABLE as usize },
+        > = Array::new();
 
         #[btf_map(name = $conntrack)]
         pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_ENTRIES as usize }> =

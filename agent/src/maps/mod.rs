@@ -10,6 +10,7 @@ use aya::maps::{Map, MapData, MapError, lpm_trie};
 use crate::net::Ipv4Net;
 
 pub mod affinity;
+pub mod backend_slots;
 pub mod batch;
 pub mod conntrack;
 pub mod counters;
@@ -41,6 +42,8 @@ pub enum OpenError {
     Open { path: String, source: MapError },
     #[error(transparent)]
     Batch(#[from] batch::BatchError),
+    #[error(transparent)]
+    Slots(#[from] backend_slots::SlotsError),
 }
 
 /// Open the map pinned as `name` under `pin_dir` as the typed map `T`

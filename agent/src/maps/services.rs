@@ -1,11 +1,14 @@
 //! Service frontends and their backend sets.
 //!
 //! Update protocol (the datapath never sees a half-written backend set):
-//! 1. write every slot of the new set into the bank the frontend is not using;
+//! 1. write every slot of the new set into the frontend's standby run of
+//!    `ferry_backends` (a fresh run when the standby is too short);
 //! 2. replace the frontend's `ServiceValue` (one atomic map update) so it
-//!    points at that bank with the new count;
-//! 3. the previous bank stays intact until the next update, for packets that
-//!    read the old value just before the flip.
+//!    points at that run with the new count;
+//! 3. the run the old value pointed at becomes the standby, intact until
+//!    the next update, for packets that read the old value just before the
+//!    flip. A run let go (a removed frontend's, a standby outgrown) is
+//!    handed out again no earlier than the next sync.
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
@@ -13,14 +16,15 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError, lpm_trie};
 use ferry_common::{
-    AffinityEntry, AffinityKey, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_FRONTEND_FILTER, MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICE_STATS, MAP_SERVICES,
-    MAP_SOURCE_RANGES, MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
+    AffinityEntry, AffinityKey, Backend, MAP_AFFINITY, MAP_BACKENDS, MAP_FRONTEND_FILTER,
+    MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOURCE_RANGES,
+    MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
     SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
 };
 
 use super::{
     FrontendFilter, OpenError,
+    backend_slots::{BackendSlots, SlotAllocator, SlotRun},
     batch::{BatchError, BatchMap},
     found, missing_is_fine, open_pinned,
     service_stats::ServiceStatsTable,
@@ -62,6 +66,15 @@ pub enum SyncError {
     Shared(String),
     #[error("no free service id: more than 2^32 frontends")]
     NoFreeId,
+    #[error(
+        "no room for {frontend}'s {count} backends in {MAP_BACKENDS}: {free} of {capacity} slots are free, and no run of {count} together; start the agent with a larger --max-backends (README \"Map sizes\") or remove Services"
+    )]
+    BackendsFull {
+        frontend: String,
+        count: usize,
+        free: u32,
+        capacity: u32,
+    },
 }
 
 /// The agent option that sizes `map`.
@@ -101,7 +114,7 @@ impl FrontendOptions {
 pub struct ServiceRecord {
     pub frontend: ServiceKey,
     pub value: ServiceValue,
-    /// The active bank's backends, slot order.
+    /// The active set's backends, slot order.
     pub backends: Vec<Backend>,
     /// "namespace/name:port" ("" if unnamed).
     pub name: String,
@@ -131,19 +144,25 @@ pub struct DesiredFrontend {
 #[derive(Debug, Clone, Copy)]
 struct Placed {
     value: ServiceValue,
-    /// Slots the inactive bank may still hold (the set before the last
-    /// flip): cleared when that bank is written next, or with the frontend.
-    other_bank: u16,
+    /// The run the value points at (None: no backends). It may be longer
+    /// than the set: a standby run is reused while the set fits.
+    active: Option<SlotRun>,
+    /// The run the value pointed at before the last flip, for packets that
+    /// read the old value; the next set is written into it if it fits.
+    standby: Option<SlotRun>,
 }
 
 /// Where every frontend's entries are, as this table wrote them (read from
 /// the maps once, at the first write), so a write needs no read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Held {
     placed: BTreeMap<ServiceKey, Placed>,
-    /// Backend slots of service ids no frontend holds (a removal cut short
-    /// by a crash), by (id, bank): cleared when the id is handed out again.
-    orphans: BTreeMap<(u32, u8), u16>,
+    /// Which runs of `ferry_backends` are in use.
+    slots: SlotAllocator,
+    /// Runs let go during the last `apply`: a packet may still be reading
+    /// one through a value read before its flip or removal, so they are
+    /// handed out again from the next `apply` on.
+    released: Vec<SlotRun>,
 }
 
 /// One frontend's write in `ServiceTable::apply`.
@@ -151,18 +170,18 @@ struct Write<'a> {
     key: ServiceKey,
     want: &'a DesiredFrontend,
     service_id: u32,
-    bank: u8,
+    /// Where the set is written (None: an empty set).
+    run: Option<SlotRun>,
     /// None: a new frontend.
     before: Option<Placed>,
-    /// Slots of the written bank beyond the new set, to clear.
-    stale_to: u16,
 }
 
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     /// The same maps, for batched reads and writes.
     services_batch: BatchMap<ServiceKey, ServiceValue>,
-    backends_batch: BatchMap<BackendKey, Backend>,
+    /// `ferry_backends`, mapped into memory.
+    backends: BackendSlots,
     names_batch: BatchMap<u32, ServiceName>,
     options: HashMap<MapData, u32, ServiceOptions>,
     affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
@@ -232,13 +251,13 @@ fn batch_write_failed(map: &'static str) -> impl Fn(BatchError) -> SyncError {
     move |source| SyncError::BatchWrite { map, source }
 }
 
-fn backend_key(service_id: u32, bank: u8, slot: u16) -> BackendKey {
-    BackendKey {
-        service_id,
-        slot,
-        bank,
-        pad: 0,
-    }
+/// The backend slots the frontends' active sets use (`ferry_map_entries`
+/// of `ferry_backends`, an array whose every entry exists): the sum of
+/// their counts, read in batches.
+pub fn active_slots(pin_dir: &Path) -> Result<u64, BatchError> {
+    let services = BatchMap::<ServiceKey, ServiceValue>::open(&pin_dir.join(MAP_SERVICES))?;
+    let values = services.lookup_all()?;
+    Ok(values.iter().map(|(_, v)| u64::from(v.backend_count)).sum())
 }
 
 impl ServiceTable {
@@ -260,7 +279,7 @@ impl ServiceTable {
             stats: ServiceStatsTable::open(pin_dir).ok(),
             services,
             services_batch,
-            backends_batch: BatchMap::open(&pin_dir.join(MAP_BACKENDS))?,
+            backends: BackendSlots::open(&pin_dir.join(MAP_BACKENDS))?,
             names_batch: BatchMap::open(&pin_dir.join(MAP_SERVICE_NAMES))?,
             options: open_pinned(pin_dir, MAP_SERVICE_OPTIONS)?,
             affinity: open_pinned(pin_dir, MAP_AFFINITY)?,
@@ -272,34 +291,56 @@ impl ServiceTable {
         })
     }
 
-    /// Where the frontends' entries are, read in batches: each frontend's
-    /// value, what its inactive bank still holds, and slots no frontend
-    /// owns.
+    /// Where the frontends' entries are: each frontend's value, read in
+    /// batches, and the run it points at. The standby runs of an earlier
+    /// agent are not known: free, as every slot no value points at.
     fn read_held(&self) -> Result<Held, SyncError> {
-        let batch_read = |map| move |source| SyncError::BatchRead { map, source };
         let values = self
             .services_batch
             .lookup_all()
-            .map_err(batch_read(MAP_SERVICES))?;
-        // The highest slot + 1 of each (id, bank).
-        let mut lens: BTreeMap<(u32, u8), u16> = BTreeMap::new();
-        for (k, _) in self
-            .backends_batch
-            .lookup_all()
-            .map_err(batch_read(MAP_BACKENDS))?
-        {
-            let len = lens.entry((k.service_id, k.bank)).or_default();
-            *len = (*len).max(k.slot + 1);
-        }
-        let mut held = Held::default();
+            .map_err(|source| SyncError::BatchRead {
+                map: MAP_SERVICES,
+                source,
+            })?;
+        let mut held = Held {
+            placed: BTreeMap::new(),
+            slots: SlotAllocator::new(self.backends.capacity()),
+            released: Vec::new(),
+        };
         for (key, value) in values {
-            let id = value.service_id;
-            lens.remove(&(id, value.bank));
-            let other_bank = lens.remove(&(id, value.bank ^ 1)).unwrap_or(0);
-            held.placed.insert(key, Placed { value, other_bank });
+            let run = (value.backend_count > 0).then_some(SlotRun {
+                start: value.backend_base,
+                len: u32::from(value.backend_count),
+            });
+            let active = run.filter(|run| {
+                let own = held.slots.reserve(*run);
+                if !own {
+                    // Only a damaged map gets here. The run is not this
+                    // frontend's to give back; its next write moves it to
+                    // a run of its own.
+                    tracing::warn!(
+                        frontend = %display_frontend(&key),
+                        start = run.start,
+                        len = run.len,
+                        "a frontend's backend slots overlap another's or lie past the array; rewriting it fixes that"
+                    );
+                }
+                own
+            });
+            let placed = Placed {
+                value,
+                active,
+                standby: None,
+            };
+            held.placed.insert(key, placed);
         }
-        held.orphans = lens;
         Ok(held)
+    }
+
+    /// Backend slots held by frontends: their active and standby runs,
+    /// and the runs let go by the last `apply` (free from the next one).
+    pub fn slots_in_use(&self) -> u32 {
+        self.held.as_ref().map_or(0, |h| h.slots.used())
     }
 
     /// Read where the frontends are, once.
@@ -405,7 +446,7 @@ impl ServiceTable {
         Ok(placed.map_or(0, |p| p.value.service_id))
     }
 
-    /// Remove `frontend` and both of its banks. Missing is fine.
+    /// Remove `frontend` and both of its runs. Missing is fine.
     pub fn remove(&mut self, frontend: &ServiceKey) -> Result<(), SyncError> {
         match self.apply(&[], std::slice::from_ref(frontend))?.pop() {
             Some((_, e)) => Err(e),
@@ -414,21 +455,27 @@ impl ServiceTable {
     }
 
     /// Write `upserts` (each with its whole backend set), then remove
-    /// `removes`, in batches: every backend slot of every written frontend
-    /// in one call per 16k, then the names, then the frontends' values in
-    /// one more. The order keeps the update protocol for each frontend: its
-    /// new slots (in the bank it is not using), its name, options, source
-    /// ranges and filter bit are in place before its value points at them;
-    /// what the old value used goes after. A batch that fails is redone
-    /// frontend by frontend, so one frontend that cannot be written (a full
-    /// map, too many backends) fails alone. Returns the frontends that
-    /// failed, each with its error; Err only when the maps cannot be read.
+    /// `removes`: every backend set into the mapped slot array, then the
+    /// names in batches, then the frontends' values in one more batch. The
+    /// order keeps the update protocol for each frontend: its new slots (in
+    /// a run its value does not point at), its name, options, source ranges
+    /// and filter bit are in place before its value points at them; what
+    /// the old value used goes after. A batch that fails is redone frontend
+    /// by frontend, so one frontend that cannot be written (a full map, too
+    /// many backends) fails alone. Returns the frontends that failed, each
+    /// with its error; Err only when the maps cannot be read.
     pub fn apply(
         &mut self,
         upserts: &[(ServiceKey, &DesiredFrontend)],
         removes: &[ServiceKey],
     ) -> Result<Vec<(ServiceKey, SyncError)>, SyncError> {
         self.ensure_held()?;
+        // The runs the last apply let go: no packet reads them any more
+        // through a value read before that apply's flips.
+        let held = self.held.as_mut().expect("read above");
+        for run in std::mem::take(&mut held.released) {
+            held.slots.free(run);
+        }
         let mut failed = Vec::new();
         let mut writes = Vec::with_capacity(upserts.len());
         for &(key, want) in upserts {
@@ -437,11 +484,8 @@ impl ServiceTable {
                 Err(e) => failed.push((key, e)),
             }
         }
-        let mut written = Vec::with_capacity(writes.len());
-        for chunk in self.write_slots(writes, &mut failed) {
-            written.push(chunk);
-        }
-        let written = self.write_names(written, &mut failed);
+        self.write_slots(&writes);
+        let written = self.write_names(writes, &mut failed);
         let written = self.write_settings(written, &mut failed);
         let flipped = self.flip(written, &mut failed);
         self.after_flip(&flipped, &mut failed);
@@ -449,55 +493,73 @@ impl ServiceTable {
         Ok(failed)
     }
 
-    /// `key`'s service id and the bank to write.
+    /// `key`'s service id and the run to write its set into.
     fn prepare<'a>(
         &mut self,
         key: ServiceKey,
         want: &'a DesiredFrontend,
     ) -> Result<Write<'a>, SyncError> {
-        if want.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+        let count = want.backends.len();
+        if count > MAX_BACKENDS_PER_SERVICE as usize {
             return Err(SyncError::TooManyBackends {
                 frontend: display_frontend(&key),
-                count: want.backends.len(),
+                count,
                 max: MAX_BACKENDS_PER_SERVICE,
             });
         }
         let before = self.held.as_ref().and_then(|h| h.placed.get(&key)).copied();
-        let (service_id, bank, stale_to) = match before {
-            Some(p) => (p.value.service_id, p.value.bank ^ 1, p.other_bank),
-            None => {
-                let id = self.allocate_id()?;
-                let orphan = self
-                    .held
-                    .as_mut()
-                    .and_then(|h| h.orphans.remove(&(id, 0)))
-                    .unwrap_or(0);
-                (id, 0, orphan)
+        let service_id = match before {
+            Some(p) => p.value.service_id,
+            None => self.allocate_id()?,
+        };
+        let held = self.held.as_mut().expect("read by apply");
+        // The standby run is written if the set fits; if not, it is let
+        // go and a run of the set's length is taken instead.
+        let standby = held.placed.get_mut(&key).and_then(|p| p.standby.take());
+        let run = match standby {
+            _ if count == 0 => {
+                if let Some(p) = held.placed.get_mut(&key) {
+                    p.standby = standby;
+                }
+                None
+            }
+            Some(run) if run.len as usize >= count => Some(run),
+            standby => {
+                held.released.extend(standby);
+                match held.slots.allocate(count as u32) {
+                    Some(run) => Some(run),
+                    None => {
+                        let e = SyncError::BackendsFull {
+                            frontend: display_frontend(&key),
+                            count,
+                            free: held.slots.capacity() - held.slots.used(),
+                            capacity: held.slots.capacity(),
+                        };
+                        if before.is_none() {
+                            self.release_id(service_id);
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
         Ok(Write {
             key,
             want,
             service_id,
-            bank,
+            run,
             before,
-            stale_to,
         })
     }
 
-    /// A write that failed before its value was written: a new frontend's
-    /// id goes back.
+    /// A write that failed before its value was written: the run it took
+    /// becomes the frontend's standby (nothing points at it), and a new
+    /// frontend's run and id go back.
     fn abandon(&mut self, w: &Write, e: SyncError, failed: &mut Vec<(ServiceKey, SyncError)>) {
-        // Whatever of its slots were written stay in a bank nothing reads:
-        // remembered, so that they are cleared with the bank or the id.
-        let len = w.want.backends.len().max(w.stale_to as usize) as u16;
         if let Some(h) = self.held.as_mut() {
             match h.placed.get_mut(&w.key) {
-                Some(p) => p.other_bank = p.other_bank.max(len),
-                None if len > 0 => {
-                    h.orphans.insert((w.service_id, 0), len);
-                }
-                None => {}
+                Some(p) => p.standby = w.run.or(p.standby),
+                None => h.released.extend(w.run),
             }
         }
         if w.before.is_none() {
@@ -506,53 +568,16 @@ impl ServiceTable {
         failed.push((w.key, e));
     }
 
-    /// Every slot of every write into its bank, then the leftovers beyond
-    /// each new set cleared.
-    fn write_slots<'a>(
-        &mut self,
-        writes: Vec<Write<'a>>,
-        failed: &mut Vec<(ServiceKey, SyncError)>,
-    ) -> Vec<Write<'a>> {
-        let slots = |w: &Write| {
-            w.want
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(slot, b)| (backend_key(w.service_id, w.bank, slot as u16), *b))
-                .collect::<Vec<_>>()
-        };
-        let all: Vec<(BackendKey, Backend)> = writes.iter().flat_map(slots).collect();
-        let (keys, values): (Vec<_>, Vec<_>) = all.into_iter().unzip();
-        let mut ok = Vec::with_capacity(writes.len());
-        if self
-            .backends_batch
-            .update_parallel(&keys, &values, 0)
-            .is_ok()
-        {
-            ok = writes;
-        } else {
-            for w in writes {
-                let (keys, values): (Vec<_>, Vec<_>) = slots(&w).into_iter().unzip();
-                match self.backends_batch.update(&keys, &values, 0) {
-                    Ok(()) => ok.push(w),
-                    Err(e) => self.abandon(&w, batch_write_failed(MAP_BACKENDS)(e), failed),
-                }
+    /// Every write's set into its run of the mapped slot array: plain
+    /// stores, which the value's map update (a system call) orders before
+    /// any packet can be pointed at them.
+    fn write_slots(&mut self, writes: &[Write]) {
+        for w in writes {
+            if let Some(run) = w.run {
+                self.backends.write(run.start, &w.want.backends);
             }
         }
-        // Slots beyond the new count in this bank are leftovers of an older
-        // set; nothing will read them once the count is written.
-        let stale: Vec<BackendKey> = ok
-            .iter()
-            .flat_map(|w| {
-                (w.want.backends.len() as u16..w.stale_to)
-                    .map(|slot| backend_key(w.service_id, w.bank, slot))
-            })
-            .collect();
-        if let Err(e) = self.backends_batch.delete(&stale) {
-            // Harmless until the bank is used again: logged, retried then.
-            tracing::warn!(error = %e, "cannot clear leftover backend slots");
-        }
-        ok
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every written frontend's name (one call: comparing would cost as
@@ -630,13 +655,14 @@ impl ServiceTable {
     fn value_of(w: &Write) -> ServiceValue {
         ServiceValue {
             service_id: w.service_id,
+            backend_base: w.run.map_or(0, |r| r.start),
             backend_count: w.want.backends.len() as u16,
-            bank: w.bank,
             flags: w.want.flags | w.want.options.flags(),
+            pad: 0,
         }
     }
 
-    /// Point every frontend at its new bank: one batch update, each entry
+    /// Point every frontend at its new run: one batch update, each entry
     /// atomic for the datapath.
     fn flip<'a>(
         &mut self,
@@ -699,10 +725,26 @@ impl ServiceTable {
                 settle.insert(id, (w.key, kept));
             }
             let held = self.held.as_mut().expect("read by apply");
-            let other_bank = w.before.map_or(0, |p| p.value.backend_count);
+            // The old active run becomes the standby. An empty set writes
+            // no run, and the standby it kept stays.
+            let standby = match (w.run, w.before) {
+                (Some(_), before) => before.and_then(|p| p.active),
+                (None, Some(p)) => {
+                    let kept = held.placed.get(&w.key).and_then(|q| q.standby);
+                    match p.active {
+                        Some(active) => {
+                            held.released.extend(kept);
+                            Some(active)
+                        }
+                        None => kept,
+                    }
+                }
+                (None, None) => None,
+            };
             let placed = Placed {
                 value: Self::value_of(w),
-                other_bank,
+                active: w.run,
+                standby,
             };
             held.placed.insert(w.key, placed);
             if let Err(e) = cleanup {
@@ -763,7 +805,7 @@ impl ServiceTable {
         }
     }
 
-    /// Remove each of `keys` with both of its banks, its name, options,
+    /// Remove each of `keys` with both of its runs, its name, options,
     /// ranges and affinity entries. Missing is fine.
     fn remove_many(&mut self, keys: &[ServiceKey], failed: &mut Vec<(ServiceKey, SyncError)>) {
         let held = self.held.as_ref().expect("read by apply");
@@ -783,7 +825,6 @@ impl ServiceTable {
             }
             return;
         }
-        let mut slots = Vec::new();
         let mut ids = Vec::new();
         let mut settle = BTreeMap::new();
         for (key, p) in &gone {
@@ -791,9 +832,9 @@ impl ServiceTable {
             if let Err(e) = self.filter.remove(key) {
                 failed.push((*key, write_failed(MAP_FRONTEND_FILTER)(e)));
             }
-            let active = (0..p.value.backend_count).map(|s| backend_key(id, p.value.bank, s));
-            let other = (0..p.other_bank).map(|s| backend_key(id, p.value.bank ^ 1, s));
-            slots.extend(active.chain(other));
+            if let Some(held) = self.held.as_mut() {
+                held.released.extend(p.active.into_iter().chain(p.standby));
+            }
             ids.push(id);
             if p.value.flags & SERVICE_FLAG_AFFINITY != 0 {
                 settle.insert(id, (*key, None));
@@ -806,10 +847,6 @@ impl ServiceTable {
                     failed.push((*key, write_failed(MAP_SOURCE_RANGES)(e)));
                 }
             }
-        }
-        // Nothing reads them any more: a failure leaves garbage, not harm.
-        if let Err(e) = self.backends_batch.delete(&slots) {
-            tracing::warn!(error = %e, "cannot clear the backend slots of removed frontends");
         }
         if let Err(e) = self.names_batch.delete(&ids) {
             tracing::warn!(error = %e, "cannot clear the names of removed frontends");
@@ -833,12 +870,6 @@ impl ServiceTable {
             .lookup_all()
             .map_err(batch_read(MAP_SERVICES))?;
         frontends.sort_by_key(|(k, _)| (k.addr, k.port, k.protocol, k.scope));
-        let slots: std::collections::HashMap<BackendKey, Backend> = self
-            .backends_batch
-            .lookup_all()
-            .map_err(batch_read(MAP_BACKENDS))?
-            .into_iter()
-            .collect();
         let names: std::collections::HashMap<u32, ServiceName> = self
             .names_batch
             .lookup_all()
@@ -849,9 +880,9 @@ impl ServiceTable {
         let mut out = Vec::with_capacity(frontends.len());
         for (frontend, value) in frontends {
             let id = value.service_id;
-            let backends = (0..value.backend_count)
-                .map_while(|slot| slots.get(&backend_key(id, value.bank, slot)).copied())
-                .collect();
+            let backends = self
+                .backends
+                .read(value.backend_base, u32::from(value.backend_count));
             let name = names.get(&id).map(|n| n.as_str().to_string());
             let affinity_timeout_s = match value.flags & SERVICE_FLAG_AFFINITY {
                 0 => 0,

@@ -40,7 +40,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use ferry_apiserver_standin::ApiServer;
 use ferry_common::{
-    Backend, BackendKey, MAP_BACKENDS, MAP_SERVICES, SCOPE_CLUSTER_IP, ServiceKey, ServiceValue,
+    Backend, MAP_BACKENDS, MAP_SERVICES, SCOPE_CLUSTER_IP, ServiceKey, ServiceValue,
 };
 use ferry_harness::{Binaries, Cluster, Netns, Node, PlainNode};
 use serde_json::{Value, json};
@@ -81,7 +81,7 @@ const NFT_CHANGES: usize = 5;
 const KUBE_PROXY_LOAD_MAX: usize = 20_000;
 
 type ServicesMap = BpfHashMap<MapData, ServiceKey, ServiceValue>;
-type BackendsMap = BpfHashMap<MapData, BackendKey, Backend>;
+type BackendsMap = aya::maps::Array<MapData, Backend>;
 
 /// kube-proxy's rule writes for one endpoint change among `services`
 /// Services, ms.
@@ -490,13 +490,13 @@ fn log_tail(node: &Node) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-fn open_map<K: aya::Pod, V: aya::Pod>(
-    pin_dir: &Path,
-    name: &str,
-) -> Result<BpfHashMap<MapData, K, V>> {
+fn open_map<T>(pin_dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
     let path: PathBuf = pin_dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(BpfHashMap::try_from(Map::from_map_data(data)?)?)
+    Ok(T::try_from(Map::from_map_data(data)?)?)
 }
 
 /// One change on its way to the maps.
@@ -646,25 +646,17 @@ fn poll_changes(
     }
 }
 
-/// Whether the change's address is in its frontend's active bank (read
-/// again after, so a bank being rewritten is not taken for the active one).
+/// Whether the change's address is in its frontend's active set (read
+/// again after, so a run being rewritten is not taken for the active one).
 fn holds(services: &ServicesMap, backends: &BackendsMap, c: &Change) -> bool {
     let Ok(sv) = services.get(&c.key, 0) else {
         return false;
     };
     let found = (0..sv.backend_count).any(|slot| {
-        let key = BackendKey {
-            service_id: sv.service_id,
-            slot,
-            bank: sv.bank,
-            pad: 0,
-        };
-        backends.get(&key, 0).is_ok_and(|b| b.addr == c.addr)
+        sv.slot_index(slot)
+            .is_some_and(|i| backends.get(&i, 0).is_ok_and(|b| b.addr == c.addr))
     });
-    found
-        && services
-            .get(&c.key, 0)
-            .is_ok_and(|now| (now.service_id, now.bank) == (sv.service_id, sv.bank))
+    found && services.get(&c.key, 0).is_ok_and(|now| now == sv)
 }
 
 fn frontend(s: &ServiceSpec) -> ServiceKey {

@@ -1,0 +1,350 @@
+//! `ferry_backends`: the array of backend slots, and which runs of it are
+//! in use.
+//!
+//! The array is created `BPF_F_MMAPABLE`, and the agent maps it into its
+//! own memory: a backend set is written with plain stores, not one
+//! `BPF_MAP_UPDATE_ELEM` per slot (about 1.4 µs each in a hash map here,
+//! which made a full sync of a million backends take over a second). The
+//! datapath reads a slot with an array lookup, which the verifier inlines
+//! to a bounds check and an address.
+//!
+//! Why plain stores are safe: the agent only ever writes a run no
+//! frontend's value points at (a frontend's standby run, or a free one).
+//! The map update that then points the frontend at the run is a system
+//! call, which orders the stores before it; a program reads the run only
+//! through that new value, and the slot's address depends on it.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    ptr::NonNull,
+};
+
+use aya::maps::MapData;
+use ferry_common::Backend;
+
+/// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlotsError {
+    #[error(
+        "cannot open the backend slots {path}: {detail}; is the agent loaded with this --pin-dir?"
+    )]
+    Open { path: String, detail: String },
+    #[error(
+        "the pinned backend slots {path} are not a memory-mappable array of 8-byte backends (left by another ferry version?): stop the agent, remove the pin and start it again"
+    )]
+    Shape { path: String },
+    #[error("cannot map the backend slots {path} into memory: {source}")]
+    Mmap {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A run of consecutive slots: `[start, start + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotRun {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl SlotRun {
+    fn end(&self) -> u32 {
+        self.start + self.len
+    }
+}
+
+/// Which slots of an array of `capacity` are free, as runs: best fit (the
+/// smallest free run that holds what is asked, so large runs stay whole
+/// for large sets), and neighbouring free runs merged when freed.
+#[derive(Debug, Clone)]
+pub struct SlotAllocator {
+    capacity: u32,
+    /// Free runs by start.
+    by_start: BTreeMap<u32, u32>,
+    /// The same runs by (len, start), for best fit.
+    by_len: BTreeSet<(u32, u32)>,
+    used: u32,
+}
+
+impl SlotAllocator {
+    /// Every slot free.
+    pub fn new(capacity: u32) -> Self {
+        let mut a = Self {
+            capacity,
+            by_start: BTreeMap::new(),
+            by_len: BTreeSet::new(),
+            used: capacity,
+        };
+        a.free(SlotRun {
+            start: 0,
+            len: capacity,
+        });
+        a
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Slots handed out.
+    pub fn used(&self) -> u32 {
+        self.used
+    }
+
+    /// A free run of `len` slots (never empty), None when no free run is
+    /// that long.
+    pub fn allocate(&mut self, len: u32) -> Option<SlotRun> {
+        let len = len.max(1);
+        let &(free_len, start) = self.by_len.range((len, 0)..).next()?;
+        self.take(start, free_len);
+        if free_len > len {
+            self.put(start + len, free_len - len);
+        }
+        self.used += len;
+        Some(SlotRun { start, len })
+    }
+
+    /// Mark `run` used (read back from the maps at start). False when any
+    /// of it is not free (two frontends pointing at one slot, or a run past
+    /// the end): nothing is marked then.
+    pub fn reserve(&mut self, run: SlotRun) -> bool {
+        if run.len == 0 {
+            return true;
+        }
+        let Some((&start, &len)) = self.by_start.range(..=run.start).next_back() else {
+            return false;
+        };
+        let Some(end) = run.start.checked_add(run.len) else {
+            return false;
+        };
+        if start + len < end {
+            return false;
+        }
+        self.take(start, len);
+        if run.start > start {
+            self.put(start, run.start - start);
+        }
+        if start + len > end {
+            self.put(end, start + len - end);
+        }
+        self.used += run.len;
+        true
+    }
+
+    /// Give `run` back, merged with the free runs either side.
+    pub fn free(&mut self, run: SlotRun) {
+        if run.len == 0 {
+            return;
+        }
+        debug_assert!(run.end() <= self.capacity, "{run:?}");
+        self.used -= run.len;
+        let mut start = run.start;
+        let mut len = run.len;
+        if let Some((&before, &before_len)) = self.by_start.range(..start).next_back()
+            && before + before_len == start
+        {
+            self.take(before, before_len);
+            start = before;
+            len += before_len;
+        }
+        if let Some(&after_len) = self.by_start.get(&(start + len)) {
+            self.take(start + len, after_len);
+            len += after_len;
+        }
+        self.put(start, len);
+    }
+
+    fn take(&mut self, start: u32, len: u32) {
+        self.by_start.remove(&start);
+        self.by_len.remove(&(len, start));
+    }
+
+    fn put(&mut self, start: u32, len: u32) {
+        self.by_start.insert(start, len);
+        self.by_len.insert((len, start));
+    }
+}
+
+/// The pinned `ferry_backends` array, mapped into this process.
+pub struct BackendSlots {
+    base: NonNull<Backend>,
+    slots: u32,
+    bytes: usize,
+    /// Keeps the map open while it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; writes
+// go through `&mut self`, and the kernel side only reads it.
+unsafe impl Send for BackendSlots {}
+// SAFETY: `&self` only reads (volatile), as any other process may.
+unsafe impl Sync for BackendSlots {}
+
+impl BackendSlots {
+    pub fn open(path: &Path) -> Result<Self, SlotsError> {
+        let display = path.display().to_string();
+        let open_err = |detail: String| SlotsError::Open {
+            path: display.clone(),
+            detail,
+        };
+        let map = MapData::from_pin(path).map_err(|e| open_err(e.to_string()))?;
+        let info = map.info().map_err(|e| open_err(e.to_string()))?;
+        let is_array = matches!(info.map_type(), Ok(aya::maps::MapType::Array));
+        if !is_array
+            || info.value_size() as usize != size_of::<Backend>()
+            || info.map_flags() & BPF_F_MMAPABLE == 0
+        {
+            return Err(SlotsError::Shape { path: display });
+        }
+        let slots = info.max_entries();
+        // The kernel lets the whole value area (page-rounded) be mapped.
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (slots as usize * size_of::<Backend>()).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd, checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(SlotsError::Mmap {
+                path: display,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(addr.cast::<Backend>()).ok_or_else(|| SlotsError::Mmap {
+            path: display.clone(),
+            source: std::io::Error::other("mmap returned null"),
+        })?;
+        Ok(Self {
+            base,
+            slots,
+            bytes,
+            _map: map,
+        })
+    }
+
+    /// Slots in the array (`--max-backends`).
+    pub fn capacity(&self) -> u32 {
+        self.slots
+    }
+
+    /// Write `backends` into the slots from `start`. Panics past the end:
+    /// the runs come from a `SlotAllocator` of this capacity.
+    pub fn write(&mut self, start: u32, backends: &[Backend]) {
+        let end = start as usize + backends.len();
+        assert!(
+            end <= self.slots as usize,
+            "slots {start}..{end} past the array"
+        );
+        for (i, b) in backends.iter().enumerate() {
+            // SAFETY: in bounds (checked above) of a live mapping; volatile,
+            // because the memory is shared with the kernel.
+            unsafe {
+                self.base
+                    .as_ptr()
+                    .add(start as usize + i)
+                    .write_volatile(*b)
+            };
+        }
+    }
+
+    /// The `count` slots from `start`; what lies past the array is left
+    /// out.
+    pub fn read(&self, start: u32, count: u32) -> Vec<Backend> {
+        let end = (start as u64 + count as u64).min(self.slots as u64) as usize;
+        (start as usize..end)
+            // SAFETY: in bounds of a live mapping.
+            .map(|i| unsafe { self.base.as_ptr().add(i).read_volatile() })
+            .collect()
+    }
+}
+
+impl Drop for BackendSlots {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start: u32, len: u32) -> SlotRun {
+        SlotRun { start, len }
+    }
+
+    #[test]
+    fn allocates_best_fit_and_merges_what_is_freed() {
+        let mut a = SlotAllocator::new(100);
+        let x = a.allocate(10).unwrap();
+        let y = a.allocate(20).unwrap();
+        let z = a.allocate(5).unwrap();
+        assert_eq!((x, y, z), (run(0, 10), run(10, 20), run(30, 5)));
+        assert_eq!(a.used(), 35);
+        a.free(y);
+        // Best fit: the 20-slot hole, not the 65 at the end.
+        assert_eq!(a.allocate(15).unwrap(), run(10, 15));
+        a.free(x);
+        a.free(run(10, 15));
+        a.free(z);
+        // All merged back into one run.
+        assert_eq!(a.used(), 0);
+        assert_eq!(a.allocate(100).unwrap(), run(0, 100));
+        assert_eq!(a.allocate(1), None);
+    }
+
+    #[test]
+    fn nothing_is_handed_out_twice_or_past_the_end() {
+        let mut a = SlotAllocator::new(1000);
+        let mut held: Vec<SlotRun> = Vec::new();
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for _ in 0..5000 {
+            if next() % 3 == 0 && !held.is_empty() {
+                let i = next() as usize % held.len();
+                a.free(held.swap_remove(i));
+            } else if let Some(r) = a.allocate(1 + next() % 40) {
+                held.push(r);
+            }
+            let mut owner = vec![false; 1000];
+            for r in &held {
+                assert!(r.end() <= 1000);
+                for s in r.start..r.end() {
+                    assert!(!owner[s as usize], "slot {s} handed out twice");
+                    owner[s as usize] = true;
+                }
+            }
+            assert_eq!(a.used(), held.iter().map(|r| r.len).sum::<u32>());
+        }
+    }
+
+    #[test]
+    fn reserves_runs_read_back_and_refuses_overlaps() {
+        let mut a = SlotAllocator::new(50);
+        assert!(a.reserve(run(10, 5)));
+        assert!(a.reserve(run(0, 3)));
+        assert!(!a.reserve(run(12, 2)), "overlaps 10..15");
+        assert!(!a.reserve(run(45, 10)), "past the end");
+        assert_eq!(a.used(), 8);
+        // What is left: 3..10 and 15..50.
+        assert_eq!(a.allocate(7).unwrap(), run(3, 7));
+        assert_eq!(a.allocate(35).unwrap(), run(15, 35));
+        assert_eq!(a.allocate(1), None);
+    }
+}
