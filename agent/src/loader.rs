@@ -356,8 +356,7 @@ impl Dataplane {
         let filter_failed = |e: &dyn std::fmt::Display| LoadError::FrontendFilter(e.to_string());
         crate::maps::ServiceTable::open(pin_dir)
             .map_err(|e| filter_failed(&e))?
-            .sync_frontend_filter()
-            .map_err(|e| filter_failed(&e))?;
+            .sync_frontend_filter();
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),

@@ -148,7 +148,12 @@ macro_rules! declare_maps {
         /// (`ferry_common::frontend_filter_slot`): a clear bit spares the
         /// `SERVICES` probe.
         #[btf_map(name = $frontend_filter)]
-        pub static FRONTEND_FILTER: Array<u64, { FRONTEND_FILTER_WORDS as usize }> = Array::new();
+        // Memory-mapped by the agent, which sets and clears bits in place.
+        pub static FRONTEND_FILTER: Array<
+            u64,
+            { FRONTEND_FILTER_WORDS as usize },
+            { aya_ebpf::bindings::BPF_F_MMAPABLE as usize },
+        > = Array::new();
 
         /// ifindex of a pod's host-side veth -> the pod's address: the only
         /// IPv4 source that veth may carry (`from_pod`).

@@ -15,33 +15,12 @@
 //! through that new value, and the slot's address depends on it.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::{AsFd, AsRawFd},
     path::Path,
-    ptr::NonNull,
 };
 
-use aya::maps::MapData;
 use ferry_common::Backend;
 
-/// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h).
-const BPF_F_MMAPABLE: u32 = 1 << 10;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SlotsError {
-    #[error(
-        "cannot open the backend slots {path}: {detail}; is the agent loaded with this --pin-dir?"
-    )]
-    Open { path: String, detail: String },
-    #[error(
-        "the pinned backend slots {path} are not a memory-mappable array of 8-byte backends (left by another ferry version?): stop the agent, remove the pin and start it again"
-    )]
-    Shape { path: String },
-    #[error("cannot map the backend slots {path} into memory: {source}")]
-    Mmap {
-        path: String,
-        source: std::io::Error,
-    },
-}
+use super::mapped::{MappedArray, MappedError};
 
 /// A run of consecutive slots: `[start, start + len)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -169,110 +148,28 @@ impl SlotAllocator {
 }
 
 /// The pinned `ferry_backends` array, mapped into this process.
-pub struct BackendSlots {
-    base: NonNull<Backend>,
-    slots: u32,
-    bytes: usize,
-    /// Keeps the map open while it is mapped.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this value; writes
-// go through `&mut self`, and the kernel side only reads it.
-unsafe impl Send for BackendSlots {}
-// SAFETY: `&self` only reads (volatile), as any other process may.
-unsafe impl Sync for BackendSlots {}
+pub struct BackendSlots(MappedArray<Backend>);
 
 impl BackendSlots {
-    pub fn open(path: &Path) -> Result<Self, SlotsError> {
-        let display = path.display().to_string();
-        let open_err = |detail: String| SlotsError::Open {
-            path: display.clone(),
-            detail,
-        };
-        let map = MapData::from_pin(path).map_err(|e| open_err(e.to_string()))?;
-        let info = map.info().map_err(|e| open_err(e.to_string()))?;
-        let is_array = matches!(info.map_type(), Ok(aya::maps::MapType::Array));
-        if !is_array
-            || info.value_size() as usize != size_of::<Backend>()
-            || info.map_flags() & BPF_F_MMAPABLE == 0
-        {
-            return Err(SlotsError::Shape { path: display });
-        }
-        let slots = info.max_entries();
-        // The kernel lets the whole value area (page-rounded) be mapped.
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let bytes = (slots as usize * size_of::<Backend>()).div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of the map's fd, checked below.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(SlotsError::Mmap {
-                path: display,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let base = NonNull::new(addr.cast::<Backend>()).ok_or_else(|| SlotsError::Mmap {
-            path: display.clone(),
-            source: std::io::Error::other("mmap returned null"),
-        })?;
-        Ok(Self {
-            base,
-            slots,
-            bytes,
-            _map: map,
-        })
+    pub fn open(path: &Path) -> Result<Self, MappedError> {
+        MappedArray::open(path).map(Self)
     }
 
     /// Slots in the array (`--max-backends`).
     pub fn capacity(&self) -> u32 {
-        self.slots
+        self.0.len()
     }
 
     /// Write `backends` into the slots from `start`. Panics past the end:
     /// the runs come from a `SlotAllocator` of this capacity.
     pub fn write(&mut self, start: u32, backends: &[Backend]) {
-        let end = start as usize + backends.len();
-        assert!(
-            end <= self.slots as usize,
-            "slots {start}..{end} past the array"
-        );
-        for (i, b) in backends.iter().enumerate() {
-            // SAFETY: in bounds (checked above) of a live mapping; volatile,
-            // because the memory is shared with the kernel.
-            unsafe {
-                self.base
-                    .as_ptr()
-                    .add(start as usize + i)
-                    .write_volatile(*b)
-            };
-        }
+        self.0.write(start, backends);
     }
 
     /// The `count` slots from `start`; what lies past the array is left
     /// out.
     pub fn read(&self, start: u32, count: u32) -> Vec<Backend> {
-        let end = (start as u64 + count as u64).min(self.slots as u64) as usize;
-        (start as usize..end)
-            // SAFETY: in bounds of a live mapping.
-            .map(|i| unsafe { self.base.as_ptr().add(i).read_volatile() })
-            .collect()
-    }
-}
-
-impl Drop for BackendSlots {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+        self.0.read(start, count)
     }
 }
 

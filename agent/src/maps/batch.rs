@@ -51,8 +51,9 @@ const ENOTSUPP: i32 = 524;
 /// buffers, and a call this size costs well under a millisecond, so a
 /// walk never holds the CPU in the kernel for long at a time.
 pub const LOOKUP_CHUNK: usize = 4096;
-/// From this many entries on, `update_parallel` writes from every CPU.
-const PARALLEL_FROM: usize = 65_536;
+/// From this many entries on, `update_parallel` writes from every CPU
+/// (a thread costs tens of microseconds; 4,096 hash updates about 4 ms).
+const PARALLEL_FROM: usize = 4096;
 /// Entries per UPDATE_BATCH / DELETE_BATCH call (the kernel reschedules
 /// between entries, so this only bounds the buffers).
 pub const WRITE_CHUNK: usize = 16_384;
@@ -464,8 +465,8 @@ impl<K: Pod, V: Pod> BatchMap<K, V> {
     }
 
     /// `update`, split over the CPUs when there are many entries (a full
-    /// sync's million backend slots): the kernel locks a bucket per entry,
-    /// so writers of different keys go side by side.
+    /// sync's 100,000 frontends and names): the kernel locks a bucket per
+    /// entry, so writers of different keys go side by side.
     pub fn update_parallel(&self, keys: &[K], values: &[V], flags: u64) -> Result<(), BatchError>
     where
         K: Sync,
@@ -568,6 +569,51 @@ impl<K: Pod, V: Pod> BatchMap<K, V> {
     pub fn force_per_entry(&self) {
         self.batch_ok.store(false, Ordering::Relaxed);
     }
+}
+
+/// Zero entries `keys` of the per-CPU array `map` on every CPU, in
+/// UPDATE_BATCH calls of 1,024 keys (each value is the map's value size,
+/// rounded up to 8 bytes, once per possible CPU). A kernel without batch
+/// updates for arrays gets one update per key.
+pub fn zero_per_cpu(map: &MapData, keys: &[u32]) -> io::Result<()> {
+    const CHUNK: usize = 1024;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let info = map.info().map_err(io::Error::other)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let per_key = (info.value_size() as usize).div_ceil(8) * 8 * cpus;
+    let zeros = vec![0u8; per_key * CHUNK.min(keys.len())];
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    for chunk in keys.chunks(CHUNK) {
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            values: zeros.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd,
+            ..Default::default()
+        };
+        // SAFETY: `count` u32 keys (the array's key) and as many per-CPU
+        // values of the kernel's layout.
+        match unsafe { sys_bpf_mut(BPF_MAP_UPDATE_BATCH, &mut attr) } {
+            Ok(_) => {}
+            Err(e) if is_unsupported(e.raw_os_error().unwrap_or(0)) => {
+                for key in chunk {
+                    let mut attr = ElemAttr {
+                        map_fd: fd,
+                        pad: 0,
+                        key: key as *const u32 as u64,
+                        value: zeros.as_ptr() as u64,
+                        flags: 0,
+                    };
+                    // SAFETY: one key and one per-CPU value, as above.
+                    unsafe { sys_bpf_mut(BPF_MAP_UPDATE_ELEM, &mut attr) }?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// How many entries the pinned map at `path` holds: a walk of

@@ -4,36 +4,40 @@
 //! in `ferry_services` (that frontend would not be translated): a bit is
 //! set before the first frontend it covers is written, and cleared only
 //! after the last one is removed. Extra bits only cost a probe.
+//!
+//! The array is memory-mapped (`BPF_F_MMAPABLE`): a bit is set or cleared
+//! with one atomic operation on the agent's mapping, not a lookup and an
+//! update per new frontend, so a sync of 100,000 new frontends costs no
+//! system call here. The ordering holds because the map updates that add
+//! or remove frontends are system calls after or before those operations.
 use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::{Array, HashMap, MapData, MapError};
-use ferry_common::{
-    FRONTEND_FILTER_WORDS, MAP_FRONTEND_FILTER, ServiceKey, ServiceValue, frontend_filter_slot,
-};
+use ferry_common::{FRONTEND_FILTER_WORDS, MAP_FRONTEND_FILTER, ServiceKey, frontend_filter_slot};
 
-use super::{OpenError, open_pinned};
+use super::{OpenError, mapped::MappedArray};
 
 /// The filter and, per bit, how many frontends of `ferry_services` it
 /// covers (counted from the services map when opened).
 pub struct FrontendFilter {
-    words: Array<MapData, u64>,
+    words: MappedArray<u64>,
     counts: BTreeMap<(u32, u64), u32>,
 }
 
 impl FrontendFilter {
-    /// Open the pinned filter; the counts come from `services`' keys.
-    pub fn open(
+    /// Open the pinned filter; the counts come from the keys of
+    /// `ferry_services` (read by the caller).
+    pub fn open<'a>(
         pin_dir: &Path,
-        services: &HashMap<MapData, ServiceKey, ServiceValue>,
+        services: impl IntoIterator<Item = &'a ServiceKey>,
     ) -> Result<Self, OpenError> {
         let mut counts = BTreeMap::new();
-        for key in services.keys().filter_map(Result::ok) {
+        for key in services {
             if let Some(slot) = frontend_filter_slot(key.addr, key.scope) {
                 *counts.entry(slot).or_insert(0) += 1;
             }
         }
         Ok(Self {
-            words: open_pinned(pin_dir, MAP_FRONTEND_FILTER)?,
+            words: MappedArray::open(&pin_dir.join(MAP_FRONTEND_FILTER))?,
             counts,
         })
     }
@@ -42,7 +46,7 @@ impl FrontendFilter {
     /// before its programs are attached, so a filter created empty next to
     /// an existing services map (an upgrade) is complete before any packet
     /// reads it. Returns how many words changed.
-    pub fn sync(&mut self) -> Result<usize, MapError> {
+    pub fn sync(&mut self) -> usize {
         let mut want = vec![0u64; FRONTEND_FILTER_WORDS as usize];
         for (&(word, bit), &n) in &self.counts {
             if n > 0 {
@@ -52,57 +56,49 @@ impl FrontendFilter {
         let mut changed = 0;
         for (i, w) in want.into_iter().enumerate() {
             let i = i as u32;
-            if self.words.get(&i, 0)? != w {
-                self.words.set(i, w, 0)?;
+            if i < self.words.len() && self.words.load(i) != w {
+                self.words.store(i, w);
                 changed += 1;
             }
         }
-        Ok(changed)
+        changed
     }
 
     /// Before `key` is written to `ferry_services` as a new frontend.
-    pub fn add(&mut self, key: &ServiceKey) -> Result<(), MapError> {
-        let Some(slot) = frontend_filter_slot(key.addr, key.scope) else {
-            return Ok(());
+    pub fn add(&mut self, key: &ServiceKey) {
+        let Some((word, bit)) = frontend_filter_slot(key.addr, key.scope) else {
+            return;
         };
-        let n = self.counts.entry(slot).or_insert(0);
+        let n = self.counts.entry((word, bit)).or_insert(0);
         *n += 1;
-        if *n == 1 {
-            self.update(slot, true)?;
+        if *n == 1 && word < self.words.len() {
+            self.words.set_bits(word, bit);
         }
-        Ok(())
     }
 
     /// After `key` left `ferry_services` (or was never written after `add`).
-    pub fn remove(&mut self, key: &ServiceKey) -> Result<(), MapError> {
+    pub fn remove(&mut self, key: &ServiceKey) {
         let Some(slot) = frontend_filter_slot(key.addr, key.scope) else {
-            return Ok(());
+            return;
         };
         let Some(n) = self.counts.get_mut(&slot) else {
-            return Ok(());
+            return;
         };
         *n = n.saturating_sub(1);
         if *n == 0 {
             self.counts.remove(&slot);
-            self.update(slot, false)?;
+            if slot.0 < self.words.len() {
+                self.words.clear_bits(slot.0, slot.1);
+            }
         }
-        Ok(())
     }
 
-    fn update(&mut self, (word, bit): (u32, u64), set: bool) -> Result<(), MapError> {
-        let old = self.words.get(&word, 0)?;
-        let new = if set { old | bit } else { old & !bit };
-        if new != old {
-            self.words.set(word, new, 0)?;
-        }
-        Ok(())
-    }
-
-    /// Is `key`'s bit set in the map (tests)?
-    pub fn covers(&self, key: &ServiceKey) -> Result<bool, MapError> {
+    /// Is `key`'s bit set in the map (tests)? A word the array lacks is
+    /// always probed: covered.
+    pub fn covers(&self, key: &ServiceKey) -> bool {
         match frontend_filter_slot(key.addr, key.scope) {
-            Some((word, bit)) => Ok(self.words.get(&word, 0)? & bit != 0),
-            None => Ok(true),
+            Some((word, bit)) if word < self.words.len() => self.words.load(word) & bit != 0,
+            _ => true,
         }
     }
 }

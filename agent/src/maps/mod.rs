@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
 pub mod frontend_filter;
+pub mod mapped;
 pub mod memory;
 pub mod node;
 pub mod routes;
@@ -43,7 +44,7 @@ pub enum OpenError {
     #[error(transparent)]
     Batch(#[from] batch::BatchError),
     #[error(transparent)]
-    Slots(#[from] backend_slots::SlotsError),
+    Slots(#[from] mapped::MappedError),
 }
 
 /// Open the map pinned as `name` under `pin_dir` as the typed map `T`

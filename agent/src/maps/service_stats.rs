@@ -12,7 +12,11 @@ use ferry_common::{MAP_SERVICE_STATS, ServiceStats};
 
 use super::{OpenError, open_pinned};
 
-pub struct ServiceStatsTable(PerCpuArray<MapData, ServiceStats>);
+pub struct ServiceStatsTable {
+    slots: PerCpuArray<MapData, ServiceStats>,
+    /// The same map, for batched zeroing.
+    raw: MapData,
+}
 
 /// The per-CPU values of one slot added up.
 pub fn sum_cpus<'a>(per_cpu: impl IntoIterator<Item = &'a ServiceStats>) -> ServiceStats {
@@ -33,34 +37,51 @@ pub fn sum_cpus<'a>(per_cpu: impl IntoIterator<Item = &'a ServiceStats>) -> Serv
 
 impl ServiceStatsTable {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
-        open_pinned(pin_dir, MAP_SERVICE_STATS).map(Self)
+        let path = pin_dir.join(MAP_SERVICE_STATS);
+        let raw = MapData::from_pin(&path).map_err(|source| OpenError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            slots: open_pinned(pin_dir, MAP_SERVICE_STATS)?,
+            raw,
+        })
     }
 
     /// Service `id`'s counts, summed over CPUs.
     pub fn read(&self, id: u32) -> Result<ServiceStats, MapError> {
-        Ok(sum_cpus(self.0.get(&id, 0)?.iter()))
+        Ok(sum_cpus(self.slots.get(&id, 0)?.iter()))
     }
 
     /// Every CPU's value of slot `id` (tests write and read them).
     pub fn per_cpu(&self, id: u32) -> Result<Vec<ServiceStats>, MapError> {
-        Ok(self.0.get(&id, 0)?.to_vec())
+        Ok(self.slots.get(&id, 0)?.to_vec())
     }
 
     /// Set slot `id` to `value` on every CPU.
     pub fn set_all(&mut self, id: u32, value: ServiceStats) -> Result<(), MapError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e))?;
         let values = PerCpuValues::try_from(vec![value; cpus]).map_err(MapError::IoError)?;
-        self.0.set(id, values, 0)
+        self.slots.set(id, values, 0)
     }
 
     /// The slots the map has (it is sized by the agent's options).
     pub fn slots(&self) -> u32 {
-        self.0.len()
+        self.slots.len()
     }
 
     /// Zero slot `id` on every CPU (the id is handed to a new frontend).
     pub fn zero(&mut self, id: u32) -> Result<(), MapError> {
         self.set_all(id, ServiceStats::default())
+    }
+
+    /// Zero the slots `ids` on every CPU, in batches (a full sync hands
+    /// out 100,000 ids at once). Ids past the map's slots are skipped:
+    /// the datapath counts nothing for them either.
+    pub fn zero_many(&mut self, ids: &[u32]) -> std::io::Result<()> {
+        let slots = self.slots();
+        let ids: Vec<u32> = ids.iter().copied().filter(|&id| id < slots).collect();
+        super::batch::zero_per_cpu(&self.raw, &ids)
     }
 }
 

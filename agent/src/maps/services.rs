@@ -16,8 +16,8 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError, lpm_trie};
 use ferry_common::{
-    AffinityEntry, AffinityKey, Backend, MAP_AFFINITY, MAP_BACKENDS, MAP_FRONTEND_FILTER,
-    MAP_SERVICE_NAMES, MAP_SERVICE_OPTIONS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOURCE_RANGES,
+    AffinityEntry, AffinityKey, Backend, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICE_NAMES,
+    MAP_SERVICE_OPTIONS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOURCE_RANGES,
     MAX_BACKENDS_PER_SERVICE, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_SOURCE_RANGES,
     SOURCE_RANGE_ALLOWED, ServiceKey, ServiceName, ServiceOptions, ServiceValue, SourceRangeKey,
 };
@@ -266,14 +266,11 @@ impl ServiceTable {
             open_pinned(pin_dir, MAP_SERVICES)?;
         let services_batch: BatchMap<ServiceKey, ServiceValue> =
             BatchMap::open(&pin_dir.join(MAP_SERVICES))?;
-        let used_ids = services_batch
-            .lookup_all()?
-            .into_iter()
-            .map(|(_, v)| v.service_id)
-            .collect();
+        let present = services_batch.lookup_all()?;
+        let used_ids = present.iter().map(|(_, v)| v.service_id).collect();
         let source_ranges: SourceRanges = open_pinned(pin_dir, MAP_SOURCE_RANGES)?;
         let ranges_by_id = read_ranges(&source_ranges).unwrap_or_default();
-        let filter = FrontendFilter::open(pin_dir, &services)?;
+        let filter = FrontendFilter::open(pin_dir, present.iter().map(|(k, _)| k))?;
         Ok(Self {
             filter,
             stats: ServiceStatsTable::open(pin_dir).ok(),
@@ -361,14 +358,8 @@ impl ServiceTable {
             id = used.checked_add(1).ok_or(SyncError::NoFreeId)?;
         }
         self.free_from = id.saturating_add(1);
-        // The id may have been another frontend's: its counts go before
-        // the new frontend can be looked up (and counted), so a new Service
-        // starts from zero rather than from a removed one's totals.
-        // (An id past the map's slots has none: the datapath counts
-        // nothing for it either.)
-        if let Some(stats) = self.stats.as_mut().filter(|s| id < s.slots()) {
-            stats.zero(id).map_err(write_failed(MAP_SERVICE_STATS))?;
-        }
+        // The id may have been another frontend's: `zero_new_ids` clears
+        // its counts before the new frontend can be looked up.
         self.used_ids.insert(id);
         Ok(id)
     }
@@ -380,10 +371,8 @@ impl ServiceTable {
 
     /// Bring `ferry_fe_filter` in line with the frontends present (before
     /// the programs are attached: `Dataplane::load`). Words changed.
-    pub fn sync_frontend_filter(&mut self) -> Result<usize, SyncError> {
-        self.filter
-            .sync()
-            .map_err(write_failed(MAP_FRONTEND_FILTER))
+    pub fn sync_frontend_filter(&mut self) -> usize {
+        self.filter.sync()
     }
 
     /// The frontend filter (tests read it).
@@ -484,6 +473,7 @@ impl ServiceTable {
                 Err(e) => failed.push((key, e)),
             }
         }
+        let writes = self.zero_new_ids(writes, &mut failed);
         self.write_slots(&writes);
         let written = self.write_names(writes, &mut failed);
         let written = self.write_settings(written, &mut failed);
@@ -552,6 +542,37 @@ impl ServiceTable {
         })
     }
 
+    /// The counts of every id handed out to a new frontend go, in one
+    /// batch, before the frontend can be looked up (and counted): a new
+    /// Service starts from zero rather than from a removed one's totals.
+    fn zero_new_ids<'a>(
+        &mut self,
+        writes: Vec<Write<'a>>,
+        failed: &mut Vec<(ServiceKey, SyncError)>,
+    ) -> Vec<Write<'a>> {
+        let Some(stats) = self.stats.as_mut() else {
+            return writes;
+        };
+        let ids: Vec<u32> = writes
+            .iter()
+            .filter(|w| w.before.is_none())
+            .map(|w| w.service_id)
+            .collect();
+        let Err(e) = stats.zero_many(&ids) else {
+            return writes;
+        };
+        let e = format!("zeroing the counts of new frontends in {MAP_SERVICE_STATS} failed: {e}");
+        let mut ok = Vec::with_capacity(writes.len());
+        for w in writes {
+            if w.before.is_none() {
+                self.abandon(&w, SyncError::Shared(e.clone()), failed);
+            } else {
+                ok.push(w);
+            }
+        }
+        ok
+    }
+
     /// A write that failed before its value was written: the run it took
     /// becomes the frontend's standby (nothing points at it), and a new
     /// frontend's run and id go back.
@@ -591,7 +612,7 @@ impl ServiceTable {
             .iter()
             .map(|w| (w.service_id, ServiceName::new(&w.want.name)))
             .unzip();
-        if self.names_batch.update(&ids, &names, 0).is_ok() {
+        if self.names_batch.update_parallel(&ids, &names, 0).is_ok() {
             return writes;
         }
         let mut ok = Vec::with_capacity(writes.len());
@@ -645,9 +666,7 @@ impl ServiceTable {
         // A new frontend's address gets its filter bit first: the datapath
         // must never skip a frontend that exists.
         if w.before.is_none() {
-            self.filter
-                .add(&w.key)
-                .map_err(write_failed(MAP_FRONTEND_FILTER))?;
+            self.filter.add(&w.key);
         }
         Ok(())
     }
@@ -671,7 +690,11 @@ impl ServiceTable {
     ) -> Vec<Write<'a>> {
         let keys: Vec<ServiceKey> = writes.iter().map(|w| w.key).collect();
         let values: Vec<ServiceValue> = writes.iter().map(Self::value_of).collect();
-        if self.services_batch.update(&keys, &values, 0).is_ok() {
+        if self
+            .services_batch
+            .update_parallel(&keys, &values, 0)
+            .is_ok()
+        {
             return writes;
         }
         let mut ok = Vec::with_capacity(writes.len());
@@ -683,7 +706,7 @@ impl ServiceTable {
                 Ok(()) => ok.push(w),
                 Err(e) => {
                     if w.before.is_none() {
-                        let _ = self.filter.remove(&w.key);
+                        self.filter.remove(&w.key);
                     }
                     self.abandon(&w, batch_write_failed(MAP_SERVICES)(e), failed)
                 }
@@ -829,9 +852,7 @@ impl ServiceTable {
         let mut settle = BTreeMap::new();
         for (key, p) in &gone {
             let id = p.value.service_id;
-            if let Err(e) = self.filter.remove(key) {
-                failed.push((*key, write_failed(MAP_FRONTEND_FILTER)(e)));
-            }
+            self.filter.remove(key);
             if let Some(held) = self.held.as_mut() {
                 held.released.extend(p.active.into_iter().chain(p.standby));
             }
