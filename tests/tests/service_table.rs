@@ -216,3 +216,27 @@ fn frontends_that_do_not_fit_fail_alone_and_the_rest_are_written() {
     assert_eq!(k.services.slots_in_use(), 100);
     assert_disjoint(&k, 100);
 }
+
+#[test]
+fn a_set_that_shrank_gives_its_large_run_back() {
+    let mut k = Kernel::load();
+    apply(&mut k.services, &[(key(1), want(1, 100))], &[]);
+    apply(&mut k.services, &[(key(1), want(2, 2))], &[]);
+    // Active: a run of 2; standby: the 100 the first set had.
+    assert_eq!(k.services.slots_in_use(), 102);
+    // The next set would fit the standby 50 times over: it takes a run of
+    // its own size, and the 100 are free from the sync after.
+    apply(&mut k.services, &[(key(1), want(3, 2))], &[]);
+    apply(&mut k.services, &[], &[]);
+    assert_eq!(k.services.slots_in_use(), 2 + 2);
+    assert_eq!(k.services.list().unwrap()[0].backends, *want(3, 2).backends);
+    // An emptied set keeps nothing new, and its runs stay until it leaves.
+    apply(&mut k.services, &[(key(1), want(4, 0))], &[]);
+    assert!(k.services.list().unwrap()[0].backends.is_empty());
+    apply(&mut k.services, &[(key(1), want(5, 3))], &[]);
+    assert_eq!(k.services.list().unwrap()[0].backends, *want(5, 3).backends);
+    assert_disjoint(&k, MapSizes::default().backends);
+    apply(&mut k.services, &[], &[key(1)]);
+    apply(&mut k.services, &[], &[]);
+    assert_eq!(k.services.slots_in_use(), 0);
+}

@@ -503,36 +503,46 @@ impl ServiceTable {
             None => self.allocate_id()?,
         };
         let held = self.held.as_mut().expect("read by apply");
-        // The standby run is written if the set fits; if not, it is let
-        // go and a run of the set's length is taken instead.
         let standby = held.placed.get_mut(&key).and_then(|p| p.standby.take());
-        let run = match standby {
-            _ if count == 0 => {
-                if let Some(p) = held.placed.get_mut(&key) {
-                    p.standby = standby;
+        let fits = |r: &SlotRun| r.len as usize >= count;
+        // A run more than twice the set (a set that shrank) is traded for
+        // one that fits, so a frontend does not hold its largest set's
+        // slots for ever.
+        let snug = |r: &SlotRun| r.len as usize <= 2 * count.max(8);
+        let run = if count == 0 {
+            None
+        } else if standby.is_some_and(|r| fits(&r) && snug(&r)) {
+            standby
+        } else {
+            match held.slots.allocate(count as u32) {
+                Some(run) => {
+                    held.released.extend(standby);
+                    Some(run)
                 }
-                None
-            }
-            Some(run) if run.len as usize >= count => Some(run),
-            standby => {
-                held.released.extend(standby);
-                match held.slots.allocate(count as u32) {
-                    Some(run) => Some(run),
-                    None => {
-                        let e = SyncError::BackendsFull {
-                            frontend: display_frontend(&key),
-                            count,
-                            free: held.slots.capacity() - held.slots.used(),
-                            capacity: held.slots.capacity(),
-                        };
-                        if before.is_none() {
-                            self.release_id(service_id);
-                        }
-                        return Err(e);
+                None if standby.is_some_and(|r| fits(&r)) => standby,
+                None => {
+                    let e = SyncError::BackendsFull {
+                        frontend: display_frontend(&key),
+                        count,
+                        free: held.slots.capacity() - held.slots.used(),
+                        capacity: held.slots.capacity(),
+                    };
+                    if let Some(p) = held.placed.get_mut(&key) {
+                        p.standby = standby;
                     }
+                    if before.is_none() {
+                        self.release_id(service_id);
+                    }
+                    return Err(e);
                 }
             }
         };
+        // An empty set writes no run: the standby stays as it was.
+        if run.is_none()
+            && let Some(p) = held.placed.get_mut(&key)
+        {
+            p.standby = standby;
+        }
         Ok(Write {
             key,
             want,

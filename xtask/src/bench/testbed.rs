@@ -52,7 +52,7 @@ impl Testbed {
 }
 
 /// The agent options that size the maps for `services` Services (one
-/// frontend each) of ENDPOINTS_PER_SERVICE endpoints, both backend banks
+/// frontend each) of ENDPOINTS_PER_SERVICE endpoints, both backend runs
 /// in use, with a quarter to spare; never below the defaults.
 pub(super) fn map_size_args(services: usize) -> Vec<String> {
     let frontends = (services + services / 4).max(ferry_common::SERVICES_MAX_ENTRIES as usize);
