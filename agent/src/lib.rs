@@ -3,6 +3,7 @@
 //! line: `source` -> `plan` -> `reconcile`. The agent binary, the
 //! inspection CLI and the tests all go through this code.
 
+pub mod alloc;
 pub mod bpffs;
 pub mod cni;
 pub mod config;

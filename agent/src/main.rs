@@ -2,7 +2,8 @@ use std::path::PathBuf;
 
 /// mimalloc rather than glibc's malloc: planning 100,000 Services allocates
 /// millions of small objects from several threads, and took half the time
-/// (1.0 s instead of 1.7–2.1 s on a 2-CPU VM).
+/// (1.0 s instead of 1.7–2.1 s on a 2-CPU VM). How it hands memory back:
+/// `ferry_agent::alloc`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -175,21 +176,8 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// mimalloc's `mi_option_purge_delay` (its `mi_option_e` in mimalloc.h, the
-/// same in v2 and v3); libmimalloc-sys names only the options that are
-/// stable across versions.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
 fn main() -> anyhow::Result<()> {
-    // Freed memory goes back to the system at once instead of after 10 ms
-    // of quiet: a full sync of 100,000 Services frees 100 MB of working
-    // memory, which otherwise often stays counted in the agent's RSS
-    // (measured: 295 against 261 MiB for the plan of 100,000 Services).
-    // An operator's MIMALLOC_PURGE_DELAY is left in charge.
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: set before any other thread exists; takes no pointers.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    }
+    ferry_agent::alloc::return_freed_memory_promptly();
     match Cli::parse().command {
         Command::Run(args) => {
             let dry_run = args.dry_run;

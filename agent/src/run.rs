@@ -62,15 +62,6 @@ fn update_pod_links(pin_dir: &std::path::Path) {
     }
 }
 
-/// Hand back to the system what a full sync used for a while (planning on
-/// every CPU, the map writes' batches): the allocator keeps freed memory
-/// for reuse, which after 100,000 Services is tens of MB held for nothing.
-/// A no-op for a binary on another allocator (mimalloc's heap is unused).
-fn release_freed_memory() {
-    // SAFETY: mi_collect takes no pointers and may run on any thread.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
 /// Everything the agent keeps between syncs.
 struct Agent {
     cfg: RunConfig,
@@ -141,7 +132,7 @@ impl Agent {
             Some((snapshot.seen, parsed, planned)),
         );
         if full {
-            release_freed_memory();
+            crate::alloc::release_freed_memory();
         }
     }
 
