@@ -622,6 +622,57 @@ pub fn zero_per_cpu(map: &MapData, keys: &[u32]) -> io::Result<()> {
 /// (GET_NEXT_KEY) where the map type has no batch lookup (an LPM trie).
 pub fn count_entries(path: &Path) -> io::Result<u64> {
     let data = MapData::from_pin(path).map_err(io::Error::other)?;
+    match walk(&data, &mut |_, _| {})? {
+        Walked::All(n) => Ok(n),
+        Walked::Unsupported { fd, key_size } => count_by_key(fd, key_size),
+    }
+}
+
+/// Every entry of the per-CPU map pinned at `path` (an array or a hash):
+/// each key with its value on every possible CPU, read in LOOKUP_BATCH
+/// calls (a metrics scrape reads the counts of 100,000 frontends).
+pub fn lookup_all_per_cpu<K: Pod, V: Pod>(path: &Path) -> io::Result<Vec<(K, Vec<V>)>> {
+    let data = MapData::from_pin(path).map_err(io::Error::other)?;
+    let info = data.info().map_err(io::Error::other)?;
+    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
+        return Err(io::Error::other(format!(
+            "{}: key or value size differs from this build's",
+            path.display()
+        )));
+    }
+    let stride = size_of::<V>().next_multiple_of(8);
+    let mut out = Vec::new();
+    let walked = walk(&data, &mut |key, values| {
+        // SAFETY: `key` holds a K and `values` one V per `stride` bytes
+        // (the kernel's per-CPU layout); Pod types, read unaligned.
+        let key = unsafe { key.as_ptr().cast::<K>().read_unaligned() };
+        let per_cpu = values
+            .chunks_exact(stride)
+            .map(|v| unsafe { v.as_ptr().cast::<V>().read_unaligned() })
+            .collect();
+        out.push((key, per_cpu));
+    })?;
+    match walked {
+        Walked::All(_) => Ok(out),
+        Walked::Unsupported { .. } => Err(io::Error::other(format!(
+            "{}: the kernel has no batch lookup for this map",
+            path.display()
+        ))),
+    }
+}
+
+/// How a `walk` ended.
+enum Walked {
+    /// Every entry was visited: how many.
+    All(u64),
+    /// The map type has no LOOKUP_BATCH (nothing was visited).
+    Unsupported { fd: u32, key_size: usize },
+}
+
+/// Visit every entry of `data` (key bytes, value bytes: per-CPU values
+/// once per possible CPU, each rounded up to 8 bytes) in LOOKUP_BATCH
+/// calls into scratch buffers, for any key and value size.
+fn walk(data: &MapData, visit: &mut dyn FnMut(&[u8], &[u8])) -> io::Result<Walked> {
     let info = data.info().map_err(io::Error::other)?;
     let key_size = info.key_size() as usize;
     let per_cpu = matches!(
@@ -642,6 +693,15 @@ pub fn count_entries(path: &Path) -> io::Result<u64> {
     let mut values = vec![0u8; value_size * chunk];
     let mut n = 0u64;
     let mut first = true;
+    let mut seen = |count: u32, keys: &[u8], values: &[u8]| {
+        for i in 0..count as usize {
+            visit(
+                &keys[i * key_size..(i + 1) * key_size],
+                &values[i * value_size..(i + 1) * value_size],
+            );
+        }
+        u64::from(count)
+    };
     loop {
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { in_token.as_ptr() as u64 },
@@ -658,17 +718,17 @@ pub fn count_entries(path: &Path) -> io::Result<u64> {
         let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
         match lookup_end(errno.unwrap_or(0), attr.count) {
             LookupEnd::More => {
-                n += u64::from(attr.count);
+                n += seen(attr.count, &keys, &values);
                 in_token.copy_from_slice(&out_token);
                 first = false;
             }
-            LookupEnd::End => return Ok(n + u64::from(attr.count)),
+            LookupEnd::End => return Ok(Walked::All(n + seen(attr.count, &keys, &values))),
             LookupEnd::TooSmall => {
                 chunk *= 2;
                 keys.resize(key_size * chunk, 0);
                 values.resize(value_size * chunk, 0);
             }
-            LookupEnd::Unsupported if first => return count_by_key(fd, key_size),
+            LookupEnd::Unsupported if first => return Ok(Walked::Unsupported { fd, key_size }),
             LookupEnd::Unsupported | LookupEnd::Failed => {
                 return Err(result.err().unwrap_or_else(io::Error::last_os_error));
             }

@@ -53,6 +53,21 @@ impl ServiceStatsTable {
         Ok(sum_cpus(self.slots.get(&id, 0)?.iter()))
     }
 
+    /// Every slot's counts, summed over CPUs, read in batches (a scrape
+    /// reads 100,000 frontends' counts in a few calls, not one each).
+    pub fn read_all(pin_dir: &Path) -> std::io::Result<Vec<ServiceStats>> {
+        let slots = super::batch::lookup_all_per_cpu::<u32, ServiceStats>(
+            &pin_dir.join(MAP_SERVICE_STATS),
+        )?;
+        let mut out = vec![ServiceStats::default(); slots.len()];
+        for (id, per_cpu) in slots {
+            if let Some(total) = out.get_mut(id as usize) {
+                *total = sum_cpus(&per_cpu);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every CPU's value of slot `id` (tests write and read them).
     pub fn per_cpu(&self, id: u32) -> Result<Vec<ServiceStats>, MapError> {
         Ok(self.slots.get(&id, 0)?.to_vec())
