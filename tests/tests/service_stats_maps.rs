@@ -118,4 +118,10 @@ fn metrics_join_the_pinned_maps_per_service_port() {
         3.0,
         "{text}"
     );
+    // An array has every index: what counts is the slots in active sets.
+    assert_eq!(
+        value("ferry_map_entries", "map=\"ferry_backends\""),
+        3.0,
+        "{text}"
+    );
 }
