@@ -28,9 +28,9 @@ pub enum Topology {
 }
 
 pub fn topology(endpoints: &[Endpoint]) -> Topology {
-    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    let ready = || endpoints.iter().filter(|e| e.ready);
     let usable = |hint: fn(&Endpoint) -> Hint| {
-        ready.iter().all(|e| hint(e) != Hint::Absent) && ready.iter().any(|e| hint(e) == Hint::Here)
+        ready().all(|e| hint(e) != Hint::Absent) && ready().any(|e| hint(e) == Hint::Here)
     };
     if usable(|e| e.node_hint) {
         Topology::SameNode
@@ -74,24 +74,37 @@ pub struct Categorized {
 /// Ready endpoints among `eligible`; when none is ready, the serving and
 /// terminating ones (KEP-1669), so a rolling update does not refuse
 /// connections.
-fn usable<'a>(eligible: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<Backend> {
-    let ready: Vec<&Endpoint> = eligible.clone().filter(|e| e.ready).collect();
-    let chosen = if ready.is_empty() {
-        eligible.filter(|e| e.serving_terminating).collect()
-    } else {
-        ready
+fn usable<'a>(eligible: impl Iterator<Item = &'a Endpoint> + Clone) -> Arc<[Backend]> {
+    let backend = |e: &Endpoint| Backend {
+        addr: e.addr.octets(),
+        port: e.port,
+        pad: [0; 2],
     };
-    let mut out: Vec<Backend> = chosen
-        .into_iter()
-        .map(|e| Backend {
-            addr: e.addr.octets(),
-            port: e.port,
-            pad: [0; 2],
-        })
-        .collect();
+    let mut out: Vec<Backend> = eligible.clone().filter(|e| e.ready).map(backend).collect();
+    if out.is_empty() {
+        out.extend(eligible.filter(|e| e.serving_terminating).map(backend));
+    }
     // The same endpoint in two slices with different conditions.
     out.dedup();
-    out
+    out.into()
+}
+
+/// How many addresses `endpoints` have. They come sorted (by address
+/// first) from `endpoints_for_port`, so equal addresses are neighbours and
+/// counting changes counts them, without a set per Service port.
+fn distinct_addresses<'a>(endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> usize {
+    if !endpoints.clone().is_sorted_by_key(|e| e.addr) {
+        return endpoints.map(|e| e.addr).collect::<BTreeSet<_>>().len();
+    }
+    let mut count = 0;
+    let mut last = None;
+    for e in endpoints {
+        if last != Some(e.addr) {
+            count += 1;
+            last = Some(e.addr);
+        }
+    }
+    count
 }
 
 /// Decide, once, which of a port's endpoints serve which traffic. Topology
@@ -103,25 +116,20 @@ pub fn categorize(endpoints: &[Endpoint], policies: TrafficPolicies) -> Categori
     let local = endpoints.iter().filter(|e| e.local);
     // Each set is shared by every frontend it serves (and by the copies
     // the plan and the reconciler keep).
-    let any: Arc<[Backend]> = usable(all).into();
-    let local_usable: Arc<[Backend]> = usable(local.clone()).into();
+    let any = usable(all);
+    // Only a Local policy reads the local ones.
+    let local_usable =
+        (policies.internal_local || policies.external_local).then(|| usable(local.clone()));
+    let chosen = |local: bool| match &local_usable {
+        Some(l) if local => l.clone(),
+        _ => any.clone(),
+    };
+    let ready_local = distinct_addresses(local.filter(|e| e.ready));
     Categorized {
-        cluster: if policies.internal_local {
-            local_usable.clone()
-        } else {
-            any.clone()
-        },
-        external: if policies.external_local {
-            local_usable
-        } else {
-            any.clone()
-        },
+        cluster: chosen(policies.internal_local),
+        external: chosen(policies.external_local),
         any,
-        ready_local: local
-            .filter(|e| e.ready)
-            .map(|e| e.addr)
-            .collect::<BTreeSet<_>>()
-            .len(),
+        ready_local,
         draining: endpoints
             .iter()
             .filter(|e| e.terminating)

@@ -2,7 +2,7 @@
 //! planner): read once per Service port into endpoints with their
 //! conditions. Which endpoints serve which
 //! traffic is decided by `categorize`, not here.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use super::{
     objects::SliceObject,
@@ -92,7 +92,9 @@ pub fn endpoints_for_port(
     here: Locality,
     problems: &mut Vec<Problem>,
 ) -> Vec<Endpoint> {
-    let mut out = BTreeSet::new();
+    // Pushed, then sorted and deduplicated: the order and the set a
+    // `BTreeSet` would give, without a tree node per port.
+    let mut out = Vec::with_capacity(slices.iter().map(|s| s.endpoints.len()).sum());
     for slice in slices {
         let mut problems = slice_problems(slice, problems);
         for (pi, sp) in slice.ports.iter().enumerate() {
@@ -135,7 +137,7 @@ pub fn endpoints_for_port(
                     });
                     match usable {
                         Ok(addr) => {
-                            out.insert(Endpoint {
+                            out.push(Endpoint {
                                 addr,
                                 port: target,
                                 ready,
@@ -154,7 +156,9 @@ pub fn endpoints_for_port(
             }
         }
     }
-    out.into_iter().collect()
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Why `addr` can be no endpoint, as the API server's endpoint validation

@@ -52,26 +52,24 @@ fn frontend(
     (key, frontend)
 }
 
-/// The port on each of the Service's cluster IPs.
+/// The port on each of the Service's cluster IPs (an iterator: the
+/// planner puts them straight into the Service's frontends).
 pub fn cluster_ip_frontends(
     svc: &ParsedService,
     port: &ServicePort,
     backends: &Categorized,
-) -> Vec<(ServiceKey, DesiredFrontend)> {
-    svc.cluster_ips
-        .iter()
-        .map(|ip| {
-            let settings = (0, options(svc, false));
-            frontend(
-                *ip,
-                port.port,
-                SCOPE_CLUSTER_IP,
-                port,
-                &backends.cluster,
-                settings,
-            )
-        })
-        .collect()
+) -> impl Iterator<Item = (ServiceKey, DesiredFrontend)> {
+    svc.cluster_ips.iter().map(move |ip| {
+        let settings = (0, options(svc, false));
+        frontend(
+            *ip,
+            port.port,
+            SCOPE_CLUSTER_IP,
+            port,
+            &backends.cluster,
+            settings,
+        )
+    })
 }
 
 /// The addresses and ports the Service port is reached on from outside:
