@@ -92,17 +92,24 @@ impl PinnedMaps {
         Self(pin_dir.to_path_buf())
     }
 
-    /// Every Service port's counts: each frontend of `ferry_services`
-    /// with its name and its slot of `ferry_svc_stats`. One lookup per
-    /// frontend, never a walk of the 64 Ki slots of the stats array.
-    fn services(&self) -> Result<Vec<ServiceRow>, Box<dyn std::error::Error>> {
+    /// Every frontend of `ferry_services` with its value, read once per
+    /// scrape (its entries, the backend slots in use and the per-Service
+    /// rows all come from it).
+    fn frontends(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, Box<dyn std::error::Error>> {
+        Ok(BatchMap::open(&self.0.join(MAP_SERVICES))?.lookup_all()?)
+    }
+
+    /// Every Service port's counts: each of `values`' frontends with its
+    /// name and its slot of `ferry_svc_stats`. Batched reads: a scrape at
+    /// 100,000 frontends makes a few dozen system calls, not one or two
+    /// per frontend.
+    fn services(
+        &self,
+        values: &[(ServiceKey, ServiceValue)],
+    ) -> Result<Vec<ServiceRow>, Box<dyn std::error::Error>> {
         let pin_dir = &self.0;
-        // Batched reads: a scrape at 100,000 frontends makes a few dozen
-        // system calls, not one or two per frontend.
-        let values = BatchMap::<ServiceKey, ServiceValue>::open(&pin_dir.join(MAP_SERVICES))?
-            .lookup_all()?;
         let frontends: Vec<(ServiceKey, u32)> =
-            values.into_iter().map(|(k, v)| (k, v.service_id)).collect();
+            values.iter().map(|(k, v)| (*k, v.service_id)).collect();
         let in_use: BTreeSet<u32> = frontends.iter().map(|(_, id)| *id).collect();
         // A frontend removed meanwhile is skipped, as the join skips an id
         // whose name went with it.
@@ -135,14 +142,22 @@ impl PinnedMaps {
 
 impl MapSource for PinnedMaps {
     fn read(&self) -> MapSnapshot {
+        let frontends = self
+            .frontends()
+            .inspect_err(|e| tracing::debug!(error = %e, "cannot read the frontends"));
         let mut entries = Vec::new();
         for map in COUNTED_MAPS {
-            let count = if map == MAP_BACKENDS {
+            let count = match (map, &frontends) {
+                (MAP_SERVICES, Ok(values)) => Ok(values.len() as u64),
                 // An array has every entry: what counts is the slots the
                 // frontends' active sets use.
-                crate::maps::services::active_slots(&self.0).map_err(|e| e.to_string())
-            } else {
-                crate::maps::batch::count_entries(&self.0.join(map)).map_err(|e| e.to_string())
+                (MAP_BACKENDS, Ok(values)) => {
+                    Ok(values.iter().map(|(_, v)| u64::from(v.backend_count)).sum())
+                }
+                (MAP_SERVICES | MAP_BACKENDS, Err(e)) => Err(e.to_string()),
+                _ => {
+                    crate::maps::batch::count_entries(&self.0.join(map)).map_err(|e| e.to_string())
+                }
             };
             match count {
                 Ok(n) => entries.push((map, n)),
@@ -157,10 +172,12 @@ impl MapSource for PinnedMaps {
             }
             Err(_) => None,
         };
-        let services = self.services().unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "cannot read the per-Service counters");
-            Vec::new()
-        });
+        let services = frontends
+            .and_then(|values| self.services(&values))
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "cannot read the per-Service counters");
+                Vec::new()
+            });
         let snat_capacity = self
             .snat_capacity()
             .inspect_err(|e| tracing::debug!(error = %e, "cannot read the node map"))

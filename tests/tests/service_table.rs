@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use ferry_agent::{
     loader::MapSizes,
-    maps::{ServiceTable, backend_slots::BackendSlots, batch::BatchMap, services::DesiredFrontend},
+    maps::{ServiceTable, batch::BatchMap, mapped::MappedArray, services::DesiredFrontend},
 };
 use ferry_common::{
     Backend, MAP_BACKENDS, MAP_SERVICE_NAMES, MAP_SERVICES, PROTO_TCP, ServiceKey, ServiceName,
@@ -35,7 +35,7 @@ fn want(i: u32, n: u32) -> DesiredFrontend {
 /// What the slot array holds from `value`'s base, `value`'s count long,
 /// read through a mapping of its own (as the datapath would read it).
 fn slots_of(k: &Kernel, value: &ServiceValue) -> Vec<Backend> {
-    BackendSlots::open(&k.pin_dir().join(MAP_BACKENDS))
+    MappedArray::<Backend>::open(&k.pin_dir().join(MAP_BACKENDS))
         .unwrap()
         .read(value.backend_base, u32::from(value.backend_count))
 }

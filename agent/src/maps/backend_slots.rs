@@ -1,5 +1,5 @@
-//! `ferry_backends`: the array of backend slots, and which runs of it are
-//! in use.
+//! Which runs of `ferry_backends`, the array of backend slots, are in
+//! use (the array itself is a `mapped::MappedArray`).
 //!
 //! The array is created `BPF_F_MMAPABLE`, and the agent maps it into its
 //! own memory: a backend set is written with plain stores, not one
@@ -13,14 +13,7 @@
 //! The map update that then points the frontend at the run is a system
 //! call, which orders the stores before it; a program reads the run only
 //! through that new value, and the slot's address depends on it.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::Path,
-};
-
-use ferry_common::Backend;
-
-use super::mapped::{MappedArray, MappedError};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A run of consecutive slots: `[start, start + len)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,32 +137,6 @@ impl SlotAllocator {
     fn put(&mut self, start: u32, len: u32) {
         self.by_start.insert(start, len);
         self.by_len.insert((len, start));
-    }
-}
-
-/// The pinned `ferry_backends` array, mapped into this process.
-pub struct BackendSlots(MappedArray<Backend>);
-
-impl BackendSlots {
-    pub fn open(path: &Path) -> Result<Self, MappedError> {
-        MappedArray::open(path).map(Self)
-    }
-
-    /// Slots in the array (`--max-backends`).
-    pub fn capacity(&self) -> u32 {
-        self.0.len()
-    }
-
-    /// Write `backends` into the slots from `start`. Panics past the end:
-    /// the runs come from a `SlotAllocator` of this capacity.
-    pub fn write(&mut self, start: u32, backends: &[Backend]) {
-        self.0.write(start, backends);
-    }
-
-    /// The `count` slots from `start`; what lies past the array is left
-    /// out.
-    pub fn read(&self, start: u32, count: u32) -> Vec<Backend> {
-        self.0.read(start, count)
     }
 }
 

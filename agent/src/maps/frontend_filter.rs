@@ -14,7 +14,10 @@ use std::{collections::BTreeMap, path::Path};
 
 use ferry_common::{FRONTEND_FILTER_WORDS, MAP_FRONTEND_FILTER, ServiceKey, frontend_filter_slot};
 
-use super::{OpenError, mapped::MappedArray};
+use super::{
+    OpenError,
+    mapped::{MappedArray, MappedError},
+};
 
 /// The filter and, per bit, how many frontends of `ferry_services` it
 /// covers (counted from the services map when opened).
@@ -36,10 +39,18 @@ impl FrontendFilter {
                 *counts.entry(slot).or_insert(0) += 1;
             }
         }
-        Ok(Self {
-            words: MappedArray::open(&pin_dir.join(MAP_FRONTEND_FILTER))?,
-            counts,
-        })
+        let path = pin_dir.join(MAP_FRONTEND_FILTER);
+        let words = MappedArray::open(&path)?;
+        // The loader creates it with exactly these words; every index
+        // below is then in bounds.
+        if words.len() != FRONTEND_FILTER_WORDS {
+            return Err(MappedError::Shape {
+                path: path.display().to_string(),
+                value_size: size_of::<u64>(),
+            }
+            .into());
+        }
+        Ok(Self { words, counts })
     }
 
     /// Write every word as the counts say: what a (re)started agent does
@@ -56,7 +67,7 @@ impl FrontendFilter {
         let mut changed = 0;
         for (i, w) in want.into_iter().enumerate() {
             let i = i as u32;
-            if i < self.words.len() && self.words.load(i) != w {
+            if self.words.load(i) != w {
                 self.words.store(i, w);
                 changed += 1;
             }
@@ -71,7 +82,7 @@ impl FrontendFilter {
         };
         let n = self.counts.entry((word, bit)).or_insert(0);
         *n += 1;
-        if *n == 1 && word < self.words.len() {
+        if *n == 1 {
             self.words.set_bits(word, bit);
         }
     }
@@ -87,18 +98,15 @@ impl FrontendFilter {
         *n = n.saturating_sub(1);
         if *n == 0 {
             self.counts.remove(&slot);
-            if slot.0 < self.words.len() {
-                self.words.clear_bits(slot.0, slot.1);
-            }
+            self.words.clear_bits(slot.0, slot.1);
         }
     }
 
-    /// Is `key`'s bit set in the map (tests)? A word the array lacks is
-    /// always probed: covered.
+    /// Is `key`'s bit set in the map (tests)?
     pub fn covers(&self, key: &ServiceKey) -> bool {
         match frontend_filter_slot(key.addr, key.scope) {
-            Some((word, bit)) if word < self.words.len() => self.words.load(word) & bit != 0,
-            _ => true,
+            Some((word, bit)) => self.words.load(word) & bit != 0,
+            None => true,
         }
     }
 }

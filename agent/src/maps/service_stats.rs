@@ -85,11 +85,6 @@ impl ServiceStatsTable {
         self.slots.len()
     }
 
-    /// Zero slot `id` on every CPU (the id is handed to a new frontend).
-    pub fn zero(&mut self, id: u32) -> Result<(), MapError> {
-        self.set_all(id, ServiceStats::default())
-    }
-
     /// Zero the slots `ids` on every CPU, in batches (a full sync hands
     /// out 100,000 ids at once). Ids past the map's slots are skipped:
     /// the datapath counts nothing for them either.

@@ -24,9 +24,11 @@ use ferry_common::{
 
 use super::{
     FrontendFilter, OpenError,
-    backend_slots::{BackendSlots, SlotAllocator, SlotRun},
+    backend_slots::{SlotAllocator, SlotRun},
     batch::{BatchError, BatchMap},
-    found, missing_is_fine, open_pinned,
+    found,
+    mapped::MappedArray,
+    missing_is_fine, open_pinned,
     service_stats::ServiceStatsTable,
 };
 use crate::net::Ipv4Net;
@@ -181,7 +183,7 @@ pub struct ServiceTable {
     /// The same maps, for batched reads and writes.
     services_batch: BatchMap<ServiceKey, ServiceValue>,
     /// `ferry_backends`, mapped into memory.
-    backends: BackendSlots,
+    backends: MappedArray<Backend>,
     names_batch: BatchMap<u32, ServiceName>,
     options: HashMap<MapData, u32, ServiceOptions>,
     affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
@@ -251,15 +253,6 @@ fn batch_write_failed(map: &'static str) -> impl Fn(BatchError) -> SyncError {
     move |source| SyncError::BatchWrite { map, source }
 }
 
-/// The backend slots the frontends' active sets use (`ferry_map_entries`
-/// of `ferry_backends`, an array whose every entry exists): the sum of
-/// their counts, read in batches.
-pub fn active_slots(pin_dir: &Path) -> Result<u64, BatchError> {
-    let services = BatchMap::<ServiceKey, ServiceValue>::open(&pin_dir.join(MAP_SERVICES))?;
-    let values = services.lookup_all()?;
-    Ok(values.iter().map(|(_, v)| u64::from(v.backend_count)).sum())
-}
-
 impl ServiceTable {
     pub fn open(pin_dir: &Path) -> Result<Self, OpenError> {
         let services: HashMap<MapData, ServiceKey, ServiceValue> =
@@ -276,7 +269,7 @@ impl ServiceTable {
             stats: ServiceStatsTable::open(pin_dir).ok(),
             services,
             services_batch,
-            backends: BackendSlots::open(&pin_dir.join(MAP_BACKENDS))?,
+            backends: MappedArray::open(&pin_dir.join(MAP_BACKENDS))?,
             names_batch: BatchMap::open(&pin_dir.join(MAP_SERVICE_NAMES))?,
             options: open_pinned(pin_dir, MAP_SERVICE_OPTIONS)?,
             affinity: open_pinned(pin_dir, MAP_AFFINITY)?,
@@ -301,7 +294,7 @@ impl ServiceTable {
             })?;
         let mut held = Held {
             placed: BTreeMap::new(),
-            slots: SlotAllocator::new(self.backends.capacity()),
+            slots: SlotAllocator::new(self.backends.len()),
             released: Vec::new(),
         };
         for (key, value) in values {
@@ -503,7 +496,7 @@ impl ServiceTable {
             None => self.allocate_id()?,
         };
         let held = self.held.as_mut().expect("read by apply");
-        let standby = held.placed.get_mut(&key).and_then(|p| p.standby.take());
+        let standby = held.placed.get(&key).and_then(|p| p.standby);
         let fits = |r: &SlotRun| r.len as usize >= count;
         // A run more than twice the set (a set that shrank) is traded for
         // one that fits, so a frontend does not hold its largest set's
@@ -527,9 +520,6 @@ impl ServiceTable {
                         free: held.slots.capacity() - held.slots.used(),
                         capacity: held.slots.capacity(),
                     };
-                    if let Some(p) = held.placed.get_mut(&key) {
-                        p.standby = standby;
-                    }
                     if before.is_none() {
                         self.release_id(service_id);
                     }
@@ -537,11 +527,12 @@ impl ServiceTable {
                 }
             }
         };
-        // An empty set writes no run: the standby stays as it was.
-        if run.is_none()
+        // A run written is the write's now (kept or let go above); an
+        // empty set leaves the standby as it was.
+        if run.is_some()
             && let Some(p) = held.placed.get_mut(&key)
         {
-            p.standby = standby;
+            p.standby = None;
         }
         Ok(Write {
             key,

@@ -2,7 +2,7 @@
 //! kube-proxy's pkg/proxy/topology.go `CategorizeEndpoints` does: readiness
 //! with the serving-terminating fallback, topology hints, and the traffic
 //! policies. Terminating endpoints drain (`draining`).
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use ferry_common::Backend;
 
@@ -93,9 +93,7 @@ fn usable<'a>(eligible: impl Iterator<Item = &'a Endpoint> + Clone) -> Arc<[Back
 /// first) from `endpoints_for_port`, so equal addresses are neighbours and
 /// counting changes counts them, without a set per Service port.
 fn distinct_addresses<'a>(endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> usize {
-    if !endpoints.clone().is_sorted_by_key(|e| e.addr) {
-        return endpoints.map(|e| e.addr).collect::<BTreeSet<_>>().len();
-    }
+    debug_assert!(endpoints.clone().is_sorted_by_key(|e| e.addr));
     let mut count = 0;
     let mut last = None;
     for e in endpoints {
