@@ -23,11 +23,11 @@
 //!   by key lookups (its pass time, reported, bounds the resolution). A
 //!   Service with a change still outstanding is not picked again until the
 //!   change is seen, so every change has one address to look for.
-//! - **kube-proxy** for the same change: one `iptables-restore` of the
-//!   whole table (what kube-proxy's iptables mode writes per sync, here
-//!   without `--noflush`, as the programming scenario loads it) and one
-//!   nftables transaction of kube-proxy's partial sync, both into tables
-//!   holding the same N Services ([`super::service_set`]'s shapes).
+//! - **kube-proxy** for the same change: what its partial sync writes
+//!   (its way since Kubernetes 1.28), one `iptables-restore --noflush` of
+//!   its top-level chains and the changed Service's chains, and one
+//!   nftables transaction, both into tables holding the same N Services
+//!   ([`super::service_set`]'s shapes).
 use std::{
     collections::HashSet,
     net::Ipv4Addr,
@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 
 use super::{
     ENDPOINTS_PER_SERVICE, Opts, ServiceSpec, as_strs, endpoints_of, kube_proxy, plots,
-    programming::timed_load,
+    programming::{IPTABLES_SERVICES_PER_RESTORE, timed_iptables_load, timed_load},
     report::{Cell, Report, Table},
     service_set,
     testbed::{SyncLine, map_size_args, sync_and_resync_lines, sync_lines},
@@ -88,7 +88,7 @@ type BackendsMap = aya::maps::Array<MapData, Backend>;
 #[derive(Clone, Copy, Debug)]
 pub struct KubeProxyChange {
     pub services: usize,
-    /// One `iptables-restore` of the whole table.
+    /// One `iptables-restore` of kube-proxy's partial sync.
     pub iptables_ms: f64,
     /// One partial-sync nftables transaction (median of NFT_CHANGES).
     pub nft_ms: f64,
@@ -101,6 +101,8 @@ pub struct KubeProxyChange {
 pub fn kube_proxy_change(ipt: &Netns, nft: &Netns, n: usize) -> Result<KubeProxyChange> {
     let (mut services, _) = service_set(n);
     let changed = n / 4;
+    // What the iptables node holds for the endpoint the changes replace.
+    let stale = services[changed].endpoints[0];
     let first = u32::from(Ipv4Addr::new(10, 191, 0, 0));
     let mut times = Vec::new();
     for k in 0..NFT_CHANGES as u32 {
@@ -116,9 +118,9 @@ pub fn kube_proxy_change(ipt: &Netns, nft: &Netns, n: usize) -> Result<KubeProxy
     }
     let ipt_time = timed_load(
         ipt,
-        "iptables-restore",
-        &[],
-        &kube_proxy::iptables(&services),
+        kube_proxy::IPTABLES_RESTORE,
+        &["--noflush"],
+        &kube_proxy::iptables_endpoint_change(&services, changed, 0, stale),
     )?;
     Ok(KubeProxyChange {
         services: n,
@@ -133,11 +135,9 @@ fn kube_proxy_loaded(run_id: &str, n: usize) -> Result<(PlainNode, PlainNode, f6
     let ipt = PlainNode::create(run_id, "kp-ipt")?;
     let nft = PlainNode::create(run_id, "kp-nft")?;
     let (services, _) = service_set(n);
-    let ipt_ms = timed_load(
+    let ipt_ms = timed_iptables_load(
         &ipt.netns,
-        "iptables-restore",
-        &[],
-        &kube_proxy::iptables(&services),
+        &kube_proxy::iptables_restores(&services, &[], IPTABLES_SERVICES_PER_RESTORE),
     )?
     .as_secs_f64()
         * 1e3;
@@ -322,7 +322,7 @@ impl Measured {
         match kp {
             Some(k) => {
                 r.line(format!(
-                    "kube-proxy, one endpoint changed among {n} services: iptables-restore of the whole table {:.0} ms, nftables partial-sync transaction {:.1} ms (median of {NFT_CHANGES})",
+                    "kube-proxy, one endpoint changed among {n} services: iptables-restore of its partial sync {:.0} ms, nftables partial-sync transaction {:.1} ms (median of {NFT_CHANGES})",
                     k.iptables_ms, k.nft_ms
                 ));
                 for p in &self.phases {

@@ -107,7 +107,7 @@ fn kube_proxy_entry(
         "via",
         &KP_BACKEND_NODE.to_string(),
     ])?;
-    let took = timed_load(&node.netns, "iptables-restore", &[], rules)?;
+    let took = timed_load(&node.netns, kube_proxy::IPTABLES_RESTORE, &[], rules)?;
     Ok((node, took))
 }
 

@@ -17,6 +17,11 @@ use super::{ENDPOINTS_PER_SERVICE, ServiceSpec, kube_proxy, report::Report, test
 
 pub const NAME: &str = "programming";
 
+/// The iptables rule set goes in by restores of this many Services each
+/// (one restore above it takes hours here: see
+/// [`kube_proxy::iptables_restores`]).
+pub const IPTABLES_SERVICES_PER_RESTORE: usize = 10_000;
+
 /// kube-proxy's nftables mode writes large rule sets in transactions of
 /// this many Services.
 const NFT_SERVICES_PER_TRANSACTION: usize = 500;
@@ -37,36 +42,44 @@ pub fn run(
     bed: &Testbed,
     small: &[ServiceSpec],
     large: &[ServiceSpec],
-    kube_proxy: bool,
+    kube_proxy: kube_proxy::Extent,
 ) -> Result<(Report, SyncTimes)> {
     let n = large.len();
+    let mut walked = None;
     bed.ferry_small.load_services(small)?;
     let full = bed.ferry_large.load_services(large)?;
     let mut changed = large.to_vec();
     let last = changed.len() - 1;
     changed[last].endpoints[0] = Ipv4Addr::new(10, 127, 255, 254);
     let one = bed.ferry_large.load_services(&changed)?;
-    let (ipt_time, nft_time) = if kube_proxy {
-        let ipt_input = kube_proxy::iptables(&changed);
-        let ipt_time = timed_load(
-            &bed.iptables.node.netns,
-            "iptables-restore",
-            &[],
-            &ipt_input,
+    let kp_ipt = &bed.iptables.node.netns;
+    let kp_nft = &bed.nftables.node.netns;
+    // An earlier size's table goes first (iptables-restore replaces the
+    // tables it is given by itself).
+    let _ = kp_nft.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
+    let (ipt_time, nft_time) = if kube_proxy == kube_proxy::Extent::Whole {
+        let ipt_time = timed_iptables_load(
+            kp_ipt,
+            &kube_proxy::iptables_restores(&changed, &[], IPTABLES_SERVICES_PER_RESTORE),
         )?;
-        // An earlier size's table goes first (iptables-restore replaces the
-        // tables it is given by itself).
-        let _ = bed
-            .nftables
-            .node
-            .netns
-            .exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
         let mut nft_time = Duration::ZERO;
         for input in kube_proxy::nftables(&changed, NFT_SERVICES_PER_TRANSACTION) {
-            nft_time += timed_load(&bed.nftables.node.netns, "nft", &["-f", "-"], &input)?;
+            nft_time += timed_load(kp_nft, "nft", &["-f", "-"], &input)?;
         }
         (Some(ipt_time), Some(nft_time))
     } else {
+        let measured = super::measured_service(n);
+        let ipt = timed_load(
+            kp_ipt,
+            kube_proxy::IPTABLES_RESTORE,
+            &[],
+            &kube_proxy::iptables_walked(&changed, measured),
+        )?;
+        let mut nft = Duration::ZERO;
+        for input in kube_proxy::nftables_walked(&changed, measured) {
+            nft += timed_load(kp_nft, "nft", &["-f", "-"], &input)?;
+        }
+        walked = Some((ipt, nft));
         (None, None)
     };
 
@@ -96,14 +109,17 @@ pub fn run(
     ));
     match (ipt_time, nft_time) {
         (Some(ipt), Some(nft)) => report.line(format!(
-            "same rule set, kube-proxy style: iptables-restore {:.0} ms ({}), nft -f {:.0} ms in transactions of {NFT_SERVICES_PER_TRANSACTION} services ({})",
+            "same rule set, kube-proxy style: iptables-restore {:.0} ms ({}, {} restore(s) of up to {IPTABLES_SERVICES_PER_RESTORE} services), nft -f {:.0} ms in transactions of {NFT_SERVICES_PER_TRANSACTION} services ({})",
             ipt.as_secs_f64() * 1e3,
-            tool_version("iptables-restore"),
+            tool_version(kube_proxy::IPTABLES_RESTORE),
+            n.div_ceil(IPTABLES_SERVICES_PER_RESTORE),
             nft.as_secs_f64() * 1e3,
             tool_version("nft")
         )),
         _ => report.line(format!(
-            "kube-proxy's rule sets not loaded at {n} services (above --kube-proxy-up-to): their rows are not measured at this size"
+            "kube-proxy's whole rule sets not loaded at {n} services (above --kube-proxy-up-to): iptables' x_tables holds about 50,000 services x {ENDPOINTS_PER_SERVICE} at most (the kernel caps a table at 512 MiB), and iptables-nft's and nft's took over 10 minutes here. (d) and (e) measure the part a new connection walks: every service's KUBE-SERVICES rule / service-ips element, the measured service's chains behind its own, one empty chain behind the others (loaded in {:.0} ms / {:.0} ms, not kube-proxy's load times)",
+            walked.map_or(f64::NAN, |(i, _): (Duration, Duration)| i.as_secs_f64() * 1e3),
+            walked.map_or(f64::NAN, |(_, n): (Duration, Duration)| n.as_secs_f64() * 1e3),
         )),
     }
     let mib = |b: u64| b as f64 / 1048576.0;
@@ -124,6 +140,18 @@ pub fn run(
         nftables: nft_time.map_or(f64::NAN, |t| t.as_secs_f64() * 1e3),
     };
     Ok((report, times))
+}
+
+/// Load `restores` (from [`kube_proxy::iptables_restores`]) in turn into
+/// `ns`, the first replacing the tables and the rest added to them; how
+/// long it took in all.
+pub fn timed_iptables_load(ns: &Netns, restores: &[String]) -> Result<Duration> {
+    let mut took = Duration::ZERO;
+    for (k, input) in restores.iter().enumerate() {
+        let args: &[&str] = if k == 0 { &[] } else { &["--noflush"] };
+        took += timed_load(ns, kube_proxy::IPTABLES_RESTORE, args, input)?;
+    }
+    Ok(took)
 }
 
 /// Feed `input` to `program args` inside `ns`; how long it took.
