@@ -89,15 +89,32 @@ fn rewrite(
     if old_a != new_a {
         ctx.l4_csum_replace(csum_off, old_a, new_a, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
         ctx.l3_csum_replace(IP_CSUM_OFF, old_a, new_a, 4)?;
-        ctx.store(addr_off, &new_addr, 0)?;
+        store(ctx, addr_off, new_addr)?;
     }
     if old_port != new_port {
         let old_p = u16::from_ne_bytes(old_port.to_be_bytes()) as u64;
         let new_p = u16::from_ne_bytes(new_port.to_be_bytes()) as u64;
         ctx.l4_csum_replace(csum_off, old_p, new_p, flags | 2)?;
-        ctx.store(port_off, &new_port.to_be_bytes(), 0)?;
+        store(ctx, port_off, new_port.to_be_bytes())?;
     }
     Ok(())
+}
+
+/// Write `bytes` at `off` in place (direct packet access), after the
+/// checksum helpers have accounted for them. `parse` read these bytes
+/// through direct access, so they are in the linear area, which the
+/// kernel makes writable before a program with direct writes runs (the
+/// verifier's prologue): bpf_skb_store_bytes would only repeat that check
+/// and copy, at the cost of a helper call per field (as `deliver` writes
+/// the MACs).
+#[inline(always)]
+fn store<const N: usize>(ctx: &TcContext, off: usize, bytes: [u8; N]) -> Result<(), i64> {
+    // Headers end within MAX_PARSED_HEADERS; the bound also tells the
+    // verifier how far `off` reaches.
+    if off > ETH_HLEN + 60 + 20 {
+        return Err(-1);
+    }
+    Frame::of_tc(ctx).store(off, bytes).ok_or(-1)
 }
 
 /// Write a later fragment's new addresses (tc). It has no L4 header: only
