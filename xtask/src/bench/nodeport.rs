@@ -19,7 +19,9 @@ use super::{
     programming::timed_load,
     report::{Cell, Report, Table, Target},
     serve_args, service_set,
-    traffic::{concurrent, first_error, load_json, median, num, tune_client, wait_reachable},
+    traffic::{
+        concurrent, first_error, load_json, median, num, spread, tune_client, wait_reachable,
+    },
 };
 
 pub const NAME: &str = "nodeport";
@@ -373,13 +375,16 @@ pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
         services + 1
     ));
     let mut table = Table::new(
-        ("path (median over rounds)", 44),
+        ("path (median over rounds, ± their spread)", 44),
         &[
             ("conn/s", 8),
+            ("±", 5),
             ("vs ipt", 7),
             ("UDP rr pps", 12),
+            ("±", 5),
             ("vs ipt", 7),
             ("one-way pps", 12),
+            ("±", 5),
             ("vs ipt", 7),
         ],
     );
@@ -389,10 +394,13 @@ pub fn run(bins: &Binaries, load: &Path, opts: &Opts) -> Result<Report> {
             s.label,
             vec![
                 Cell::Rate(c),
+                Cell::Spread(spread(&s.conn)),
                 Cell::Ratio(c / kp_conn),
                 Cell::Rate(u),
+                Cell::Spread(spread(&s.udp)),
                 Cell::Ratio(u / kp_udp),
                 Cell::Rate(p),
+                Cell::Spread(spread(&s.pps)),
                 Cell::Ratio(p / kp_pps),
             ],
         );

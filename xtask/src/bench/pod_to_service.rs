@@ -22,7 +22,7 @@ use super::{
     Opts, SERVER_IP, SERVER_PORT, SERVICE_PORT, datapath_drops,
     report::{Cell, Report, Table, Target},
     testbed::Testbed,
-    traffic::{concurrent_in, first_error, load_json_in, median, num, wait_reachable_in},
+    traffic::{concurrent_in, first_error, load_json_in, median, num, spread, wait_reachable_in},
 };
 
 pub const NAME: &str = "pod-to-service";
@@ -337,12 +337,17 @@ pub fn run<'a>(
         })
         .collect();
     let (base_rate, base_p50, _, _) = medians[0];
+    let spread_of = |p: &ClientPath, f: fn(&Sample) -> f64| {
+        spread(&p.samples.iter().map(f).collect::<Vec<_>>())
+    };
     let mut table = Table::new(
-        ("path (median over rounds)", 48),
+        ("path (median over rounds, ± their spread)", 48),
         &[
             ("conn/s", 9),
+            ("±", 5),
             ("vs (a)", 8),
             ("p50 us", 9),
+            ("±", 5),
             ("vs (a)", 8),
             ("p99 us", 9),
             ("errors", 7),
@@ -353,8 +358,10 @@ pub fn run<'a>(
             &p.label,
             vec![
                 Cell::Rate(rate),
+                Cell::Spread(spread_of(p, |x| x.rate)),
                 Cell::Ratio(rate / base_rate),
                 Cell::Micros(p50),
+                Cell::Spread(spread_of(p, |x| x.p50_us)),
                 Cell::Ratio(p50 / base_p50),
                 Cell::Micros(p99),
                 Cell::Count(errors),

@@ -19,7 +19,7 @@ use super::{
     pod_to_service::counters,
     report::Report,
     testbed::FerryNode,
-    traffic::{concurrent_in, median},
+    traffic::{concurrent_in, median, spread},
 };
 
 pub const NAME: &str = "program-cost";
@@ -110,12 +110,14 @@ pub fn run(
         "  paths proven by the counters: ferry-10 {proof_small}; ferry-large {proof_large}"
     ));
     report.line(format!(
-        "  in traffic (the kernel's own run-time statistics of the program, BPF_ENABLE_STATS, over {} s of ClusterIP connections per node, median of {} alternating runs; every packet of those connections, both directions, translated): 10 Services {:.0} ns over {} packets, {services} Services {:.0} ns over {} packets ({:.2}x)",
+        "  in traffic (the kernel's own run-time statistics of the program, BPF_ENABLE_STATS, over {} s of ClusterIP connections per node, median of {} alternating runs; every packet of those connections, both directions, translated): 10 Services {:.0} ns (runs ±{:.0}%) over {} packets, {services} Services {:.0} ns (runs ±{:.0}%) over {} packets ({:.2}x)",
         opts.seconds,
         TRAFFIC_RUNS,
         traffic.small_ns,
+        traffic.small_spread * 100.0,
         traffic.small_packets,
         traffic.large_ns,
+        traffic.large_spread * 100.0,
         traffic.large_packets,
         traffic.large_ns / traffic.small_ns
     ));
@@ -138,8 +140,11 @@ const TRAFFIC_RUNS: usize = 3;
 struct InTraffic {
     small_ns: f64,
     small_packets: u64,
+    /// How far the runs spread (`traffic::spread`).
+    small_spread: f64,
     large_ns: f64,
     large_packets: u64,
+    large_spread: f64,
 }
 
 fn in_traffic(
@@ -186,8 +191,10 @@ fn in_traffic(
         large_packets += n;
     }
     Ok(InTraffic {
+        small_spread: spread(&small_ns),
         small_ns: median(small_ns),
         small_packets,
+        large_spread: spread(&large_ns),
         large_ns: median(large_ns),
         large_packets,
     })

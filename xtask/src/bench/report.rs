@@ -18,6 +18,9 @@ pub enum Cell {
     Ratio(f64),
     /// A count (failed connections).
     Count(u64),
+    /// How far the rounds spread around their median: half their range,
+    /// as a share of the median (`±4%`); a single round has none (`-`).
+    Spread(f64),
 }
 
 impl Cell {
@@ -27,6 +30,8 @@ impl Cell {
             Cell::Micros(v) | Cell::Millis(v) => format!("{v:.1}"),
             Cell::Ratio(v) => format!("{v:.2}x"),
             Cell::Count(n) => n.to_string(),
+            Cell::Spread(v) if v.is_nan() => "-".to_string(),
+            Cell::Spread(v) => format!("±{:.0}%", v * 100.0),
         }
     }
 }
@@ -147,14 +152,27 @@ mod tests {
 
     #[test]
     fn renders_tables_lines_and_targets() {
-        let mut table = Table::new(("path", 8), &[("conn/s", 7), ("vs (a)", 7), ("errors", 6)]);
+        let mut table = Table::new(
+            ("path", 8),
+            &[("conn/s", 7), ("±", 5), ("vs (a)", 7), ("errors", 6)],
+        );
         table.row(
             "(a) x",
-            vec![Cell::Rate(16663.4), Cell::Ratio(1.0), Cell::Count(0)],
+            vec![
+                Cell::Rate(16663.4),
+                Cell::Spread(0.043),
+                Cell::Ratio(1.0),
+                Cell::Count(0),
+            ],
         );
         table.row(
             "(b) y",
-            vec![Cell::Rate(14457.0), Cell::Ratio(0.8676), Cell::Count(2)],
+            vec![
+                Cell::Rate(14457.0),
+                Cell::Spread(f64::NAN),
+                Cell::Ratio(0.8676),
+                Cell::Count(2),
+            ],
         );
         let mut report = Report::default();
         report.line("title");
@@ -169,9 +187,9 @@ mod tests {
         assert_eq!(
             report.render(),
             "title\n\
-             path      conn/s  vs (a) errors\n\
-             (a) x      16663   1.00x      0\n\
-             (b) y      14457   0.87x      2\n\
+             path      conn/s     ±  vs (a) errors\n\
+             (a) x      16663   ±4%   1.00x      0\n\
+             (b) y      14457     -   0.87x      2\n\
              target (b) >= 0.95x (a): NOT met (0.87x)\n"
         );
     }

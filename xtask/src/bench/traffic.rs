@@ -100,6 +100,20 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Half the range of `v` as a share of its median: how far rounds spread.
+/// NaN for fewer than two values (nothing to spread).
+pub fn spread(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return f64::NAN;
+    }
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
+    (hi - lo) / 2.0 / median(v.to_vec())
+}
+
 /// Wait until `target` answers from `client_ns` (rules and maps in place).
 pub fn wait_reachable(client_ns: &Path, load: &Path, target: SocketAddr) -> Result<()> {
     wait_reachable_in(client_ns, None, load, target)
@@ -140,4 +154,17 @@ pub fn tune_client(ns: &Netns) -> Result<()> {
     ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
     ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_half_the_range_against_the_median() {
+        assert!((spread(&[9.0, 12.0, 10.0]) - 0.15).abs() < 1e-12);
+        assert_eq!(spread(&[5.0, 5.0]), 0.0);
+        assert!(spread(&[5.0]).is_nan());
+        assert!(spread(&[]).is_nan());
+    }
 }
