@@ -520,8 +520,9 @@ impl Planner {
     /// the parts are placed again in bulk (`place_all`), which costs a
     /// walk over every Service but no tree walks per claim: a file
     /// source's manifest growing from 10,000 to 100,000 Services (90,000
-    /// changed) took 1.3 s to plan one at a time, 0.8-1.0 s so
-    /// (`examples/file_sync_speed.rs`, on a loaded 2-CPU VM).
+    /// changed) took 1.3 s to plan one at a time, 0.8-1.0 s so, on a
+    /// 2-CPU VM busy with other work (`examples/file_sync_speed.rs`); the
+    /// bench's same sync on a quiet machine: 204 ms.
     fn replace_many(
         &mut self,
         planned: Vec<(ServiceId, ServicePart)>,

@@ -337,7 +337,7 @@ impl Measured {
                 }
             }
             None => r.line(format!(
-                "kube-proxy at {n} services: not measured with --churn-only above {KUBE_PROXY_LOAD_MAX} services (loading its rule sets takes too long here); the full bench measures it on the rule sets it loads"
+                "kube-proxy at {n} services: its rule writes for one change are measured only on its whole rule sets, which are not loaded here above {KUBE_PROXY_LOAD_MAX} services (--churn-only) or --kube-proxy-up-to (the full bench)"
             )),
         }
         r

@@ -18,7 +18,7 @@ use super::{ENDPOINTS_PER_SERVICE, ServiceSpec, kube_proxy, report::Report, test
 pub const NAME: &str = "programming";
 
 /// The iptables rule set goes in by restores of this many Services each
-/// (one restore above it takes hours here: see
+/// (one restore of more takes disproportionately longer: see
 /// [`kube_proxy::iptables_restores`]).
 pub const IPTABLES_SERVICES_PER_RESTORE: usize = 10_000;
 
