@@ -283,6 +283,7 @@ pub fn run(opts: &Opts) -> Result<()> {
             services: n,
             rates,
             sync,
+            kube_proxy_walked: extent == kube_proxy::Extent::Walked,
         });
     }
     // The one-node paths go first: their namespaces must not compete.

@@ -13,7 +13,14 @@ pub struct Point {
     pub services: usize,
     pub rates: Rates,
     pub sync: SyncTimes,
+    /// kube-proxy's rates at this size were measured on the walked part
+    /// of its rule sets (its whole sets do not load here): marked in the
+    /// plot, so the points are not read as whole-set figures.
+    pub kube_proxy_walked: bool,
 }
+
+/// The legend of the ring around kube-proxy's walked-part points.
+const WALKED_LEGEND: &str = "ring: kube-proxy measured on the walked part of its rules";
 
 /// A named line: (services, value) points.
 type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
@@ -53,6 +60,15 @@ pub fn write(dir: &Path, points: &[Point]) -> Result<Vec<PathBuf>> {
         ("iptables-restore", RED, at(|p| p.sync.iptables)),
         ("nft -f", MAGENTA, at(|p| p.sync.nftables)),
     ];
+    let walked: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.kube_proxy_walked)
+        .flat_map(|p| {
+            let x = p.services as f64;
+            [(x, p.rates.iptables), (x, p.rates.nftables)]
+        })
+        .filter(|p| p.1.is_finite())
+        .collect();
     let rates_svg = dir.join("bench-connection-rate.svg");
     let sync_svg = dir.join("bench-sync-time.svg");
     plot(
@@ -60,18 +76,27 @@ pub fn write(dir: &Path, points: &[Point]) -> Result<Vec<PathBuf>> {
         "Connections per second, pod to Service, by number of Services",
         "connections/s",
         &rates,
+        &walked,
     )?;
     plot(
         &sync_svg,
         "Time to program the Service set (10 endpoints each)",
         "ms",
         &sync,
+        &[],
     )?;
     Ok(vec![rates_svg, sync_svg])
 }
 
-/// One chart: a log-scale axis of Services, a linear one of `unit`.
-fn plot(path: &Path, title: &str, unit: &str, series: &[Series]) -> Result<()> {
+/// One chart: a log-scale axis of Services, a linear one of `unit`; a
+/// ring around each of the `walked` points.
+fn plot(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    series: &[Series],
+    walked: &[(f64, f64)],
+) -> Result<()> {
     let all = series.iter().flat_map(|(_, _, v)| v.iter());
     let (x_max, y_max) = all.fold((10.0f64, 1.0f64), |(x, y), &(px, py)| {
         (x.max(px), if py.is_finite() { y.max(py) } else { y })
@@ -91,6 +116,18 @@ fn plot(path: &Path, title: &str, unit: &str, series: &[Series]) -> Result<()> {
         .y_desc(unit)
         .draw()
         .map_err(draw)?;
+    if !walked.is_empty() {
+        // Drawn first, so the legend that draw_lines configures lists it.
+        chart
+            .draw_series(
+                walked
+                    .iter()
+                    .map(|p| Circle::new(*p, 9, BLACK.stroke_width(1))),
+            )
+            .map_err(draw)?
+            .label(WALKED_LEGEND)
+            .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.stroke_width(1)));
+    }
     let lines = series.iter().map(|(name, color, points)| {
         let points = points.iter().copied().filter(|p| p.1.is_finite()).collect();
         (name.to_string(), *color, points)
@@ -234,11 +271,13 @@ mod tests {
                 services: 1000,
                 rates: rates(1.0),
                 sync: sync(1000.0),
+                kube_proxy_walked: false,
             },
             Point {
                 services: 10_000,
                 rates: rates(0.9),
                 sync: sync(10_000.0),
+                kube_proxy_walked: false,
             },
         ];
         let dir = std::env::temp_dir().join(format!("ferry-plots-{}", std::process::id()));
@@ -255,8 +294,24 @@ mod tests {
             assert!(rates_svg.contains(name), "{name} missing");
         }
         assert!(rates_svg.contains("<polyline"), "no line drawn");
+        assert!(
+            !rates_svg.contains(WALKED_LEGEND),
+            "whole-set points marked as walked"
+        );
         let sync_svg = std::fs::read_to_string(&written[1]).unwrap();
         assert!(sync_svg.contains("iptables-restore") && sync_svg.contains("ferry full sync"));
+
+        let mut walked = points;
+        walked[1].kube_proxy_walked = true;
+        let written = write(&dir, &walked).unwrap();
+        let rates_svg = std::fs::read_to_string(&written[0]).unwrap();
+        assert!(
+            rates_svg.contains(WALKED_LEGEND),
+            "walked points not marked"
+        );
+        // The two kube-proxy points at 10,000 Services get a ring each,
+        // the legend one more; the filled markers are r="4".
+        assert_eq!(rates_svg.matches("r=\"9\"").count(), 2, "{rates_svg}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
