@@ -395,6 +395,22 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait until the agent's log holds `needle`. A sync logs its line after
+    /// all of its writes, so a test that saw the datapath change must wait
+    /// for the line rather than race it. Panics with the log after `within`,
+    /// saying `what` was expected.
+    pub fn wait_for_log(&self, needle: &str, within: Duration, what: &str) {
+        let start = Instant::now();
+        while !self.agent_log().contains(needle) {
+            assert!(
+                start.elapsed() < within,
+                "{what}: no {needle:?} in the agent log within {within:?}\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn conflist_path(&self) -> PathBuf {
         self.cni_conf_dir.join("10-ferry.conflist")
     }

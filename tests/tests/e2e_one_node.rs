@@ -181,17 +181,11 @@ fn a_udp_client_on_a_fixed_port_moves_to_a_new_backend_when_its_backend_leaves()
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("moved to the new backend in {:?}", moved.elapsed());
-    // The sync that removed the flow logs its line once it has finished the
-    // rest of its work: wait for it rather than race it.
-    let logged = Instant::now();
-    while !node.agent_log().contains("stale_udp_flows=1") {
-        assert!(
-            logged.elapsed() < Duration::from_secs(5),
-            "the flow moved, but no sync says it removed a stale UDP flow\n{}",
-            node.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_for_log(
+        "stale_udp_flows=1",
+        Duration::from_secs(5),
+        "the flow moved, but no sync says it removed a stale UDP flow",
+    );
 }
 
 #[test]

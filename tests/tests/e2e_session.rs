@@ -231,17 +231,11 @@ fn a_terminating_backend_keeps_its_flows_and_gets_no_new_ones() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The sync that removed the flow logs its line once it has finished the
-    // rest of its work: wait for it rather than race it.
-    let logged = Instant::now();
-    while !node.agent_log().contains("stale_udp_flows=1") {
-        assert!(
-            logged.elapsed() < Duration::from_secs(5),
-            "the flow moved, but no sync says it removed a stale UDP flow\n{}",
-            node.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_for_log(
+        "stale_udp_flows=1",
+        Duration::from_secs(5),
+        "the flow moved, but no sync says it removed a stale UDP flow",
+    );
 }
 
 /// (node, fabric address, podCIDR)

@@ -438,17 +438,11 @@ fn a_departed_backends_socket_gets_an_error(
         "{error}"
     );
     assert!(took < second, "{error} after {took:?}");
-    // The sync's log line is written after the sockets are terminated, so
-    // the client may see its error before the line is there.
-    let logged = Instant::now();
-    while !node.agent_log().contains("terminated_sockets=1") {
-        assert!(
-            logged.elapsed() < Duration::from_secs(2),
-            "{}",
-            node.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    node.wait_for_log(
+        "terminated_sockets=1",
+        Duration::from_secs(2),
+        "the socket was terminated, but no sync says so",
+    );
 
     // A fresh connect reaches the new backend.
     let fresh = client.ask(&["udpc", &vip, "53", "?"]);
