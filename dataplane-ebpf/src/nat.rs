@@ -7,7 +7,7 @@ use ferry_common::{PROTO_UDP, csum::adjust};
 
 use crate::{
     conntrack::{NO_ADDR, NatTarget},
-    parse::{ETH_HLEN, Frame, L4Packet, LaterFragment},
+    parse::{ETH_HLEN, Frame, L4Packet, LaterFragment, MAX_PARSED_HEADERS},
 };
 
 /// BPF_F_MARK_MANGLED_0: a zero UDP checksum means "none" and stays zero; a
@@ -109,9 +109,9 @@ fn rewrite(
 /// the MACs).
 #[inline(always)]
 fn store<const N: usize>(ctx: &TcContext, off: usize, bytes: [u8; N]) -> Result<(), i64> {
-    // Headers end within MAX_PARSED_HEADERS; the bound also tells the
-    // verifier how far `off` reaches.
-    if off > ETH_HLEN + 60 + 20 {
+    // Parsed headers end within MAX_PARSED_HEADERS; the bound also tells
+    // the verifier how far `off` reaches.
+    if off > MAX_PARSED_HEADERS as usize {
         return Err(-1);
     }
     Frame::of_tc(ctx).store(off, bytes).ok_or(-1)

@@ -13,7 +13,7 @@ const FRAG_MORE: u16 = 0x2000;
 /// ...and the fragment's offset (in 8-byte units).
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
 /// Ethernet + the longest IPv4 header + a TCP header without options.
-const MAX_PARSED_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
+pub const MAX_PARSED_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
 
 /// A TCP or UDP packet over IPv4, as far as translation is concerned.
 pub struct L4Packet {

@@ -544,8 +544,10 @@ impl Planner {
         let mut held = std::mem::take(&mut self.parts).into_iter().peekable();
         for (id, part) in planned {
             all.extend(std::iter::from_fn(|| held.next_if(|(h, _)| *h < id)));
-            let old = held.next_if(|(h, _)| *h == id).map(|(_, old)| old);
-            let old = old.unwrap_or_default();
+            let old = held
+                .next_if(|(h, _)| *h == id)
+                .map(|(_, old)| old)
+                .unwrap_or_default();
             new_problems.extend(appeared(&old.problems, &part.problems));
             let fronts = old.frontends.iter().chain(&part.frontends);
             keys.extend(fronts.map(|(k, _)| *k));
@@ -926,10 +928,7 @@ endpoints:
     /// that it plans what a full plan of `new` does and that its scope
     /// names every frontend and range that changed.
     fn step(planner: &mut Planner, old: &Objects, new: &Objects) -> Update {
-        let cfg = PlanConfig {
-            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
-            ..PlanConfig::for_node("n1")
-        };
+        let cfg = with_service_cidrs();
         let before = planner.plan().clone();
         let update = match planner.update(new, &difference(old, new)) {
             Ok(u) => u,
@@ -983,10 +982,7 @@ endpoints:
 
     #[test]
     fn every_change_plans_as_a_full_plan_would_and_names_what_moved() {
-        let cfg = PlanConfig {
-            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
-            ..PlanConfig::for_node("n1")
-        };
+        let cfg = with_service_cidrs();
         let mut planner = Planner::new(&cfg);
         let empty = Objects::default();
         let base = objects(&[EXTERNAL, CIDRS, AFFINITY, TERMINATING, UNSUPPORTED]);
@@ -1060,10 +1056,7 @@ endpoints:
     /// afterwards must hand the frontend over as `replace` would.
     #[test]
     fn a_frontend_contested_in_a_full_plan_passes_on_when_its_holder_leaves() {
-        let cfg = PlanConfig {
-            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
-            ..PlanConfig::for_node("n1")
-        };
+        let cfg = with_service_cidrs();
         let contested = objects(&[EXTERNAL, CIDRS, RIVAL]);
         let mut planner = Planner::new(&cfg);
         planner.update(&contested, &Changed::Everything).unwrap();
@@ -1118,6 +1111,14 @@ endpoints:
         }
     }
 
+    /// Node n1's config with service CIDRs, so service ranges are planned.
+    fn with_service_cidrs() -> PlanConfig {
+        PlanConfig {
+            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+            ..PlanConfig::for_node("n1")
+        }
+    }
+
     /// `n` NodePort Services `s0`.. with a slice of one endpoint each.
     fn many_services(n: usize) -> Vec<String> {
         let mut docs = Vec::new();
@@ -1140,10 +1141,7 @@ endpoints:
     /// would, with every move in the scope.
     #[test]
     fn many_changes_at_once_plan_as_a_full_plan_would() {
-        let cfg = PlanConfig {
-            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
-            ..PlanConfig::for_node("n1")
-        };
+        let cfg = with_service_cidrs();
         let many = |n: usize, rival: bool| {
             let mut docs = vec![EXTERNAL, CIDRS];
             if rival {

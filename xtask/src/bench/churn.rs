@@ -47,7 +47,10 @@ use serde_json::{Value, json};
 
 use super::{
     ENDPOINTS_PER_SERVICE, Opts, ServiceSpec, as_strs, endpoints_of, kube_proxy, plots,
-    programming::{IPTABLES_SERVICES_PER_RESTORE, timed_iptables_load, timed_load},
+    programming::{
+        IPTABLES_SERVICES_PER_RESTORE, NFT_SERVICES_PER_TRANSACTION, timed_iptables_load,
+        timed_load, timed_nft_load,
+    },
     report::{Cell, Report, Table},
     service_set,
     testbed::{SyncLine, map_size_args, sync_and_resync_lines, sync_lines},
@@ -68,9 +71,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The poller's pause between passes, so it does not take a whole core
 /// from the agent on this 2-core machine.
 const POLL_PAUSE: Duration = Duration::from_millis(1);
-/// kube-proxy's nftables mode writes large rule sets in transactions of
-/// this many Services (as the programming scenario loads them).
-const NFT_SERVICES_PER_TRANSACTION: usize = 500;
 /// Partial-sync transactions timed per size; the median is reported.
 const NFT_CHANGES: usize = 5;
 /// With `--churn-only`, kube-proxy's rule sets are loaded here first;
@@ -141,10 +141,12 @@ fn kube_proxy_loaded(run_id: &str, n: usize) -> Result<(PlainNode, PlainNode, f6
     )?
     .as_secs_f64()
         * 1e3;
-    let mut nft_ms = 0.0;
-    for input in kube_proxy::nftables(&services, NFT_SERVICES_PER_TRANSACTION) {
-        nft_ms += timed_load(&nft.netns, "nft", &["-f", "-"], &input)?.as_secs_f64() * 1e3;
-    }
+    let nft_ms = timed_nft_load(
+        &nft.netns,
+        &kube_proxy::nftables(&services, NFT_SERVICES_PER_TRANSACTION),
+    )?
+    .as_secs_f64()
+        * 1e3;
     Ok((ipt, nft, ipt_ms, nft_ms))
 }
 

@@ -241,19 +241,11 @@ fn nodeport_rules(
         let comment = format!("default/{}:{}", np.name, np.protocol);
         // As for ClusterIPs, the service and endpoint chains' rules lose
         // their comments in the large cluster mode.
-        let to_endpoint = if comments {
-            format!(
-                " -m comment --comment \"{comment} -> {}:{}\"",
-                np.endpoint, np.target_port
-            )
-        } else {
-            String::new()
-        };
-        let in_endpoint = if comments {
-            format!(" -m comment --comment \"{comment}\"")
-        } else {
-            String::new()
-        };
+        let to_endpoint = rule_comment(
+            comments,
+            &format!("{comment} -> {}:{}", np.endpoint, np.target_port),
+        );
+        let in_endpoint = rule_comment(comments, &comment);
         for c in [&svc, &ext, &sep] {
             writeln!(chains, ":{c} - [0:0]").unwrap();
         }
@@ -286,6 +278,16 @@ fn service_rules(
 ) {
     writeln!(rules, "{}", cluster_ip_entry(s, &service_chain(i))).unwrap();
     service_chains(i, s, comments, chains, rules);
+}
+
+/// A rule's ` -m comment --comment "text"`, or nothing without `comments`
+/// (kube-proxy's large cluster mode).
+fn rule_comment(comments: bool, text: &str) -> String {
+    if comments {
+        format!(" -m comment --comment \"{text}\"")
+    } else {
+        String::new()
+    }
 }
 
 fn service_chain(i: usize) -> String {
@@ -323,13 +325,7 @@ fn service_chains(
 ) {
     let svc_chain = service_chain(i);
     let name = service_comment(s);
-    let comment = |text: &str| {
-        if comments {
-            format!(" -m comment --comment \"{text}\"")
-        } else {
-            String::new()
-        }
-    };
+    let comment = |text: &str| rule_comment(comments, text);
     writeln!(chains, ":{svc_chain} - [0:0]").unwrap();
     writeln!(
         rules,
@@ -401,19 +397,20 @@ pub fn nftables_walked(services: &[ServiceSpec], measured: usize) -> Vec<String>
     let svc_chain = nft_service_chains(measured, &services[measured], &mut chains);
     let mut transactions = vec![NFT_BASE.to_string(), nft_transaction(&chains, &[])];
     // Elements in transactions of a bounded size, like kube-proxy's.
-    for chunk in services.chunks(NFT_WALKED_ELEMENTS_PER_TRANSACTION) {
-        let elements: Vec<String> = chunk
-            .iter()
-            .map(|s| {
-                let chain = if s.vip == services[measured].vip {
-                    svc_chain.as_str()
-                } else {
-                    WALKED_ELSEWHERE
-                };
-                nft_element(s, chain)
-            })
-            .collect();
-        transactions.push(nft_transaction("", &elements));
+    let elements: Vec<String> = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let chain = if i == measured {
+                svc_chain.as_str()
+            } else {
+                WALKED_ELSEWHERE
+            };
+            nft_element(s, chain)
+        })
+        .collect();
+    for chunk in elements.chunks(NFT_WALKED_ELEMENTS_PER_TRANSACTION) {
+        transactions.push(nft_transaction("", chunk));
     }
     transactions
 }

@@ -433,7 +433,7 @@ pub fn run<'a>(
             goal,
         });
     }
-    let over_iptables = medians[2].0 / medians[5].0;
+    let over_iptables = rates.ferry_large / rates.iptables;
     if n >= TARGET_OVER_IPTABLES_AT {
         report.target(Target {
             what: format!(

@@ -24,7 +24,7 @@ pub const IPTABLES_SERVICES_PER_RESTORE: usize = 10_000;
 
 /// kube-proxy's nftables mode writes large rule sets in transactions of
 /// this many Services.
-const NFT_SERVICES_PER_TRANSACTION: usize = 500;
+pub const NFT_SERVICES_PER_TRANSACTION: usize = 500;
 
 /// Load `small` into ferry-10, then `large` (timed) into ferry-large, then
 /// change one endpoint (timed), then load kube-proxy's rules for the
@@ -45,7 +45,6 @@ pub fn run(
     kube_proxy: kube_proxy::Extent,
 ) -> Result<(Report, SyncTimes)> {
     let n = large.len();
-    let mut walked = None;
     bed.ferry_small.load_services(small)?;
     let full = bed.ferry_large.load_services(large)?;
     let mut changed = large.to_vec();
@@ -57,31 +56,33 @@ pub fn run(
     // An earlier size's table goes first (iptables-restore replaces the
     // tables it is given by itself).
     let _ = kp_nft.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
-    let (ipt_time, nft_time) = if kube_proxy == kube_proxy::Extent::Whole {
-        let ipt_time = timed_iptables_load(
-            kp_ipt,
-            &kube_proxy::iptables_restores(&changed, &[], IPTABLES_SERVICES_PER_RESTORE),
-        )?;
-        let mut nft_time = Duration::ZERO;
-        for input in kube_proxy::nftables(&changed, NFT_SERVICES_PER_TRANSACTION) {
-            nft_time += timed_load(kp_nft, "nft", &["-f", "-"], &input)?;
+    // How long kube-proxy's rule sets took to load, (iptables, nft): the
+    // whole sets, or the walked parts (not kube-proxy's load times).
+    let (ipt_time, nft_time) = match kube_proxy {
+        kube_proxy::Extent::Whole => (
+            timed_iptables_load(
+                kp_ipt,
+                &kube_proxy::iptables_restores(&changed, &[], IPTABLES_SERVICES_PER_RESTORE),
+            )?,
+            timed_nft_load(
+                kp_nft,
+                &kube_proxy::nftables(&changed, NFT_SERVICES_PER_TRANSACTION),
+            )?,
+        ),
+        kube_proxy::Extent::Walked => {
+            let measured = super::measured_service(n);
+            (
+                timed_load(
+                    kp_ipt,
+                    kube_proxy::IPTABLES_RESTORE,
+                    &[],
+                    &kube_proxy::iptables_walked(&changed, measured),
+                )?,
+                timed_nft_load(kp_nft, &kube_proxy::nftables_walked(&changed, measured))?,
+            )
         }
-        (Some(ipt_time), Some(nft_time))
-    } else {
-        let measured = super::measured_service(n);
-        let ipt = timed_load(
-            kp_ipt,
-            kube_proxy::IPTABLES_RESTORE,
-            &[],
-            &kube_proxy::iptables_walked(&changed, measured),
-        )?;
-        let mut nft = Duration::ZERO;
-        for input in kube_proxy::nftables_walked(&changed, measured) {
-            nft += timed_load(kp_nft, "nft", &["-f", "-"], &input)?;
-        }
-        walked = Some((ipt, nft));
-        (None, None)
     };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
 
     let mut report = Report::default();
     // Issue 15's targets for the agent's own part (objects in memory to
@@ -107,19 +108,19 @@ pub fn run(
         verdict(own(&one), 1.0),
         one.ms("elapsed_ms"),
     ));
-    match (ipt_time, nft_time) {
-        (Some(ipt), Some(nft)) => report.line(format!(
+    match kube_proxy {
+        kube_proxy::Extent::Whole => report.line(format!(
             "same rule set, kube-proxy style: iptables-restore {:.0} ms ({}, {} restore(s) of up to {IPTABLES_SERVICES_PER_RESTORE} services), nft -f {:.0} ms in transactions of {NFT_SERVICES_PER_TRANSACTION} services ({})",
-            ipt.as_secs_f64() * 1e3,
+            ms(ipt_time),
             tool_version(kube_proxy::IPTABLES_RESTORE),
             n.div_ceil(IPTABLES_SERVICES_PER_RESTORE),
-            nft.as_secs_f64() * 1e3,
+            ms(nft_time),
             tool_version("nft")
         )),
-        _ => report.line(format!(
+        kube_proxy::Extent::Walked => report.line(format!(
             "kube-proxy's whole rule sets not loaded at {n} services (above --kube-proxy-up-to): iptables' x_tables holds about 50,000 services x {ENDPOINTS_PER_SERVICE} at most (the kernel caps a table at 512 MiB), and iptables-nft's and nft's took over 10 minutes here. (d) and (e) measure the part a new connection walks: every service's KUBE-SERVICES rule / service-ips element, the measured service's chains behind its own, one empty chain behind the others (loaded in {:.0} ms / {:.0} ms, not kube-proxy's load times)",
-            walked.map_or(f64::NAN, |(i, _): (Duration, Duration)| i.as_secs_f64() * 1e3),
-            walked.map_or(f64::NAN, |(_, n): (Duration, Duration)| n.as_secs_f64() * 1e3),
+            ms(ipt_time),
+            ms(nft_time),
         )),
     }
     let mib = |b: u64| b as f64 / 1048576.0;
@@ -136,8 +137,15 @@ pub fn run(
     let times = SyncTimes {
         ferry_full: full.ms("elapsed_ms"),
         ferry_one: one.ms("elapsed_ms"),
-        iptables: ipt_time.map_or(f64::NAN, |t| t.as_secs_f64() * 1e3),
-        nftables: nft_time.map_or(f64::NAN, |t| t.as_secs_f64() * 1e3),
+        // The walked parts' load times are not kube-proxy's: not plotted.
+        iptables: match kube_proxy {
+            kube_proxy::Extent::Whole => ms(ipt_time),
+            kube_proxy::Extent::Walked => f64::NAN,
+        },
+        nftables: match kube_proxy {
+            kube_proxy::Extent::Whole => ms(nft_time),
+            kube_proxy::Extent::Walked => f64::NAN,
+        },
     };
     Ok((report, times))
 }
@@ -150,6 +158,16 @@ pub fn timed_iptables_load(ns: &Netns, restores: &[String]) -> Result<Duration> 
     for (k, input) in restores.iter().enumerate() {
         let args: &[&str] = if k == 0 { &[] } else { &["--noflush"] };
         took += timed_load(ns, kube_proxy::IPTABLES_RESTORE, args, input)?;
+    }
+    Ok(took)
+}
+
+/// Load `transactions` (from [`kube_proxy::nftables`] and its kin) in turn
+/// into `ns` with `nft -f`; how long it took in all.
+pub fn timed_nft_load(ns: &Netns, transactions: &[String]) -> Result<Duration> {
+    let mut took = Duration::ZERO;
+    for input in transactions {
+        took += timed_load(ns, "nft", &["-f", "-"], input)?;
     }
     Ok(took)
 }
